@@ -1,0 +1,1 @@
+"""Reproducible timing and quality benchmarks (JSON out, PNG plots)."""

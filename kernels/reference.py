@@ -1,0 +1,73 @@
+"""PyTorch reference for the id-aware InfoNCE that every tscl objective uses.
+
+This file defines the semantics; the fused Triton kernel in ``triton_info_nce.py`` must
+match it to floating-point tolerance. It materialises the full N x (M+B) similarity matrix,
+so it is meant for CPU, tests and small batches.
+
+Row loss of anchor i (SupCon's L_out form)::
+
+    s_ij   = <q_i, k_j> / tau                       (q, k L2-normalised when normalize=True)
+    V(i)   = columns in the denominator: every key j (minus j == i when exclude_self),
+             plus every bank entry b (minus same-id entries when bank_same_id == "mask")
+    P(i)   = { j in V(i) : ids match }               (bank entries only when "positive")
+    l_i    = logsumexp_{j in V(i)} s_ij  -  mean_{p in P(i)} s_ip
+
+Anchors with an empty P(i) get l_i = 0 and are left out of the mean; their count is
+reported in :class:`InfoNCEStats`, never turned into a NaN.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["info_nce_rows_reference"]
+
+
+def info_nce_rows_reference(
+    q: Tensor,
+    k: Tensor,
+    q_ids: Tensor,
+    k_ids: Tensor,
+    temperature: Tensor,
+    exclude_self: bool = False,
+    bank: Tensor | None = None,
+    bank_ids: Tensor | None = None,
+    mask_bank_same_id: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Per-anchor InfoNCE losses ``[N]`` (float32) and positive counts ``[N]`` (int64).
+
+    ``q [N,D]``, ``k [M,D]`` are already normalised (or deliberately not); ``q_ids [N]``,
+    ``k_ids [M]`` are int64; ``temperature`` is a 0-dim float tensor (may require grad);
+    ``bank [B,D]`` receives no gradient; ``bank_ids [B]`` or None (then every bank entry
+    is a negative). All accumulation is in float32 whatever the input dtype.
+    """
+    inv_tau = 1.0 / temperature.float()
+    qf, kf = q.float(), k.float()
+    s = (qf @ kf.T) * inv_tau
+    pos = q_ids[:, None] == k_ids[None, :]
+    valid = torch.ones_like(pos)
+    if exclude_self:
+        eye = torch.eye(q.shape[0], k.shape[0], dtype=torch.bool, device=q.device)
+        valid = ~eye
+        pos = pos & valid
+    if bank is not None and bank.shape[0] > 0:
+        sb = (qf @ bank.detach().float().T) * inv_tau
+        if bank_ids is None:
+            bpos = torch.zeros(q.shape[0], bank.shape[0], dtype=torch.bool, device=q.device)
+        else:
+            bpos = q_ids[:, None] == bank_ids[None, :]
+        if mask_bank_same_id:
+            bvalid, bpos = ~bpos, torch.zeros_like(bpos)
+        else:
+            bvalid = torch.ones_like(bpos)
+        s = torch.cat([s, sb], dim=1)
+        pos = torch.cat([pos, bpos], dim=1)
+        valid = torch.cat([valid, bvalid], dim=1)
+    # rows with no column at all (N = M = 1 with exclude_self) must not produce -inf/NaN
+    empty_row = ~valid.any(dim=1, keepdim=True)
+    lse = torch.logsumexp(s.masked_fill(~valid, float("-inf")).masked_fill(empty_row, 0.0), dim=1)
+    npos = pos.sum(dim=1)
+    pos_sum = torch.where(pos, s, torch.zeros_like(s)).sum(dim=1)
+    has_pos = npos > 0
+    loss = torch.where(has_pos, lse - pos_sum / npos.clamp_min(1), torch.zeros_like(lse))
+    return loss, npos
