@@ -10,9 +10,15 @@ from tscl.kernels import info_nce
 torch.set_num_threads(2)
 
 # small configurations so the whole file runs in well under two minutes on two cores
+LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 TS_SMALL = {
     "cnn1d": {"widths": (16, 32, 32)},
     "resnet1d": {"width": 0.25},
+    "xresnet1d18": {"width": 0.25},
+    "xresnet1d34": {"width": 0.125},
+    "xresnet1d50": {"width": 0.125},
+    "xresnet1d101": {"width": 0.125, "pool": "avg"},
+    "transformer1d": {"channel_names": LEADS, "patch_len": 50, "dim": 32, "depth": 2, "heads": 4},
 }
 
 
@@ -54,7 +60,7 @@ def noisy_views(x, *extra, sigma=0.1):
 def test_registry_lists_and_builds():
     names = list_encoders()
     assert names == sorted(names)
-    for name in ("resnet1d", "cnn1d"):
+    for name in TS_SMALL:
         assert name in ENCODERS
     enc = build_encoder("cnn1d", 3)
     assert enc.embed_dim == 128
@@ -131,6 +137,8 @@ def test_ts_cnn_mask_is_used(name):
     x2 = x.clone()
     x2[:, [3, 7]] = 100 * torch.randn(2, 2, 500)
     assert torch.allclose(enc(x2, mask), out, atol=1e-5)  # masked values do not matter
+    x2[0, 3] = float("nan")
+    assert torch.allclose(enc(x2, mask), out, atol=1e-5)  # not even a NaN
     assert not torch.allclose(enc(x2), enc(x), atol=1e-3)  # ...but they do without the mask
     assert not torch.allclose(out, enc(x), atol=1e-5)  # the mask is not ignored
 
@@ -140,3 +148,73 @@ def test_ts_cnn_trains(name):
     enc = build_encoder(name, 12, **TS_SMALL[name])
     x = torch.randn(16, 12, 400, generator=torch.Generator().manual_seed(0))
     assert_decreases(contrastive_losses(enc, lambda: noisy_views(x)))
+
+
+def test_xresnet1d_architecture():
+    enc = build_encoder("xresnet1d101", 12)
+    assert enc.embed_dim == 2 * 2048  # bottleneck 512 * 4, avg + max pooling
+    assert len(enc.blocks) == 3 + 4 + 23 + 3
+    assert len(enc.stem) == 4 and enc.stem[0][0].kernel_size == (5,)
+    assert build_encoder("xresnet1d18", 12, pool="avg").embed_dim == 512
+    with pytest.raises(ValueError):
+        build_encoder("xresnet1d18", 12, pool="sum")
+
+
+# ---------------------------------------------------------------- transformer1d
+
+
+def small_transformer(**kw):
+    torch.manual_seed(0)
+    return build_encoder("transformer1d", 12, **{**TS_SMALL["transformer1d"], **kw}).eval()
+
+
+@pytest.mark.parametrize("pool", ["cls", "attention"])
+@pytest.mark.parametrize("time_encoding", ["sinusoidal", "learned"])
+def test_transformer_variable_leads_and_lengths(pool, time_encoding):
+    enc = small_transformer(pool=pool, time_encoding=time_encoding)
+    assert enc(torch.randn(2, 12, 1000)).shape == (2, 32)
+    three = enc(torch.randn(2, 3, 730), channels=["II", "V1", "V5"])
+    assert three.shape == (2, 32)
+    # the lead names matter: the same signal under other names gives another embedding
+    x = torch.randn(1, 3, 500)
+    assert not torch.allclose(enc(x, channels=["I", "II", "III"]), enc(x, channels=["V1", "V2", "V3"]), atol=1e-4)
+    # a 12-lead record restricted to 3 leads by the mask == the 3-lead record itself
+    x12 = torch.randn(2, 12, 600)
+    keep = [1, 6, 10]
+    mask = torch.zeros(2, 12, dtype=torch.bool)
+    mask[:, keep] = True
+    sub = enc(x12[:, keep], channels=[LEADS[i] for i in keep])
+    if time_encoding == "sinusoidal":  # same tokens, same order up to permutation-invariant attention
+        assert torch.allclose(enc(x12, mask), sub, atol=1e-5)
+
+
+def test_transformer_masked_channel_cannot_change_output():
+    for pool in ("cls", "attention"):
+        enc = small_transformer(pool=pool)
+        x = torch.randn(3, 12, 500)
+        mask = torch.ones(3, 12, dtype=torch.bool)
+        mask[0, [2, 5]] = False
+        mask[1, 0] = False
+        out = enc(x, mask)
+        x2 = x.clone()
+        x2[0, [2, 5]] = 50 * torch.randn(2, 500)
+        x2[1, 0] = float("nan")  # not even a NaN leaks through
+        out2 = enc(x2, mask)
+        assert torch.isfinite(out2).all()
+        assert torch.allclose(out, out2, atol=1e-6)
+        x3 = x.clone()
+        x3[0, 3] += 1.0  # a present channel does change it
+        assert not torch.allclose(enc(x3, mask)[0], out[0], atol=1e-5)
+        assert torch.allclose(enc(x3, mask)[1:], out[1:], atol=1e-6)  # and only its own row
+        # every channel missing: still finite (the [CLS] token stays)
+        assert torch.isfinite(enc(x, torch.zeros(3, 12, dtype=torch.bool))).all()
+
+
+def test_transformer_channel_errors():
+    enc = small_transformer()
+    with pytest.raises(ValueError, match="unknown channels"):
+        enc(torch.randn(1, 2, 100), channels=["II", "Fp1"])
+    with pytest.raises(ValueError, match="channels"):
+        enc(torch.randn(1, 3, 100))
+    with pytest.raises(ValueError):
+        small_transformer(time_encoding="learned", max_patches=4)(torch.randn(1, 12, 1000))

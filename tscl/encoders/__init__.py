@@ -13,8 +13,10 @@ from .registry import ENCODERS, build_encoder, check_channel_mask, list_encoders
 from .heads import ProjectionHead
 from .resnet1d import ResNet1d
 from .cnn1d import CNN1d
+from .xresnet1d import XResNet1d
+from .transformer1d import Transformer1d
 
 __all__ = [
     "ENCODERS", "register_encoder", "build_encoder", "list_encoders", "mask_channels", "check_channel_mask",
-    "ProjectionHead", "ResNet1d", "CNN1d",
+    "ProjectionHead", "ResNet1d", "CNN1d", "XResNet1d", "Transformer1d",
 ]

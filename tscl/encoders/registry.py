@@ -69,7 +69,8 @@ def mask_channels(x: Tensor, channel_mask: Tensor | None) -> Tensor:
 
     The rescaling keeps the expected summed input of the first convolution the same whatever
     the number of missing leads (the same inverse scaling as dropout). A sample whose
-    channels are all missing becomes all zeros.
+    channels are all missing becomes all zeros. Values of missing channels (NaN included)
+    never reach the output.
     """
     if channel_mask is None:
         return x
@@ -77,4 +78,4 @@ def mask_channels(x: Tensor, channel_mask: Tensor | None) -> Tensor:
     m = check_channel_mask(channel_mask, b, c).to(x.device)
     n_present = m.sum(dim=1, keepdim=True).clamp(min=1)
     scale = m.to(x.dtype) * (c / n_present.to(x.dtype))
-    return x * scale.unsqueeze(-1)
+    return torch.where(m.unsqueeze(-1), x, 0.0) * scale.unsqueeze(-1)  # where(): a NaN in a missing lead stays out
