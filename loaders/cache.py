@@ -10,19 +10,26 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import polars as pl
 
+from tqdm.auto import tqdm
+
 from .recording import LoaderError, Recording
 
-__all__ = ["WaveformCache", "build_cache", "fingerprint_files"]
+__all__ = ["WaveformCache", "build_cache", "fingerprint_files", "read_all", "ON_ERROR"]
+
+ON_ERROR = ("raise", "skip")
 
 _SIGNALS = "signals.f32"
 _INDEX = "index.parquet"
 _FINGERPRINT = "fingerprint.txt"
+_REPORT = "report.json"
 
 
 def fingerprint_files(paths: Iterable[str | Path], extra: str = "") -> str:
@@ -61,6 +68,12 @@ class WaveformCache:
         return path.read_text().strip() if path.exists() else ""
 
     @property
+    def report(self) -> dict[str, Any]:
+        """What the loader skipped or repaired while building (``{"skipped": [{"path", "problem"}], ...}``)."""
+        path = self.dir / _REPORT
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    @property
     def label_columns(self) -> list[str]:
         return json.loads((self.dir / "labels.json").read_text())
 
@@ -72,8 +85,13 @@ class WaveformCache:
         return self._signals[: len(self) * c * t].reshape(len(self), c, t)
 
 
-def build_cache(recordings: Iterable[Recording], cache_dir: str | Path, fingerprint: str = "") -> WaveformCache:
-    """Write recordings to a cache folder atomically (temporary names, then rename)."""
+def build_cache(recordings: Iterable[Recording], cache_dir: str | Path, fingerprint: str = "",
+                report: dict[str, Any] | None = None) -> WaveformCache:
+    """Write recordings to a cache folder atomically (temporary names, then rename).
+
+    ``report`` (JSON-serialisable; read back as ``WaveformCache.report``) is written after the
+    recordings are consumed, so a generator may fill it while it yields.
+    """
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp_sig = cache_dir / (_SIGNALS + ".tmp")
@@ -97,17 +115,66 @@ def build_cache(recordings: Iterable[Recording], cache_dir: str | Path, fingerpr
                     "visit_time": rec.start_time,
                     "source": rec.source,
                     **{f"label:{k}": v for k, v in rec.labels.items()},
+                    "nan_samples": int(rec.quality.get("nan_samples", 0)),
+                    "missing_channels": ",".join(rec.quality.get("missing_channels", ())),
                 }
             )
             offset += rec.signal.size
     if not rows:
         tmp_sig.unlink()
-        raise LoaderError(cache_dir, "no recordings to cache")
+        raise LoaderError(cache_dir, f"no recordings to cache{_skipped_note(report)}")
     index = pl.DataFrame(rows, infer_schema_length=None)
     index = index.rename({c: c.removeprefix("label:") for c in index.columns if c.startswith("label:")})
+    index = index.select([c for c in index.columns if c not in ("nan_samples", "missing_channels")]
+                         + ["nan_samples", "missing_channels"])
     index.write_parquet(cache_dir / (_INDEX + ".tmp"))
     (cache_dir / "labels.json.tmp").write_text(json.dumps(label_cols))
     (cache_dir / (_FINGERPRINT + ".tmp")).write_text(fingerprint)
-    for name in (_SIGNALS, _INDEX, "labels.json", _FINGERPRINT):
+    (cache_dir / (_REPORT + ".tmp")).write_text(json.dumps(report or {}, indent=1, default=str))
+    for name in (_SIGNALS, _INDEX, "labels.json", _FINGERPRINT, _REPORT):
         os.replace(cache_dir / (name + ".tmp"), cache_dir / name)
     return WaveformCache(cache_dir)
+
+
+def _skipped_note(report) -> str:
+    skipped = (report or {}).get("skipped") or []
+    return f" ({len(skipped)} skipped, first: {skipped[0]})" if skipped else ""
+
+
+def _attempt(read_one: Callable, item):
+    try:
+        return read_one(item)
+    except LoaderError as err:
+        return err
+
+
+def read_all(read_one: Callable[[Any], Recording | list[Recording]], items: list, *, workers: int = 0,
+             progress: bool = True, desc: str = "reading", on_error: str = "raise",
+             skipped: list | None = None) -> Iterator[Recording]:
+    """Apply ``read_one`` to every item (in order), yielding recordings; optionally in worker processes.
+
+    ``read_one`` returns a recording or a list of them (windows) and raises :class:`LoaderError`
+    for bad input. With ``on_error="raise"`` the first error propagates; with ``"skip"`` the item
+    is left out and ``{"path", "problem"}`` is appended to ``skipped``. ``workers > 0`` reads in
+    that many processes (``read_one`` and the items must be picklable).
+    """
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    attempt = partial(_attempt, read_one)
+    pool = ProcessPoolExecutor(workers) if workers and workers > 0 else None
+    try:
+        results = pool.map(attempt, items, chunksize=max(1, min(64, len(items) // (8 * workers)))) if pool else map(attempt, items)
+        for result in tqdm(results, total=len(items), desc=desc, disable=not progress):
+            if isinstance(result, LoaderError):
+                if on_error == "raise":
+                    raise result
+                if skipped is not None:
+                    skipped.append({"path": result.path, "problem": result.problem})
+                continue
+            if isinstance(result, Recording):
+                yield result
+            else:
+                yield from result
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)

@@ -8,7 +8,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Recording", "LoaderError", "check_signal"]
+__all__ = ["Recording", "LoaderError", "check_signal", "apply_nan_policy", "NAN_POLICIES"]
+
+NAN_POLICIES = ("fail", "keep", "interpolate", "drop")
 
 
 class LoaderError(ValueError):
@@ -26,6 +28,7 @@ class Recording:
 
     ``patient_id`` is a string (PhysioNet ids vary in form); ``record_id`` is unique within a
     dataset. ``labels`` maps label names to values (binary 0/1, numbers or strings).
+    ``quality`` records what a loader did to the samples (e.g. how many NaNs it interpolated).
     """
 
     signal: np.ndarray
@@ -37,6 +40,7 @@ class Recording:
     units: tuple[str, ...] = ()
     labels: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    quality: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         self.signal = np.ascontiguousarray(self.signal, dtype=np.float32)
@@ -74,3 +78,50 @@ def check_signal(signal: np.ndarray, path: str | Path, channels=None) -> None:
             f"{int(bad.sum())} non-finite samples (first in channel {name!r} at sample {int(t)}); "
             "choose a NaN policy (interpolate / drop) instead of training on them",
         )
+
+
+def _nan_runs(row: np.ndarray) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each run of NaN in a 1-D array."""
+    bad = np.isnan(row).astype(np.int8)
+    edges = np.diff(np.concatenate(([0], bad, [0])))
+    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)))
+
+
+def apply_nan_policy(signal: np.ndarray, policy: str, path: str | Path, channels=None,
+                     max_gap: int = 0) -> tuple[np.ndarray, dict]:
+    """Handle non-finite samples of ``signal [C,T]`` by an explicit policy; return it and a report.
+
+    ``"fail"``: raise :class:`LoaderError` naming the file, channel and sample.
+    ``"keep"``: leave NaN in place (the report counts them).
+    ``"interpolate"``: fill each gap of at most ``max_gap`` samples linearly between its
+    neighbours (a gap at the edge takes the nearest valid value); a longer gap raises.
+    ``"drop"``: leave NaN in place for the windowing step, which drops windows holding any.
+    The report is ``{"nan_samples": n, "nan_policy": policy, "interpolated": k}`` (empty when clean).
+    """
+    if policy not in NAN_POLICIES:
+        raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {policy!r}")
+    signal[np.isinf(signal)] = np.nan
+    n_bad = int(np.isnan(signal).sum())
+    if n_bad == 0:
+        return signal, {}
+    if policy == "fail":
+        check_signal(signal, path, channels)
+    report = {"nan_samples": n_bad, "nan_policy": policy, "interpolated": 0}
+    if policy != "interpolate":
+        return signal, report
+    t = np.arange(signal.shape[1])
+    for c in range(signal.shape[0]):
+        row = signal[c]
+        runs = _nan_runs(row)
+        if not runs:
+            continue
+        long = [(a, b) for a, b in runs if b - a > max_gap]
+        if long or np.isnan(row).all():
+            a, b = long[0] if long else (0, row.size)
+            name = channels[c] if channels is not None else str(c)
+            raise LoaderError(path, f"channel {name!r} has a gap of {b - a} invalid samples at sample {a}, longer "
+                                    f"than max_gap={max_gap}; use nan_policy='drop' or a larger max_gap")
+        good = ~np.isnan(row)
+        row[~good] = np.interp(t[~good], t[good], row[good])
+    report["interpolated"] = n_bad
+    return signal, report

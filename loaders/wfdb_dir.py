@@ -7,18 +7,20 @@ Every other column is a label.
 """
 from __future__ import annotations
 
+import re
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import wfdb
-from tqdm.auto import tqdm
 
-from .cache import WaveformCache, build_cache, fingerprint_files
-from .recording import LoaderError, Recording, check_signal
+from .cache import WaveformCache, build_cache, fingerprint_files, read_all
+from .recording import LoaderError, Recording, apply_nan_policy, check_signal
 
-__all__ = ["read_wfdb", "load_wfdb_cohort", "read_metadata", "normalise_lead_name", "to_millivolts"]
+__all__ = ["read_wfdb", "load_wfdb_cohort", "read_metadata", "normalise_lead_name", "to_millivolts", "check_wfdb_header",
+           "check_same_channels"]
 
 REQUIRED_COLUMNS = ("patient_id", "record_id")
 _RESERVED = {"fs", "n_channels", "n_samples", "offset", "channels", "source"}
@@ -46,41 +48,147 @@ def to_millivolts(signal: np.ndarray, units, path) -> tuple[np.ndarray, tuple[st
     return signal, tuple(out_units)
 
 
+# Bits each sample takes on disk, per WFDB storage format (0: signal not stored). FLAC formats (508/516/524) are
+# compressed, so their size cannot be checked.
+_FORMAT_BITS = {"0": 0, "8": 8, "16": 16, "24": 24, "32": 32, "61": 16, "80": 8, "160": 16,
+                "212": 12, "310": 32 / 3, "311": 32 / 3}
+_FLAC_FORMATS = {"508", "516", "524"}
+_PACKED_FORMATS = {"212", "310", "311"}  # groups of samples share bytes; the last group may be padded
+
+
+def _header_lines(hea: Path) -> list[str]:
+    """Non-comment, non-blank lines of a header file."""
+    try:
+        text = hea.read_text(errors="replace")
+    except OSError as err:
+        raise LoaderError(hea, f"cannot read header: {err}") from err
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def check_wfdb_header(hea: str | Path):
+    """Validate a single-segment WFDB header against its data files; return the parsed ``wfdb`` header.
+
+    Checks, each failing with a :class:`LoaderError` naming the file: the record line's signal
+    count equals the number of signal lines, every storage format is known, every data file
+    exists, and each data file's size equals byte offset + samples x bits / 8 (a shorter file is
+    truncated; a longer one means the header lists fewer signals or samples than the file holds).
+    """
+    hea = Path(hea)
+    lines = _header_lines(hea)
+    if not lines:
+        raise LoaderError(hea, "header is empty")
+    fields = lines[0].split()
+    if "/" in fields[0]:
+        raise LoaderError(hea, "multi-segment record; read it with read_wfdb_multisegment")
+    try:
+        n_sig = int(fields[1]) if len(fields) > 1 else 0
+    except ValueError:
+        raise LoaderError(hea, f"record line {lines[0]!r}: signal count {fields[1]!r} is not an integer") from None
+    if n_sig != len(lines) - 1:
+        raise LoaderError(hea, f"record line declares {n_sig} signals but the header has {len(lines) - 1} signal lines")
+    for ln in lines[1:]:
+        fmt = re.match(r"\d+", ln.split()[1]) if len(ln.split()) > 1 else None
+        code = fmt.group(0) if fmt else "?"
+        if code not in _FORMAT_BITS and code not in _FLAC_FORMATS:
+            raise LoaderError(hea, f"unknown WFDB storage format {code!r} in signal line {ln!r}")
+    try:
+        header = wfdb.rdheader(str(hea.with_suffix("")))
+    except Exception as err:
+        raise LoaderError(hea, f"cannot parse WFDB header: {type(err).__name__}: {err}") from err
+    if n_sig == 0:
+        return header
+    files: dict[str, list[int]] = {}
+    for i, name in enumerate(header.file_name):
+        files.setdefault(name, []).append(i)
+    for name, sigs in files.items():
+        if name == "~" or all(header.fmt[i] == "0" for i in sigs):
+            continue
+        dat = hea.parent / name
+        if not dat.exists():
+            raise LoaderError(dat, f"data file named in {hea.name} not found")
+        fmts = {header.fmt[i] for i in sigs}
+        if fmts & _FLAC_FORMATS:
+            continue
+        offset = int(header.byte_offset[sigs[0]] or 0)
+        frame_bits = sum(_FORMAT_BITS[header.fmt[i]] * int(header.samps_per_frame[i] or 1) for i in sigs)
+        size = dat.stat().st_size - offset
+        if header.sig_len:
+            expected = header.sig_len * frame_bits / 8
+            slack = 4 if fmts & _PACKED_FORMATS else 0
+            if size < int(expected):
+                raise LoaderError(dat, f"truncated: {size} data bytes, {hea.name} declares {header.sig_len} samples "
+                                       f"x {len(sigs)} signals = {int(np.ceil(expected))} bytes")
+            if size > np.ceil(expected) + slack:
+                raise LoaderError(dat, f"holds {size} data bytes but {hea.name} declares {len(sigs)} signals x "
+                                       f"{header.sig_len} samples = {int(np.ceil(expected))} bytes; the header's "
+                                       "signal count or length disagrees with the data")
+        elif (size * 8) % frame_bits and not fmts & _PACKED_FORMATS:
+            raise LoaderError(dat, f"{size} data bytes is not a whole number of {len(sigs)}-signal frames")
+    return header
+
+
+# Formats whose samples are whole little/big-endian integers, read straight with numpy:
+# dtype on disk, value subtracted to get the signed sample, and the invalid-sample sentinel.
+_PLAIN_FORMATS = {"16": ("<i2", 0, -32768), "61": (">i2", 0, -32768), "32": ("<i4", 0, -2147483648),
+                  "80": ("u1", 128, -128), "160": ("<u2", 32768, -32768)}
+
+
+def _read_plain(hea: Path, header) -> np.ndarray | None:
+    """``[C,T]`` float64 physical signal for single-file records in a plain integer format, else None."""
+    fmts = set(header.fmt)
+    if (len(set(header.file_name)) != 1 or len(fmts) != 1 or next(iter(fmts)) not in _PLAIN_FORMATS
+            or any((s or 1) != 1 for s in header.samps_per_frame) or any(header.skew or [])
+            or not header.sig_len or any(g == 0 for g in header.adc_gain)):
+        return None
+    dtype, shift, invalid = _PLAIN_FORMATS[next(iter(fmts))]
+    offset = int(header.byte_offset[0] or 0)
+    raw = np.fromfile(hea.parent / header.file_name[0], dtype=dtype, count=header.sig_len * header.n_sig, offset=offset)
+    digital = raw.reshape(header.sig_len, header.n_sig).T.astype(np.int64) - shift
+    gain = np.asarray(header.adc_gain, dtype=np.float64)[:, None]
+    baseline = np.asarray(header.baseline, dtype=np.float64)[:, None]
+    physical = (digital - baseline) / gain
+    physical[digital == invalid] = np.nan
+    return physical
+
+
 def read_wfdb(path: str | Path, *, channels=None, allow_nan: bool = False, patient_id: str | None = None,
-              record_id: str | None = None, labels=None, start_time=None) -> Recording:
+              record_id: str | None = None, labels=None, start_time=None, nan_policy: str | None = None,
+              max_gap_s: float = 0.1) -> Recording:
     """Read one single-segment WFDB record (``path`` without extension) as a :class:`Recording`.
 
+    The header is checked against its data files first (:func:`check_wfdb_header`).
     ``channels`` picks and orders channels by (normalised) name; a missing one is an error.
-    Voltages are converted to mV; non-finite samples raise unless ``allow_nan``.
+    Voltages are converted to mV. Invalid (NaN) samples follow ``nan_policy`` (see
+    :func:`apply_nan_policy`); without one, they raise unless ``allow_nan`` (then they are kept).
+    What the policy did is recorded in ``Recording.quality``.
     """
     path = Path(path)
     hea = path.with_suffix(".hea") if path.suffix != ".hea" else path
     base = hea.with_suffix("")
     if not hea.exists():
         raise LoaderError(hea, "header file not found")
-    try:
-        rec = wfdb.rdrecord(str(base))
-    except Exception as err:  # wfdb raises a zoo of types for corrupt files
-        raise LoaderError(hea, f"cannot read WFDB record: {type(err).__name__}: {err}") from err
-    if rec.p_signal is None:
-        raise LoaderError(hea, "record has no physical signal (multi-segment? read it with m2s=True)")
-    names = tuple(normalise_lead_name(n) for n in rec.sig_name)
-    signal = np.ascontiguousarray(rec.p_signal.T, dtype=np.float32)
-    signal, units = to_millivolts(signal, rec.units, hea)
+    header = check_wfdb_header(hea)
+    physical = _read_plain(hea, header)
+    if physical is None:
+        try:
+            rec = wfdb.rdrecord(str(base))
+        except Exception as err:  # wfdb raises a zoo of types for corrupt files
+            raise LoaderError(hea, f"cannot read WFDB record: {type(err).__name__}: {err}") from err
+        if rec.p_signal is None:
+            raise LoaderError(hea, "record has no physical signal")
+        physical = rec.p_signal.T
+    names = tuple(normalise_lead_name(n) for n in header.sig_name)
+    signal = np.ascontiguousarray(physical, dtype=np.float32)
+    signal, units = to_millivolts(signal, header.units, hea)
     if channels is not None:
-        wanted = [normalise_lead_name(c) for c in channels]
-        missing = [c for c in wanted if c not in names]
-        if missing:
-            raise LoaderError(hea, f"missing channel(s) {missing}; record has {list(names)}")
-        idx = [names.index(c) for c in wanted]
-        signal, names, units = signal[idx], tuple(wanted), tuple(units[i] for i in idx)
-    if not allow_nan:
-        check_signal(signal, hea, names)
-    if start_time is None and rec.base_date is not None and rec.base_time is not None:
-        start_time = datetime.combine(rec.base_date, rec.base_time)
+        signal, names, units = _pick_channels(signal, names, units, channels, hea)
+    policy = nan_policy or ("keep" if allow_nan else "fail")
+    signal, quality = apply_nan_policy(signal, policy, hea, names, max_gap=int(round(max_gap_s * header.fs)))
+    if start_time is None and header.base_date is not None and header.base_time is not None:
+        start_time = datetime.combine(header.base_date, header.base_time)
     return Recording(
         signal=signal,
-        fs=float(rec.fs),
+        fs=float(header.fs),
         channels=names,
         patient_id=str(patient_id if patient_id is not None else base.name),
         record_id=str(record_id if record_id is not None else base.name),
@@ -88,7 +196,18 @@ def read_wfdb(path: str | Path, *, channels=None, allow_nan: bool = False, patie
         units=units,
         labels=dict(labels or {}),
         source=str(hea),
+        quality=quality,
     )
+
+
+def _pick_channels(signal, names, units, channels, path):
+    """Rows of ``signal`` for ``channels`` (normalised names, in that order); a missing one is an error."""
+    wanted = [normalise_lead_name(c) for c in channels]
+    missing = [c for c in wanted if c not in names]
+    if missing:
+        raise LoaderError(path, f"missing channel(s) {missing}; record has {list(names)}")
+    idx = [names.index(c) for c in wanted]
+    return signal[idx], tuple(wanted), tuple(units[i] for i in idx)
 
 
 def read_metadata(path: str | Path) -> pl.DataFrame:
@@ -117,13 +236,54 @@ def read_metadata(path: str | Path) -> pl.DataFrame:
     return table.with_columns(pl.col("patient_id").cast(pl.Utf8), pl.col("record_id").cast(pl.Utf8))
 
 
+def _read_cohort_row(root: Path, channels, label_cols, nan_policy, item) -> Recording:
+    path, row = item
+    return read_wfdb(root / path, channels=channels, patient_id=row["patient_id"], record_id=row["record_id"],
+                     labels={c: row[c] for c in label_cols}, start_time=row.get("visit_time"), nan_policy=nan_policy)
+
+
+def check_same_channels(recordings, expected=None, on_error: str = "raise", skipped: list | None = None):
+    """Yield recordings that have the cohort's channels (``expected``, or the first recording's).
+
+    A recording with other channels (count or names) raises a :class:`LoaderError` naming its
+    file, or with ``on_error="skip"`` is left out and listed in ``skipped``.
+    """
+    expected = list(expected) if expected is not None else None
+    for rec in recordings:
+        if expected is None:
+            expected = list(rec.channels)
+        elif list(rec.channels) != expected:
+            err = LoaderError(rec.source, f"has {rec.n_channels} channels {list(rec.channels)}, the cohort has "
+                                          f"{len(expected)} {expected}")
+            if on_error == "raise":
+                raise err
+            if skipped is not None:
+                skipped.append({"path": err.path, "problem": err.problem})
+            continue
+        yield rec
+
+
+def drop_nan_recordings(recordings, dropped: list):
+    """Yield recordings without NaN; list the others in ``dropped`` (``nan_policy="drop"`` for whole records)."""
+    for rec in recordings:
+        if rec.quality.get("nan_samples"):
+            dropped.append({"path": rec.source, "problem": f"{rec.quality['nan_samples']} invalid (NaN) samples"})
+            continue
+        yield rec
+
+
 def load_wfdb_cohort(root: str | Path, metadata: str | Path | None = None, *, cache_dir: str | Path | None = None,
-                     channels=None, progress: bool = True) -> WaveformCache:
+                     channels=None, progress: bool = True, workers: int = 0, on_error: str = "raise",
+                     nan_policy: str = "fail") -> WaveformCache:
     """Load a folder of WFDB records described by a metadata table into a memory-mapped cache.
 
     Every record must have the same channel set (the first record's, or ``channels``). The
     cache (default ``<root>/.tscl_cache``) is rebuilt only when the table or a record file
-    changes; a second call parses no header.
+    changes; a second call parses no header. A record listed in the table whose header is
+    missing raises (naming the file) before anything is read. Unreadable records raise, or with
+    ``on_error="skip"`` are left out and listed in ``cache.report["skipped"]``. ``nan_policy``
+    (see :func:`apply_nan_policy`): ``"drop"`` leaves out records holding NaN and lists them in
+    ``cache.report["dropped_nan"]``. ``workers`` reads records in that many processes.
     """
     root = Path(root)
     meta_path = Path(metadata) if metadata is not None else root / "metadata.csv"
@@ -137,23 +297,21 @@ def load_wfdb_cohort(root: str | Path, metadata: str | Path | None = None, *, ca
         rec_files.append(hea)
         rec_files.extend(sorted(hea.parent.glob(f"{Path(p).name}.*")))
     cache_dir = Path(cache_dir) if cache_dir is not None else root / ".tscl_cache"
-    fp = fingerprint_files([meta_path, *rec_files], extra=f"channels={channels}")
+    fp = fingerprint_files([meta_path, *rec_files],
+                           extra=f"channels={channels};on_error={on_error};nan_policy={nan_policy}")
     if (cache_dir / "fingerprint.txt").exists():
         cache = WaveformCache(cache_dir)
         if cache.fingerprint == fp:
             return cache
     label_cols = [c for c in table.columns if c not in ("patient_id", "record_id", "path", "visit_time")]
-
-    def recordings():
-        expected = list(channels) if channels is not None else None
-        rows = table.iter_rows(named=True)
-        for p, row in tqdm(zip(paths, rows), total=table.height, desc=f"reading {root.name}", disable=not progress):
-            rec = read_wfdb(root / p, channels=expected, patient_id=row["patient_id"], record_id=row["record_id"],
-                            labels={c: row[c] for c in label_cols}, start_time=row.get("visit_time"))
-            if expected is None:
-                expected = list(rec.channels)
-            elif list(rec.channels) != expected:
-                raise LoaderError(rec.source, f"has channels {list(rec.channels)}, the cohort has {expected}")
-            yield rec
-
-    return build_cache(recordings(), cache_dir, fingerprint=fp)
+    report: dict = {"skipped": []}
+    read_one = partial(_read_cohort_row, root, channels, label_cols, nan_policy)
+    items = list(zip(paths, table.iter_rows(named=True)))
+    recs = read_all(read_one, items, workers=workers, progress=progress, desc=f"reading {root.name}",
+                    on_error=on_error, skipped=report["skipped"])
+    if nan_policy == "drop":
+        report["dropped_nan"] = []
+        recs = drop_nan_recordings(recs, report["dropped_nan"])
+    return build_cache(check_same_channels(recs, channels and [normalise_lead_name(c) for c in channels],
+                                           on_error, report["skipped"]),
+                       cache_dir, fingerprint=fp, report=report)

@@ -1,0 +1,129 @@
+"""PhysioNet/CinC Challenge 2020/2021 12-lead ECGs: ``.hea`` + ``.mat`` (WFDB format ``16x1+24``).
+
+Each header carries comment lines ``# Age: 59``, ``# Sex: Female`` and ``# Dx: 164934002,426783006``
+(SNOMED CT codes). The record name's letter prefix tells the source database:
+A = CPSC 2018, Q = CPSC 2018 extra, I = St Petersburg INCART, S = PTB, HR = PTB-XL,
+E = Georgia, JS = Chapman-Shaoxing and Ningbo. The challenge data carry no patient ids, so
+each record is its own patient (``patient_id = record_id``).
+"""
+from __future__ import annotations
+
+import math
+import re
+from functools import partial
+from pathlib import Path
+
+from .cache import ON_ERROR, WaveformCache, build_cache, fingerprint_files, read_all
+from .recording import LoaderError, Recording
+from .wfdb_dir import check_same_channels, read_wfdb
+
+__all__ = ["read_cinc", "read_cinc_header", "load_cinc", "CINC_LEADS", "CINC_DATABASES"]
+
+CINC_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+CINC_DATABASES = {"A": "CPSC", "Q": "CPSC-Extra", "I": "INCART", "S": "PTB", "HR": "PTB-XL",
+                  "E": "Georgia", "JS": "Chapman-Shaoxing-Ningbo"}
+
+
+def _age(text: str, path: Path) -> float | None:
+    if text.lower() in ("", "nan", "unknown", "none", "?"):
+        return None
+    try:
+        age = float(text)
+    except ValueError:
+        raise LoaderError(path, f"# Age: {text!r} is not a number") from None
+    return None if math.isnan(age) else age
+
+
+def _sex(text: str, path: Path) -> str | None:
+    key = text.strip().lower()
+    if key in ("male", "m"):
+        return "M"
+    if key in ("female", "f"):
+        return "F"
+    if key in ("", "unknown", "nan", "none", "?"):
+        return None
+    raise LoaderError(path, f"# Sex: {text!r} is neither male nor female nor unknown")
+
+
+def read_cinc_header(path: str | Path) -> dict:
+    """``{"age", "sex", "dx", "database"}`` from a challenge header's comments.
+
+    ``age`` is a float or None, ``sex`` "M"/"F"/None, ``dx`` a tuple of SNOMED CT code strings
+    (a header without a ``# Dx:`` line, or with a code that is not a number, raises),
+    ``database`` the record name's letter prefix.
+    """
+    path = Path(path)
+    hea = path if path.suffix == ".hea" else path.with_suffix(".hea")
+    if not hea.exists():
+        raise LoaderError(hea, "header file not found")
+    fields = {}
+    for line in hea.read_text(errors="replace").splitlines():
+        line = line.strip()
+        if line.startswith("#") and ":" in line:
+            key, _, value = line.lstrip("#").partition(":")
+            fields[key.strip().lower()] = value.strip()
+    if "dx" not in fields:
+        raise LoaderError(hea, "no '# Dx:' comment line (SNOMED CT diagnosis codes)")
+    dx = tuple(c.strip() for c in fields["dx"].split(",") if c.strip())
+    bad = [c for c in dx if not c.isdigit()]
+    if bad or not dx:
+        raise LoaderError(hea, f"# Dx: {fields['dx']!r} is not a comma-separated list of SNOMED CT codes")
+    prefix = re.match(r"[A-Za-z]*", hea.stem).group(0)
+    return {"age": _age(fields.get("age", ""), hea), "sex": _sex(fields.get("sex", ""), hea), "dx": dx,
+            "database": prefix}
+
+
+def read_cinc(path: str | Path, *, channels=CINC_LEADS, dx_codes=None, nan_policy: str = "fail") -> Recording:
+    """One challenge record as a :class:`Recording` in mV with normalised lead names.
+
+    Labels: age, sex, dx (codes joined by commas), database (record prefix) and, when
+    ``dx_codes`` is given, one 0/1 column ``dx_<code>`` per code.
+    """
+    path = Path(path)
+    meta = read_cinc_header(path)
+    labels = {"age": meta["age"], "sex": meta["sex"], "dx": ",".join(meta["dx"]), "database": meta["database"]}
+    for code in dx_codes or ():
+        labels[f"dx_{code}"] = int(str(code) in meta["dx"])
+    hea = path if path.suffix == ".hea" else path.with_suffix(".hea")
+    return read_wfdb(hea, channels=channels, patient_id=hea.stem, record_id=hea.stem, labels=labels,
+                     nan_policy=nan_policy)
+
+
+def load_cinc(root: str | Path, cache_dir: str | Path | None = None, *, channels=CINC_LEADS, dx_codes=None,
+              on_error: str = "raise", progress: bool = True, workers: int = 0) -> WaveformCache:
+    """Load every challenge record under ``root`` (searched recursively) into a :class:`WaveformCache`.
+
+    ``dx_codes``: codes to expand into 0/1 ``dx_<code>`` columns; default every code seen in
+    the headers. Unreadable records raise naming the file, or with ``on_error="skip"`` are left
+    out and listed in ``cache.report["skipped"]``. The cache (default ``<root>/.tscl_cache/cinc``)
+    is rebuilt only when a source file changes.
+    """
+    root = Path(root)
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    headers = sorted(p for p in root.rglob("*.hea") if ".tscl_cache" not in p.parts)
+    if not headers:
+        raise LoaderError(root, "no .hea files found")
+    skipped: list = []
+    if dx_codes is None:
+        seen = set()
+        for hea in headers:
+            try:
+                seen.update(read_cinc_header(hea)["dx"])
+            except LoaderError as err:
+                if on_error == "raise":
+                    raise
+                skipped.append({"path": err.path, "problem": err.problem})
+        dx_codes = sorted(seen, key=int)
+        headers = [h for h in headers if str(h) not in {s["path"] for s in skipped}]
+    sources = [f for h in headers for f in sorted(h.parent.glob(h.stem + ".*"))]
+    cache_dir = Path(cache_dir) if cache_dir is not None else root / ".tscl_cache" / "cinc"
+    fp = fingerprint_files(sources, extra=f"cinc;channels={channels};dx={list(dx_codes)};on_error={on_error}")
+    if (cache_dir / "fingerprint.txt").exists():
+        cache = WaveformCache(cache_dir)
+        if cache.fingerprint == fp:
+            return cache
+    report = {"skipped": skipped}
+    recs = read_all(partial(read_cinc, channels=channels, dx_codes=list(dx_codes)), headers, workers=workers,
+                    progress=progress, desc=f"reading {root.name}", on_error=on_error, skipped=skipped)
+    return build_cache(check_same_channels(recs, channels, on_error, skipped), cache_dir, fingerprint=fp, report=report)
