@@ -18,9 +18,10 @@ import wfdb
 
 from .cache import WaveformCache, build_cache, fingerprint_files, read_all
 from .recording import LoaderError, Recording, apply_nan_policy, check_signal
+from .windows import window_recording
 
 __all__ = ["read_wfdb", "load_wfdb_cohort", "read_metadata", "normalise_lead_name", "to_millivolts", "check_wfdb_header",
-           "check_same_channels"]
+           "check_same_channels", "load_wfdb_windows"]
 
 REQUIRED_COLUMNS = ("patient_id", "record_id")
 _RESERVED = {"fs", "n_channels", "n_samples", "offset", "channels", "source"}
@@ -151,12 +152,32 @@ def _read_plain(hea: Path, header) -> np.ndarray | None:
     return physical
 
 
+def _read_multisegment(hea: Path):
+    """Header and joined ``[C,T]`` physical signal of a multi-segment record (every segment checked first)."""
+    lines = _header_lines(hea)
+    for ln in lines[1:]:
+        seg = ln.split()[0]
+        if seg == "~":
+            continue
+        seg_hea = hea.parent / f"{seg}.hea"
+        if not seg_hea.exists():
+            raise LoaderError(seg_hea, f"segment listed in {hea.name} not found")
+        check_wfdb_header(seg_hea)
+    try:
+        rec = wfdb.rdrecord(str(hea.with_suffix("")), m2s=True)
+    except Exception as err:
+        raise LoaderError(hea, f"cannot read multi-segment record: {type(err).__name__}: {err}") from err
+    return rec, rec.p_signal.T
+
+
 def read_wfdb(path: str | Path, *, channels=None, allow_nan: bool = False, patient_id: str | None = None,
               record_id: str | None = None, labels=None, start_time=None, nan_policy: str | None = None,
               max_gap_s: float = 0.1) -> Recording:
-    """Read one single-segment WFDB record (``path`` without extension) as a :class:`Recording`.
+    """Read one WFDB record (``path`` without extension) as a :class:`Recording`.
 
-    The header is checked against its data files first (:func:`check_wfdb_header`).
+    The header is checked against its data files first (:func:`check_wfdb_header`). A
+    multi-segment record is joined into one signal over the layout's channels; samples in gaps
+    and in segments lacking a channel are NaN (so they meet ``nan_policy``).
     ``channels`` picks and orders channels by (normalised) name; a missing one is an error.
     Voltages are converted to mV. Invalid (NaN) samples follow ``nan_policy`` (see
     :func:`apply_nan_policy`); without one, they raise unless ``allow_nan`` (then they are kept).
@@ -167,8 +188,12 @@ def read_wfdb(path: str | Path, *, channels=None, allow_nan: bool = False, patie
     base = hea.with_suffix("")
     if not hea.exists():
         raise LoaderError(hea, "header file not found")
-    header = check_wfdb_header(hea)
-    physical = _read_plain(hea, header)
+    lines = _header_lines(hea)
+    if lines and "/" in lines[0].split()[0]:
+        header, physical = _read_multisegment(hea)
+    else:
+        header = check_wfdb_header(hea)
+        physical = _read_plain(hea, header)
     if physical is None:
         try:
             rec = wfdb.rdrecord(str(base))
@@ -315,3 +340,43 @@ def load_wfdb_cohort(root: str | Path, metadata: str | Path | None = None, *, ca
     return build_cache(check_same_channels(recs, channels and [normalise_lead_name(c) for c in channels],
                                            on_error, report["skipped"]),
                        cache_dir, fingerprint=fp, report=report)
+
+
+def _windows_of_record(channels, window_s, stride_s, nan_policy, max_gap_s, patient_id_of, record):
+    rec = read_wfdb(record, channels=channels, nan_policy="keep",
+                    patient_id=patient_id_of(Path(record)) if patient_id_of else None)
+    windows, report = window_recording(rec, window_s, stride_s, nan_policy=nan_policy, max_gap_s=max_gap_s)
+    return [*windows, report.as_dict()]
+
+
+def load_wfdb_windows(records, cache_dir: str | Path, *, window_s: float = 10.0, stride_s: float | None = None,
+                      channels=None, nan_policy: str = "drop", max_gap_s: float = 0.1, patient_id_of=None,
+                      on_error: str = "raise", progress: bool = True, workers: int = 0) -> WaveformCache:
+    """Fixed-length windows of long WFDB records (single- or multi-segment) in one cache.
+
+    ``channels`` picks signals by name (e.g. ``["II", "ABP"]`` from a mixed ECG/pressure
+    record; a record lacking one raises or is skipped). NaN samples follow ``nan_policy``
+    (:func:`window_recording`: ``"drop"`` windows holding NaN, ``"interpolate"`` gaps up to
+    ``max_gap_s``, or ``"fail"``). ``patient_id_of(path)`` gives each record's patient (default:
+    the record name). ``cache.report["records"]`` counts kept and dropped windows per record;
+    ``cache.report["skipped"]`` lists records left out with ``on_error="skip"``.
+    """
+    records = [Path(r) for r in records]
+    cache_dir = Path(cache_dir)
+    sources = [f for r in records for f in sorted(r.parent.glob("*"))]
+    fp = fingerprint_files(sorted(set(sources)), extra=f"windows;{channels};{window_s};{stride_s};{nan_policy};"
+                                                       f"{max_gap_s};{on_error};{getattr(patient_id_of, '__name__', '')}")
+    if (cache_dir / "fingerprint.txt").exists():
+        cache = WaveformCache(cache_dir)
+        if cache.fingerprint == fp:
+            return cache
+    report: dict = {"skipped": [], "records": []}
+    read_one = partial(_windows_of_record, channels, window_s, stride_s, nan_policy, max_gap_s, patient_id_of)
+    windows = []
+    for item in read_all(read_one, records, workers=workers, progress=progress, desc="windows", on_error=on_error,
+                         skipped=report["skipped"]):
+        if isinstance(item, dict):
+            report["records"].append(item)
+        else:
+            windows.append(item)
+    return build_cache(windows, cache_dir, fingerprint=fp, report=report)

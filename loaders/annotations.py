@@ -1,0 +1,189 @@
+"""Annotated long ECG recordings (MIT-BIH, SVDB, CPSC 2021): beat and rhythm windows.
+
+Beat annotations (``.atr``) map to the five AAMI EC57 classes: N (normal and bundle-branch
+block beats N, L, R, e, j), S (supraventricular ectopic A, a, J, S), V (ventricular ectopic
+V, E), F (fusion F) and Q (paced and unclassifiable /, f, Q). Other symbols (rhythm changes
+``+``, noise ``~``, comments, waveform onsets...) are not beats. Rhythm-change annotations
+(``+`` with an aux note such as ``(AFIB`` or ``(N``) start an interval that lasts until the
+next one; the last lasts to the end of the record.
+"""
+from __future__ import annotations
+
+import re
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import wfdb
+
+from .cache import ON_ERROR, WaveformCache, build_cache, fingerprint_files, read_all
+from .recording import LoaderError, Recording
+from .wfdb_dir import read_wfdb
+from .windows import cut_window, window_recording
+
+__all__ = ["AAMI_CLASSES", "AAMI_MAP", "read_beats", "rhythm_intervals", "beat_windows", "rhythm_windows",
+           "load_annotated", "subject_of"]
+
+AAMI_CLASSES = ("N", "S", "V", "F", "Q")
+AAMI_MAP = {**dict.fromkeys("NLRej", "N"), **dict.fromkeys("AaJS", "S"), **dict.fromkeys("VE", "V"), "F": "F",
+            **dict.fromkeys("/fQ", "Q")}
+# MIT-BIH records 201 and 202 come from the same patient.
+_SAME_PATIENT = {"mitdb/202": "201"}
+
+
+def subject_of(record: str | Path) -> str:
+    """Patient id for a record path: CPSC 2021 ``data_<subject>_<n>`` -> ``<subject>``; MIT-BIH 202 -> 201;
+    otherwise the record name."""
+    path = Path(record)
+    key = f"{path.parent.name}/{path.name}"
+    if key in _SAME_PATIENT:
+        return _SAME_PATIENT[key]
+    m = re.fullmatch(r"data_(\d+)_\d+", path.name)
+    return m.group(1) if m else path.name
+
+
+def _read_annotation(record: Path, extension: str):
+    ann_file = record.parent / f"{record.name}.{extension}"
+    if not ann_file.exists():
+        raise LoaderError(ann_file, "annotation file not found")
+    try:
+        return wfdb.rdann(str(record), extension)
+    except Exception as err:
+        raise LoaderError(ann_file, f"cannot read annotations: {type(err).__name__}: {err}") from err
+
+
+def read_beats(record: str | Path, extension: str = "atr") -> pl.DataFrame:
+    """Beat annotations of a record: columns ``sample``, ``symbol``, ``aami`` (non-beat symbols removed)."""
+    record = Path(record)
+    ann = _read_annotation(record, extension)
+    symbols = list(ann.symbol)
+    keep = [i for i, s in enumerate(symbols) if s in AAMI_MAP]
+    return pl.DataFrame({"sample": np.asarray(ann.sample)[keep].astype(np.int64),
+                         "symbol": [symbols[i] for i in keep],
+                         "aami": [AAMI_MAP[symbols[i]] for i in keep]})
+
+
+def rhythm_intervals(record: str | Path, n_samples: int, extension: str = "atr",
+                     default_rhythm: str | None = None) -> pl.DataFrame:
+    """Rhythm intervals ``start``, ``stop`` (samples, stop exclusive), ``rhythm`` (aux note without ``(``).
+
+    The part before the first rhythm annotation (the whole record when there is none, as in
+    CPSC 2021's non-AF records) gets ``default_rhythm``, or is left out when that is None.
+    """
+    record = Path(record)
+    ann = _read_annotation(record, extension)
+    changes = [(int(s), (note or "").strip("\x00 ").lstrip("("))
+               for s, sym, note in zip(ann.sample, ann.symbol, ann.aux_note)
+               if sym == "+" and (note or "").strip("\x00 ").startswith("(")]
+    if default_rhythm is not None and (not changes or changes[0][0] > 0):
+        changes.insert(0, (0, default_rhythm))
+    starts = [s for s, _ in changes]
+    stops = starts[1:] + [n_samples]
+    rows = [(a, b, r) for (a, r), b in zip(changes, stops) if b > a]
+    return pl.DataFrame(rows, schema={"start": pl.Int64, "stop": pl.Int64, "rhythm": pl.Utf8}, orient="row")
+
+
+def beat_windows(record: str | Path, *, before_s: float = 0.25, after_s: float = 0.45, channels=None,
+                 extension: str = "atr", patient_id: str | None = None, nan_policy: str = "drop",
+                 report: list | None = None) -> list[Recording]:
+    """One window per annotated beat, ``before_s`` before to ``after_s`` after the R peak.
+
+    Labels: ``aami`` (N/S/V/F/Q), ``symbol``, ``beat_sample``. Beats too close to the record's
+    ends, and (with ``nan_policy="drop"``) windows holding NaN, are left out and counted in the
+    ``report`` entry appended for the record.
+    """
+    record = Path(record)
+    rec = read_wfdb(record, channels=channels, patient_id=patient_id or subject_of(record),
+                    nan_policy="keep" if nan_policy == "drop" else nan_policy)
+    beats = read_beats(record, extension)
+    lo, hi = int(round(before_s * rec.fs)), int(round(after_s * rec.fs))
+    bad = np.concatenate(([0], np.cumsum(np.isnan(rec.signal).any(axis=0))))
+    windows, dropped_edge, dropped_nan = [], 0, 0
+    for sample, symbol, aami in beats.iter_rows():
+        start, stop = sample - lo, sample + hi
+        if start < 0 or stop > rec.n_samples:
+            dropped_edge += 1
+            continue
+        if bad[stop] - bad[start]:
+            dropped_nan += 1
+            continue
+        windows.append(cut_window(rec, start, stop, record_id=f"{rec.record_id}:{sample}",
+                                  labels={"aami": aami, "symbol": symbol, "beat_sample": int(sample)}))
+    if report is not None:
+        report.append({"source": rec.source, "beats": beats.height, "kept": len(windows),
+                       "dropped_edge": dropped_edge, "dropped_nan": dropped_nan})
+    return windows
+
+
+def rhythm_windows(record: str | Path, *, window_s: float = 10.0, stride_s: float | None = None, channels=None,
+                   extension: str = "atr", patient_id: str | None = None, default_rhythm: str | None = None,
+                   nan_policy: str = "drop", report: list | None = None) -> list[Recording]:
+    """Fixed-length windows lying wholly inside one rhythm interval (:func:`rhythm_intervals`).
+
+    Labels: ``rhythm`` (e.g. ``AFIB``, ``N``) and ``afib`` (1 for AFIB, 0 otherwise). Windows
+    that would straddle a rhythm change are not cut; the tail of each interval shorter than a
+    window is left out and counted, as are windows with NaN (``nan_policy="drop"``).
+    """
+    record = Path(record)
+    rec = read_wfdb(record, channels=channels, patient_id=patient_id or subject_of(record),
+                    nan_policy="keep" if nan_policy == "drop" else nan_policy)
+    intervals = rhythm_intervals(record, rec.n_samples, extension, default_rhythm)
+    windows, counts = [], {"dropped_nan": 0, "dropped_edge": 0}
+    for start, stop, rhythm in intervals.iter_rows():
+        part = cut_window(rec, start, stop)
+        cut, rep = window_recording(part, window_s, stride_s, nan_policy="drop",
+                                    labels={"rhythm": rhythm, "afib": int(rhythm == "AFIB")})
+        for w in cut:
+            w.labels["window_start"] += int(start)
+            w.record_id = f"{rec.record_id}:{w.labels['window_start']}"
+        windows.extend(cut)
+        counts["dropped_nan"] += rep.dropped_nan
+        counts["dropped_edge"] += rep.dropped_edge
+    if report is not None:
+        report.append({"source": rec.source, "intervals": intervals.height, "kept": len(windows), **counts})
+    return windows
+
+
+def load_annotated(records, kind: str = "beats", cache_dir: str | Path | None = None, *, channels=None,
+                   on_error: str = "raise", progress: bool = True, workers: int = 0, **window_args) -> WaveformCache:
+    """Beat (``kind="beats"``) or rhythm (``kind="rhythm"``) windows of several annotated records in one cache.
+
+    ``records``: record paths without extension. ``window_args`` go to :func:`beat_windows` or
+    :func:`rhythm_windows`. ``cache.report["records"]`` holds each record's counts;
+    ``cache.report["skipped"]`` the records left out with ``on_error="skip"``.
+    """
+    if kind not in ("beats", "rhythm"):
+        raise ValueError(f"kind must be 'beats' or 'rhythm', got {kind!r}")
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    records = [Path(r) for r in records]
+    sources = [f for r in records for f in sorted(r.parent.glob(r.name + ".*"))]
+    if cache_dir is None:
+        raise ValueError("cache_dir is required (records may come from several folders)")
+    cache_dir = Path(cache_dir)
+    fp = fingerprint_files(sources, extra=f"{kind};{channels};{sorted(window_args.items())};{on_error}")
+    if (cache_dir / "fingerprint.txt").exists():
+        cache = WaveformCache(cache_dir)
+        if cache.fingerprint == fp:
+            return cache
+    report: dict = {"skipped": [], "records": []}
+    cut = beat_windows if kind == "beats" else rhythm_windows
+    read_one = partial(_windows_with_report, cut, channels, window_args)
+    results = []
+    for item in read_all(read_one, records, workers=workers, progress=progress, desc=f"{kind} windows",
+                         on_error=on_error, skipped=report["skipped"]):
+        results.append(item)
+    windows = []
+    for item in results:
+        if isinstance(item, dict):
+            report["records"].append(item)
+        else:
+            windows.append(item)
+    return build_cache(windows, cache_dir, fingerprint=fp, report=report)
+
+
+def _windows_with_report(cut, channels, window_args, record):
+    counts: list = []
+    windows = cut(record, channels=channels, report=counts, **window_args)
+    return [*windows, *counts]
