@@ -1,0 +1,5 @@
+import sys
+
+from tscl.cli import main
+
+sys.exit(main())

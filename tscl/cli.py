@@ -1,0 +1,219 @@
+"""``tscl`` command line: simulate, pretrain, embed, probe, demo."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_LABELS = ("lvh", "bbb", "af", "tachy", "brady", "mace")
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v]
+
+
+def _kwargs(text: str) -> dict:
+    """``width=0.25,blocks=4`` -> {'width': 0.25, 'blocks': 4} (values parsed as JSON when possible)."""
+    out = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def cmd_simulate(args) -> Path:
+    from tscl.simulate import CohortConfig, write_cohort
+
+    meta = write_cohort(args.out, CohortConfig(n_patients=args.patients, seed=args.seed), progress=not args.quiet)
+    print(f"wrote {meta}")
+    return meta
+
+
+def _load(args):
+    from tscl.loaders import load_wfdb_cohort
+
+    return load_wfdb_cohort(args.data, args.metadata, progress=not args.quiet)
+
+
+def cmd_pretrain(args) -> Path:
+    from tscl.train import PretrainConfig, pretrain
+
+    cache = _load(args)
+    cfg = PretrainConfig(
+        out_dir=args.out, method=args.method, encoder=args.encoder, encoder_kwargs=_kwargs(args.encoder_kwargs),
+        method_kwargs=_kwargs(args.method_kwargs), epochs=args.epochs, lr=args.lr, seed=args.seed,
+        device=args.device, progress=not args.quiet,
+    )
+    run = pretrain(cache, cfg)
+    print(f"pretrained encoder in {run}")
+    return run
+
+
+def cmd_embed(args) -> Path:
+    from tscl.embed import embed_signals
+    from tscl.train import load_encoder
+
+    cache = _load(args)
+    encoder = load_encoder(args.run, random_init=args.random_init, seed=args.seed)
+    feats = embed_signals(encoder, cache.stack(), progress=not args.quiet)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, features=feats, record_id=np.array(cache.index["record_id"].to_list()))
+    print(f"wrote {feats.shape} features to {out}")
+    return out
+
+
+def _probe_report(cache, features: dict, labels, out: Path, fractions, reference, n_boot, seed, quiet=False):
+    from tscl.plots import plot_label_efficiency
+    from tscl.probes import run_probe
+
+    missing = [lab for lab in labels if lab not in cache.index.columns]
+    if missing:
+        raise SystemExit(f"label column(s) {missing} not in the cohort metadata; available: {cache.label_columns}")
+    Y = cache.index.select(labels).to_numpy()
+    result = run_probe(features, Y, list(labels), cache.index["patient_id"].to_numpy(), fractions=fractions,
+                       reference=reference, n_boot=n_boot, seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "probe.json").write_text(result.to_json())
+    table = result.to_markdown()
+    (out / "probe.md").write_text(f"# Linear probe, macro AUROC over {', '.join(labels)}\n\n{table}\n")
+    plot_label_efficiency(result.rows, out / "label_efficiency.png", title="linear probe")
+    return result, table
+
+
+def cmd_probe(args):
+    cache = _load(args)
+    ids = cache.index["record_id"].to_list()
+    features = {}
+    for path in args.embeddings:
+        z = np.load(path)
+        if z["record_id"].tolist() != ids:
+            raise SystemExit(f"{path}: embeddings are not aligned with the cohort's records (re-run tscl embed)")
+        features[Path(path).stem] = z["features"]
+    result, table = _probe_report(cache, features, args.labels.split(","), Path(args.out), _floats(args.fractions),
+                                  args.reference, args.bootstrap, args.seed)
+    print(table)
+    return result
+
+
+def cmd_demo(args):
+    """Simulate the default cohort, pretrain PCLR, probe it against a random-init encoder."""
+    from tscl.embed import embed_signals
+    from tscl.loaders import load_wfdb_cohort
+    from tscl.simulate import CohortConfig, write_cohort
+    from tscl.train import PretrainConfig, load_encoder, pretrain
+
+    t0 = time.time()
+    out = Path(args.out)
+    data = out / "cohort"
+    if not (data / "metadata.csv").exists():
+        write_cohort(data, CohortConfig(n_patients=args.patients, seed=args.seed), progress=not args.quiet)
+    cache = load_wfdb_cohort(data, progress=not args.quiet)
+    n_pat = cache.index["patient_id"].n_unique()
+    print(f"cohort: {len(cache)} recordings of {n_pat} patients, {cache.index['n_channels'][0]} leads, "
+          f"{cache.index['fs'][0]:g} Hz  ({data})")
+    cfg = PretrainConfig(out_dir=str(out / "pclr"), method="pclr", encoder=args.encoder,
+                         encoder_kwargs=_kwargs(args.encoder_kwargs),
+                         method_kwargs={"patients_per_batch": args.batch_patients}, epochs=args.epochs, lr=args.lr,
+                         seed=args.seed, device=args.device, progress=not args.quiet)
+    run = pretrain(cache, cfg)
+    signals = cache.stack()
+    features = {
+        "pclr": embed_signals(load_encoder(run), signals, progress=not args.quiet),
+        "random-init": embed_signals(load_encoder(run, random_init=True, seed=args.seed), signals, progress=not args.quiet),
+    }
+    result, table = _probe_report(cache, features, list(DEFAULT_LABELS), out / "probe", _floats(args.fractions),
+                                  "random-init", args.bootstrap, args.seed)
+    s = result.split
+    print(f"\nLinear probe on frozen embeddings, macro AUROC over {', '.join(DEFAULT_LABELS)} "
+          f"[95 % patient-level bootstrap CI]\ntest: {s['test_records']} recordings of {s['test_patients']} patients; "
+          f"train pool: {s['train_patients']} patients\n")
+    print(table)
+    print(f"\nreport: {out / 'probe'}  (probe.md, probe.json, label_efficiency.png); run: {run}")
+    print(f"demo finished in {time.time() - t0:.0f} s")
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tscl", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp, data=True):
+        if data:
+            sp.add_argument("--data", required=True, help="cohort folder (WFDB records + metadata table)")
+            sp.add_argument("--metadata", default=None, help="metadata table (default: <data>/metadata.csv)")
+        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    def training(sp):
+        sp.add_argument("--encoder", default="resnet1d")
+        sp.add_argument("--encoder-kwargs", default="width=0.25", help="e.g. width=0.5")
+        sp.add_argument("--epochs", type=int, default=30)
+        sp.add_argument("--lr", type=float, default=3e-3)
+        sp.add_argument("--device", default="auto")
+
+    sp = sub.add_parser("simulate", help="write the simulated ECG cohort as WFDB records")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--patients", type=int, default=300)
+    common(sp, data=False)
+    sp.set_defaults(func=cmd_simulate)
+
+    sp = sub.add_parser("pretrain", help="contrastive pretraining on a cohort")
+    common(sp)
+    training(sp)
+    sp.add_argument("--method", default="pclr")
+    sp.add_argument("--method-kwargs", default="", help="e.g. patients_per_batch=64,temperature=0.1")
+    sp.add_argument("--out", required=True, help="run folder")
+    sp.set_defaults(func=cmd_pretrain)
+
+    sp = sub.add_parser("embed", help="frozen features of a run's encoder")
+    common(sp)
+    sp.add_argument("--run", required=True)
+    sp.add_argument("--random-init", action="store_true", help="same architecture, untrained weights")
+    sp.add_argument("--out", required=True, help=".npz file")
+    sp.set_defaults(func=cmd_embed)
+
+    sp = sub.add_parser("probe", help="linear probes with patient-level splits and bootstrap CIs")
+    common(sp)
+    sp.add_argument("--embeddings", nargs="+", required=True, help=".npz files from tscl embed")
+    sp.add_argument("--labels", default=",".join(DEFAULT_LABELS))
+    sp.add_argument("--fractions", default="0.01,0.1,1")
+    sp.add_argument("--reference", default=None, help="embedding name the others are compared against")
+    sp.add_argument("--bootstrap", type=int, default=1000)
+    sp.add_argument("--out", required=True)
+    sp.set_defaults(func=cmd_probe)
+
+    sp = sub.add_parser("demo", help="simulate -> PCLR pretraining -> probe vs random init")
+    common(sp, data=False)
+    training(sp)
+    sp.add_argument("--out", default="runs/demo")
+    sp.add_argument("--patients", type=int, default=300)
+    sp.add_argument("--batch-patients", type=int, default=64)
+    sp.add_argument("--fractions", default="0.01,0.1,1")
+    sp.add_argument("--bootstrap", type=int, default=1000)
+    sp.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from tscl.loaders import LoaderError
+
+    try:
+        args.func(args)
+    except LoaderError as err:
+        print(f"tscl: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""PCLR: patient contrastive learning of representations.
+
+Diamant, Reinertsen, Song, Aguirre, Stultz, Batra. "Patient contrastive learning: a
+performant, expressive, and practical approach to ECG modeling." PLoS Comput Biol 18(2),
+e1009862 (2022).
+
+Positives are two *different recordings of the same patient*; every other recording in the
+batch is a negative. No signal augmentation: the pairing replaces it. With both
+recordings of each of P patients stacked as ``z [2P, D]`` and patient ids as labels, the
+loss is the NT-Xent of SimCLR over the 2P x 2P similarity matrix with the diagonal removed::
+
+    l_i = -log  exp(cos(z_i, z_i+) / tau) / sum_{j != i} exp(cos(z_i, z_j) / tau)
+
+averaged over all 2P anchors (the paper's code sums the two view directions, L_a + L_b;
+this is the same up to a factor 2). tau = 0.1 as in the paper. With more than two
+recordings per patient the anchor averages over its same-patient recordings (SupCon L_out).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from tscl.encoders import ProjectionHead
+from tscl.kernels import info_nce
+from tscl.samplers import PatientBatchSampler, encode_ids
+
+__all__ = ["PCLR"]
+
+
+class PCLR(nn.Module):
+    def __init__(self, encoder: nn.Module, proj_dim: int = 128, temperature: float = 0.1,
+                 patients_per_batch: int = 64, recordings_per_patient: int = 2):
+        super().__init__()
+        self.encoder = encoder
+        self.head = ProjectionHead(encoder.embed_dim, encoder.embed_dim, proj_dim)
+        self.temperature = temperature
+        self.patients_per_batch = patients_per_batch
+        self.recordings_per_patient = recordings_per_patient
+
+    def make_sampler(self, index, seed: int = 0) -> PatientBatchSampler:
+        return PatientBatchSampler(
+            encode_ids(index["patient_id"].to_list()),
+            patients_per_batch=self.patients_per_batch,
+            recordings_per_patient=self.recordings_per_patient,
+            seed=seed,
+        )
+
+    def forward(self, x: Tensor, batch: dict) -> Tensor:
+        z = self.head(self.encoder(x))
+        ids = batch["patient_ids"]
+        return info_nce(z, z, ids, ids, temperature=self.temperature, exclude_self=True)

@@ -1,0 +1,87 @@
+"""Batch samplers whose composition encodes who is positive for whom."""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["PatientBatchSampler", "encode_ids"]
+
+
+def encode_ids(values) -> np.ndarray:
+    """Map arbitrary ids (strings, ints) to dense int64 codes, first-seen order."""
+    codes: dict = {}
+    return np.array([codes.setdefault(v, len(codes)) for v in values], dtype=np.int64)
+
+
+@dataclass
+class PatientBatchSampler:
+    """PCLR sampling: each batch holds ``patients_per_batch`` distinct patients with
+    ``recordings_per_patient`` different recordings each (Diamant et al. 2022).
+
+    Patients with fewer recordings than that cannot supply a positive pair. They are left
+    out of pretraining explicitly: ``excluded_patients`` lists them and ``__post_init__``
+    warns with their count, so nothing disappears unnoticed. Each epoch visits every
+    eligible patient once, in a seeded random order (``set_epoch`` changes the order);
+    recordings are drawn without replacement within a patient. A final batch with fewer
+    than two patients is dropped (it would have no negatives).
+
+    Iterating yields lists of row indices into ``patient_ids``; ``len`` is batches per epoch.
+    """
+
+    patient_ids: np.ndarray
+    patients_per_batch: int = 32
+    recordings_per_patient: int = 2
+    seed: int = 0
+    epoch: int = 0
+    excluded_patients: list = field(default_factory=list, init=False)
+
+    def __post_init__(self):
+        if self.recordings_per_patient < 2:
+            raise ValueError("recordings_per_patient must be >= 2 (a positive pair needs two recordings)")
+        if self.patients_per_batch < 2:
+            raise ValueError("patients_per_batch must be >= 2 (one patient alone has no negatives)")
+        groups = defaultdict(list)
+        for row, pid in enumerate(np.asarray(self.patient_ids)):
+            groups[pid].append(row)
+        self._groups = {p: np.array(r) for p, r in groups.items() if len(r) >= self.recordings_per_patient}
+        self.excluded_patients = [p for p, r in groups.items() if len(r) < self.recordings_per_patient]
+        if len(self._groups) < 2:
+            raise ValueError(
+                f"cannot build a batch: {len(self._groups)} patient(s) have >= {self.recordings_per_patient} "
+                f"recordings ({len(groups)} patients in all); patient-aware pairing needs at least two"
+            )
+        if self.excluded_patients:
+            import warnings
+
+            warnings.warn(
+                f"{len(self.excluded_patients)} of {len(groups)} patients have fewer than "
+                f"{self.recordings_per_patient} recordings and are left out of patient-pair sampling",
+                stacklevel=2,
+            )
+        self._patients = list(self._groups)
+
+    @property
+    def n_patients(self) -> int:
+        return len(self._patients)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self._patients), self.patients_per_batch)
+        return full + (rest >= 2)
+
+    def __iter__(self):
+        rng = np.random.default_rng((self.seed, self.epoch))
+        order = rng.permutation(len(self._patients))
+        for start in range(0, len(order), self.patients_per_batch):
+            chunk = order[start : start + self.patients_per_batch]
+            if len(chunk) < 2:
+                return
+            batch = []
+            for i in chunk:
+                rows = self._groups[self._patients[i]]
+                batch.extend(rng.choice(rows, size=self.recordings_per_patient, replace=False).tolist())
+            yield batch
