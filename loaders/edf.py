@@ -1,0 +1,184 @@
+"""EDF / EDF+ recordings (EEG), read with pyedflib, cut into fixed-length epochs.
+
+Channel names are normalised to the 10-20 system (``"EEG Fp1"``, ``"FP1-REF"``, ``"fp1"`` ->
+``"Fp1"``); other channels lose only a modality prefix (``"ECG ECG"`` -> ``"ECG"``, ``"EEG
+A2-A1"`` -> ``"A2-A1"``). Samples stay in each channel's physical unit (EEG usually µV), listed
+in ``Recording.units``. EDF+ annotation channels are read as annotations, not as signals.
+
+EEGMAT (PhysioNet ``eegmat``): ``SubjectNN_1.edf`` is rest before the task, ``SubjectNN_2.edf``
+mental arithmetic; the subject is the patient.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyedflib
+
+from .cache import ON_ERROR, WaveformCache, build_cache, fingerprint_files, read_all
+from .recording import LoaderError, Recording, apply_nan_policy
+from .windows import window_recording
+
+__all__ = ["normalise_eeg_channel", "read_edf", "read_edf_annotations", "edf_epochs", "load_eegmat", "EEG_1020",
+           "eegmat_labels"]
+
+EEG_1020 = ("Fp1", "Fp2", "F3", "F4", "F7", "F8", "T3", "T4", "C3", "C4", "T5", "T6", "P3", "P4", "O1", "O2",
+            "Fz", "Cz", "Pz")
+_1020_NAMES = {n.lower(): n for n in (*EEG_1020, "Fpz", "Oz", "T7", "T8", "P7", "P8", "A1", "A2", "M1", "M2",
+                                      "AF3", "AF4", "AF7", "AF8", "AFz", "FC1", "FC2", "FC3", "FC4", "FC5", "FC6",
+                                      "FCz", "FT7", "FT8", "CP1", "CP2", "CP3", "CP4", "CP5", "CP6", "CPz", "TP7",
+                                      "TP8", "PO3", "PO4", "PO7", "PO8", "POz", "F1", "F2", "F5", "F6", "C1", "C2",
+                                      "C5", "C6", "P1", "P2", "P5", "P6", "Iz", "Nz")}
+_PREFIX = re.compile(r"^(eeg|ecg|ekg|eog|emg|resp)\s+", re.IGNORECASE)
+_REF_SUFFIX = re.compile(r"-(ref|le|ar|avg|a1|a2|m1|m2)$", re.IGNORECASE)
+
+
+def normalise_eeg_channel(name: str) -> str:
+    """``"EEG Fp1"`` / ``"EEG FP1-REF"`` / ``"Fp1-A1"`` -> ``"Fp1"``; ``"ECG ECG"`` -> ``"ECG"``; the ear
+    derivation ``"EEG A2-A1"`` -> ``"A2-A1"``; unknown names only lose the prefix."""
+    bare = _PREFIX.sub("", name.strip())
+    if bare.lower() in _1020_NAMES:
+        return _1020_NAMES[bare.lower()]
+    head = _REF_SUFFIX.sub("", bare)
+    if head.lower() in _1020_NAMES and head.lower() not in ("a1", "a2", "m1", "m2"):  # A2-A1 is a derivation
+        return _1020_NAMES[head.lower()]
+    return bare
+
+
+def _open(path: Path) -> pyedflib.EdfReader:
+    if not path.exists():
+        raise LoaderError(path, "EDF file not found")
+    try:
+        return pyedflib.EdfReader(str(path))
+    except Exception as err:  # pyedflib raises OSError with a description of the header problem
+        raise LoaderError(path, f"cannot read EDF header: {type(err).__name__}: {err}") from err
+
+
+def read_edf_annotations(path: str | Path) -> pl.DataFrame:
+    """EDF+ annotations as ``onset_s``, ``duration_s`` (None when unspecified), ``text``."""
+    path = Path(path)
+    f = _open(path)
+    try:
+        onsets, durations, texts = f.readAnnotations()
+    finally:
+        f.close()
+    return pl.DataFrame({"onset_s": np.asarray(onsets, dtype=np.float64),
+                         "duration_s": [float(d) if d >= 0 else None for d in durations],
+                         "text": [str(t) for t in texts]}, schema={"onset_s": pl.Float64, "duration_s": pl.Float64,
+                                                                   "text": pl.Utf8})
+
+
+def read_edf(path: str | Path, *, channels=None, patient_id: str | None = None, record_id: str | None = None,
+             labels=None, nan_policy: str = "fail") -> Recording:
+    """One EDF/EDF+ file as a :class:`Recording` (physical units per channel, 10-20 names).
+
+    ``channels`` picks and orders channels by normalised name. Without it, every signal at the
+    file's most common sampling rate is kept (annotation channels are never signals). The
+    chosen channels must share one sampling rate.
+    """
+    path = Path(path)
+    f = _open(path)
+    try:
+        raw_names = f.getSignalLabels()
+        names = [normalise_eeg_channel(n) for n in raw_names]
+        rates = [float(f.getSampleFrequency(i)) for i in range(f.signals_in_file)]
+        if channels is not None:
+            wanted = [normalise_eeg_channel(c) for c in channels]
+            missing = [c for c in wanted if c not in names]
+            if missing:
+                raise LoaderError(path, f"missing channel(s) {missing}; file has {names}")
+            idx = [names.index(c) for c in wanted]
+        else:
+            common = Counter(rates).most_common(1)[0][0]
+            idx = [i for i, r in enumerate(rates) if r == common]
+        fs = {rates[i] for i in idx}
+        if len(fs) != 1:
+            raise LoaderError(path, f"channels {[names[i] for i in idx]} have different sampling rates {sorted(fs)}")
+        n = min(int(f.getNSamples()[i]) for i in idx)
+        try:
+            signal = np.stack([f.readSignal(i, 0, n) for i in idx]).astype(np.float32)
+        except Exception as err:
+            raise LoaderError(path, f"cannot read EDF samples: {type(err).__name__}: {err}") from err
+        units = tuple(f.getPhysicalDimension(i).strip() for i in idx)
+        start = f.getStartdatetime()
+    finally:
+        f.close()
+    chosen = tuple(names[i] for i in idx)
+    signal, quality = apply_nan_policy(signal, nan_policy, path, chosen)
+    return Recording(signal=signal, fs=fs.pop(), channels=chosen, patient_id=str(patient_id or path.stem),
+                     record_id=str(record_id or path.stem), start_time=start if isinstance(start, datetime) else None,
+                     units=units, labels=dict(labels or {}), source=str(path), quality=quality)
+
+
+def edf_epochs(path: str | Path, *, epoch_s: float = 30.0, stride_s: float | None = None, channels=None,
+               patient_id: str | None = None, labels=None, annotation_labels: bool = True,
+               nan_policy: str = "drop", report: list | None = None) -> list[Recording]:
+    """Fixed-length epochs of an EDF file, each with ``labels`` and, with ``annotation_labels``,
+    ``annotation`` = the text of the EDF+ annotation (with a duration) covering the epoch's
+    midpoint, or None. The tail shorter than an epoch is left out and counted in ``report``."""
+    path = Path(path)
+    rec = read_edf(path, channels=channels, patient_id=patient_id, labels=labels,
+                   nan_policy="keep" if nan_policy == "drop" else nan_policy)
+    epochs, rep = window_recording(rec, epoch_s, stride_s, nan_policy=nan_policy)
+    if annotation_labels:
+        ann = read_edf_annotations(path).filter(pl.col("duration_s").is_not_null() & (pl.col("duration_s") > 0))
+        for ep in epochs:
+            mid = (ep.labels["window_start"] + ep.n_samples / 2) / ep.fs
+            hit = ann.filter((pl.col("onset_s") <= mid) & (mid < pl.col("onset_s") + pl.col("duration_s")))
+            ep.labels["annotation"] = hit["text"][0] if hit.height else None
+    if report is not None:
+        report.append(rep.as_dict())
+    return epochs
+
+
+def eegmat_labels(path: str | Path) -> tuple[str, dict]:
+    """``(subject, labels)`` from an EEGMAT file name ``SubjectNN_K.edf``: K=1 rest (task 0), K=2 arithmetic (task 1)."""
+    path = Path(path)
+    m = re.fullmatch(r"(Subject\d+)_([12])", path.stem)
+    if not m:
+        raise LoaderError(path, "EEGMAT file names look like SubjectNN_1.edf (rest) or SubjectNN_2.edf (task)")
+    task = int(m.group(2) == "2")
+    return m.group(1), {"task": task, "condition": "arithmetic" if task else "rest"}
+
+
+def _eegmat_file(epoch_s, channels, path):
+    subject, labels = eegmat_labels(path)
+    counts: list = []
+    return [*edf_epochs(path, epoch_s=epoch_s, channels=channels, patient_id=subject, labels=labels,
+                        annotation_labels=False, report=counts), *counts]
+
+
+def load_eegmat(root: str | Path, cache_dir: str | Path | None = None, *, epoch_s: float = 30.0, channels=EEG_1020,
+                on_error: str = "raise", progress: bool = True, workers: int = 0) -> WaveformCache:
+    """Every ``Subject*_[12].edf`` under ``root`` as epochs in one cache.
+
+    Index labels: ``task`` (0 rest, 1 mental arithmetic), ``condition``, ``window_start``;
+    ``patient_id`` is the subject (``Subject00``). Default channels: the 19 10-20 EEG leads (µV).
+    ``cache.report["records"]`` counts epochs per file; ``["skipped"]`` the files left out.
+    """
+    root = Path(root)
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    files = sorted(root.glob("*.edf"))
+    if not files:
+        raise LoaderError(root, "no .edf files found")
+    cache_dir = Path(cache_dir) if cache_dir is not None else root / ".tscl_cache" / "eegmat"
+    fp = fingerprint_files(files, extra=f"eegmat;{epoch_s};{channels};{on_error}")
+    if (cache_dir / "fingerprint.txt").exists():
+        cache = WaveformCache(cache_dir)
+        if cache.fingerprint == fp:
+            return cache
+    report: dict = {"skipped": [], "records": []}
+    epochs = []
+    for item in read_all(partial(_eegmat_file, epoch_s, channels), files, workers=workers, progress=progress,
+                         desc="EEGMAT epochs", on_error=on_error, skipped=report["skipped"]):
+        if isinstance(item, dict):
+            report["records"].append(item)
+        else:
+            epochs.append(item)
+    return build_cache(epochs, cache_dir, fingerprint=fp, report=report)
