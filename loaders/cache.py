@@ -77,6 +77,17 @@ class WaveformCache:
     def label_columns(self) -> list[str]:
         return json.loads((self.dir / "labels.json").read_text())
 
+    def channel_mask(self) -> np.ndarray:
+        """``[N, C]`` bool, True where a channel is present (False for zero-filled missing leads)."""
+        names = [c.split(",") for c in self.index["channels"].to_list()]
+        missing = ([set(m.split(",")) - {""} for m in self.index["missing_channels"].to_list()]
+                   if "missing_channels" in self.index.columns else [set()] * len(self))
+        width = max((len(n) for n in names), default=0)
+        mask = np.zeros((len(self), width), dtype=bool)
+        for i, (n, m) in enumerate(zip(names, missing)):
+            mask[i, : len(n)] = [c not in m for c in n]
+        return mask
+
     def stack(self) -> np.ndarray:
         """All recordings as one ``[N,C,T]`` array view (requires one shape for the cohort)."""
         if len({tuple(s) for s in self._shapes}) != 1:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .cache import ON_ERROR, WaveformCache, build_cache, fingerprint_files, read_all
 from .recording import LoaderError, Recording
+from .transforms import prepare
 from .wfdb_dir import check_same_channels, read_wfdb
 
 __all__ = ["read_cinc", "read_cinc_header", "load_cinc", "CINC_LEADS", "CINC_DATABASES"]
@@ -89,14 +90,22 @@ def read_cinc(path: str | Path, *, channels=CINC_LEADS, dx_codes=None, nan_polic
                      nan_policy=nan_policy)
 
 
+def _read_prepared(channels, dx_codes, fs, leads, path) -> Recording:
+    return prepare(read_cinc(path, channels=channels, dx_codes=dx_codes), fs=fs, channels=leads)
+
+
 def load_cinc(root: str | Path, cache_dir: str | Path | None = None, *, channels=CINC_LEADS, dx_codes=None,
-              on_error: str = "raise", progress: bool = True, workers: int = 0) -> WaveformCache:
+              on_error: str = "raise", progress: bool = True, workers: int = 0, fs: float | None = None,
+              leads=None) -> WaveformCache:
     """Load every challenge record under ``root`` (searched recursively) into a :class:`WaveformCache`.
 
     ``dx_codes``: codes to expand into 0/1 ``dx_<code>`` columns; default every code seen in
     the headers. Unreadable records raise naming the file, or with ``on_error="skip"`` are left
     out and listed in ``cache.report["skipped"]``. The cache (default ``<root>/.tscl_cache/cinc``)
-    is rebuilt only when a source file changes.
+    is rebuilt only when a source file changes. ``fs`` resamples every record to one rate
+    (:func:`resample`; the databases differ: INCART is 257 Hz, PTB 1000 Hz). ``leads``
+    harmonises to that lead set instead of requiring ``channels``: missing leads are zeros and
+    listed in the index column ``missing_channels`` (see ``WaveformCache.channel_mask``).
     """
     root = Path(root)
     if on_error not in ON_ERROR:
@@ -118,12 +127,16 @@ def load_cinc(root: str | Path, cache_dir: str | Path | None = None, *, channels
         headers = [h for h in headers if str(h) not in {s["path"] for s in skipped}]
     sources = [f for h in headers for f in sorted(h.parent.glob(h.stem + ".*"))]
     cache_dir = Path(cache_dir) if cache_dir is not None else root / ".tscl_cache" / "cinc"
-    fp = fingerprint_files(sources, extra=f"cinc;channels={channels};dx={list(dx_codes)};on_error={on_error}")
+    if leads is not None:
+        channels = None
+    fp = fingerprint_files(sources, extra=f"cinc;channels={channels};dx={list(dx_codes)};on_error={on_error};"
+                                          f"fs={fs};leads={leads}")
     if (cache_dir / "fingerprint.txt").exists():
         cache = WaveformCache(cache_dir)
         if cache.fingerprint == fp:
             return cache
     report = {"skipped": skipped}
-    recs = read_all(partial(read_cinc, channels=channels, dx_codes=list(dx_codes)), headers, workers=workers,
+    recs = read_all(partial(_read_prepared, channels, list(dx_codes), fs, leads), headers, workers=workers,
                     progress=progress, desc=f"reading {root.name}", on_error=on_error, skipped=skipped)
-    return build_cache(check_same_channels(recs, channels, on_error, skipped), cache_dir, fingerprint=fp, report=report)
+    return build_cache(check_same_channels(recs, leads or channels, on_error, skipped), cache_dir, fingerprint=fp,
+                       report=report)

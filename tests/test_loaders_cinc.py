@@ -74,3 +74,38 @@ def test_bad_headers_are_named(tmp_path):
     cache = load_cinc(tmp_path, cache_dir=tmp_path / "c", progress=False, on_error="skip")
     assert cache.index["record_id"].to_list() == ["E07503"]
     assert Path(cache.report["skipped"][0]["path"]).name == "E07502.hea"
+
+
+def test_resample_and_lead_harmonisation(tmp_path):
+    from scipy.signal import resample_poly
+
+    for name in ("E07500", "HR06000"):
+        shutil.copy(CINC / f"{name}.mat", tmp_path)
+        shutil.copy(CINC / f"{name}.hea", tmp_path)
+    # HR06000 loses lead V3 (11 signal lines)
+    lines = (tmp_path / "HR06000.hea").read_text().splitlines()
+    head = lines[0].replace("HR06000 12 ", "HR06000 11 ")
+    kept = [ln for ln in lines[1:] if not ln.endswith(" V3")]
+    (tmp_path / "HR06000.hea").write_text("\n".join([head, *kept]) + "\n")
+    with pytest.raises(LoaderError, match=r"HR06000\.hea"):  # the .mat still holds 12 signals
+        load_cinc(tmp_path, tmp_path / "c0", progress=False)
+    (tmp_path / "HR06000.mat").write_bytes(_drop_signal((CINC / "HR06000.mat").read_bytes(), 12, 8))
+    with pytest.raises(LoaderError, match=r"HR06000\.hea.*missing channel.*V3"):
+        load_cinc(tmp_path, tmp_path / "c1", progress=False)
+    cache = load_cinc(tmp_path, tmp_path / "c2", progress=False, leads=CINC_LEADS, fs=100)
+    assert cache.stack().shape == (2, 12, 1000) and set(cache.index["fs"]) == {100.0}
+    mask = cache.channel_mask()
+    assert mask[0].all() and mask[1].tolist() == [c != "V3" for c in CINC_LEADS]
+    assert cache.index["missing_channels"].to_list() == ["", "V3"]
+    assert np.all(cache[1][8] == 0)
+    expected = resample_poly(read_cinc(CINC / "E07500").signal, 1, 5, axis=1)
+    np.testing.assert_allclose(cache[0], expected, rtol=1e-4, atol=1e-5)
+    full = resample_poly(read_cinc(CINC / "HR06000").signal, 1, 5, axis=1)
+    keep = [i for i, c in enumerate(CINC_LEADS) if c != "V3"]
+    np.testing.assert_allclose(cache[1][keep], full[keep], rtol=1e-4, atol=1e-5)
+
+
+def _drop_signal(mat: bytes, n_sig: int, drop: int) -> bytes:
+    """A CinC .mat (24-byte header, then int16 frames of ``n_sig`` samples) without signal ``drop``."""
+    data = np.frombuffer(mat[24:], dtype="<i2").reshape(-1, n_sig)
+    return mat[:24] + np.delete(data, drop, axis=1).astype("<i2").tobytes()
