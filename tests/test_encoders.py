@@ -4,7 +4,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tscl.encoders import ENCODERS, ProjectionHead, build_encoder, list_encoders, mask_channels, register_encoder
+from tscl.encoders import (
+    ENCODERS,
+    ProjectionHead,
+    build_encoder,
+    list_encoders,
+    mask_channels,
+    register_encoder,
+    truncate_recent,
+)
 from tscl.kernels import info_nce
 
 torch.set_num_threads(2)
@@ -146,7 +154,7 @@ def test_ts_cnn_mask_is_used(name):
 @pytest.mark.parametrize("name", sorted(TS_SMALL))
 def test_ts_cnn_trains(name):
     enc = build_encoder(name, 12, **TS_SMALL[name])
-    x = torch.randn(16, 12, 400, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(16, 12, 256, generator=torch.Generator().manual_seed(0))
     assert_decreases(contrastive_losses(enc, lambda: noisy_views(x)))
 
 
@@ -218,3 +226,121 @@ def test_transformer_channel_errors():
         enc(torch.randn(1, 3, 100))
     with pytest.raises(ValueError):
         small_transformer(time_encoding="learned", max_patches=4)(torch.randn(1, 12, 1000))
+
+
+# ---------------------------------------------------------------- EHR sequences
+
+
+def test_truncate_recent_keeps_the_most_recent_events():
+    pad = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0], [0, 0, 1, 1, 1, 1]]).bool()
+    codes = torch.tensor([[1, 2, 3, 4, 5, 0], [6, 7, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0], [0, 0, 8, 9, 10, 11]])
+    times = codes.float() * 10
+    extra = torch.randn(4, 6, 2)
+    m, c, t, e = truncate_recent(3, pad, codes, times, extra)
+    assert m.shape == (4, 3) and c.shape == (4, 3) and e.shape == (4, 3, 2)
+    assert c.tolist() == [[3, 4, 5], [6, 7, 0], [0, 0, 0], [9, 10, 11]]
+    assert m.tolist() == [[True] * 3, [True, True, False], [False] * 3, [True] * 3]
+    assert torch.equal(t, c.float() * 10)
+    assert torch.equal(e[0], extra[0, 2:5]) and torch.equal(e[3], extra[3, 3:6]) and torch.all(e[1, 2] == 0)
+    # shorter than max_len: same events, same length
+    m2, c2 = truncate_recent(10, pad, codes)
+    assert torch.equal(m2, torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 0, 0, 0, 0], [0] * 6, [1, 1, 1, 1, 0, 0]]).bool())
+    assert c2[3].tolist() == [8, 9, 10, 11, 0, 0]
+
+
+def ehr_batch(b=8, length=40, vocab=30, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(5, length + 1, (b,), generator=g)
+    pad = torch.arange(length)[None] < lengths[:, None]
+    codes = torch.where(pad, torch.randint(1, vocab, (b, length), generator=g), 0)
+    values = torch.randn(b, length, generator=g)
+    vmask = pad & (torch.rand(b, length, generator=g) < 0.5)
+    values = torch.where(vmask, values, float("nan"))
+    times = torch.cumsum(torch.rand(b, length, generator=g) * 48, dim=1)
+    return codes, values, vmask, times
+
+
+def test_ehr_shapes_and_masks():
+    torch.manual_seed(0)
+    enc = build_encoder("ehr_sequence", 30, dim=32, depth=2, max_len=64).eval()
+    codes, values, vmask, times = ehr_batch()
+    out = enc(codes, values, vmask, times)
+    assert out.shape == (8, 32) and enc.embed_dim == 32 and torch.isfinite(out).all()
+    # default value mask = finite values
+    assert torch.allclose(enc(codes, values, None, times), out, atol=1e-6)
+    # padding positions and unobserved values are never read
+    pad = codes != 0
+    v2 = torch.where(vmask, values, 1e3)
+    t2 = torch.where(pad, times, -5.0)
+    assert torch.allclose(enc(codes, v2, vmask, t2), out, atol=1e-5)
+    # observed values, times and the prediction time do matter
+    assert not torch.allclose(enc(codes, torch.where(vmask, values + 1, values), vmask, times), out, atol=1e-4)
+    assert not torch.allclose(enc(codes, values, vmask, times, prediction_time=times.amax(1) + 1000), out, atol=1e-4)
+    # an empty record still gives a finite embedding
+    empty = enc(torch.zeros(2, 5, dtype=torch.long))
+    assert torch.isfinite(empty).all()
+    with pytest.raises(ValueError, match="code ids"):
+        enc(torch.full((1, 3), 30))
+
+
+def test_ehr_long_records_keep_the_most_recent_events():
+    torch.manual_seed(0)
+    enc = build_encoder("ehr_sequence", 30, dim=32, depth=1, max_len=16).eval()
+    codes, values, vmask, times = ehr_batch(b=3, length=40)
+    codes[:, :] = torch.where(codes == 0, 5, codes)  # every row full: 40 events, 24 beyond max_len
+    vmask = torch.isfinite(values)
+    out = enc(codes, values, vmask, times)
+    older = codes.clone()
+    older[:, :23] = 7  # events older than the 16 kept (and older than the kept one's predecessor)
+    assert torch.allclose(enc(older, values, vmask, times), out, atol=1e-6)
+    recent = codes.clone()
+    recent[:, -1] = torch.where(recent[:, -1] == 3, 4, 3)
+    assert not torch.allclose(enc(recent, values, vmask, times), out, atol=1e-4)
+    # the gap to the event before the window is kept (computed before truncation)
+    shifted = times.clone()
+    shifted[:, 23] -= 100.0
+    assert not torch.allclose(enc(codes, values, vmask, shifted), out, atol=1e-4)
+
+
+def test_ehr_trains():
+    enc = build_encoder("ehr_sequence", 30, dim=32, depth=1, max_len=32)
+    codes, values, vmask, times = ehr_batch(b=16, length=40)
+    g = torch.Generator().manual_seed(2)
+
+    def views():
+        def one():
+            return (codes, values + 0.1 * torch.randn(values.shape, generator=g), vmask, times * (1 + 0.05 * torch.rand(times.shape, generator=g)))
+
+        return one(), one()
+
+    assert_decreases(contrastive_losses(enc, views))
+
+
+# ---------------------------------------------------------------- tabular
+
+
+@pytest.mark.parametrize("kind", ["mlp", "ft_transformer"])
+def test_tabular_shapes_and_missing(kind):
+    torch.manual_seed(0)
+    enc = build_encoder("tabular", 10, kind=kind, embed_dim=24).eval()
+    x = torch.randn(5, 10)
+    x[0, 3] = float("nan")
+    x[2, [1, 4, 9]] = float("nan")
+    out = enc(x)
+    assert out.shape == (5, 24) and enc.embed_dim == 24 and torch.isfinite(out).all()
+    observed = torch.isfinite(x)
+    x2 = torch.where(observed, x, 123.0)
+    assert torch.allclose(enc(x2, observed), out, atol=1e-6)  # missing values are never read
+    assert not torch.allclose(enc(x2), out, atol=1e-4)  # once observed, they count
+    with pytest.raises(ValueError):
+        enc(torch.randn(5, 9))
+
+
+@pytest.mark.parametrize("kind", ["mlp", "ft_transformer"])
+def test_tabular_trains(kind):
+    enc = build_encoder("tabular", 10, kind=kind, embed_dim=32, token_dim=16)
+    x = torch.randn(32, 10, generator=torch.Generator().manual_seed(0))
+    x[torch.rand(32, 10, generator=torch.Generator().manual_seed(1)) < 0.2] = float("nan")
+    g = torch.Generator().manual_seed(2)
+    views = lambda: ((x + 0.1 * torch.randn(x.shape, generator=g),), (x + 0.1 * torch.randn(x.shape, generator=g),))
+    assert_decreases(contrastive_losses(enc, views))

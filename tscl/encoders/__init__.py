@@ -15,8 +15,11 @@ from .resnet1d import ResNet1d
 from .cnn1d import CNN1d
 from .xresnet1d import XResNet1d
 from .transformer1d import Transformer1d
+from .ehr import EHRSequenceEncoder, truncate_recent
+from .tabular import TabularEncoder
 
 __all__ = [
     "ENCODERS", "register_encoder", "build_encoder", "list_encoders", "mask_channels", "check_channel_mask",
     "ProjectionHead", "ResNet1d", "CNN1d", "XResNet1d", "Transformer1d",
+    "EHRSequenceEncoder", "truncate_recent", "TabularEncoder",
 ]
