@@ -8,7 +8,8 @@ Every other column is a label.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import date, datetime, time
 from functools import partial
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from .recording import LoaderError, Recording, apply_nan_policy, check_signal
 from .windows import window_recording
 
 __all__ = ["read_wfdb", "load_wfdb_cohort", "read_metadata", "normalise_lead_name", "to_millivolts", "check_wfdb_header",
-           "check_same_channels", "load_wfdb_windows"]
+           "check_same_channels", "load_wfdb_windows",
+           "parse_wfdb_header", "WfdbHeader"]
 
 REQUIRED_COLUMNS = ("patient_id", "record_id")
 _RESERVED = {"fs", "n_channels", "n_samples", "offset", "channels", "source"}
@@ -66,8 +68,118 @@ def _header_lines(hea: Path) -> list[str]:
     return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
 
 
-def check_wfdb_header(hea: str | Path):
-    """Validate a single-segment WFDB header against its data files; return the parsed ``wfdb`` header.
+@dataclass
+class WfdbHeader:
+    """The fields of a single-segment WFDB header that reading needs (names as in ``wfdb.Record``)."""
+
+    record_name: str
+    n_sig: int
+    fs: float
+    sig_len: int | None
+    base_time: time | None
+    base_date: date | None
+    file_name: list[str]
+    fmt: list[str]
+    samps_per_frame: list[int]
+    skew: list[int | None]
+    byte_offset: list[int | None]
+    adc_gain: list[float]
+    baseline: list[int]
+    units: list[str]
+    sig_name: list[str]
+    comments: list[str]
+
+
+_SIGNAL_FORMAT = re.compile(r"^(\d+)(?:x(\d+))?(?::(\d+))?(?:\+(\d+))?$")
+_GAIN = re.compile(r"^([-+0-9.eE]+)(?:\(([-+]?\d+)\))?(?:/(.*))?$")
+
+
+def _parse_time(text: str | None) -> time | None:
+    for f in ("%H:%M:%S.%f", "%H:%M:%S", "%M:%S"):
+        try:
+            return datetime.strptime(text, f).time()
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def _parse_date(text: str | None) -> date | None:
+    try:
+        return datetime.strptime(text, "%d/%m/%Y").date()
+    except (TypeError, ValueError):
+        return None
+
+
+def parse_wfdb_header(hea: str | Path) -> WfdbHeader:
+    """Parse a single-segment WFDB header (record line, signal lines, ``#`` comments).
+
+    Follows the WFDB header format: missing sampling frequency -> 250 Hz; ADC gain 0 or missing
+    -> 200 with baseline = ADC zero; missing units -> mV. Problems raise a :class:`LoaderError`
+    naming the file: a signal count that disagrees with the signal lines, an unknown storage
+    format, an unreadable field.
+    """
+    hea = Path(hea)
+    try:
+        text = hea.read_text(errors="replace")
+    except OSError as err:
+        raise LoaderError(hea, f"cannot read header: {err}") from err
+    raw = [ln.strip() for ln in text.splitlines()]
+    comments = [ln.lstrip("#").strip() for ln in raw if ln.startswith("#")]
+    lines = [ln for ln in raw if ln and not ln.startswith("#")]
+    if not lines:
+        raise LoaderError(hea, "header is empty")
+    fields = lines[0].split()
+    if "/" in fields[0]:
+        raise LoaderError(hea, "multi-segment record; read it with read_wfdb")
+    try:
+        n_sig = int(fields[1]) if len(fields) > 1 else 0
+        fs = float(fields[2].split("/")[0]) if len(fields) > 2 else 250.0
+        sig_len = int(fields[3]) if len(fields) > 3 else None
+    except ValueError:
+        raise LoaderError(hea, f"cannot parse record line {lines[0]!r}") from None
+    if n_sig != len(lines) - 1:
+        raise LoaderError(hea, f"record line declares {n_sig} signals but the header has {len(lines) - 1} signal lines")
+    h = WfdbHeader(fields[0], n_sig, fs, sig_len, _parse_time(fields[4] if len(fields) > 4 else None),
+                   _parse_date(fields[5] if len(fields) > 5 else None), [], [], [], [], [], [], [], [], [], comments)
+    for ln in lines[1:]:
+        parts = ln.split(maxsplit=8)
+        fm = _SIGNAL_FORMAT.match(parts[1]) if len(parts) > 1 else None
+        if fm is None:
+            raise LoaderError(hea, f"cannot parse the storage format of signal line {ln!r}")
+        code = fm.group(1)
+        if code not in _FORMAT_BITS and code not in _FLAC_FORMATS:
+            raise LoaderError(hea, f"unknown WFDB storage format {code!r} in signal line {ln!r}")
+        gain, baseline, units = 0.0, None, "mV"
+        if len(parts) > 2:
+            gm = _GAIN.match(parts[2])
+            if gm is None:
+                raise LoaderError(hea, f"cannot parse the ADC gain {parts[2]!r} in signal line {ln!r}")
+            try:
+                gain = float(gm.group(1))
+            except ValueError:
+                raise LoaderError(hea, f"cannot parse the ADC gain {parts[2]!r} in signal line {ln!r}") from None
+            baseline = int(gm.group(2)) if gm.group(2) is not None else None
+            units = gm.group(3) or "mV"
+        try:
+            adc_zero = int(parts[4]) if len(parts) > 4 else 0
+        except ValueError:
+            raise LoaderError(hea, f"cannot parse the ADC zero in signal line {ln!r}") from None
+        if gain == 0:
+            gain = 200.0
+        h.file_name.append(parts[0])
+        h.fmt.append(code)
+        h.samps_per_frame.append(int(fm.group(2) or 1))
+        h.skew.append(int(fm.group(3)) if fm.group(3) else None)
+        h.byte_offset.append(int(fm.group(4)) if fm.group(4) else None)
+        h.adc_gain.append(gain)
+        h.baseline.append(baseline if baseline is not None else adc_zero)
+        h.units.append(units)
+        h.sig_name.append(parts[8] if len(parts) > 8 else "")
+    return h
+
+
+def check_wfdb_header(hea: str | Path) -> WfdbHeader:
+    """Validate a single-segment WFDB header against its data files; return it parsed (:func:`parse_wfdb_header`).
 
     Checks, each failing with a :class:`LoaderError` naming the file: the record line's signal
     count equals the number of signal lines, every storage format is known, every data file
@@ -75,28 +187,8 @@ def check_wfdb_header(hea: str | Path):
     truncated; a longer one means the header lists fewer signals or samples than the file holds).
     """
     hea = Path(hea)
-    lines = _header_lines(hea)
-    if not lines:
-        raise LoaderError(hea, "header is empty")
-    fields = lines[0].split()
-    if "/" in fields[0]:
-        raise LoaderError(hea, "multi-segment record; read it with read_wfdb_multisegment")
-    try:
-        n_sig = int(fields[1]) if len(fields) > 1 else 0
-    except ValueError:
-        raise LoaderError(hea, f"record line {lines[0]!r}: signal count {fields[1]!r} is not an integer") from None
-    if n_sig != len(lines) - 1:
-        raise LoaderError(hea, f"record line declares {n_sig} signals but the header has {len(lines) - 1} signal lines")
-    for ln in lines[1:]:
-        fmt = re.match(r"\d+", ln.split()[1]) if len(ln.split()) > 1 else None
-        code = fmt.group(0) if fmt else "?"
-        if code not in _FORMAT_BITS and code not in _FLAC_FORMATS:
-            raise LoaderError(hea, f"unknown WFDB storage format {code!r} in signal line {ln!r}")
-    try:
-        header = wfdb.rdheader(str(hea.with_suffix("")))
-    except Exception as err:
-        raise LoaderError(hea, f"cannot parse WFDB header: {type(err).__name__}: {err}") from err
-    if n_sig == 0:
+    header = parse_wfdb_header(hea)
+    if header.n_sig == 0:
         return header
     files: dict[str, list[int]] = {}
     for i, name in enumerate(header.file_name):

@@ -8,7 +8,9 @@ import wfdb
 
 from tscl.loaders import (LoaderError, WaveformCache, apply_nan_policy, build_cache, check_wfdb_header,
                           load_wfdb_cohort, read_wfdb)
+from tscl.loaders import wfdb_dir
 from tscl.loaders.recording import Recording
+from tscl.loaders.wfdb_dir import parse_wfdb_header
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -113,6 +115,7 @@ def test_cohort_cache_build_reuse_and_rebuild(tmp_path, monkeypatch):
 
     monkeypatch.setattr(wfdb, "rdrecord", no_parse)
     monkeypatch.setattr(wfdb, "rdheader", no_parse)
+    monkeypatch.setattr(wfdb_dir, "parse_wfdb_header", no_parse)
     again = load_wfdb_cohort(root, cache_dir=tmp_path / "cache", progress=False)
     assert again.fingerprint == fingerprint and len(again) == 4
     monkeypatch.undo()
@@ -243,6 +246,21 @@ def test_every_real_single_segment_header_passes_the_checks():
     assert len(headers) >= 25
     for hea in headers:
         check_wfdb_header(hea)
+
+
+def test_header_parser_agrees_with_wfdb_on_real_headers():
+    if not DATA.exists():
+        pytest.skip(f"shared data not found at {DATA}")
+    headers = [p for p in (DATA / "physionet").rglob("*.hea") if "s25047-" not in p.name]  # segments included
+    headers += sorted((DATA / "ptbxl").rglob("*.hea"))[::20]
+    assert len(headers) > 50
+    for hea in headers:
+        ours, ref = parse_wfdb_header(hea), wfdb.rdheader(str(hea.with_suffix("")))
+        assert ours.fs == ref.fs and ours.sig_len == ref.sig_len and ours.n_sig == ref.n_sig, hea
+        assert ours.sig_name == ref.sig_name and ours.units == ref.units and ours.fmt == ref.fmt, hea
+        assert ours.adc_gain == [float(g) for g in ref.adc_gain] and ours.baseline == list(ref.baseline), hea
+        assert ours.samps_per_frame == list(ref.samps_per_frame), hea
+        assert ours.base_time == ref.base_time and ours.base_date == ref.base_date, hea
 
 
 def test_real_mimicdb_record_matches_rdrecord_and_reports_nans():
