@@ -355,3 +355,104 @@ def test_tabular_trains(kind):
     g = torch.Generator().manual_seed(2)
     views = lambda: ((x + 0.1 * torch.randn(x.shape, generator=g),), (x + 0.1 * torch.randn(x.shape, generator=g),))
     assert_decreases(contrastive_losses(enc, views))
+
+
+# ---------------------------------------------------------------- images
+
+IMG_SMALL = {
+    "resnet2d18": {"width": 0.125, "small_input": True},
+    "resnet2d50": {"width": 0.0625},
+    "vit_small": {"patch": 8, "dim": 48, "depth": 2, "heads": 4},
+}
+
+
+def test_image_encoder_defaults():
+    assert build_encoder("resnet2d18", 3).embed_dim == 512
+    assert build_encoder("resnet2d50", 3).embed_dim == 2048
+    vit = build_encoder("vit_small", 1)
+    assert vit.embed_dim == 384 and len(vit.blocks) == 12 and vit.patch == 16
+
+
+@pytest.mark.parametrize("name", sorted(IMG_SMALL))
+def test_image_encoder_shapes(name):
+    torch.manual_seed(0)
+    enc = build_encoder(name, 3, **IMG_SMALL[name]).eval()
+    for hw in [(64, 64), (40, 52)]:
+        out = enc(torch.randn(2, 3, *hw))
+        assert out.shape == (2, enc.embed_dim) and torch.isfinite(out).all()
+    assert build_encoder(name, 1, **IMG_SMALL[name]).eval()(torch.randn(2, 1, 32, 32)).shape[0] == 2
+
+
+@pytest.mark.parametrize("name", sorted(IMG_SMALL))
+def test_image_encoder_trains(name):
+    enc = build_encoder(name, 1, **IMG_SMALL[name])
+    x = torch.randn(16, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert_decreases(contrastive_losses(enc, lambda: noisy_views(x)))
+
+
+# ---------------------------------------------------------------- image loader
+
+
+def write_png(path, arr):
+    import matplotlib.image as mpimg
+
+    mpimg.imsave(path, arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=1)
+
+
+def test_image_loader_reads_npy_and_png(tmp_path):
+    import numpy as np
+
+    from tscl.loaders.images import load_image_table, read_image
+
+    (tmp_path / "img").mkdir()
+    np.save(tmp_path / "img" / "a.npy", np.random.rand(16, 20).astype(np.float32))
+    np.save(tmp_path / "img" / "b.npy", np.random.rand(3, 16, 20))
+    write_png(tmp_path / "img" / "c.png", np.random.rand(16, 20, 3))
+    (tmp_path / "labels.csv").write_text("path,patient_id,effusion,age\nimg/a.npy,007,1,61\nimg/b.npy,007,0,61\nimg/c.png,12,1,40\n")
+    table = load_image_table(tmp_path)
+    assert len(table) == 3 and table.label_columns == ("effusion", "age")
+    assert table.index["patient_id"].to_list() == ["007", "007", "12"]  # ids stay strings
+    a, c = table[0], table[2]
+    assert a["image"].shape == (1, 16, 20) and a["image"].dtype == np.float32
+    assert c["image"].shape == (3, 16, 20) and 0 <= c["image"].min() and c["image"].max() <= 1  # RGBA -> RGB
+    assert a["labels"] == {"effusion": 1, "age": 61} and c["patient_id"] == "12"
+    images, pids = table.stack([1, 2])
+    assert images.shape == (2, 3, 16, 20) and pids == ["007", "12"]
+    assert read_image(tmp_path / "img" / "c.png", drop_alpha=False).shape == (4, 16, 20)
+    only = load_image_table(tmp_path, label_columns=["age"])
+    assert only.index.columns == ["path", "patient_id", "age"]
+
+
+def test_image_loader_errors_name_the_file(tmp_path):
+    import numpy as np
+
+    from tscl.loaders.images import load_image_table, read_image
+    from tscl.loaders.recording import LoaderError
+
+    np.save(tmp_path / "ok.npy", np.zeros((4, 4)))
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (tmp_path / "broken.npy").write_bytes(b"garbage")
+    np.save(tmp_path / "nan.npy", np.full((4, 4), np.nan))
+    np.save(tmp_path / "flat.npy", np.zeros(5))
+    for name in ("broken.png", "broken.npy", "nan.npy", "flat.npy", "absent.npy", "ok.jpg"):
+        with pytest.raises(LoaderError) as err:
+            read_image(tmp_path / name)
+        assert name in str(err.value)
+
+    (tmp_path / "nocol.csv").write_text("file,patient_id\nok.npy,1\n")
+    with pytest.raises(LoaderError, match=r"nocol\.csv.*missing column.*'path'"):
+        load_image_table(tmp_path, "nocol.csv")
+    (tmp_path / "nolabel.csv").write_text("path,patient_id\nok.npy,1\n")
+    with pytest.raises(LoaderError, match="missing column.*'mace'"):
+        load_image_table(tmp_path, "nolabel.csv", label_columns=["mace"])
+    (tmp_path / "absent.csv").write_text("path,patient_id\nok.npy,1\nmissing_one.npy,2\n")
+    with pytest.raises(LoaderError, match=r"missing_one\.npy.*not found"):
+        load_image_table(tmp_path, "absent.csv")
+    (tmp_path / "corrupt.csv").write_text("path,patient_id\nok.npy,1\nbroken.npy,2\n")
+    table = load_image_table(tmp_path, "corrupt.csv")  # exists, so indexing succeeds...
+    with pytest.raises(LoaderError, match=r"broken\.npy"):
+        table[1]  # ...and reading names the file
+    with pytest.raises(LoaderError, match=r"broken\.npy"):
+        load_image_table(tmp_path, "corrupt.csv", read_all=True)
+    with pytest.raises(LoaderError, match=r"nope\.csv"):
+        load_image_table(tmp_path, "nope.csv")

@@ -17,9 +17,10 @@ from .xresnet1d import XResNet1d
 from .transformer1d import Transformer1d
 from .ehr import EHRSequenceEncoder, truncate_recent
 from .tabular import TabularEncoder
+from .images import ResNet2d, ViT
 
 __all__ = [
     "ENCODERS", "register_encoder", "build_encoder", "list_encoders", "mask_channels", "check_channel_mask",
     "ProjectionHead", "ResNet1d", "CNN1d", "XResNet1d", "Transformer1d",
-    "EHRSequenceEncoder", "truncate_recent", "TabularEncoder",
+    "EHRSequenceEncoder", "truncate_recent", "TabularEncoder", "ResNet2d", "ViT",
 ]
