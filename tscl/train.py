@@ -90,6 +90,7 @@ def pretrain(cache, config: PretrainConfig) -> Path:
     signals = cache.stack()
     patient_ids = torch.from_numpy(encode_ids(index["patient_id"].to_list()))
     record_ids = torch.arange(len(index))
+    extras = method.batch_extras(index) if hasattr(method, "batch_extras") else {}  # e.g. SupCon labels [N]
 
     steps_per_epoch = len(sampler)
     total = config.epochs * steps_per_epoch
@@ -112,6 +113,7 @@ def pretrain(cache, config: PretrainConfig) -> Path:
                 perm = np.argsort(np.argsort(rows))
                 x = torch.from_numpy(np.ascontiguousarray(signals[rows_np]))[torch.from_numpy(perm)].to(device, non_blocking=True)
                 batch = {"patient_ids": patient_ids[rows].to(device), "record_ids": record_ids[rows].to(device)}
+                batch.update({name: v[rows].to(device) for name, v in extras.items()})
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                     loss = method(x, batch)
                 if not torch.isfinite(loss):

@@ -6,11 +6,46 @@ A method is an ``nn.Module`` with:
 - ``make_sampler(index, seed)``: a batch sampler over the cohort index (polars DataFrame);
 - ``forward(x [B, C, T], batch)``: the loss for one batch, ``batch`` holding int64 tensors
   such as ``patient_ids`` and ``record_ids`` aligned with ``x``;
-- optional ``after_step()`` for state updated outside autograd (EMA encoders, queues).
-"""
-from .pclr import PCLR
+- optional ``after_step()`` for state updated outside autograd (EMA encoders, queues);
+- optional ``batch_extras(index)``: per-row tensors ``{name: [N]}`` the trainer slices into
+  every batch (SupCon's ``labels``).
 
-METHODS = {"pclr": PCLR}
+=================  ==========================  ================================================
+name               paper                       positives (ids) / bank
+=================  ==========================  ================================================
+``simclr``         Chen et al. 2020            two augmented views of one recording
+``moco``           He et al. 2020 (v2)         own momentum key; FIFO queue = negatives
+``supcon``         Khosla et al. 2020          same class label
+``pclr``           Diamant et al. 2022         two recordings of one patient
+``polywindow``     Yuan et al. 2025            K windows of one record
+``pmq``            Sun, Yang, Dong 2025        own key + same patient, queue with patient ids
+``clocs-cmsc``     Kiyasseh et al. 2021        adjacent segments / same patient
+``clocs-cmlc``     Kiyasseh et al. 2021        different leads, same segment / same patient
+``clocs-cmsmlc``   Kiyasseh et al. 2021        different segment and lead / same patient
+``comet``          Wang et al. 2023            observation, sample, trial, patient levels
+=================  ==========================  ================================================
+"""
+from .clocs import CLOCS, CLOCS_CMLC, CLOCS_CMSC, CLOCS_CMSMLC
+from .comet import COMET
+from .moco import MoCo
+from .pclr import PCLR
+from .pmq import PMQ
+from .polywindow import PolyWindow
+from .simclr import SimCLR
+from .supcon import SupCon
+
+METHODS = {
+    "simclr": SimCLR,
+    "moco": MoCo,
+    "supcon": SupCon,
+    "pclr": PCLR,
+    "polywindow": PolyWindow,
+    "pmq": PMQ,
+    "clocs-cmsc": CLOCS_CMSC,
+    "clocs-cmlc": CLOCS_CMLC,
+    "clocs-cmsmlc": CLOCS_CMSMLC,
+    "comet": COMET,
+}
 
 
 def build_method(name: str, encoder, **kwargs):
@@ -19,4 +54,4 @@ def build_method(name: str, encoder, **kwargs):
     return METHODS[name](encoder, **kwargs)
 
 
-__all__ = ["METHODS", "build_method", "PCLR"]
+__all__ = ["METHODS", "build_method", "PCLR", "SimCLR", "MoCo", "SupCon", "PolyWindow", "PMQ", "CLOCS", "COMET"]

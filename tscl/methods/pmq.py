@@ -1,0 +1,109 @@
+"""PMQ: patient memory queue — MoCo with patient ids on the queued keys.
+
+Sun, Yang, Dong. "Patient memory queue ..." arXiv 2506.06310 (2025); code 3hiuwoo/PMQ
+(``model.py``; PMB is the variant without a queue).
+
+Batch: a "trial shuffle" sampler (patients shuffled, their recordings kept together, order
+shuffled inside each batch), so one batch holds several recordings of one patient. Each
+recording ``x [N, C, T]`` is cut into S consecutive segments; each segment's first half is
+the query view and its adjacent second half the key view ("neighbor" augmentation), giving
+B = N·S pairs with patient ids p [B]. Query branch: encoder → head → predictor; key branch:
+an EMA copy of encoder → head (θ_k ← m θ_k + (1−m) θ_q, no gradient). A FIFO queue Q [K, D]
+stores past keys with their patient ids p_Q [K] (both buffers, saved in the checkpoint).
+
+With s_ij = q_i·k_j / τ over the columns [k | Q] (normalised), D_i = Σ_j exp(s_ij):
+
+    L_inst = mean_i −log exp(s_ii) / D_i                          (every queue entry a negative)
+    L_pat  = mean_i −1/|P(i)| Σ_{j∈P(i)} log exp(s_ij) / D_i,     P(i) = {j : p_j = p_i} over [k | Q]
+    L      = τ (L_inst + L_pat)                                    (the code's 2τ · mean of the two)
+
+``bank_same_id="positive"`` (default, the paper): same-patient queue entries are positives in
+L_pat. ``"mask"``: they are removed from every denominator instead (false-negative masking);
+then L = 2τ L_pat, in which the own key and in-batch same-patient keys are the positives.
+
+Differences from the code, all in the averaging of L_pat: the code averages over the pairs
+(i, j>i) of the concatenated index (in-batch upper triangle + all same-patient queue
+entries); here each anchor averages over all its same-patient keys, its own key included
+(SupCon's L_out), and anchors are averaged. The code's SWA copy of the online network and its
+in-encoder frequency/time masking are replaced by EMA from the online weights and the
+``augment`` pipeline (default: band-pass jitter + time masking).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from tscl.augment import build_augment
+from tscl.encoders import ProjectionHead
+from tscl.kernels import info_nce
+from tscl.methods.moco import enqueue, momentum_update
+from tscl.methods.polywindow import cut_windows
+from tscl.methods.sampling import TrialShuffleSampler
+from tscl.samplers import encode_ids
+
+__all__ = ["PMQ"]
+
+
+class PMQ(nn.Module):
+    def __init__(self, encoder: nn.Module, proj_dim: int = 128, temperature: float = 0.1, queue_size: int = 16384,
+                 momentum: float = 0.999, segments_per_record: int = 2, bank_same_id: str = "positive",
+                 predictor: bool = True, batch_size: int = 64, augment="bandpass,mask:frac=0.05:n=4"):
+        super().__init__()
+        if bank_same_id not in ("positive", "mask"):
+            raise ValueError(f"bank_same_id must be 'positive' or 'mask', got {bank_same_id!r}")
+        self.encoder = encoder
+        self.head = ProjectionHead(encoder.embed_dim, encoder.embed_dim, proj_dim)
+        self.predictor = ProjectionHead(proj_dim, proj_dim, proj_dim) if predictor else nn.Identity()
+        self.key_encoder, self.key_head = copy.deepcopy(encoder), copy.deepcopy(self.head)
+        for p in [*self.key_encoder.parameters(), *self.key_head.parameters()]:
+            p.requires_grad_(False)
+        self.temperature, self.momentum, self.bank_same_id = temperature, momentum, bank_same_id
+        self.segments_per_record, self.batch_size = segments_per_record, batch_size
+        self.augment = build_augment(augment)
+        self.register_buffer("queue", nn.functional.normalize(torch.randn(queue_size, proj_dim), dim=1))
+        self.register_buffer("queue_ids", torch.full((queue_size,), -1, dtype=torch.long))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
+        self._pending: tuple[Tensor, Tensor] | None = None
+
+    def make_sampler(self, index, seed: int = 0) -> TrialShuffleSampler:
+        if "fs" in index.columns:
+            self.augment.fs = float(index["fs"][0])
+        self.augment.seed = seed
+        return TrialShuffleSampler(encode_ids(index["patient_id"].to_list()), batch_size=self.batch_size, seed=seed)
+
+    def neighbour_views(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``x [N, C, T]`` -> query halves, key halves ``[N·S, C, L/2]`` (S adjacent segments of length L = T/S)."""
+        n, c, t = x.shape
+        seg = t // self.segments_per_record
+        s = cut_windows(x, self.segments_per_record, seg, seg).reshape(n * self.segments_per_record, c, seg)
+        half = seg // 2
+        return s[..., :half], s[..., half : 2 * half]
+
+    def forward(self, x: Tensor, batch: dict) -> Tensor:
+        xq, xk = self.neighbour_views(x)
+        pids = batch["patient_ids"].repeat_interleave(self.segments_per_record)  # [B]
+        q = self.predictor(self.head(self.encoder(self.augment(xq))))  # [B, D]
+        with torch.no_grad():
+            k = nn.functional.normalize(self.key_head(self.key_encoder(self.augment(xk))).float(), dim=1)  # [B, D]
+        self._pending = (k, pids)
+        filled = int(self.queue_filled)
+        bank = self.queue[:filled].clone() if filled else None
+        bank_ids = self.queue_ids[:filled].clone() if filled else None
+        l_pat = info_nce(q, k, pids, pids, temperature=self.temperature, bank=bank, bank_ids=bank_ids,
+                         bank_same_id=self.bank_same_id)
+        if self.bank_same_id == "mask":
+            return 2 * self.temperature * l_pat
+        l_inst = info_nce(q, k, temperature=self.temperature, bank=bank)
+        return self.temperature * (l_inst + l_pat)
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        momentum_update(self.key_encoder, self.encoder, self.momentum)
+        momentum_update(self.key_head, self.head, self.momentum)
+        if self._pending is not None:
+            keys, pids = self._pending
+            enqueue(self.queue, self.queue_ptr, self.queue_filled, keys, self.queue_ids, pids)
+            self._pending = None

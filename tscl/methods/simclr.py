@@ -1,0 +1,50 @@
+"""SimCLR: contrastive learning of visual representations from two augmented views.
+
+Chen, Kornblith, Norouzi, Hinton. "A simple framework for contrastive learning of visual
+representations." ICML 2020 (arXiv 2002.05709).
+
+Each of N recordings is augmented twice; both views are encoded and projected to
+``z [2N, D]``. View i's only positive is the other view of the same recording, every other
+view in the batch (2N − 2 of them) is a negative. NT-Xent over the 2N × 2N cosine
+similarity matrix with the diagonal removed::
+
+    l_i = −log  exp(cos(z_i, z_i⁺) / τ) / Σ_{j ≠ i} exp(cos(z_i, z_j) / τ),   L = mean_i l_i
+
+In kernel terms: q = k = z, ids = recording index (repeated for the two views), exclude_self.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from tscl.augment import build_augment
+from tscl.encoders import ProjectionHead
+from tscl.kernels import info_nce
+from tscl.methods.sampling import RecordBatchSampler
+
+__all__ = ["SimCLR", "ECG_AUGMENT"]
+
+ECG_AUGMENT = "crop:len=0.8,scale,noise:snr=20,wander,dropout:p=0.1"
+
+
+class SimCLR(nn.Module):
+    def __init__(self, encoder: nn.Module, proj_dim: int = 128, temperature: float = 0.1,
+                 batch_size: int = 64, augment=ECG_AUGMENT):
+        super().__init__()
+        self.encoder = encoder
+        self.head = ProjectionHead(encoder.embed_dim, encoder.embed_dim, proj_dim)
+        self.temperature, self.batch_size = temperature, batch_size
+        self.augment = build_augment(augment)
+
+    def make_sampler(self, index, seed: int = 0) -> RecordBatchSampler:
+        if "fs" in index.columns:
+            self.augment.fs = float(index["fs"][0])
+        self.augment.seed = seed
+        return RecordBatchSampler(len(index), batch_size=self.batch_size, seed=seed)
+
+    def forward(self, x: Tensor, batch: dict) -> Tensor:
+        n = x.shape[0]
+        views = torch.cat([self.augment(x), self.augment(x)])  # [2N, C, T']
+        z = self.head(self.encoder(views))  # [2N, D]
+        ids = torch.arange(n, device=x.device).repeat(2)  # view i and i + N share an id
+        return info_nce(z, z, ids, ids, temperature=self.temperature, exclude_self=True)
