@@ -49,7 +49,7 @@ def cmd_pretrain(args) -> Path:
     cache = _load(args)
     cfg = PretrainConfig(
         out_dir=args.out, method=args.method, encoder=args.encoder, encoder_kwargs=_kwargs(args.encoder_kwargs),
-        method_kwargs=_kwargs(args.method_kwargs), epochs=args.epochs, lr=args.lr, seed=args.seed,
+        method_kwargs={**_kwargs(args.method_kwargs), **({"augment": args.augment} if args.augment else {})}, epochs=args.epochs, lr=args.lr, seed=args.seed,
         device=args.device, progress=not args.quiet,
     )
     run = pretrain(cache, cfg)
@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     training(sp)
     sp.add_argument("--method", default="pclr")
     sp.add_argument("--method-kwargs", default="", help="e.g. patients_per_batch=64,temperature=0.1")
+    sp.add_argument("--augment", default=None,
+                    help='augmentation pipeline, e.g. "noise:snr=20,scale,wander,crop:len=800" or "none" '
+                         "(default: the method's own)")
     sp.add_argument("--out", required=True, help="run folder")
     sp.set_defaults(func=cmd_pretrain)
 
