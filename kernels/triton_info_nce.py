@@ -1,0 +1,481 @@
+"""Fused, tiled InfoNCE in Triton: forward and backward without the N x M similarity matrix.
+
+Semantics are exactly those of :func:`tscl.kernels.reference.info_nce_rows_reference`.
+For anchor i, with ``s_ij = <q_i, k_j> / tau`` over the denominator columns V(i) (keys, minus
+the diagonal under ``exclude_self``, plus bank entries, minus same-id bank entries under
+``mask_bank_same_id``) and the positives P(i) (matching ids)::
+
+    l_i   = lse_i - possum_i / npos_i,      lse_i = logsumexp_{j in V(i)} s_ij,
+                                            possum_i = sum_{p in P(i)} s_ip,  npos_i = |P(i)|
+    l_i   = 0                               when npos_i == 0
+
+Forward (one program per block of BLOCK_M anchors): sweep the keys, then the bank, in tiles
+of BLOCK_N columns; keep a running max ``m_i`` and rescaled sum ``l_i`` (online
+log-sum-exp, base 2), the positives' logit sum and their count. Only ``lse [N]`` and
+``npos [N]`` are saved for the backward.
+
+Backward, with ``g_i`` the incoming gradient (0 where npos_i == 0),
+``p_ij = exp(s_ij - lse_i)`` recomputed tile by tile and
+``dS_ij = g_i (p_ij - [j in P(i)] / npos_i)``::
+
+    dq_i   = (1/tau) sum_{j in keys and bank} dS_ij k_j       (kernel over anchor blocks)
+    dk_j   = (1/tau) sum_i dS_ij q_i                          (kernel over key blocks;
+                                                               the bank gets no gradient)
+    dtau   = -(1/tau) sum_i sum_j dS_ij s_ij                  (row partials from the dq kernel)
+
+since ``d s_ij / d tau = -s_ij / tau``. Products run on the tensor cores in the input dtype
+(fp32 inputs use full-precision ``ieee`` dots); every accumulator is float32.
+"""
+import math
+import os
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+__all__ = ["info_nce_rows_triton", "InfoNCERows"]
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# Tests set this to fill every output with NaN / -1 before a launch, so an element that a
+# kernel failed to write cannot pass for a correct one.
+POISON_OUTPUTS = os.environ.get("TSCL_POISON_OUTPUTS") == "1"
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+
+# ----------------------------------------------------------------------------- block configs
+def _configs(kind):
+    if _INTERPRET:  # a single small config: fast, and several tiles even on tiny test shapes
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
+    shapes = {
+        # (BLOCK_M, BLOCK_N): anchors x keys per tile for fwd/dq; keys x anchors for dk
+        "fwd": [(128, 64), (128, 128), (64, 64), (64, 128), (128, 32), (64, 32), (32, 32)],
+        "dq": [(128, 64), (64, 64), (64, 128), (128, 32), (64, 32), (32, 32)],
+        "dk": [(64, 128), (64, 64), (128, 64), (32, 128), (32, 64), (32, 32)],
+    }[kind]
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        for bm, bn in shapes
+        for w in (4, 8)
+        for s in (2, 3)
+    ]
+
+
+def _prune(configs, named_args, **kwargs):
+    """Keep tiles whose operands fit: the resident tile is [BLOCK_M, BLOCK_D]."""
+    block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 128))
+    budget = 128 * 128 if block_d <= 128 else 64 * 256
+    kept = [c for c in configs if c.kwargs["BLOCK_M"] * block_d <= budget and c.kwargs["BLOCK_N"] * block_d <= 2 * budget]
+    return kept or configs[-1:]
+
+
+def _autotune(kind):
+    return triton.autotune(
+        configs=_configs(kind),
+        key=["D", "HAS_BANK", "EXCLUDE_SELF"],  # the tensors' dtypes are part of the key too
+        prune_configs_by=None if _INTERPRET else {"early_config_prune": _prune},
+    )
+
+
+# ----------------------------------------------------------------------------- forward
+@triton.jit
+def _mma(a, b, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    """``a @ b`` accumulated in float32 on the tensor cores.
+
+    Triton's CPU interpreter multiplies bf16 operands as raw 16-bit integers, so there
+    (UPCAST_DOT) the operands, already rounded to bf16, are widened to fp32 first.
+    """
+    if UPCAST_DOT:
+        c = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        c = tl.dot(a, b, input_precision=PRECISION)
+    return c
+
+
+@triton.jit
+def _fwd_sweep(
+    q, qid, rows, m_i, l_i, pos_sum, pos_cnt, scale,
+    K, KID, n_cols, D, stride_kn, stride_kd,
+    EXCLUDE_DIAG: tl.constexpr, USE_IDS: tl.constexpr, IDS_POSITIVE: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Fold one key set (the keys, or the bank) into the running row statistics.
+
+    ``s2`` is the logit in base 2 (s * log2 e); columns outside V(i) are -inf.
+    """
+    dims = tl.arange(0, BLOCK_D)
+    for start in range(0, n_cols, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        col_ok = cols < n_cols
+        k = tl.load(K + cols[:, None] * stride_kn + dims[None, :] * stride_kd,
+                    mask=col_ok[:, None] & (dims[None, :] < D), other=0.0)
+        s2 = _mma(q, tl.trans(k), PRECISION, UPCAST_DOT) * scale
+        valid = col_ok[None, :] & (rows[:, None] >= 0)
+        if EXCLUDE_DIAG:
+            valid = valid & (rows[:, None] != cols[None, :])
+        if USE_IDS:
+            kid = tl.load(KID + cols, mask=col_ok, other=0)
+            same = (qid[:, None] == kid[None, :]) & valid
+            if IDS_POSITIVE:
+                pos_sum += tl.sum(tl.where(same, s2, 0.0), axis=1)
+                pos_cnt += tl.sum(same.to(tl.int32), axis=1)
+            else:
+                valid = valid & (same == 0)
+        s2 = tl.where(valid, s2, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s2, axis=1))
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no column so far
+        l_i = l_i * tl.exp2(m_i - m_ref) + tl.sum(tl.exp2(s2 - m_ref[:, None]), axis=1)
+        m_i = m_new
+    return m_i, l_i, pos_sum, pos_cnt
+
+
+@_autotune("fwd")
+@triton.jit
+def _info_nce_fwd(
+    Q, K, BANK, QID, KID, BID, TAU, LOSS, NPOS, LSE,
+    N, M, B, D,
+    stride_qn, stride_qd, stride_kn, stride_kd, stride_bn, stride_bd,
+    EXCLUDE_SELF: tl.constexpr, HAS_BANK: tl.constexpr, BANK_IDS: tl.constexpr,
+    BANK_POSITIVE: tl.constexpr, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, BLOCK_D)
+    row_ok = rows < N
+    q = tl.load(Q + rows[:, None] * stride_qn + dims[None, :] * stride_qd,
+                mask=row_ok[:, None] & (dims[None, :] < D), other=0.0)
+    qid = tl.load(QID + rows, mask=row_ok, other=0)
+    scale = LOG2E / tl.load(TAU)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    pos_sum = tl.zeros([BLOCK_M], tl.float32)
+    pos_cnt = tl.zeros([BLOCK_M], tl.int32)
+    m_i, l_i, pos_sum, pos_cnt = _fwd_sweep(
+        q, qid, rows, m_i, l_i, pos_sum, pos_cnt, scale, K, KID, M, D, stride_kn, stride_kd,
+        EXCLUDE_SELF, True, True, PRECISION, UPCAST_DOT, BLOCK_N, BLOCK_D)
+    if HAS_BANK:
+        m_i, l_i, pos_sum, pos_cnt = _fwd_sweep(
+            q, qid, rows, m_i, l_i, pos_sum, pos_cnt, scale, BANK, BID, B, D, stride_bn, stride_bd,
+            False, BANK_IDS, BANK_POSITIVE, PRECISION, UPCAST_DOT, BLOCK_N, BLOCK_D)
+
+    lse = tl.where(l_i > 0, m_i + tl.log2(l_i), 0.0) * LN2
+    mean_pos = pos_sum * LN2 / tl.maximum(pos_cnt, 1).to(tl.float32)
+    loss = tl.where(pos_cnt > 0, lse - mean_pos, 0.0)
+    tl.store(LOSS + rows, loss, mask=row_ok)
+    tl.store(NPOS + rows, pos_cnt.to(tl.int64), mask=row_ok)
+    tl.store(LSE + rows, lse, mask=row_ok)
+
+
+# ----------------------------------------------------------------------------- backward
+@triton.jit
+def _dq_sweep(
+    q, qid, rows, lse2, g, w, dq, dts, scale,
+    K, KID, n_cols, D, stride_kn, stride_kd,
+    EXCLUDE_DIAG: tl.constexpr, USE_IDS: tl.constexpr, IDS_POSITIVE: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Accumulate sum_j dS_ij k_j and sum_j dS_ij s2_ij over one key set."""
+    dims = tl.arange(0, BLOCK_D)
+    for start in range(0, n_cols, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        col_ok = cols < n_cols
+        k = tl.load(K + cols[:, None] * stride_kn + dims[None, :] * stride_kd,
+                    mask=col_ok[:, None] & (dims[None, :] < D), other=0.0)
+        s2 = _mma(q, tl.trans(k), PRECISION, UPCAST_DOT) * scale
+        valid = col_ok[None, :] & (rows[:, None] >= 0)
+        if EXCLUDE_DIAG:
+            valid = valid & (rows[:, None] != cols[None, :])
+        ds = tl.zeros_like(s2)
+        if USE_IDS:
+            kid = tl.load(KID + cols, mask=col_ok, other=0)
+            same = (qid[:, None] == kid[None, :]) & valid
+            if IDS_POSITIVE:
+                ds = tl.where(same, -w[:, None], 0.0)
+            else:
+                valid = valid & (same == 0)
+        s2 = tl.where(valid, s2, 0.0)
+        p = tl.where(valid, tl.exp2(s2 - lse2[:, None]), 0.0)
+        ds += g[:, None] * p
+        dq += _mma(ds.to(k.dtype), k, PRECISION, UPCAST_DOT)
+        dts += tl.sum(ds * s2, axis=1)
+    return dq, dts
+
+
+@_autotune("dq")
+@triton.jit
+def _info_nce_bwd_dq(
+    Q, K, BANK, QID, KID, BID, TAU, LSE, NPOS, GRAD, DQ, DTS,
+    N, M, B, D,
+    stride_qn, stride_qd, stride_kn, stride_kd, stride_bn, stride_bd,
+    EXCLUDE_SELF: tl.constexpr, HAS_BANK: tl.constexpr, BANK_IDS: tl.constexpr,
+    BANK_POSITIVE: tl.constexpr, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, BLOCK_D)
+    row_ok = rows < N
+    q = tl.load(Q + rows[:, None] * stride_qn + dims[None, :] * stride_qd,
+                mask=row_ok[:, None] & (dims[None, :] < D), other=0.0)
+    qid = tl.load(QID + rows, mask=row_ok, other=0)
+    lse2 = tl.load(LSE + rows, mask=row_ok, other=0.0) * LOG2E
+    npos = tl.load(NPOS + rows, mask=row_ok, other=0).to(tl.int32)
+    g = tl.where(npos > 0, tl.load(GRAD + rows, mask=row_ok, other=0.0), 0.0)
+    w = g / tl.maximum(npos, 1).to(tl.float32)
+    inv_tau = 1.0 / tl.load(TAU)
+    scale = LOG2E * inv_tau
+
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    dts = tl.zeros([BLOCK_M], tl.float32)
+    dq, dts = _dq_sweep(q, qid, rows, lse2, g, w, dq, dts, scale, K, KID, M, D, stride_kn, stride_kd,
+                        EXCLUDE_SELF, True, True, PRECISION, UPCAST_DOT, BLOCK_N, BLOCK_D)
+    if HAS_BANK:
+        dq, dts = _dq_sweep(q, qid, rows, lse2, g, w, dq, dts, scale, BANK, BID, B, D, stride_bn, stride_bd,
+                            False, BANK_IDS, BANK_POSITIVE, PRECISION, UPCAST_DOT, BLOCK_N, BLOCK_D)
+    dq = dq * inv_tau
+    tl.store(DQ + rows[:, None] * D + dims[None, :], dq.to(DQ.dtype.element_ty),
+             mask=row_ok[:, None] & (dims[None, :] < D))
+    tl.store(DTS + rows, dts * LN2, mask=row_ok)
+
+
+@_autotune("dk")
+@triton.jit
+def _info_nce_bwd_dk(
+    Q, K, QID, KID, TAU, LSE, NPOS, GRAD, DK,
+    N, M, D,
+    stride_qn, stride_qd, stride_kn, stride_kd,
+    EXCLUDE_SELF: tl.constexpr, HAS_BANK: tl.constexpr, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """One program per block of BLOCK_M keys, sweeping the anchors BLOCK_N at a time."""
+    cols = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, BLOCK_D)
+    col_ok = cols < M
+    k = tl.load(K + cols[:, None] * stride_kn + dims[None, :] * stride_kd,
+                mask=col_ok[:, None] & (dims[None, :] < D), other=0.0)
+    kid = tl.load(KID + cols, mask=col_ok, other=0)
+    inv_tau = 1.0 / tl.load(TAU)
+    scale = LOG2E * inv_tau
+
+    dk = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for start in range(0, N, BLOCK_N):
+        rows = start + tl.arange(0, BLOCK_N)
+        row_ok = rows < N
+        q = tl.load(Q + rows[:, None] * stride_qn + dims[None, :] * stride_qd,
+                    mask=row_ok[:, None] & (dims[None, :] < D), other=0.0)
+        qid = tl.load(QID + rows, mask=row_ok, other=0)
+        lse2 = tl.load(LSE + rows, mask=row_ok, other=0.0) * LOG2E
+        npos = tl.load(NPOS + rows, mask=row_ok, other=0).to(tl.int32)
+        g = tl.where(npos > 0, tl.load(GRAD + rows, mask=row_ok, other=0.0), 0.0)
+        w = g / tl.maximum(npos, 1).to(tl.float32)
+        s2t = _mma(k, tl.trans(q), PRECISION, UPCAST_DOT) * scale  # [keys, anchors]
+        valid = row_ok[None, :] & col_ok[:, None]
+        if EXCLUDE_SELF:
+            valid = valid & (rows[None, :] != cols[:, None])
+        same = (kid[:, None] == qid[None, :]) & valid
+        p = tl.where(valid, tl.exp2(s2t - lse2[None, :]), 0.0)
+        dst = g[None, :] * p - tl.where(same, w[None, :], 0.0)
+        dk += _mma(dst.to(q.dtype), q, PRECISION, UPCAST_DOT)
+    dk = dk * inv_tau
+    tl.store(DK + cols[:, None] * D + dims[None, :], dk.to(DK.dtype.element_ty),
+             mask=col_ok[:, None] & (dims[None, :] < D))
+
+
+# ----------------------------------------------------------------------------- launchers
+def _grid(n, block):
+    """Launch grid: one program per ``block``-sized slice of ``n`` rows."""
+    return lambda meta: (triton.cdiv(n, meta[block]),)
+
+
+def _new(shape, dtype, device, fill):
+    if POISON_OUTPUTS:
+        return torch.full(shape, fill, dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _block_d(d):
+    return max(16, triton.next_power_of_2(d))
+
+
+def _precision(dtype):
+    return "ieee" if dtype == torch.float32 else "tf32"  # tf32 is ignored for 16-bit inputs
+
+
+def _upcast(dtype):
+    return _INTERPRET and dtype == torch.bfloat16
+
+
+def _bank_args(q, bank, bank_ids, mask_bank_same_id):
+    has_bank = bank is not None and bank.shape[0] > 0
+    if not has_bank:
+        return q, q, 0, (0, 0), dict(HAS_BANK=False, BANK_IDS=False, BANK_POSITIVE=True)
+    bids = bank_ids if bank_ids is not None else q.new_empty(0, dtype=torch.int64)
+    flags = dict(HAS_BANK=True, BANK_IDS=bank_ids is not None, BANK_POSITIVE=not mask_bank_same_id)
+    return bank, bids, bank.shape[0], bank.stride(), flags
+
+
+def _tau(temperature, device):
+    return temperature.detach().to(device=device, dtype=torch.float32).reshape(())
+
+
+def _forward(q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank_same_id):
+    """Launch the forward kernel; returns ``loss [N] f32, npos [N] i64, lse [N] f32``."""
+    n, d = q.shape
+    m = k.shape[0]
+    loss = _new((n,), torch.float32, q.device, float("nan"))
+    npos = _new((n,), torch.int64, q.device, -1)
+    lse = _new((n,), torch.float32, q.device, float("nan"))
+    bank_t, bids, b, bstride, flags = _bank_args(q, bank, bank_ids, mask_bank_same_id)
+    _info_nce_fwd[_grid(n, "BLOCK_M")](
+        q, k, bank_t, q_ids, k_ids, bids, _tau(temperature, q.device), loss, npos, lse,
+        n, m, b, d, *q.stride(), *k.stride(), *bstride,
+        EXCLUDE_SELF=exclude_self, PRECISION=_precision(q.dtype), UPCAST_DOT=_upcast(q.dtype), BLOCK_D=_block_d(d), **flags,
+    )
+    return loss, npos, lse
+
+
+def _backward(grad, q, k, q_ids, k_ids, temperature, lse, npos, exclude_self, bank, bank_ids,
+              mask_bank_same_id, need_dk=True):
+    """Launch the dq and dk kernels; returns ``dq [N,D], dk [M,D] (or [0]), dtau []``."""
+    n, d = q.shape
+    m = k.shape[0]
+    grad = grad.float().contiguous()  # a reduction's gradient arrives expanded (stride 0)
+    tau = _tau(temperature, q.device)
+    precision, block_d = _precision(q.dtype), _block_d(d)
+    dq = _new((n, d), q.dtype, q.device, float("nan"))
+    dts = _new((n,), torch.float32, q.device, float("nan"))
+    bank_t, bids, b, bstride, flags = _bank_args(q, bank, bank_ids, mask_bank_same_id)
+    _info_nce_bwd_dq[_grid(n, "BLOCK_M")](
+        q, k, bank_t, q_ids, k_ids, bids, tau, lse, npos, grad, dq, dts,
+        n, m, b, d, *q.stride(), *k.stride(), *bstride,
+        EXCLUDE_SELF=exclude_self, PRECISION=precision, UPCAST_DOT=_upcast(q.dtype), BLOCK_D=block_d, **flags,
+    )
+    if need_dk:
+        dk = _new((m, d), k.dtype, k.device, float("nan"))
+        _info_nce_bwd_dk[_grid(m, "BLOCK_M")](
+            q, k, q_ids, k_ids, tau, lse, npos, grad, dk,
+            n, m, d, *q.stride(), *k.stride(),
+            EXCLUDE_SELF=exclude_self, HAS_BANK=flags["HAS_BANK"], PRECISION=precision, UPCAST_DOT=_upcast(q.dtype), BLOCK_D=block_d,
+        )
+    else:
+        dk = k.new_empty(0)
+    dtau = (-dts.sum() / tau).to(temperature.dtype).reshape(temperature.shape)
+    return dq, dk, dtau
+
+
+# ----------------------------------------------------------------------------- autograd
+class InfoNCERows(torch.autograd.Function):
+    """Autograd wrapper over the launchers (used where ``torch.library.custom_op`` is absent)."""
+
+    @staticmethod
+    def forward(ctx, q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank_same_id):
+        loss, npos, lse = _forward(q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids,
+                                   mask_bank_same_id)
+        ctx.save_for_backward(q, k, q_ids, k_ids, temperature, lse, npos, bank, bank_ids)
+        ctx.flags = (exclude_self, mask_bank_same_id)
+        ctx.mark_non_differentiable(npos)
+        return loss, npos
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_npos):
+        q, k, q_ids, k_ids, temperature, lse, npos, bank, bank_ids = ctx.saved_tensors
+        exclude_self, mask_bank = ctx.flags
+        dq, dk, dtau = _backward(grad_loss, q, k, q_ids, k_ids, temperature, lse, npos, exclude_self,
+                                 bank, bank_ids, mask_bank, need_dk=ctx.needs_input_grad[1])
+        return (dq if ctx.needs_input_grad[0] else None, dk if ctx.needs_input_grad[1] else None,
+                None, None, dtau if ctx.needs_input_grad[4] else None, None, None, None, None)
+
+
+_HAS_CUSTOM_OP = hasattr(torch, "library") and hasattr(torch.library, "custom_op")
+
+if _HAS_CUSTOM_OP:
+
+    @torch.library.custom_op("tscl::info_nce_rows", mutates_args=())
+    def _info_nce_rows_op(
+        q: Tensor, k: Tensor, q_ids: Tensor, k_ids: Tensor, temperature: Tensor, exclude_self: bool,
+        bank: Optional[Tensor], bank_ids: Optional[Tensor], mask_bank_same_id: bool,
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        return _forward(q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank_same_id)
+
+    @_info_nce_rows_op.register_fake
+    def _(q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank_same_id):
+        n = q.shape[0]
+        return (q.new_empty(n, dtype=torch.float32), q.new_empty(n, dtype=torch.int64),
+                q.new_empty(n, dtype=torch.float32))
+
+    @torch.library.custom_op("tscl::info_nce_rows_backward", mutates_args=())
+    def _info_nce_rows_backward_op(
+        grad: Tensor, q: Tensor, k: Tensor, q_ids: Tensor, k_ids: Tensor, temperature: Tensor,
+        lse: Tensor, npos: Tensor, exclude_self: bool, bank: Optional[Tensor],
+        bank_ids: Optional[Tensor], mask_bank_same_id: bool, need_dk: bool,
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        return _backward(grad, q, k, q_ids, k_ids, temperature, lse, npos, exclude_self, bank, bank_ids,
+                         mask_bank_same_id, need_dk)
+
+    @_info_nce_rows_backward_op.register_fake
+    def _(grad, q, k, q_ids, k_ids, temperature, lse, npos, exclude_self, bank, bank_ids,
+          mask_bank_same_id, need_dk):
+        dk = torch.empty_like(k) if need_dk else k.new_empty(0)
+        return torch.empty_like(q), dk, torch.empty_like(temperature)
+
+    def _setup_context(ctx, inputs, output):
+        q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank = inputs
+        _, npos, lse = output
+        ctx.save_for_backward(q, k, q_ids, k_ids, temperature, lse, npos, bank, bank_ids)
+        ctx.flags = (exclude_self, mask_bank)
+        ctx.mark_non_differentiable(npos, lse)
+
+    def _op_backward(ctx, grad_loss, grad_npos, grad_lse):
+        q, k, q_ids, k_ids, temperature, lse, npos, bank, bank_ids = ctx.saved_tensors
+        exclude_self, mask_bank = ctx.flags
+        dq, dk, dtau = _info_nce_rows_backward_op(
+            grad_loss, q, k, q_ids, k_ids, temperature, lse, npos, exclude_self, bank, bank_ids,
+            mask_bank, ctx.needs_input_grad[1])
+        return (dq, dk if ctx.needs_input_grad[1] else None, None, None, dtau, None, None, None, None)
+
+    _info_nce_rows_op.register_autograd(_op_backward, setup_context=_setup_context)
+
+
+def info_nce_rows_triton(
+    q: Tensor,
+    k: Tensor,
+    q_ids: Tensor,
+    k_ids: Tensor,
+    temperature: Tensor,
+    exclude_self: bool = False,
+    bank: Optional[Tensor] = None,
+    bank_ids: Optional[Tensor] = None,
+    mask_bank_same_id: bool = False,
+    use_custom_op: bool = True,
+) -> Tuple[Tensor, Tensor]:
+    """Per-anchor InfoNCE losses ``[N]`` (float32) and positive counts ``[N]`` (int64).
+
+    Same arguments and results as :func:`info_nce_rows_reference`; ``q`` and ``k`` may be
+    fp32, bf16 or fp16 (mixed inputs are promoted; fp64 runs in fp32), any strides.
+    ``use_custom_op=False`` runs the plain :class:`InfoNCERows` autograd.Function instead of
+    the ``tscl::info_nce_rows`` operator that ``torch.compile`` traces without a break.
+    """
+    if not (q.is_cuda or _INTERPRET):
+        raise RuntimeError("the Triton InfoNCE kernel needs CUDA tensors (or TRITON_INTERPRET=1)")
+    dtype = torch.promote_types(q.dtype, k.dtype)
+    if bank is not None:
+        bank = bank.detach()
+        dtype = torch.promote_types(dtype, bank.dtype)
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        dtype = torch.float32
+    q, k = q.to(dtype), k.to(dtype)
+    bank = bank.to(dtype) if bank is not None else None
+    q_ids = q_ids.to(torch.int64).contiguous()
+    k_ids = k_ids.to(torch.int64).contiguous()
+    bank_ids = bank_ids.to(torch.int64).contiguous() if bank_ids is not None else None
+    if not isinstance(temperature, Tensor):
+        temperature = torch.tensor(float(temperature), device=q.device)
+    if use_custom_op and _HAS_CUSTOM_OP:
+        loss, npos, _ = _info_nce_rows_op(q, k, q_ids, k_ids, temperature, bool(exclude_self), bank,
+                                          bank_ids, bool(mask_bank_same_id))
+        return loss, npos
+    return InfoNCERows.apply(q, k, q_ids, k_ids, temperature, bool(exclude_self), bank, bank_ids,
+                             bool(mask_bank_same_id))
