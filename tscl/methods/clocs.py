@@ -8,7 +8,8 @@ Views of one recording, ``x [N, C, T]``, with segments of length L (default T/2)
 - CMSC (contrastive multi-segment coding): two *adjacent, non-overlapping* segments
   x[..., o:o+L] and x[..., o+L:o+2L] (random o) of all leads;
 - CMLC (multi-lead coding): the *same* segment seen through V different single leads
-  (chosen at random per batch); each lead is a separate single-lead instance;
+  (``leads`` indices, or ``n_leads`` drawn at random per batch); each lead is a separate
+  single-lead instance;
 - CMSMLC: both — view pairs differ in segment *and* lead: (segment 1, lead v) vs
   (segment 2, lead w), v ≠ w.
 
@@ -46,14 +47,15 @@ CLOCS_MODES = ("cmsc", "cmlc", "cmsmlc")
 
 
 class CLOCS(nn.Module):
-    def __init__(self, encoder: nn.Module, mode: str = "cmsc", n_leads: int = 4, segment_len: int | float = 0.5,
+    def __init__(self, encoder: nn.Module, mode: str = "cmsc", n_leads: int = 4, leads: list | None = None,
+                 segment_len: int | float = 0.5,
                  proj_dim: int = 128, temperature: float = 0.1, batch_size: int = 64, augment=None):
         super().__init__()
         if mode not in CLOCS_MODES:
             raise ValueError(f"mode must be one of {CLOCS_MODES}, got {mode!r}")
         self.encoder = encoder
         self.head = ProjectionHead(encoder.embed_dim, encoder.embed_dim, proj_dim)
-        self.mode, self.n_leads, self.segment_len = mode, n_leads, segment_len
+        self.mode, self.n_leads, self.leads, self.segment_len = mode, n_leads, leads, segment_len
         self.temperature, self.batch_size = temperature, batch_size
         self.augment = build_augment(augment)
         self._gen: torch.Generator | None = None
@@ -74,6 +76,9 @@ class CLOCS(nn.Module):
         return cut_windows(x, 2, length, length, gen)
 
     def pick_leads(self, c: int, device) -> Tensor:
+        """Lead indices of the views: ``leads`` if given, else ``n_leads`` drawn at random per batch."""
+        if self.leads is not None:
+            return torch.as_tensor(self.leads, device=device)
         v = min(self.n_leads, c)
         if v < 2:
             raise ValueError(f"{self.mode} needs at least 2 leads, the data have {c}")
