@@ -18,9 +18,11 @@ def _floats(text: str) -> list[float]:
 
 
 def _kwargs(text: str) -> dict:
-    """``width=0.25,blocks=4`` -> {'width': 0.25, 'blocks': 4} (values parsed as JSON when possible)."""
+    """``width=0.25,widths=[8,16]`` -> {'width': 0.25, 'widths': [8, 16]} (values parsed as JSON when possible)."""
+    import re
+
     out = {}
-    for item in filter(None, text.split(",")):
+    for item in filter(None, re.split(r",(?![^\[]*\])", text)):
         key, _, value = item.partition("=")
         try:
             out[key.strip()] = json.loads(value)

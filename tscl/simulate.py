@@ -161,9 +161,9 @@ def synthesize_ecg(patient: dict, visit: int, rng: np.random.Generator, fs: floa
     if af_now:  # fibrillatory waves, largest in V1 and inferior leads
         f = sum(rng.uniform(0.02, 0.05) * np.sin(2 * np.pi * rng.uniform(4, 8) * t + rng.uniform(0, 2 * np.pi)) for _ in range(3))
         leads += f[None, :] * np.array([0.3, 0.8, 0.6, -0.5, -0.1, 0.7, 1.0, 0.7, 0.5, 0.3, 0.2, 0.2])[:, None]
-    gains = np.exp(rng.normal(0, 0.06, size=(12, 1)))  # electrode placement
-    wander = rng.uniform(0.02, 0.15) * np.sin(2 * np.pi * rng.uniform(0.1, 0.5) * t + rng.uniform(0, 2 * np.pi))
-    noise = rng.normal(0, patient["noise"], size=leads.shape)
+    gains = np.exp(rng.normal(0, 0.12, size=(12, 1)))  # electrode placement and skin contact
+    wander = rng.uniform(0.05, 0.4) * np.sin(2 * np.pi * rng.uniform(0.1, 0.5) * t + rng.uniform(0, 2 * np.pi))
+    noise = rng.normal(0, patient["noise"] * rng.uniform(0.5, 2.5), size=leads.shape)  # muscle / contact noise
     signal = leads * gains + wander[None, :] * rng.uniform(0.5, 1.0, size=(12, 1)) + noise
     # an electrocardiograph records I and II and derives the other limb leads from them
     lead_i, lead_ii = signal[0], signal[1]
