@@ -162,7 +162,7 @@ def _info_nce_fwd(
             q, qid, rows, m_i, l_i, pos_sum, pos_cnt, scale, BANK, BID, B, D, stride_bn, stride_bd,
             False, BANK_IDS, BANK_POSITIVE, PRECISION, UPCAST_DOT, BLOCK_N, BLOCK_D)
 
-    lse = tl.where(l_i > 0, m_i + tl.log2(l_i), 0.0) * LN2
+    lse = tl.where(l_i > 0, m_i + tl.log2(tl.where(l_i > 0, l_i, 1.0)), 0.0) * LN2  # no column: 0
     mean_pos = pos_sum * LN2 / tl.maximum(pos_cnt, 1).to(tl.float32)
     loss = tl.where(pos_cnt > 0, lse - mean_pos, 0.0)
     tl.store(LOSS + rows, loss, mask=row_ok)
@@ -197,11 +197,10 @@ def _dq_sweep(
                 ds = tl.where(same, -w[:, None], 0.0)
             else:
                 valid = valid & (same == 0)
-        s2 = tl.where(valid, s2, 0.0)
-        p = tl.where(valid, tl.exp2(s2 - lse2[:, None]), 0.0)
+        p = tl.exp2(tl.where(valid, s2, float("-inf")) - lse2[:, None])
         ds += g[:, None] * p
         dq += _mma(ds.to(k.dtype), k, PRECISION, UPCAST_DOT)
-        dts += tl.sum(ds * s2, axis=1)
+        dts += tl.sum(ds * tl.where(valid, s2, 0.0), axis=1)
     return dq, dts
 
 
@@ -276,7 +275,7 @@ def _info_nce_bwd_dk(
         if EXCLUDE_SELF:
             valid = valid & (rows[None, :] != cols[:, None])
         same = (kid[:, None] == qid[None, :]) & valid
-        p = tl.where(valid, tl.exp2(s2t - lse2[None, :]), 0.0)
+        p = tl.exp2(tl.where(valid, s2t, float("-inf")) - lse2[None, :])
         dst = g[None, :] * p - tl.where(same, w[None, :], 0.0)
         dk += _mma(dst.to(q.dtype), q, PRECISION, UPCAST_DOT)
     dk = dk * inv_tau

@@ -1,0 +1,395 @@
+"""InfoNCE kernels: the PyTorch reference against brute force, the Triton kernel against the reference.
+
+The Triton kernels run on CPU through Triton's interpreter (TRITON_INTERPRET=1, set before
+Triton is imported) with 16 x 16 tiles, so the odd shapes below span several partial tiles.
+"""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from tscl.kernels import InfoNCEStats, info_nce, info_nce_rows_reference  # noqa: E402
+
+try:
+    from tscl.kernels import triton_info_nce as tn
+    _SKIP = None
+except Exception as err:  # Triton missing or unusable on this platform
+    tn, _SKIP = None, f"Triton kernel not importable: {err!r}"
+
+if tn is not None and not (tn._INTERPRET or torch.cuda.is_available()):
+    tn, _SKIP = None, "triton_info_nce was imported before TRITON_INTERPRET=1 was set and no GPU is present"
+
+if tn is not None and tn._INTERPRET:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _probe(O, n, B: tl.constexpr):
+        acc = tl.zeros([B], tl.float32)
+        for _ in range(0, n, B):
+            acc += 1.0
+        tl.store(O + tl.arange(0, B), acc)
+
+    try:
+        _probe[(1,)](torch.zeros(16), 20, 16)
+    except Exception as err:  # Triton < 3.7's interpreter with NumPy >= 2.4
+        tn, _SKIP = None, f"this Triton's interpreter cannot run loops here (try numpy<2.4): {err!r}"
+
+needs_triton = pytest.mark.skipif(tn is None, reason=_SKIP or "")
+DEVICE = "cuda" if torch.cuda.is_available() and tn is not None and not tn._INTERPRET else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def _poison_outputs(monkeypatch):
+    """Every kernel output starts as NaN / -1, so an element no program wrote is caught."""
+    if tn is not None:
+        monkeypatch.setattr(tn, "POISON_OUTPUTS", True)
+
+
+# ----------------------------------------------------------------------------- helpers
+def _unit(n, d, gen, dtype=torch.float32):
+    return F.normalize(torch.randn(n, d, generator=gen, dtype=torch.float64), dim=-1).to(dtype)
+
+
+def _rel_err(a, b):
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+
+_TOL = {  # (loss atol, grad relative-norm error)
+    torch.float32: (2e-5, 1e-4),
+    torch.bfloat16: (2e-4, 3e-2),
+    torch.float16: (2e-4, 5e-3),
+}
+
+
+def _case(backend, *, n=37, m=53, d=19, dtype=torch.float32, ids="random", n_ids=9, exclude_self=False,
+          bank=0, bank_ids=False, bank_same_id="positive", symmetric=False, normalize=True,
+          reduction="none", tau=0.1, learn_tau=True, scale=1.0, seed=0):
+    """Run info_nce on seeded inputs; returns the output and every gradient."""
+    gen = torch.Generator().manual_seed(seed)
+    if exclude_self:
+        m = n
+    q = (scale * _unit(n, d, gen)).to(dtype).to(DEVICE).requires_grad_()
+    k = (scale * _unit(m, d, gen)).to(dtype).to(DEVICE).requires_grad_()
+    if ids == "random":
+        q_ids = torch.randint(0, n_ids, (n,), generator=gen)
+        k_ids = q_ids.clone() if exclude_self else torch.randint(0, n_ids, (m,), generator=gen)
+        q_ids, k_ids = q_ids.to(DEVICE), k_ids.to(DEVICE)
+    else:
+        q_ids = k_ids = None
+    bank_t = _unit(bank, d, gen).to(dtype).to(DEVICE).requires_grad_() if bank else None
+    bids = torch.randint(0, n_ids, (bank,), generator=gen).to(DEVICE) if bank and bank_ids else None
+    temperature = torch.tensor(tau, device=DEVICE, requires_grad=learn_tau) if learn_tau else tau
+    out, stats = info_nce(q, k, q_ids, k_ids, temperature=temperature, symmetric=symmetric,
+                          exclude_self=exclude_self, bank=bank_t, bank_ids=bids, bank_same_id=bank_same_id,
+                          normalize=normalize, reduction=reduction, return_stats=True, backend=backend)
+    weight = torch.randn(out.shape, generator=gen).to(DEVICE) if out.dim() else torch.tensor(1.0)
+    (out * weight.to(out.device)).sum().backward()
+    return {
+        "out": out.detach(), "stats": stats, "dq": q.grad, "dk": k.grad,
+        "dtau": temperature.grad if learn_tau else None,
+        "bank_grad": bank_t.grad if bank else None,
+    }
+
+
+def _assert_matches(got, want, dtype):
+    loss_tol, grad_tol = _TOL[dtype]
+    assert torch.isfinite(got["out"]).all(), "non-finite loss"
+    torch.testing.assert_close(got["out"].float(), want["out"].float(), rtol=loss_tol, atol=loss_tol)
+    assert got["stats"] == want["stats"]
+    for name in ("dq", "dk"):
+        assert got[name] is not None and got[name].dtype == dtype, name
+        assert torch.isfinite(got[name]).all(), f"non-finite {name}"
+        assert _rel_err(got[name], want[name]) < grad_tol, (name, _rel_err(got[name], want[name]))
+    if want["dtau"] is not None:
+        torch.testing.assert_close(got["dtau"], want["dtau"], rtol=max(grad_tol, 1e-4), atol=1e-5)
+    assert got["bank_grad"] is None and want["bank_grad"] is None, "the bank must receive no gradient"
+
+
+# ----------------------------------------------------------------------------- reference
+def _brute_force(q, k, q_ids, k_ids, tau, exclude_self, bank, bank_ids, mask_bank):
+    """One anchor at a time, straight from the definition (float64)."""
+    losses, counts = [], []
+    for i in range(q.shape[0]):
+        logits, positive = [], []
+        for j in range(k.shape[0]):
+            if exclude_self and i == j:
+                continue
+            logits.append(q[i] @ k[j] / tau)
+            positive.append(bool(k_ids[j] == q_ids[i]))
+        for b in range(0 if bank is None else bank.shape[0]):
+            same = bank_ids is not None and bool(bank_ids[b] == q_ids[i])
+            if same and mask_bank:
+                continue
+            logits.append(q[i] @ bank[b] / tau)
+            positive.append(same)
+        pos = [s for s, p in zip(logits, positive) if p]
+        counts.append(len(pos))
+        if not pos:
+            losses.append(q.new_zeros(()))
+            continue
+        losses.append(torch.logsumexp(torch.stack(logits), 0) - torch.stack(pos).mean())
+    return torch.stack(losses), torch.tensor(counts)
+
+
+@pytest.mark.parametrize("exclude_self,bank,bank_ids,mask_bank", [
+    (False, False, False, False), (True, False, False, False),
+    (False, True, False, False), (False, True, True, False), (True, True, True, True),
+])
+def test_reference_matches_per_anchor_loop(exclude_self, bank, bank_ids, mask_bank):
+    gen = torch.Generator().manual_seed(3)
+    n, m, d, nb = 7, 7 if exclude_self else 9, 5, 6
+    q64, k64 = _unit(n, d, gen, torch.float64), _unit(m, d, gen, torch.float64)
+    q_ids = torch.tensor([0, 0, 1, 2, 2, 2, 5])  # several positives, and id 5 has none among keys
+    k_ids = q_ids.clone() if exclude_self else torch.tensor([0, 1, 1, 2, 2, 3, 0, 4, 2])
+    b64 = _unit(nb, d, gen, torch.float64) if bank else None
+    bids = torch.tensor([1, 5, 7, 0, 5, 9]) if bank_ids else None
+    tau64 = torch.tensor(0.2, dtype=torch.float64)
+
+    leaves = [t.clone().requires_grad_() for t in (q64, k64, tau64)]
+    want, want_n = _brute_force(*leaves[:2], q_ids, k_ids, leaves[2], exclude_self, b64, bids, mask_bank)
+    want.sum().backward()
+    got_leaves = [t.float().requires_grad_() for t in (q64, k64, tau64)]
+    got, got_n = info_nce_rows_reference(got_leaves[0], got_leaves[1], q_ids, k_ids, got_leaves[2],
+                                         exclude_self, b64, bids, mask_bank)
+    got.sum().backward()
+
+    assert torch.equal(got_n, want_n)
+    if not (bank and bank_ids and not mask_bank):
+        assert got_n[-1] == 0 and got[-1] == 0, "the anchor without positives has loss 0"
+    assert (got_n > 1).any(), "the case must include multi-positive anchors"
+    torch.testing.assert_close(got.double(), want.detach(), rtol=1e-5, atol=1e-5)
+    for g, w in zip(got_leaves, leaves):
+        torch.testing.assert_close(g.grad.double(), w.grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kw", [
+    dict(q_ids=True, exclude_self=False, symmetric=True),
+    dict(q_ids=True, exclude_self=True, bank=True),
+    dict(q_ids=False, exclude_self=False, bank=True, bank_ids=True, bank_same_id="mask"),
+])
+def test_reference_gradcheck_float64(kw):
+    """The reference accumulates in float32 whatever the input, hence the finite-difference tolerances."""
+    gen = torch.Generator().manual_seed(5)
+    n, d = 6, 4
+    q = torch.randn(n, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(n, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    tau = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    ids = torch.tensor([0, 0, 1, 1, 2, 3]) if kw["q_ids"] else None
+    bank = torch.randn(5, d, generator=gen, dtype=torch.float64) if kw.get("bank") else None
+    bank_ids = torch.tensor([0, 3, 9, 1, 1]) if kw.get("bank_ids") else None
+
+    def fn(q, k, tau):
+        return info_nce(q, k, ids, ids, temperature=tau, symmetric=kw.get("symmetric", False),
+                        exclude_self=kw["exclude_self"], bank=bank, bank_ids=bank_ids,
+                        bank_same_id=kw.get("bank_same_id", "positive"), reduction="none",
+                        backend="reference").double()
+
+    assert torch.autograd.gradcheck(fn, (q, k, tau), eps=1e-3, atol=2e-3, rtol=1e-2)
+
+
+def test_reference_no_column_and_no_positive_rows_are_zero_not_nan():
+    q = torch.randn(1, 8, requires_grad=True)
+    loss, stats = info_nce(q, q, temperature=0.1, exclude_self=True, return_stats=True, backend="reference")
+    loss.backward()
+    assert loss.item() == 0 and torch.isfinite(q.grad).all()
+    assert stats == InfoNCEStats(n_anchors=1, n_without_positive=1, mean_positives=0.0)
+
+
+# ----------------------------------------------------------------------------- triton vs reference
+_OPTION_CASES = {
+    "ids-multi-positive": dict(),
+    "diagonal-no-ids": dict(ids=None, m=37),
+    "exclude-self": dict(exclude_self=True),
+    "bank-all-negatives": dict(bank=29),
+    "bank-ids-positive": dict(bank=29, bank_ids=True),
+    "bank-ids-mask": dict(bank=29, bank_ids=True, bank_same_id="mask"),
+    "exclude-self-bank-mask": dict(exclude_self=True, bank=21, bank_ids=True, bank_same_id="mask"),
+    "symmetric-mean": dict(symmetric=True, reduction="mean"),
+    "symmetric-none-no-ids": dict(symmetric=True, ids=None, m=37),
+    "sum-no-normalize": dict(reduction="sum", normalize=False, scale=1.7),
+    "fixed-temperature": dict(learn_tau=False, reduction="mean"),
+    "zero-positive-anchors": dict(n_ids=60),
+}
+
+
+@needs_triton
+@pytest.mark.parametrize("name", list(_OPTION_CASES))
+def test_triton_matches_reference_fp32(name):
+    kw = _OPTION_CASES[name]
+    got, want = _case("triton", **kw), _case("reference", **kw)
+    _assert_matches(got, want, torch.float32)
+    if name == "zero-positive-anchors":
+        assert got["stats"].n_without_positive > 0
+        assert got["stats"].mean_positives > 0
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["ids-multi-positive", "exclude-self", "bank-ids-positive", "symmetric-mean"])
+def test_triton_matches_reference_half(dtype, name):
+    kw = _OPTION_CASES[name]
+    _assert_matches(_case("triton", dtype=dtype, **kw), _case("reference", dtype=dtype, **kw), dtype)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype,scale,normalize", [(torch.bfloat16, 1.0, True), (torch.float32, 4.0, False)])
+def test_triton_stable_at_low_temperature(dtype, scale, normalize):
+    """tau = 0.01: logits up to 100 (normalised) or 1600 (raw, scale 4); nothing may overflow."""
+    kw = dict(dtype=dtype, tau=0.01, scale=scale, normalize=normalize, bank=19, exclude_self=True)
+    got, want = _case("triton", **kw), _case("reference", **kw)
+    assert torch.isfinite(want["out"]).all()
+    _assert_matches(got, want, dtype)
+
+
+@needs_triton
+@pytest.mark.parametrize("n,m,d", [(16, 16, 16), (1, 3, 7), (5, 40, 512), (33, 17, 64)])
+def test_triton_shapes(n, m, d):
+    kw = dict(n=n, m=m, d=d, n_ids=3, bank=5 if d < 512 else 0, bank_ids=True)
+    _assert_matches(_case("triton", **kw), _case("reference", **kw), torch.float32)
+
+
+@needs_triton
+def test_triton_single_anchor_with_no_column():
+    q = torch.randn(1, 20, requires_grad=True)
+    t = torch.tensor(0.07, requires_grad=True)
+    loss, stats = info_nce(q, q, temperature=t, exclude_self=True, return_stats=True, backend="triton")
+    loss.backward()
+    assert loss.item() == 0 and stats.n_without_positive == 1
+    assert torch.equal(q.grad, torch.zeros_like(q)) and t.grad.item() == 0
+
+
+@needs_triton
+def test_triton_rows_non_contiguous_and_mixed_dtypes():
+    gen = torch.Generator().manual_seed(11)
+    n, m, d = 21, 34, 24
+    q_big = torch.randn(n, 2 * d, generator=gen)
+    k_t = torch.randn(d, m, generator=gen).requires_grad_()
+    q = q_big[:, ::2].requires_grad_()  # stride (2d, 2)
+    k = k_t.t()                          # stride (1, m)
+    bank = torch.randn(40, d, generator=gen)[::2]  # stride (2d, 1), fp32 bank with fp32 keys
+    q_ids, k_ids = torch.randint(0, 5, (n,), generator=gen), torch.randint(0, 5, (m,), generator=gen)
+    tau = torch.tensor(0.3)
+    assert not q.is_contiguous() and not k.is_contiguous()
+    results = []
+    for fn in (tn.info_nce_rows_triton, info_nce_rows_reference):
+        q.grad = k_t.grad = None
+        loss, npos = fn(q, k, q_ids, k_ids, tau, False, bank, None, False)
+        (loss * torch.linspace(-1, 2, n)).sum().backward()
+        results.append((loss.detach(), npos, q.grad.clone(), k_t.grad.clone()))
+    (lt, nt, gqt, gkt), (lr, nr, gqr, gkr) = results
+    assert torch.equal(nt, nr)
+    torch.testing.assert_close(lt, lr, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gqt, gqr, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(gkt, gkr, rtol=1e-4, atol=1e-5)
+
+    # bf16 anchors with fp32 keys are promoted; gradients come back in each input's dtype
+    qb = q.detach().bfloat16().requires_grad_()
+    kf = k.detach().clone().requires_grad_()
+    loss, _ = tn.info_nce_rows_triton(qb, kf, q_ids, k_ids, tau)
+    loss.sum().backward()
+    assert qb.grad.dtype == torch.bfloat16 and kf.grad.dtype == torch.float32
+
+
+@needs_triton
+def test_custom_op_and_autograd_function_agree():
+    gen = torch.Generator().manual_seed(2)
+    q = _unit(19, 32, gen).requires_grad_()
+    k = _unit(19, 32, gen).requires_grad_()
+    bank = _unit(9, 32, gen)
+    ids, bids = torch.randint(0, 4, (19,), generator=gen), torch.randint(0, 4, (9,), generator=gen)
+    tau = torch.tensor(0.2, requires_grad=True)
+    grads = []
+    for use_op in (True, False):
+        for t in (q, k, tau):
+            t.grad = None
+        loss, npos = tn.info_nce_rows_triton(q, k, ids, ids, tau, True, bank, bids, False, use_custom_op=use_op)
+        (loss * torch.arange(19.0)).sum().backward()
+        grads.append([loss.detach(), npos, q.grad, k.grad, tau.grad])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
+@needs_triton
+def test_custom_op_opcheck_and_compile_without_graph_break():
+    gen = torch.Generator().manual_seed(4)
+    q = _unit(17, 16, gen).requires_grad_()
+    k = _unit(17, 16, gen).requires_grad_()
+    bank = _unit(6, 16, gen)
+    ids = torch.randint(0, 5, (17,), generator=gen)
+    tau = torch.tensor(0.1, requires_grad=True)
+    torch.library.opcheck(torch.ops.tscl.info_nce_rows.default, (q, k, ids, ids, tau, False, bank, None, False),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+    def step(q, k, tau):
+        return info_nce(q, k, ids, ids, temperature=tau, bank=bank, symmetric=True, backend="triton")
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    want = step(q, k, tau)
+    want_grads = torch.autograd.grad(want, (q, k, tau))
+    got = compiled(q, k, tau)
+    got_grads = torch.autograd.grad(got, (q, k, tau))
+    torch.testing.assert_close(got, want)
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b)
+
+
+@needs_triton
+def test_poisoned_outputs_expose_a_skipped_tile(monkeypatch):
+    """Drop the last program of every launch: the NaN poison must surface in loss, dq and dk."""
+    q = _unit(37, 19, torch.Generator().manual_seed(0)).requires_grad_()
+    k = _unit(37, 19, torch.Generator().manual_seed(1)).requires_grad_()
+    ids = torch.arange(37)
+    loss, npos = tn.info_nce_rows_triton(q, k, ids, ids, torch.tensor(0.1))
+    assert torch.isfinite(loss).all() and (npos == 1).all()
+
+    real_grid = tn._grid
+    monkeypatch.setattr(tn, "_grid", lambda n, block: lambda meta: (real_grid(n, block)(meta)[0] - 1,))
+    loss, npos = tn.info_nce_rows_triton(q, k, ids, ids, torch.tensor(0.1))
+    assert torch.isnan(loss[-5:]).all() and (npos[-5:] == -1).all() and torch.isfinite(loss[:32]).all()
+    dq, dk = torch.autograd.grad(loss[:32].sum(), (q, k))
+    assert torch.isnan(dq[-5:]).all() and torch.isnan(dk[-5:]).all()
+
+
+# ----------------------------------------------------------------------------- validation
+@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=needs_triton)])
+def test_bad_inputs_raise_clear_errors(backend):
+    q, k = torch.randn(4, 8), torch.randn(4, 8)
+    ids = torch.arange(4)
+    with pytest.raises(ValueError, match="embedding dim"):
+        info_nce(q, torch.randn(4, 6), backend=backend)
+    with pytest.raises(ValueError, match="exclude_self needs"):
+        info_nce(q, torch.randn(5, 8), ids, torch.arange(5), exclude_self=True, backend=backend)
+    with pytest.raises(TypeError, match="integer tensor"):
+        info_nce(q, k, ids.float(), ids.float(), backend=backend)
+    with pytest.raises(ValueError, match="bank_ids given without a bank"):
+        info_nce(q, k, ids, ids, bank_ids=ids, backend=backend)
+    with pytest.raises(ValueError, match="bank must be"):
+        info_nce(q, k, ids, ids, bank=torch.randn(3, 5), backend=backend)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        info_nce(q, k, temperature=0.0, backend=backend)
+    with pytest.raises(ValueError, match="needs N == M"):
+        info_nce(q, torch.randn(3, 8), backend=backend)
+    with pytest.raises(ValueError, match="reduction"):
+        info_nce(q, k, reduction="max", backend=backend)
+
+
+def test_unknown_backend_raises():
+    with pytest.raises(ValueError, match="backend"):
+        info_nce(torch.randn(3, 4), torch.randn(3, 4), backend="cuda")
+
+
+@needs_triton
+def test_block_configs():
+    import triton
+
+    if tn._INTERPRET:
+        assert len(tn._configs("fwd")) == len(tn._configs("dq")) == len(tn._configs("dk")) == 1
+    assert tn._block_d(19) == 32 and tn._block_d(8) == 16 and tn._block_d(512) == 512
+    many = [triton.Config({"BLOCK_M": bm, "BLOCK_N": 64}) for bm in (32, 64, 128)]
+    assert [c.kwargs["BLOCK_M"] for c in tn._prune(many, {}, BLOCK_D=512)] == [32]
+    assert len(tn._prune(many, {}, BLOCK_D=128)) == 3
