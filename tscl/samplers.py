@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["PatientBatchSampler", "encode_ids"]
+__all__ = ["PatientBatchSampler", "RankBatches", "encode_ids"]
 
 
 def encode_ids(values) -> np.ndarray:
@@ -27,6 +27,12 @@ class PatientBatchSampler:
     recordings are drawn without replacement within a patient. A final batch with fewer
     than two patients is dropped (it would have no negatives).
 
+    Data parallel (``world_size`` W > 1): each step draws one global batch of P·W patients
+    and rank ``rank`` gets its slice of P patients, so ranks never share a patient within a
+    step, every rank sees the same number of steps, and the order depends only on
+    (seed, epoch). A final global batch is kept when it has at least max(2, W) patients; it is
+    then split as evenly as possible. W = 1 is the single-process sampler above.
+
     Iterating yields lists of row indices into ``patient_ids``; ``len`` is batches per epoch.
     """
 
@@ -35,6 +41,8 @@ class PatientBatchSampler:
     recordings_per_patient: int = 2
     seed: int = 0
     epoch: int = 0
+    rank: int = 0
+    world_size: int = 1
     excluded_patients: list = field(default_factory=list, init=False)
 
     def __post_init__(self):
@@ -70,18 +78,43 @@ class PatientBatchSampler:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        full, rest = divmod(len(self._patients), self.patients_per_batch)
-        return full + (rest >= 2)
+        full, rest = divmod(len(self._patients), self.patients_per_batch * self.world_size)
+        return full + (rest >= max(2, self.world_size))
 
     def __iter__(self):
         rng = np.random.default_rng((self.seed, self.epoch))
         order = rng.permutation(len(self._patients))
-        for start in range(0, len(order), self.patients_per_batch):
-            chunk = order[start : start + self.patients_per_batch]
-            if len(chunk) < 2:
+        size = self.patients_per_batch * self.world_size
+        for start in range(0, len(order), size):
+            chunk = order[start : start + size]
+            if len(chunk) < max(2, self.world_size):
                 return
-            batch = []
-            for i in chunk:
-                rows = self._groups[self._patients[i]]
-                batch.extend(rng.choice(rows, size=self.recordings_per_patient, replace=False).tolist())
-            yield batch
+            batch = [rng.choice(self._groups[self._patients[i]], size=self.recordings_per_patient, replace=False).tolist()
+                     for i in chunk]  # every rank draws the whole global batch, so all stay in step
+            mine = np.array_split(np.arange(len(chunk)), self.world_size)[self.rank]
+            yield [row for i in mine for row in batch[i]]
+
+
+@dataclass
+class RankBatches:
+    """Rank ``rank``'s share of any batch sampler: at step s it gets batch s·W + r of ``sampler``.
+
+    Batches of one epoch are disjoint, so ranks never share a row within a step; every rank
+    gets ``len(sampler) // W`` steps (the last ``len % W`` batches are left out). Used for
+    samplers that take no ``rank``/``world_size`` of their own."""
+
+    sampler: object
+    rank: int = 0
+    world_size: int = 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.world_size
+
+    def __iter__(self):
+        batches = iter(self.sampler)
+        for _ in range(len(self)):
+            group = [next(batches) for _ in range(self.world_size)]
+            yield group[self.rank]

@@ -10,6 +10,16 @@ A method is an ``nn.Module`` with:
 - optional ``batch_extras(index)``: per-row tensors ``{name: [N]}`` the trainer slices into
   every batch (SupCon's ``labels``).
 
+Data parallel (``torchrun``, see :mod:`tscl.distributed`): each rank holds its own rows of
+the global batch. A method encodes them, then calls
+``z, ids = gather_embeddings(z, ids)`` before ``info_nce`` so that every rank's anchors see
+every rank's keys; the result is the single-process loss on the global batch, and the
+gradients after DistributedDataParallel equal the single-process gradients. Ids must be
+global: ``batch["patient_ids"]``, ``batch["record_ids"]`` (never a per-rank ``arange``). Keys
+without gradient (momentum encoders) go through ``all_gather(k)``; queues and banks are
+updated in ``after_step`` with the gathered keys, so every rank holds the same queue. All
+helpers are the identity in a single process.
+
 =================  ==========================  ================================================
 name               paper                       positives (ids) / bank
 =================  ==========================  ================================================

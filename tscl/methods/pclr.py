@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from tscl.distributed import gather_embeddings
 from tscl.encoders import ProjectionHead
 from tscl.kernels import info_nce
 from tscl.samplers import PatientBatchSampler, encode_ids
@@ -46,6 +47,5 @@ class PCLR(nn.Module):
         )
 
     def forward(self, x: Tensor, batch: dict) -> Tensor:
-        z = self.head(self.encoder(x))
-        ids = batch["patient_ids"]
+        z, ids = gather_embeddings(self.head(self.encoder(x)), batch["patient_ids"])  # global batch under DDP
         return info_nce(z, z, ids, ids, temperature=self.temperature, exclude_self=True)

@@ -1,0 +1,122 @@
+"""Data-parallel helpers: process group from torchrun's environment, gathers that keep gradients.
+
+``torchrun --nproc-per-node=W -m tscl pretrain ...`` starts W processes with ``RANK``,
+``WORLD_SIZE`` and ``LOCAL_RANK`` set; :func:`init_distributed` joins them (NCCL on CUDA,
+Gloo on CPU). Without those variables every function here is the identity, so methods call
+them unconditionally.
+
+Why the loss of a data-parallel step equals the single-process loss on the global batch:
+each rank encodes its own rows, then :func:`gather_embeddings` concatenates every rank's
+``z`` (and ids) in rank order, so each rank computes the same global-batch loss L. In the
+backward pass rank s's copy of the gather hands back dL/dz_r for every rank r's slice; the
+gather's backward sums these over the W ranks (an all-reduce) and keeps its own slice, so
+rank r's ``z_r`` receives W · dL/dz_r. DistributedDataParallel then averages parameter
+gradients over the W ranks: (1/W) Σ_r J_rᵀ (W · dL/dz_r) = Σ_r J_rᵀ dL/dz_r = dL/dθ, the
+single-process gradient, with no extra factor. (A gather whose backward only kept its own
+slice, without the sum, would give dL/dθ / W.) BatchNorm statistics stay per rank unless the
+trainer converts them to SyncBatchNorm (it does on CUDA).
+"""
+from __future__ import annotations
+
+import atexit
+import os
+from contextlib import contextmanager
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+__all__ = ["init_distributed", "is_distributed", "rank", "world_size", "all_gather", "gather_embeddings",
+           "rank_zero_first", "barrier"]
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def init_distributed(device: str = "auto") -> torch.device:
+    """Join the process group torchrun describes (once) and return this rank's device.
+
+    ``device``: "auto" (this rank's GPU when CUDA is available, else CPU), "cuda", "cpu" or a
+    full name such as "cuda:1" (used as given)."""
+    n = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(f"cuda:{local}" if device == "cuda" and n > 1 else device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if n > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", device_id=dev if dev.type == "cuda" else None)
+        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+    return dev
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+@contextmanager
+def rank_zero_first():
+    """Rank 0 runs the block first (e.g. builds a cache), the others after it finished."""
+    if rank() != 0:
+        barrier()
+    yield
+    if rank() == 0:
+        barrier()
+
+
+class _AllGather(torch.autograd.Function):
+    """Concatenate every rank's ``x [n_r, ...]`` in rank order; backward: all-reduce (sum) the
+    gradient of the concatenation and return this rank's slice."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, sizes: list[int]) -> Tensor:
+        padded = x.new_zeros((max(sizes), *x.shape[1:]))
+        padded[: x.shape[0]] = x
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded)
+        ctx.sizes, ctx.rank = sizes, dist.get_rank()
+        return torch.cat([p[:n] for p, n in zip(parts, sizes)])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        start = sum(ctx.sizes[: ctx.rank])
+        return grad[start : start + ctx.sizes[ctx.rank]], None
+
+
+def _sizes(n: int, device) -> list[int]:
+    mine = torch.tensor([n], device=device)
+    every = [torch.empty_like(mine) for _ in range(world_size())]
+    dist.all_gather(every, mine)
+    return [int(s) for s in every]
+
+
+def all_gather(x: Tensor, sizes: list[int] | None = None) -> Tensor:
+    """Every rank's ``x`` concatenated along dim 0 in rank order, differentiable (see the module
+    docstring for the gradient). Ranks may hold different row counts. Identity when not distributed."""
+    if not is_distributed():
+        return x
+    return _AllGather.apply(x, sizes or _sizes(x.shape[0], x.device))
+
+
+def gather_embeddings(z: Tensor, ids: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """The global batch: ``(z [N_global, D], ids [N_global])`` from every rank's ``z [n, D]``, ``ids [n]``.
+
+    ``z`` keeps its gradient (every rank's anchors see every rank's keys). ``ids`` must be
+    global (patient ids, record ids from the batch dict), never a per-rank ``arange``."""
+    if not is_distributed():
+        return z, ids
+    sizes = _sizes(z.shape[0], z.device)
+    return all_gather(z, sizes), (all_gather(ids, sizes) if ids is not None else None)
