@@ -46,14 +46,25 @@ def _load(args):
 
 
 def cmd_pretrain(args) -> Path:
-    from tscl.train import PretrainConfig, pretrain
+    from tscl.distributed import init_distributed, rank_zero_first
+    from tscl.train import PretrainConfig, load_config, pretrain
 
-    cache = _load(args)
-    cfg = PretrainConfig(
-        out_dir=args.out, method=args.method, encoder=args.encoder, encoder_kwargs=_kwargs(args.encoder_kwargs),
-        method_kwargs={**_kwargs(args.method_kwargs), **({"augment": args.augment} if args.augment else {})}, epochs=args.epochs, lr=args.lr, seed=args.seed,
-        device=args.device, progress=not args.quiet,
-    )
+    if not (args.out or args.resume):
+        raise SystemExit("tscl pretrain: give --out RUN_DIR (new run) or --resume RUN_DIR")
+    init_distributed(args.device)  # under torchrun: join the other ranks before touching the cache
+    with rank_zero_first():
+        cache = _load(args)
+    if args.resume:  # the saved config, so the schedule and the data order match the killed run
+        cfg = load_config(args.resume)
+        cfg.out_dir, cfg.resume, cfg.device, cfg.progress = args.resume, True, args.device, not args.quiet
+    else:
+        cfg = PretrainConfig(
+            out_dir=args.out, method=args.method, encoder=args.encoder, encoder_kwargs=_kwargs(args.encoder_kwargs),
+            method_kwargs={**_kwargs(args.method_kwargs), **({"augment": args.augment} if args.augment else {})}, epochs=args.epochs, lr=args.lr, seed=args.seed,
+            device=args.device, progress=not args.quiet, compile=args.compile,
+        )
+    if args.ckpt_every is not None:
+        cfg.ckpt_every = args.ckpt_every
     run = pretrain(cache, cfg)
     print(f"pretrained encoder in {run}")
     return run
@@ -176,7 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--augment", default=None,
                     help='augmentation pipeline, e.g. "noise:snr=20,scale,wander,crop:len=800" or "none" '
                          "(default: the method's own)")
-    sp.add_argument("--out", required=True, help="run folder")
+    sp.add_argument("--out", default=None, help="run folder")
+    sp.add_argument("--resume", default=None, metavar="RUN_DIR",
+                    help="continue a run from its checkpoint (its config.json; training options are ignored)")
+    sp.add_argument("--compile", action="store_true", help="torch.compile the encoder")
+    sp.add_argument("--ckpt-every", type=int, default=None, help="steps between checkpoints (default 500; 0: end only)")
     sp.set_defaults(func=cmd_pretrain)
 
     sp = sub.add_parser("embed", help="frozen features of a run's encoder")
