@@ -1,0 +1,181 @@
+"""Compare the contrastive methods under one encoder, budget and seed, by linear probing.
+
+For each dataset — (a) the simulated patient-structured cohort, (b) the PTB-XL sample in
+/work/shared/data/ptbxl (skipped with a message if absent) — every method pretrains the
+same encoder for the same number of epochs from the same seed; the frozen features are
+probed (``tscl.probes.run_probe``: patient-level split, label fractions 1/10/100 %,
+patient-level bootstrap CIs, paired differences against a random-init encoder of the same
+architecture). On the cohort the patient-aware methods are also compared with SimCLR.
+
+Writes to ``--out``: ``methods.md`` (the comparison table), ``methods.json`` (every number),
+``label_efficiency_<dataset>.png``.
+
+    python benchmarks/bench_methods.py --out runs/bench_methods --quick
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from tscl.embed import embed_signals
+from tscl.methods import METHODS
+from tscl.plots import plot_label_efficiency
+from tscl.probes import run_probe
+from tscl.train import PretrainConfig, load_encoder, pretrain
+
+COHORT_LABELS = ["lvh", "bbb", "af", "tachy", "brady", "mace"]
+PATIENT_LEVEL = ["lvh", "bbb", "tachy", "brady", "mace"]  # stable per patient (af is per recording)
+PTBXL_LABELS = ["NORM", "MI", "STTC", "CD", "HYP"]
+PATIENT_AWARE = ["pclr", "polywindow", "pmq"]
+FRACTIONS = (0.01, 0.1, 1.0)
+
+
+def method_kwargs(name: str, batch: int) -> dict:
+    kw = {"proj_dim": 64}  # supcon: label = "sex", never a probed label (no label leakage into the test side)
+    if name == "pclr":
+        kw["patients_per_batch"] = batch // 2
+    else:
+        kw["batch_size"] = batch
+    if name in ("moco", "pmq"):
+        kw.update(queue_size=1024, momentum=0.99)
+    if name in ("clocs-cmlc", "clocs-cmsmlc"):
+        kw["n_leads"] = 2  # 2 single-lead views (4 for cmsmlc) keep the CPU budget of the other methods
+    if name == "supcon":
+        kw["label"] = None  # set per dataset
+    return kw
+
+
+def run_dataset(tag: str, cache, labels: list[str], args, out: Path, supcon_label: str) -> dict:
+    signals = cache.stack()
+    pids = cache.index["patient_id"].to_numpy()
+    Y = cache.index.select(labels).to_numpy().astype(float)
+    features, timings = {}, {}
+    enc_kw = {"widths": args.widths}
+    for name in args.methods:
+        kw = method_kwargs(name, args.batch)
+        if name == "supcon":
+            kw["label"] = supcon_label
+        cfg = PretrainConfig(out_dir=str(out / "runs" / tag / name), method=name, encoder="cnn1d",
+                             encoder_kwargs=enc_kw, method_kwargs=kw, epochs=args.epochs, lr=args.lr,
+                             seed=args.seed, progress=False)
+        t0 = time.time()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            run = pretrain(cache, cfg)
+        timings[name] = time.time() - t0
+        features[name] = embed_signals(load_encoder(run), signals, progress=False)
+        print(f"[{tag}] {name:13s} pretrained in {timings[name]:5.1f} s", flush=True)
+    first = out / "runs" / tag / args.methods[0]
+    features["random-init"] = embed_signals(load_encoder(first, random_init=True, seed=args.seed), signals, progress=False)
+    result = run_probe(features, Y, labels, pids, fractions=FRACTIONS, n_boot=args.bootstrap, seed=args.seed,
+                       reference="random-init")
+    plot_label_efficiency(result.rows, out / f"label_efficiency_{tag}.png",
+                          title=f"{tag}: linear probe, macro AUROC ({args.epochs} epochs)")
+    record = {"labels": labels, "split": result.split, "rows": result.rows, "vs_random": result.comparisons,
+              "pretrain_s": timings}
+    if tag == "cohort" and "simclr" in features:
+        aware = [m for m in PATIENT_AWARE if m in features]
+        sub = {m: features[m] for m in ["simclr", *aware]}
+        Yp = cache.index.select(PATIENT_LEVEL).to_numpy().astype(float)
+        vs = run_probe(sub, Yp, PATIENT_LEVEL, pids, fractions=(0.1, 1.0), n_boot=args.bootstrap, seed=args.seed,
+                       reference="simclr")
+        record["patient_level_vs_simclr"] = vs.comparisons
+        record["patient_level_rows"] = vs.rows
+    return record
+
+
+def table(tag: str, rec: dict) -> str:
+    cell = {(r["encoder"], r["fraction"]): r for r in rec["rows"]}
+    comp = {(c["encoder"], c["fraction"]): c for c in rec["vs_random"]}
+    names = list(dict.fromkeys(r["encoder"] for r in rec["rows"]))
+    lines = [f"### {tag}: macro AUROC over {', '.join(rec['labels'])} "
+             f"(test: {rec['split']['test_patients']} patients, {rec['split']['test_records']} records)", "",
+             "| method | 1 % | 10 % | 100 % | Δ vs random-init @10 % [95 % CI] | beats random @10 %? | pretrain s |",
+             "|---|---|---|---|---|---|---|"]
+    for n in names:
+        aucs = [f"{cell[(n, f)]['auroc']:.3f} [{cell[(n, f)]['ci_low']:.3f}, {cell[(n, f)]['ci_high']:.3f}]" for f in FRACTIONS]
+        c = comp.get((n, 0.1))
+        delta = f"{c['delta']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]" if c else "—"
+        beats = ("yes" if c["ci_low"] > 0 else "worse" if c["ci_high"] < 0 else "no (CI spans 0)") if c else "—"
+        t = f"{rec['pretrain_s'][n]:.0f}" if n in rec["pretrain_s"] else "—"
+        lines.append(f"| {n} | " + " | ".join(aucs) + f" | {delta} | {beats} | {t} |")
+    if "patient_level_vs_simclr" in rec:
+        lines += ["", f"Patient-level labels ({', '.join(PATIENT_LEVEL)}), patient-aware methods − SimCLR:", "",
+                  "| comparison | labels | Δ macro AUROC [95 % CI] | better than SimCLR? |", "|---|---|---|---|"]
+        for c in rec["patient_level_vs_simclr"]:
+            verdict = "yes" if c["ci_low"] > 0 else "worse" if c["ci_high"] < 0 else "no (CI spans 0)"
+            lines.append(f"| {c['encoder']} − simclr | {100 * c['fraction']:g} % | "
+                         f"{c['delta']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] | {verdict} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/bench_methods")
+    p.add_argument("--quick", action="store_true", help="small budget: 40 patients, 2 epochs, 100 bootstrap")
+    p.add_argument("--patients", type=int, default=120)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--widths", default="16,32,64")
+    p.add_argument("--bootstrap", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--ptbxl", default="/work/shared/data/ptbxl")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.patients, args.epochs, args.bootstrap = 40, 2, 100
+    args.widths = [int(w) for w in args.widths.split(",")]
+    args.methods = [m for m in args.methods.split(",") if m]
+    unknown = set(args.methods) - set(METHODS)
+    if unknown:
+        sys.exit(f"unknown method(s) {sorted(unknown)}; known: {sorted(METHODS)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+
+    from tscl.loaders import load_wfdb_cohort
+    from tscl.simulate import CohortConfig, write_cohort
+
+    data = out / f"cohort_{args.patients}_{args.seed}"
+    if not (data / "metadata.csv").exists():
+        write_cohort(data, CohortConfig(n_patients=args.patients, seed=args.seed), progress=False)
+    cohort = load_wfdb_cohort(data, progress=False)
+    print(f"cohort: {len(cohort)} recordings of {cohort.index['patient_id'].n_unique()} patients", flush=True)
+    results = {"config": {k: v for k, v in vars(args).items()}, "datasets": {}}
+    results["datasets"]["cohort"] = run_dataset("cohort", cohort, COHORT_LABELS, args, out, supcon_label="sex")
+
+    root = Path(args.ptbxl)
+    if (root / "ptbxl_database.csv").exists():
+        from tscl.loaders.ptbxl import load_ptbxl
+
+        ptb = load_ptbxl(root, rate=100, cache_dir=out / "ptbxl_cache", on_error="skip", progress=False)
+        n_multi = int((ptb.index.group_by("patient_id").len()["len"] >= 2).sum())
+        print(f"PTB-XL: {len(ptb)} recordings of {ptb.index['patient_id'].n_unique()} patients "
+              f"({n_multi} with >= 2 recordings); {len(ptb.report.get('skipped', []))} rows without files skipped",
+              flush=True)
+        rec = run_dataset("ptbxl", ptb, PTBXL_LABELS, args, out, supcon_label="sex")
+        rec["patients_with_2_recordings"] = n_multi
+        results["datasets"]["ptbxl"] = rec
+    else:
+        print(f"PTB-XL skipped: {root / 'ptbxl_database.csv'} not found")
+
+    results["wall_s"] = time.time() - t_start
+    md = [f"# Contrastive methods, linear probe (encoder cnn1d widths={args.widths}, {args.epochs} epochs, "
+          f"batch {args.batch}, seed {args.seed}; random-init = same architecture untrained)", ""]
+    md += [table(tag, rec) + "\n" for tag, rec in results["datasets"].items()]
+    md.append(f"wall-clock: {results['wall_s'] / 60:.1f} min")
+    (out / "methods.md").write_text("\n".join(md) + "\n")
+    (out / "methods.json").write_text(json.dumps(results, indent=2, default=str))
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
