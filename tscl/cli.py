@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     def training(sp):
         sp.add_argument("--encoder", default="resnet1d")
         sp.add_argument("--encoder-kwargs", default="width=0.25", help="e.g. width=0.5")
-        sp.add_argument("--epochs", type=int, default=30)
+        sp.add_argument("--epochs", type=int, default=40)
         sp.add_argument("--lr", type=float, default=3e-3)
         sp.add_argument("--device", default="auto")
 
@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     training(sp)
     sp.add_argument("--out", default="runs/demo")
     sp.add_argument("--patients", type=int, default=300)
-    sp.add_argument("--batch-patients", type=int, default=64)
+    sp.add_argument("--batch-patients", type=int, default=32)
     sp.add_argument("--fractions", default="0.01,0.1,1")
     sp.add_argument("--bootstrap", type=int, default=1000)
     sp.set_defaults(func=cmd_demo)

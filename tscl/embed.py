@@ -15,7 +15,7 @@ def embed_signals(encoder: torch.nn.Module, signals, batch_size: int = 256, devi
     encoder = encoder.to(device).eval()
     out = np.empty((len(signals), encoder.embed_dim), dtype=np.float32)
     for start in tqdm(range(0, len(signals), batch_size), desc="embedding", disable=not progress):
-        x = torch.from_numpy(np.ascontiguousarray(signals[start : start + batch_size])).to(device)
+        x = torch.from_numpy(np.array(signals[start : start + batch_size], dtype=np.float32)).to(device)
         out[start : start + len(x)] = encoder(x).float().cpu().numpy()
     if not np.isfinite(out).all():
         raise FloatingPointError("encoder produced non-finite features; check the weights and the input scale")
