@@ -45,13 +45,15 @@ def world_size() -> int:
 def init_distributed(device: str = "auto") -> torch.device:
     """Join the process group torchrun describes (once) and return this rank's device.
 
-    ``device``: "auto" (this rank's GPU when CUDA is available, else CPU), "cuda", "cpu" or a
-    full name such as "cuda:1" (used as given)."""
+    ``device``: "auto" (this rank's GPU when CUDA is available, else CPU), "cuda" (this rank's
+    GPU, ``LOCAL_RANK``), "cpu" or a full name such as "cuda:1" (used as given)."""
     n = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(f"cuda:{local}" if device == "cuda" and n > 1 else device)
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:  # an explicit index: generators and RNG states are keyed by it
+        dev = torch.device("cuda", local)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if n > 1 and not dist.is_initialized():

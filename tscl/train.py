@@ -173,9 +173,9 @@ def _augments(method) -> list[Augment]:
 
 def _rng_state(augments, device) -> dict:
     """This process's random states as JSON-able lists."""
-    np_state = np.random.get_state()
+    py_state, np_state = random.getstate(), np.random.get_state()
     state = {
-        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
         "numpy": [np_state[0], np_state[1].tolist(), *map(float, np_state[2:])],
         "torch": torch.get_rng_state().tolist(),
         "augment": [a.generator(device).get_state().tolist() for a in augments],
