@@ -164,12 +164,17 @@ def info_nce(
 
     rows = _rows_backend(backend, q)
     mask_bank = bank_same_id == "mask"
-    row_loss, row_npos = rows(q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank)
-    losses, counts = [row_loss], [row_npos]
-    if symmetric:
-        col_loss, col_npos = rows(k, q, k_ids, q_ids, temperature, exclude_self, None, None, False)
-        losses.append(col_loss)
-        counts.append(col_npos)
+    if symmetric and rows is not info_nce_rows_reference:
+        # the Triton kernel computes both directions at once and shares the backward's tiles
+        loss, npos = rows(q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank, symmetric=True)
+        losses, counts = [loss[:n], loss[n:]], [npos[:n], npos[n:]]
+    else:
+        row_loss, row_npos = rows(q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank)
+        losses, counts = [row_loss], [row_npos]
+        if symmetric:
+            col_loss, col_npos = rows(k, q, k_ids, q_ids, temperature, exclude_self, None, None, False)
+            losses.append(col_loss)
+            counts.append(col_npos)
 
     reduced = []
     for loss, npos in zip(losses, counts):

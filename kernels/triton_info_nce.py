@@ -42,8 +42,8 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # kernel failed to write cannot pass for a correct one.
 POISON_OUTPUTS = os.environ.get("TSCL_POISON_OUTPUTS") == "1"
 
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
 
 
 # ----------------------------------------------------------------------------- block configs
@@ -172,13 +172,26 @@ def _info_nce_fwd(
 
 # ----------------------------------------------------------------------------- backward
 @triton.jit
+def _row_weights(LSE, NPOS, GRAD, idx, ok):
+    """Per-anchor backward inputs: lse in base 2, g_i (0 without positives), g_i / npos_i."""
+    lse2 = tl.load(LSE + idx, mask=ok, other=0.0) * LOG2E
+    npos = tl.load(NPOS + idx, mask=ok, other=0).to(tl.int32)
+    g = tl.where(npos > 0, tl.load(GRAD + idx, mask=ok, other=0.0), 0.0)
+    return lse2, g, g / tl.maximum(npos, 1).to(tl.float32)
+
+
+@triton.jit
 def _dq_sweep(
     q, qid, rows, lse2, g, w, dq, dts, scale,
-    K, KID, n_cols, D, stride_kn, stride_kd,
-    EXCLUDE_DIAG: tl.constexpr, USE_IDS: tl.constexpr, IDS_POSITIVE: tl.constexpr,
+    K, KID, n_cols, D, stride_kn, stride_kd, LSE_C, NPOS_C, GRAD_C,
+    EXCLUDE_DIAG: tl.constexpr, USE_IDS: tl.constexpr, IDS_POSITIVE: tl.constexpr, SYMMETRIC: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """Accumulate sum_j dS_ij k_j and sum_j dS_ij s2_ij over one key set."""
+    """Accumulate sum_j dS_ij k_j and sum_j dS_ij s2_ij over one key set.
+
+    SYMMETRIC adds the column loss's term g'_j (p'_ji - [i in P'(j)] / npos'_j), where
+    p'_ji = exp(s_ij - lse'_j): both losses share s_ij, so one recomputation serves both.
+    """
     dims = tl.arange(0, BLOCK_D)
     for start in range(0, n_cols, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
@@ -197,8 +210,11 @@ def _dq_sweep(
                 ds = tl.where(same, -w[:, None], 0.0)
             else:
                 valid = valid & (same == 0)
-        p = tl.exp2(tl.where(valid, s2, float("-inf")) - lse2[:, None])
-        ds += g[:, None] * p
+        s2_in = tl.where(valid, s2, float("-inf"))
+        ds += g[:, None] * tl.exp2(s2_in - lse2[:, None])
+        if SYMMETRIC:  # keys sweep only, where USE_IDS and IDS_POSITIVE hold
+            lse2_c, g_c, w_c = _row_weights(LSE_C, NPOS_C, GRAD_C, cols, col_ok)
+            ds += g_c[None, :] * tl.exp2(s2_in - lse2_c[None, :]) - tl.where(same, w_c[None, :], 0.0)
         dq += _mma(ds.to(k.dtype), k, PRECISION, UPCAST_DOT)
         dts += tl.sum(ds * tl.where(valid, s2, 0.0), axis=1)
     return dq, dts
@@ -207,33 +223,33 @@ def _dq_sweep(
 @_autotune("dq")
 @triton.jit
 def _info_nce_bwd_dq(
-    Q, K, BANK, QID, KID, BID, TAU, LSE, NPOS, GRAD, DQ, DTS,
+    Q, K, BANK, QID, KID, BID, TAU, LSE, NPOS, GRAD, LSE_C, NPOS_C, GRAD_C, DQ, DTS,
     N, M, B, D,
     stride_qn, stride_qd, stride_kn, stride_kd, stride_bn, stride_bd,
     EXCLUDE_SELF: tl.constexpr, HAS_BANK: tl.constexpr, BANK_IDS: tl.constexpr,
-    BANK_POSITIVE: tl.constexpr, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    BANK_POSITIVE: tl.constexpr, SYMMETRIC: tl.constexpr, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
+    """dq and the dtau row partials; ``*_C`` are the column losses' statistics (SYMMETRIC)."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
     row_ok = rows < N
     q = tl.load(Q + rows[:, None] * stride_qn + dims[None, :] * stride_qd,
                 mask=row_ok[:, None] & (dims[None, :] < D), other=0.0)
     qid = tl.load(QID + rows, mask=row_ok, other=0)
-    lse2 = tl.load(LSE + rows, mask=row_ok, other=0.0) * LOG2E
-    npos = tl.load(NPOS + rows, mask=row_ok, other=0).to(tl.int32)
-    g = tl.where(npos > 0, tl.load(GRAD + rows, mask=row_ok, other=0.0), 0.0)
-    w = g / tl.maximum(npos, 1).to(tl.float32)
+    lse2, g, w = _row_weights(LSE, NPOS, GRAD, rows, row_ok)
     inv_tau = 1.0 / tl.load(TAU)
     scale = LOG2E * inv_tau
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     dts = tl.zeros([BLOCK_M], tl.float32)
     dq, dts = _dq_sweep(q, qid, rows, lse2, g, w, dq, dts, scale, K, KID, M, D, stride_kn, stride_kd,
-                        EXCLUDE_SELF, True, True, PRECISION, UPCAST_DOT, BLOCK_N, BLOCK_D)
+                        LSE_C, NPOS_C, GRAD_C, EXCLUDE_SELF, True, True, SYMMETRIC,
+                        PRECISION, UPCAST_DOT, BLOCK_N, BLOCK_D)
     if HAS_BANK:
         dq, dts = _dq_sweep(q, qid, rows, lse2, g, w, dq, dts, scale, BANK, BID, B, D, stride_bn, stride_bd,
-                            False, BANK_IDS, BANK_POSITIVE, PRECISION, UPCAST_DOT, BLOCK_N, BLOCK_D)
+                            LSE_C, NPOS_C, GRAD_C, False, BANK_IDS, BANK_POSITIVE, False,
+                            PRECISION, UPCAST_DOT, BLOCK_N, BLOCK_D)
     dq = dq * inv_tau
     tl.store(DQ + rows[:, None] * D + dims[None, :], dq.to(DQ.dtype.element_ty),
              mask=row_ok[:, None] & (dims[None, :] < D))
@@ -243,19 +259,22 @@ def _info_nce_bwd_dq(
 @_autotune("dk")
 @triton.jit
 def _info_nce_bwd_dk(
-    Q, K, QID, KID, TAU, LSE, NPOS, GRAD, DK,
+    Q, K, QID, KID, TAU, LSE, NPOS, GRAD, LSE_C, NPOS_C, GRAD_C, DK,
     N, M, D,
     stride_qn, stride_qd, stride_kn, stride_kd,
-    EXCLUDE_SELF: tl.constexpr, HAS_BANK: tl.constexpr, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    EXCLUDE_SELF: tl.constexpr, HAS_BANK: tl.constexpr, SYMMETRIC: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """One program per block of BLOCK_M keys, sweeping the anchors BLOCK_N at a time."""
+    """dk: one program per block of BLOCK_M keys, sweeping the anchors BLOCK_N at a time."""
     cols = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
     col_ok = cols < M
     k = tl.load(K + cols[:, None] * stride_kn + dims[None, :] * stride_kd,
                 mask=col_ok[:, None] & (dims[None, :] < D), other=0.0)
     kid = tl.load(KID + cols, mask=col_ok, other=0)
+    if SYMMETRIC:
+        lse2_c, g_c, w_c = _row_weights(LSE_C, NPOS_C, GRAD_C, cols, col_ok)
     inv_tau = 1.0 / tl.load(TAU)
     scale = LOG2E * inv_tau
 
@@ -266,17 +285,16 @@ def _info_nce_bwd_dk(
         q = tl.load(Q + rows[:, None] * stride_qn + dims[None, :] * stride_qd,
                     mask=row_ok[:, None] & (dims[None, :] < D), other=0.0)
         qid = tl.load(QID + rows, mask=row_ok, other=0)
-        lse2 = tl.load(LSE + rows, mask=row_ok, other=0.0) * LOG2E
-        npos = tl.load(NPOS + rows, mask=row_ok, other=0).to(tl.int32)
-        g = tl.where(npos > 0, tl.load(GRAD + rows, mask=row_ok, other=0.0), 0.0)
-        w = g / tl.maximum(npos, 1).to(tl.float32)
+        lse2, g, w = _row_weights(LSE, NPOS, GRAD, rows, row_ok)
         s2t = _mma(k, tl.trans(q), PRECISION, UPCAST_DOT) * scale  # [keys, anchors]
         valid = row_ok[None, :] & col_ok[:, None]
         if EXCLUDE_SELF:
             valid = valid & (rows[None, :] != cols[:, None])
         same = (kid[:, None] == qid[None, :]) & valid
-        p = tl.exp2(tl.where(valid, s2t, float("-inf")) - lse2[None, :])
-        dst = g[None, :] * p - tl.where(same, w[None, :], 0.0)
+        s2t = tl.where(valid, s2t, float("-inf"))
+        dst = g[None, :] * tl.exp2(s2t - lse2[None, :]) - tl.where(same, w[None, :], 0.0)
+        if SYMMETRIC:
+            dst += g_c[:, None] * tl.exp2(s2t - lse2_c[:, None]) - tl.where(same, w_c[:, None], 0.0)
         dk += _mma(dst.to(q.dtype), q, PRECISION, UPCAST_DOT)
     dk = dk * inv_tau
     tl.store(DK + cols[:, None] * D + dims[None, :], dk.to(DK.dtype.element_ty),
@@ -320,44 +338,61 @@ def _tau(temperature, device):
     return temperature.detach().to(device=device, dtype=torch.float32).reshape(())
 
 
-def _forward(q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank_same_id):
-    """Launch the forward kernel; returns ``loss [N] f32, npos [N] i64, lse [N] f32``."""
+def _forward(q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank_same_id, symmetric):
+    """Launch the forward kernel (twice when ``symmetric``: rows, then columns without the bank).
+
+    Returns ``loss, npos, lse``, each ``[N]`` (or ``[N+M]``, rows then columns).
+    """
     n, d = q.shape
     m = k.shape[0]
-    loss = _new((n,), torch.float32, q.device, float("nan"))
-    npos = _new((n,), torch.int64, q.device, -1)
-    lse = _new((n,), torch.float32, q.device, float("nan"))
+    total = n + m if symmetric else n
+    loss = _new((total,), torch.float32, q.device, float("nan"))
+    npos = _new((total,), torch.int64, q.device, -1)
+    lse = _new((total,), torch.float32, q.device, float("nan"))
+    tau = _tau(temperature, q.device)
+    consts = dict(EXCLUDE_SELF=exclude_self, PRECISION=_precision(q.dtype), UPCAST_DOT=_upcast(q.dtype),
+                  BLOCK_D=_block_d(d))
     bank_t, bids, b, bstride, flags = _bank_args(q, bank, bank_ids, mask_bank_same_id)
     _info_nce_fwd[_grid(n, "BLOCK_M")](
-        q, k, bank_t, q_ids, k_ids, bids, _tau(temperature, q.device), loss, npos, lse,
-        n, m, b, d, *q.stride(), *k.stride(), *bstride,
-        EXCLUDE_SELF=exclude_self, PRECISION=_precision(q.dtype), UPCAST_DOT=_upcast(q.dtype), BLOCK_D=_block_d(d), **flags,
+        q, k, bank_t, q_ids, k_ids, bids, tau, loss[:n], npos[:n], lse[:n],
+        n, m, b, d, *q.stride(), *k.stride(), *bstride, **consts, **flags,
     )
+    if symmetric:
+        _, _, _, _, flags = _bank_args(k, None, None, False)
+        _info_nce_fwd[_grid(m, "BLOCK_M")](
+            k, q, k, k_ids, q_ids, k_ids, tau, loss[n:], npos[n:], lse[n:],
+            m, n, 0, d, *k.stride(), *q.stride(), 0, 0, **consts, **flags,
+        )
     return loss, npos, lse
 
 
 def _backward(grad, q, k, q_ids, k_ids, temperature, lse, npos, exclude_self, bank, bank_ids,
-              mask_bank_same_id, need_dk=True):
-    """Launch the dq and dk kernels; returns ``dq [N,D], dk [M,D] (or [0]), dtau []``."""
+              mask_bank_same_id, symmetric, need_dk=True):
+    """Launch the dq and dk kernels; returns ``dq [N,D], dk [M,D] (or [0]), dtau []``.
+
+    ``grad``, ``lse`` and ``npos`` are laid out as :func:`_forward` returns them; when
+    ``symmetric`` both kernels add the column losses' terms to the same recomputed tiles.
+    """
     n, d = q.shape
     m = k.shape[0]
     grad = grad.float().contiguous()  # a reduction's gradient arrives expanded (stride 0)
+    rows = (lse[:n], npos[:n], grad[:n])
+    cols = (lse[n:], npos[n:], grad[n:]) if symmetric else rows  # unused unless symmetric
     tau = _tau(temperature, q.device)
-    precision, block_d = _precision(q.dtype), _block_d(d)
+    consts = dict(EXCLUDE_SELF=exclude_self, SYMMETRIC=symmetric, PRECISION=_precision(q.dtype),
+                  UPCAST_DOT=_upcast(q.dtype), BLOCK_D=_block_d(d))
     dq = _new((n, d), q.dtype, q.device, float("nan"))
     dts = _new((n,), torch.float32, q.device, float("nan"))
     bank_t, bids, b, bstride, flags = _bank_args(q, bank, bank_ids, mask_bank_same_id)
     _info_nce_bwd_dq[_grid(n, "BLOCK_M")](
-        q, k, bank_t, q_ids, k_ids, bids, tau, lse, npos, grad, dq, dts,
-        n, m, b, d, *q.stride(), *k.stride(), *bstride,
-        EXCLUDE_SELF=exclude_self, PRECISION=precision, UPCAST_DOT=_upcast(q.dtype), BLOCK_D=block_d, **flags,
+        q, k, bank_t, q_ids, k_ids, bids, tau, *rows, *cols, dq, dts,
+        n, m, b, d, *q.stride(), *k.stride(), *bstride, **consts, **flags,
     )
     if need_dk:
         dk = _new((m, d), k.dtype, k.device, float("nan"))
         _info_nce_bwd_dk[_grid(m, "BLOCK_M")](
-            q, k, q_ids, k_ids, tau, lse, npos, grad, dk,
-            n, m, d, *q.stride(), *k.stride(),
-            EXCLUDE_SELF=exclude_self, HAS_BANK=flags["HAS_BANK"], PRECISION=precision, UPCAST_DOT=_upcast(q.dtype), BLOCK_D=block_d,
+            q, k, q_ids, k_ids, tau, *rows, *cols, dk,
+            n, m, d, *q.stride(), *k.stride(), HAS_BANK=flags["HAS_BANK"], **consts,
         )
     else:
         dk = k.new_empty(0)
@@ -370,22 +405,24 @@ class InfoNCERows(torch.autograd.Function):
     """Autograd wrapper over the launchers (used where ``torch.library.custom_op`` is absent)."""
 
     @staticmethod
-    def forward(ctx, q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank_same_id):
+    def forward(ctx, q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank_same_id,
+                symmetric):
         loss, npos, lse = _forward(q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids,
-                                   mask_bank_same_id)
+                                   mask_bank_same_id, symmetric)
         ctx.save_for_backward(q, k, q_ids, k_ids, temperature, lse, npos, bank, bank_ids)
-        ctx.flags = (exclude_self, mask_bank_same_id)
+        ctx.flags = (exclude_self, mask_bank_same_id, symmetric)
         ctx.mark_non_differentiable(npos)
         return loss, npos
 
     @staticmethod
     def backward(ctx, grad_loss, grad_npos):
         q, k, q_ids, k_ids, temperature, lse, npos, bank, bank_ids = ctx.saved_tensors
-        exclude_self, mask_bank = ctx.flags
-        dq, dk, dtau = _backward(grad_loss, q, k, q_ids, k_ids, temperature, lse, npos, exclude_self,
-                                 bank, bank_ids, mask_bank, need_dk=ctx.needs_input_grad[1])
-        return (dq if ctx.needs_input_grad[0] else None, dk if ctx.needs_input_grad[1] else None,
-                None, None, dtau if ctx.needs_input_grad[4] else None, None, None, None, None)
+        exclude_self, mask_bank, symmetric = ctx.flags
+        dq, dk, dtau = _backward(grad_loss, q, k, q_ids, k_ids, temperature, lse, npos, exclude_self, bank,
+                                 bank_ids, mask_bank, symmetric, need_dk=ctx.needs_input_grad[1])
+        needs = ctx.needs_input_grad
+        return (dq if needs[0] else None, dk if needs[1] else None, None, None,
+                dtau if needs[4] else None, None, None, None, None, None)
 
 
 _HAS_CUSTOM_OP = hasattr(torch, "library") and hasattr(torch.library, "custom_op")
@@ -395,45 +432,46 @@ if _HAS_CUSTOM_OP:
     @torch.library.custom_op("tscl::info_nce_rows", mutates_args=())
     def _info_nce_rows_op(
         q: Tensor, k: Tensor, q_ids: Tensor, k_ids: Tensor, temperature: Tensor, exclude_self: bool,
-        bank: Optional[Tensor], bank_ids: Optional[Tensor], mask_bank_same_id: bool,
+        bank: Optional[Tensor], bank_ids: Optional[Tensor], mask_bank_same_id: bool, symmetric: bool,
     ) -> Tuple[Tensor, Tensor, Tensor]:
-        return _forward(q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank_same_id)
+        return _forward(q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank_same_id,
+                        symmetric)
 
     @_info_nce_rows_op.register_fake
-    def _(q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank_same_id):
-        n = q.shape[0]
-        return (q.new_empty(n, dtype=torch.float32), q.new_empty(n, dtype=torch.int64),
-                q.new_empty(n, dtype=torch.float32))
+    def _(q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank_same_id, symmetric):
+        total = q.shape[0] + k.shape[0] if symmetric else q.shape[0]
+        return (q.new_empty(total, dtype=torch.float32), q.new_empty(total, dtype=torch.int64),
+                q.new_empty(total, dtype=torch.float32))
 
     @torch.library.custom_op("tscl::info_nce_rows_backward", mutates_args=())
     def _info_nce_rows_backward_op(
         grad: Tensor, q: Tensor, k: Tensor, q_ids: Tensor, k_ids: Tensor, temperature: Tensor,
         lse: Tensor, npos: Tensor, exclude_self: bool, bank: Optional[Tensor],
-        bank_ids: Optional[Tensor], mask_bank_same_id: bool, need_dk: bool,
+        bank_ids: Optional[Tensor], mask_bank_same_id: bool, symmetric: bool, need_dk: bool,
     ) -> Tuple[Tensor, Tensor, Tensor]:
         return _backward(grad, q, k, q_ids, k_ids, temperature, lse, npos, exclude_self, bank, bank_ids,
-                         mask_bank_same_id, need_dk)
+                         mask_bank_same_id, symmetric, need_dk)
 
     @_info_nce_rows_backward_op.register_fake
     def _(grad, q, k, q_ids, k_ids, temperature, lse, npos, exclude_self, bank, bank_ids,
-          mask_bank_same_id, need_dk):
+          mask_bank_same_id, symmetric, need_dk):
         dk = torch.empty_like(k) if need_dk else k.new_empty(0)
         return torch.empty_like(q), dk, torch.empty_like(temperature)
 
     def _setup_context(ctx, inputs, output):
-        q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank = inputs
+        q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank, symmetric = inputs
         _, npos, lse = output
         ctx.save_for_backward(q, k, q_ids, k_ids, temperature, lse, npos, bank, bank_ids)
-        ctx.flags = (exclude_self, mask_bank)
+        ctx.flags = (exclude_self, mask_bank, symmetric)
         ctx.mark_non_differentiable(npos, lse)
 
     def _op_backward(ctx, grad_loss, grad_npos, grad_lse):
         q, k, q_ids, k_ids, temperature, lse, npos, bank, bank_ids = ctx.saved_tensors
-        exclude_self, mask_bank = ctx.flags
+        exclude_self, mask_bank, symmetric = ctx.flags
         dq, dk, dtau = _info_nce_rows_backward_op(
             grad_loss, q, k, q_ids, k_ids, temperature, lse, npos, exclude_self, bank, bank_ids,
-            mask_bank, ctx.needs_input_grad[1])
-        return (dq, dk if ctx.needs_input_grad[1] else None, None, None, dtau, None, None, None, None)
+            mask_bank, symmetric, ctx.needs_input_grad[1])
+        return (dq, dk if ctx.needs_input_grad[1] else None, None, None, dtau, None, None, None, None, None)
 
     _info_nce_rows_op.register_autograd(_op_backward, setup_context=_setup_context)
 
@@ -448,12 +486,16 @@ def info_nce_rows_triton(
     bank: Optional[Tensor] = None,
     bank_ids: Optional[Tensor] = None,
     mask_bank_same_id: bool = False,
+    symmetric: bool = False,
     use_custom_op: bool = True,
 ) -> Tuple[Tensor, Tensor]:
     """Per-anchor InfoNCE losses ``[N]`` (float32) and positive counts ``[N]`` (int64).
 
     Same arguments and results as :func:`info_nce_rows_reference`; ``q`` and ``k`` may be
     fp32, bf16 or fp16 (mixed inputs are promoted; fp64 runs in fp32), any strides.
+    ``symmetric=True`` also computes the column losses (anchors k, keys q, no bank) and
+    returns ``[N+M]`` rows-then-columns, sharing the backward's recomputed tiles between
+    both directions.
     ``use_custom_op=False`` runs the plain :class:`InfoNCERows` autograd.Function instead of
     the ``tscl::info_nce_rows`` operator that ``torch.compile`` traces without a break.
     """
@@ -474,7 +516,7 @@ def info_nce_rows_triton(
         temperature = torch.tensor(float(temperature), device=q.device)
     if use_custom_op and _HAS_CUSTOM_OP:
         loss, npos, _ = _info_nce_rows_op(q, k, q_ids, k_ids, temperature, bool(exclude_self), bank,
-                                          bank_ids, bool(mask_bank_same_id))
+                                          bank_ids, bool(mask_bank_same_id), bool(symmetric))
         return loss, npos
     return InfoNCERows.apply(q, k, q_ids, k_ids, temperature, bool(exclude_self), bank, bank_ids,
-                             bool(mask_bank_same_id))
+                             bool(mask_bank_same_id), bool(symmetric))

@@ -211,6 +211,8 @@ _OPTION_CASES = {
     "exclude-self-bank-mask": dict(exclude_self=True, bank=21, bank_ids=True, bank_same_id="mask"),
     "symmetric-mean": dict(symmetric=True, reduction="mean"),
     "symmetric-none-no-ids": dict(symmetric=True, ids=None, m=37),
+    "symmetric-exclude-self-bank": dict(symmetric=True, exclude_self=True, bank=13, bank_ids=True),
+    "symmetric-sum-zero-positives": dict(symmetric=True, reduction="sum", n_ids=40),
     "sum-no-normalize": dict(reduction="sum", normalize=False, scale=1.7),
     "fixed-temperature": dict(learn_tau=False, reduction="mean"),
     "zero-positive-anchors": dict(n_ids=60),
@@ -303,15 +305,18 @@ def test_custom_op_and_autograd_function_agree():
     bank = _unit(9, 32, gen)
     ids, bids = torch.randint(0, 4, (19,), generator=gen), torch.randint(0, 4, (9,), generator=gen)
     tau = torch.tensor(0.2, requires_grad=True)
-    grads = []
-    for use_op in (True, False):
-        for t in (q, k, tau):
-            t.grad = None
-        loss, npos = tn.info_nce_rows_triton(q, k, ids, ids, tau, True, bank, bids, False, use_custom_op=use_op)
-        (loss * torch.arange(19.0)).sum().backward()
-        grads.append([loss.detach(), npos, q.grad, k.grad, tau.grad])
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b)
+    for symmetric in (False, True):
+        grads = []
+        for use_op in (True, False):
+            for t in (q, k, tau):
+                t.grad = None
+            loss, npos = tn.info_nce_rows_triton(q, k, ids, ids, tau, True, bank, bids, False,
+                                                 symmetric=symmetric, use_custom_op=use_op)
+            assert loss.shape == ((38,) if symmetric else (19,))
+            (loss * torch.arange(float(loss.numel()))).sum().backward()
+            grads.append([loss.detach(), npos, q.grad, k.grad, tau.grad])
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b)
 
 
 @needs_triton
@@ -322,7 +327,7 @@ def test_custom_op_opcheck_and_compile_without_graph_break():
     bank = _unit(6, 16, gen)
     ids = torch.randint(0, 5, (17,), generator=gen)
     tau = torch.tensor(0.1, requires_grad=True)
-    torch.library.opcheck(torch.ops.tscl.info_nce_rows.default, (q, k, ids, ids, tau, False, bank, None, False),
+    torch.library.opcheck(torch.ops.tscl.info_nce_rows.default, (q, k, ids, ids, tau, False, bank, None, False, True),
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
     def step(q, k, tau):
