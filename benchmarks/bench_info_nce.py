@@ -23,9 +23,11 @@ gets no gradient), 2 over keys that need no gradient (MoCo's momentum keys)::
     flops = 2 D N [ M (1 + 3) + B (1 + 2) ]     per direction (keys needing a gradient)
     flops = 2 D N [ M (1 + 2) + B (1 + 2) ]     per direction (keys without a gradient)
 
-summed over both directions for ``clip`` (the column direction has no bank). The same count
-is used for every implementation, so TFLOP/s compares time. The ceiling is a measured bf16
-``8192^3`` matmul on the same GPU.
+summed over both directions for ``clip`` (the column direction has no bank). This nominal
+count is used for every implementation, so TFLOP/s compares time (the fused symmetric
+backward shares its recomputed tiles between the two directions and performs 6 of the 8
+nominal ``clip`` matmuls; the eager reference performs 3 per direction without recomputing).
+The ceiling is a measured bf16 ``8192^3`` matmul on the same GPU.
 
     python benchmarks/bench_info_nce.py --out runs/bench_info_nce           # GPU, full sizes
     python benchmarks/bench_info_nce.py --quick --out runs/bench_info_nce   # GPU, small sizes
