@@ -23,10 +23,12 @@ Backward, with ``g_i`` the incoming gradient (0 where npos_i == 0),
                                                                the bank gets no gradient)
     dtau   = -(1/tau) sum_i sum_j dS_ij s_ij                  (row partials from the dq kernel)
 
-since ``d s_ij / d tau = -s_ij / tau``. Products run on the tensor cores in the input dtype
-(fp32 inputs use full-precision ``ieee`` dots); every accumulator is float32.
+since ``d s_ij / d tau = -s_ij / tau``. The symmetric (CLIP) loss adds the column losses
+l'_j (anchors k, keys q, no bank): the forward runs twice with the roles swapped, while the
+backward adds ``dS'_ij = g'_j (p'_ji - [i in P'(j)] / npos'_j)`` to the same recomputed tile,
+so both directions share two backward kernels. Products run on the tensor cores in the
+input dtype (fp32 inputs use full-precision ``ieee`` dots); every accumulator is float32.
 """
-import math
 import os
 from typing import Optional, Tuple
 
@@ -65,17 +67,23 @@ def _configs(kind):
 
 
 def _prune(configs, named_args, **kwargs):
-    """Keep tiles whose operands fit: the resident tile is [BLOCK_M, BLOCK_D]."""
+    """Keep tiles whose operands fit in registers: the resident tile is [BLOCK_M, BLOCK_D];
+    fp32 inputs (``ieee`` dots on the CUDA cores) get small tiles only."""
     block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 128))
     budget = 128 * 128 if block_d <= 128 else 64 * 256
-    kept = [c for c in configs if c.kwargs["BLOCK_M"] * block_d <= budget and c.kwargs["BLOCK_N"] * block_d <= 2 * budget]
+    kept = [c for c in configs
+            if c.kwargs["BLOCK_M"] * block_d <= budget and c.kwargs["BLOCK_N"] * block_d <= 2 * budget]
+    q = named_args.get("Q")
+    if q is not None and q.dtype == torch.float32:
+        kept = [c for c in kept if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 32 * 64]
     return kept or configs[-1:]
 
 
 def _autotune(kind):
+    key = ["D", "HAS_BANK", "EXCLUDE_SELF"] + ([] if kind == "fwd" else ["SYMMETRIC"])
     return triton.autotune(
         configs=_configs(kind),
-        key=["D", "HAS_BANK", "EXCLUDE_SELF"],  # the tensors' dtypes are part of the key too
+        key=key,  # the tensors' dtypes are part of the key too
         prune_configs_by=None if _INTERPRET else {"early_config_prune": _prune},
     )
 
