@@ -21,7 +21,6 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 
 from tscl.embed import embed_signals
 from tscl.methods import METHODS
@@ -119,7 +118,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/bench_methods")
     p.add_argument("--quick", action="store_true", help="small budget: 40 patients, 2 epochs, 100 bootstrap")
-    p.add_argument("--patients", type=int, default=120)
+    p.add_argument("--patients", type=int, default=60)
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3)
