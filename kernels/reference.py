@@ -34,15 +34,17 @@ def info_nce_rows_reference(
     bank_ids: Tensor | None = None,
     mask_bank_same_id: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Per-anchor InfoNCE losses ``[N]`` (float32) and positive counts ``[N]`` (int64).
+    """Per-anchor InfoNCE losses ``[N]`` (float32; float64 for float64 inputs) and positive counts ``[N]`` (int64).
 
     ``q [N,D]``, ``k [M,D]`` are already normalised (or deliberately not); ``q_ids [N]``,
     ``k_ids [M]`` are int64; ``temperature`` is a 0-dim float tensor (may require grad);
     ``bank [B,D]`` receives no gradient; ``bank_ids [B]`` or None (then every bank entry
-    is a negative). All accumulation is in float32 whatever the input dtype.
+    is a negative). Accumulation is in float32 for fp32/bf16/fp16 inputs (float64 stays
+    float64, so the reference can be gradchecked).
     """
-    inv_tau = 1.0 / temperature.float()
-    qf, kf = q.float(), k.float()
+    acc = torch.promote_types(q.dtype, torch.float32)  # float32, or float64 for float64 inputs (gradcheck)
+    inv_tau = 1.0 / temperature.to(acc)
+    qf, kf = q.to(acc), k.to(acc)
     s = (qf @ kf.T) * inv_tau
     pos = q_ids[:, None] == k_ids[None, :]
     valid = torch.ones_like(pos)
@@ -51,7 +53,7 @@ def info_nce_rows_reference(
         valid = ~eye
         pos = pos & valid
     if bank is not None and bank.shape[0] > 0:
-        sb = (qf @ bank.detach().float().T) * inv_tau
+        sb = (qf @ bank.detach().to(acc).T) * inv_tau
         if bank_ids is None:
             bpos = torch.zeros(q.shape[0], bank.shape[0], dtype=torch.bool, device=q.device)
         else:
