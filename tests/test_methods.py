@@ -110,14 +110,15 @@ def test_ehr_augmentations_keep_the_event_structure():
 
 
 # ---------------------------------------------------------------- SimCLR / SupCon
-def test_simclr_hands_two_views_with_sample_ids(spy):
+def test_simclr_hands_two_views_with_record_ids(spy):
     x, batch = make_batch()
     build_method("simclr", enc(), proj_dim=16)(x, batch)
     (call,) = spy.calls
     q, k = call["args"][:2]
     qi, ki = ids_of(call)
     assert q is k and q.shape == (2 * N, 16) and call["kw"]["exclude_self"] is True
-    assert torch.equal(qi, torch.arange(N).repeat(2)) and torch.equal(qi, ki)
+    # view i and i + N share the recording's global id (global so ranks cannot collide under DDP)
+    assert torch.equal(qi, batch["record_ids"].repeat(2)) and torch.equal(qi, ki)
 
 
 def test_supcon_ids_are_the_labels(spy):

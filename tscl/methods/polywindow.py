@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from tscl.augment import build_augment
 from tscl.encoders import ProjectionHead
+from tscl.distributed import gather_embeddings
 from tscl.kernels import info_nce
 from tscl.methods.sampling import RecordBatchSampler
 
@@ -95,7 +96,10 @@ class PolyWindow(nn.Module):
         rec = batch["record_ids"]  # [N]
         ids = rec.repeat_interleave(self.n_windows)  # [N·K]
         if self.objective == "pairs":
+            z, ids = gather_embeddings(z, ids)
             return info_nce(z, z, ids, ids, temperature=self.temperature, exclude_self=True)
         zn = nn.functional.normalize(z.float(), dim=1)
         centre = zn.reshape(n, self.n_windows, -1).mean(dim=1)  # [N, D]
+        zn, ids = gather_embeddings(zn, ids)
+        centre, rec = gather_embeddings(centre, rec)
         return info_nce(zn, centre, ids, rec, temperature=self.temperature)

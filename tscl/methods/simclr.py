@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from tscl.augment import build_augment
 from tscl.encoders import ProjectionHead
+from tscl.distributed import gather_embeddings
 from tscl.kernels import info_nce
 from tscl.methods.sampling import RecordBatchSampler
 
@@ -43,8 +44,7 @@ class SimCLR(nn.Module):
         return RecordBatchSampler(len(index), batch_size=self.batch_size, seed=seed)
 
     def forward(self, x: Tensor, batch: dict) -> Tensor:
-        n = x.shape[0]
         views = torch.cat([self.augment(x), self.augment(x)])  # [2N, C, T']
-        z = self.head(self.encoder(views))  # [2N, D]
-        ids = torch.arange(n, device=x.device).repeat(2)  # view i and i + N share an id
+        # view i and i + N share their (global) record id; gathered across ranks under DDP
+        z, ids = gather_embeddings(self.head(self.encoder(views)), batch["record_ids"].repeat(2))
         return info_nce(z, z, ids, ids, temperature=self.temperature, exclude_self=True)

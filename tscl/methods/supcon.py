@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from tscl.augment import build_augment
 from tscl.encoders import ProjectionHead
+from tscl.distributed import gather_embeddings
 from tscl.kernels import info_nce
 from tscl.methods.sampling import RecordBatchSampler
 from tscl.methods.simclr import ECG_AUGMENT
@@ -73,6 +74,5 @@ class SupCon(nn.Module):
         if "labels" not in batch:
             raise KeyError("SupCon needs batch['labels'] (the trainer adds it from method.batch_extras(index))")
         views = torch.cat([self.augment(x), self.augment(x)])  # [2N, C, T']
-        z = self.head(self.encoder(views))  # [2N, D]
-        ids = batch["labels"].repeat(2)  # [2N]
+        z, ids = gather_embeddings(self.head(self.encoder(views)), batch["labels"].repeat(2))  # [2N, D], [2N]
         return info_nce(z, z, ids, ids, temperature=self.temperature, exclude_self=True)
