@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 import wfdb
 
-from .cache import ON_ERROR, WaveformCache, build_cache, fingerprint_files, read_all
+from .cache import ON_ERROR, WaveformCache, build_cache, fingerprint_files, read_all, open_fresh_cache
 from .recording import LoaderError, Recording
 from .wfdb_dir import read_wfdb
 from .windows import cut_window, window_recording
@@ -163,10 +163,9 @@ def load_annotated(records, kind: str = "beats", cache_dir: str | Path | None = 
         raise ValueError("cache_dir is required (records may come from several folders)")
     cache_dir = Path(cache_dir)
     fp = fingerprint_files(sources, extra=f"{kind};{channels};{sorted(window_args.items())};{on_error}")
-    if (cache_dir / "fingerprint.txt").exists():
-        cache = WaveformCache(cache_dir)
-        if cache.fingerprint == fp:
-            return cache
+    cache = open_fresh_cache(cache_dir, fp)
+    if cache is not None:
+        return cache
     report: dict = {"skipped": [], "records": []}
     cut = beat_windows if kind == "beats" else rhythm_windows
     read_one = partial(_windows_with_report, cut, channels, window_args)

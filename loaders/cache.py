@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .recording import LoaderError, Recording
 
-__all__ = ["WaveformCache", "build_cache", "fingerprint_files", "read_all", "ON_ERROR"]
+__all__ = ["WaveformCache", "build_cache", "fingerprint_files", "open_fresh_cache", "read_all", "ON_ERROR"]
 
 ON_ERROR = ("raise", "skip")
 
@@ -30,6 +30,14 @@ _SIGNALS = "signals.f32"
 _INDEX = "index.parquet"
 _FINGERPRINT = "fingerprint.txt"
 _REPORT = "report.json"
+
+
+def open_fresh_cache(cache_dir: str | Path, fingerprint: str) -> "WaveformCache | None":
+    """The cache in ``cache_dir`` if it was built from sources with this ``fingerprint``, else None."""
+    if not (Path(cache_dir) / _FINGERPRINT).exists():
+        return None
+    cache = WaveformCache(cache_dir)
+    return cache if cache.fingerprint == fingerprint else None
 
 
 def fingerprint_files(paths: Iterable[str | Path], extra: str = "") -> str:

@@ -13,7 +13,7 @@ import re
 from functools import partial
 from pathlib import Path
 
-from .cache import ON_ERROR, WaveformCache, build_cache, fingerprint_files, read_all
+from .cache import ON_ERROR, WaveformCache, build_cache, fingerprint_files, read_all, open_fresh_cache
 from .recording import LoaderError, Recording
 from .transforms import prepare
 from .wfdb_dir import check_same_channels, read_wfdb
@@ -131,10 +131,9 @@ def load_cinc(root: str | Path, cache_dir: str | Path | None = None, *, channels
         channels = None
     fp = fingerprint_files(sources, extra=f"cinc;channels={channels};dx={list(dx_codes)};on_error={on_error};"
                                           f"fs={fs};leads={leads}")
-    if (cache_dir / "fingerprint.txt").exists():
-        cache = WaveformCache(cache_dir)
-        if cache.fingerprint == fp:
-            return cache
+    cache = open_fresh_cache(cache_dir, fp)
+    if cache is not None:
+        return cache
     report = {"skipped": skipped}
     recs = read_all(partial(_read_prepared, channels, list(dx_codes), fs, leads), headers, workers=workers,
                     progress=progress, desc=f"reading {root.name}", on_error=on_error, skipped=skipped)

@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 import pyedflib
 
-from .cache import ON_ERROR, WaveformCache, build_cache, fingerprint_files, read_all
+from .cache import ON_ERROR, WaveformCache, build_cache, fingerprint_files, read_all, open_fresh_cache
 from .recording import LoaderError, Recording, apply_nan_policy
 from .windows import window_recording
 
@@ -169,10 +169,9 @@ def load_eegmat(root: str | Path, cache_dir: str | Path | None = None, *, epoch_
         raise LoaderError(root, "no .edf files found")
     cache_dir = Path(cache_dir) if cache_dir is not None else root / ".tscl_cache" / "eegmat"
     fp = fingerprint_files(files, extra=f"eegmat;{epoch_s};{channels};{on_error}")
-    if (cache_dir / "fingerprint.txt").exists():
-        cache = WaveformCache(cache_dir)
-        if cache.fingerprint == fp:
-            return cache
+    cache = open_fresh_cache(cache_dir, fp)
+    if cache is not None:
+        return cache
     report: dict = {"skipped": [], "records": []}
     epochs = []
     for item in read_all(partial(_eegmat_file, epoch_s, channels), files, workers=workers, progress=progress,

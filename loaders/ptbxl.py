@@ -16,7 +16,7 @@ from pathlib import Path
 
 import polars as pl
 
-from .cache import ON_ERROR, WaveformCache, build_cache, fingerprint_files, read_all
+from .cache import ON_ERROR, WaveformCache, build_cache, fingerprint_files, read_all, open_fresh_cache
 from .recording import LoaderError, Recording
 from .wfdb_dir import check_same_channels, read_wfdb
 
@@ -143,10 +143,9 @@ def load_ptbxl(root: str | Path, rate: int = 100, cache_dir: str | Path | None =
     cache_dir = Path(cache_dir) if cache_dir is not None else root / ".tscl_cache" / f"ptbxl_{rate}"
     fp = fingerprint_files(sources, extra=f"ptbxl;rate={rate};channels={channels};on_error={on_error};"
                                           f"min_likelihood={min_likelihood}")
-    if (cache_dir / "fingerprint.txt").exists():
-        cache = WaveformCache(cache_dir)
-        if cache.fingerprint == fp:
-            return cache
+    cache = open_fresh_cache(cache_dir, fp)
+    if cache is not None:
+        return cache
     rows = table[present]
     label_cols = [c for c in rows.columns if c not in ("patient_id", "recording_date", "filename_lr", "filename_hr")]
     items = [(r[file_col], r["patient_id"], str(r["ecg_id"]), r["recording_date"], {c: r[c] for c in label_cols})

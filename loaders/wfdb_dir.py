@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 import wfdb
 
-from .cache import WaveformCache, build_cache, fingerprint_files, read_all
+from .cache import WaveformCache, build_cache, fingerprint_files, read_all, open_fresh_cache
 from .recording import LoaderError, Recording, apply_nan_policy, check_signal
 from .windows import window_recording
 
@@ -416,10 +416,9 @@ def load_wfdb_cohort(root: str | Path, metadata: str | Path | None = None, *, ca
     cache_dir = Path(cache_dir) if cache_dir is not None else root / ".tscl_cache"
     fp = fingerprint_files([meta_path, *rec_files],
                            extra=f"channels={channels};on_error={on_error};nan_policy={nan_policy}")
-    if (cache_dir / "fingerprint.txt").exists():
-        cache = WaveformCache(cache_dir)
-        if cache.fingerprint == fp:
-            return cache
+    cache = open_fresh_cache(cache_dir, fp)
+    if cache is not None:
+        return cache
     label_cols = [c for c in table.columns if c not in ("patient_id", "record_id", "path", "visit_time")]
     report: dict = {"skipped": []}
     read_one = partial(_read_cohort_row, root, channels, label_cols, nan_policy)
@@ -458,10 +457,9 @@ def load_wfdb_windows(records, cache_dir: str | Path, *, window_s: float = 10.0,
     sources = [f for r in records for f in sorted(r.parent.glob("*"))]
     fp = fingerprint_files(sorted(set(sources)), extra=f"windows;{channels};{window_s};{stride_s};{nan_policy};"
                                                        f"{max_gap_s};{on_error};{getattr(patient_id_of, '__name__', '')}")
-    if (cache_dir / "fingerprint.txt").exists():
-        cache = WaveformCache(cache_dir)
-        if cache.fingerprint == fp:
-            return cache
+    cache = open_fresh_cache(cache_dir, fp)
+    if cache is not None:
+        return cache
     report: dict = {"skipped": [], "records": []}
     read_one = partial(_windows_of_record, channels, window_s, stride_s, nan_policy, max_gap_s, patient_id_of)
     windows = []
