@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("simulate", help="write the simulated ECG cohort as WFDB records")
     sp.add_argument("--out", required=True)
-    sp.add_argument("--patients", type=int, default=300)
+    sp.add_argument("--patients", type=int, default=500)
     common(sp, data=False)
     sp.set_defaults(func=cmd_simulate)
 
@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp, data=False)
     training(sp)
     sp.add_argument("--out", default="runs/demo")
-    sp.add_argument("--patients", type=int, default=300)
+    sp.add_argument("--patients", type=int, default=500)
     sp.add_argument("--batch-patients", type=int, default=32)
     sp.add_argument("--fractions", default="0.01,0.1,1")
     sp.add_argument("--bootstrap", type=int, default=1000)

@@ -44,7 +44,7 @@ _PRECORDIAL_ANGLES = np.deg2rad([115.0, 95.0, 75.0, 55.0, 30.0, 0.0])
 
 @dataclass(frozen=True)
 class CohortConfig:
-    n_patients: int = 300
+    n_patients: int = 500
     min_visits: int = 2
     max_visits: int = 6
     fs: float = 100.0
