@@ -173,6 +173,12 @@ class Augment:
             self._gens[key] = torch.Generator(device=device).manual_seed(self.seed)
         return self._gens[key]
 
+    def bind(self, index, seed: int) -> None:
+        """Take the sampling rate from a cohort index (``fs`` column) and seed the generators."""
+        if "fs" in index.columns:
+            self.fs = float(index["fs"][0])
+        self.seed = seed
+
     def __bool__(self) -> bool:
         return bool(self.ops)
 

@@ -61,9 +61,7 @@ class CLOCS(nn.Module):
         self._gen: torch.Generator | None = None
 
     def make_sampler(self, index, seed: int = 0) -> RecordBatchSampler:
-        if "fs" in index.columns:
-            self.augment.fs = float(index["fs"][0])
-        self.augment.seed = seed
+        self.augment.bind(index, seed)
         self._gen = torch.Generator().manual_seed(seed)
         return RecordBatchSampler(len(index), batch_size=self.batch_size, seed=seed)
 

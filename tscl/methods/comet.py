@@ -64,9 +64,7 @@ class COMET(nn.Module):
         self._warned: set = set()
 
     def make_sampler(self, index, seed: int = 0) -> TrialShuffleSampler:
-        if "fs" in index.columns:
-            self.augment.fs = float(index["fs"][0])
-        self.augment.seed = seed
+        self.augment.bind(index, seed)
         return TrialShuffleSampler(encode_ids(index["patient_id"].to_list()), batch_size=self.batch_size, seed=seed)
 
     def _nce(self, z: Tensor, ids: Tensor) -> Tensor:

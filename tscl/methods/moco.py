@@ -80,9 +80,7 @@ class MoCo(nn.Module):
         self._pending: Tensor | None = None
 
     def make_sampler(self, index, seed: int = 0) -> RecordBatchSampler:
-        if "fs" in index.columns:
-            self.augment.fs = float(index["fs"][0])
-        self.augment.seed = seed
+        self.augment.bind(index, seed)
         return RecordBatchSampler(len(index), batch_size=self.batch_size, seed=seed)
 
     def bank(self) -> Tensor | None:

@@ -69,9 +69,7 @@ class PMQ(nn.Module):
         self._pending: tuple[Tensor, Tensor] | None = None
 
     def make_sampler(self, index, seed: int = 0) -> TrialShuffleSampler:
-        if "fs" in index.columns:
-            self.augment.fs = float(index["fs"][0])
-        self.augment.seed = seed
+        self.augment.bind(index, seed)
         return TrialShuffleSampler(encode_ids(index["patient_id"].to_list()), batch_size=self.batch_size, seed=seed)
 
     def neighbour_views(self, x: Tensor) -> tuple[Tensor, Tensor]:

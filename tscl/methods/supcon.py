@@ -65,9 +65,7 @@ class SupCon(nn.Module):
         return {"labels": torch.from_numpy(class_ids(index, self.label))}
 
     def make_sampler(self, index, seed: int = 0) -> RecordBatchSampler:
-        if "fs" in index.columns:
-            self.augment.fs = float(index["fs"][0])
-        self.augment.seed = seed
+        self.augment.bind(index, seed)
         return RecordBatchSampler(len(index), batch_size=self.batch_size, seed=seed)
 
     def forward(self, x: Tensor, batch: dict) -> Tensor:
