@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+
+from tscl.probes.audit import (
+    alignment,
+    audit_embeddings,
+    audit_markdown,
+    effective_rank,
+    patient_reidentification,
+    source_shortcut,
+    uniformity,
+)
+
+
+def test_effective_rank_collapsed_isotropic_and_constant():
+    rng = np.random.default_rng(0)
+    line = rng.normal(size=(500, 1)) * rng.normal(size=(1, 32)) + 1e-6 * rng.normal(size=(500, 32))
+    assert effective_rank(line) == pytest.approx(1.0, abs=0.01)
+    iso = rng.normal(size=(20000, 8))
+    assert effective_rank(iso) == pytest.approx(8.0, abs=0.1)
+    two = np.zeros((400, 16))
+    two[:, :2] = rng.normal(size=(400, 2)) * [1.0, 1.0]
+    assert effective_rank(two) == pytest.approx(2.0, abs=0.2)
+    assert effective_rank(np.ones((10, 4))) == 0.0
+
+
+def test_alignment_and_uniformity_limits():
+    rng = np.random.default_rng(1)
+    pids = np.repeat(np.arange(50), 2)
+    base = rng.normal(size=(50, 16))
+    same = np.repeat(base, 2, axis=0)
+    assert alignment(same, pids) == pytest.approx(0.0, abs=1e-12)
+    anti = same.copy()
+    anti[1::2] *= -1
+    assert alignment(anti, pids) == pytest.approx(4.0)  # antipodal positives, alpha = 2
+    assert np.isnan(alignment(same, np.arange(100)))  # no positive pair
+    assert uniformity(np.ones((30, 5))) == pytest.approx(0.0, abs=1e-12)  # one point: exp(0)
+    spread = uniformity(rng.normal(size=(2000, 64)))
+    # uniform on S^63: cos ~ N(0, 1/64), so log E exp(-2 (2 - 2 cos)) = -4 + 8 / 64
+    assert spread == pytest.approx(-4 + 8 / 64, abs=0.03)
+    assert uniformity(rng.normal(size=(300, 64))  + [[5.0] * 64]) > spread + 1  # clustered: less uniform
+
+
+def test_reidentification_identical_random_and_chance():
+    rng = np.random.default_rng(2)
+    counts = rng.integers(1, 5, size=80)
+    pids = np.repeat(np.arange(80), counts)
+    centres = rng.normal(size=(80, 32))
+    same = centres[pids] + 0.0
+    r = patient_reidentification(same, pids)
+    assert r["rate"] == 1.0
+    assert r["queries"] == int(counts[counts >= 2].sum())
+    expected_chance = np.mean([(counts[p] - 1) / (len(pids) - 1) for p in pids if counts[p] >= 2])
+    assert r["chance"] == pytest.approx(expected_chance)
+    rates = [patient_reidentification(np.random.default_rng(s).normal(size=(len(pids), 32)), pids)["rate"]
+             for s in range(20)]
+    assert abs(np.mean(rates) - r["chance"]) < 0.03
+    assert np.isnan(patient_reidentification(same, np.arange(len(pids)))["rate"])
+
+
+def test_reidentification_excludes_the_query_itself():
+    pids = np.array(["a", "a", "b", "b"])
+    z = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.05], [0.05, 1.0]])  # each point's NN is the other patient
+    assert patient_reidentification(z, pids)["rate"] == 0.0
+
+
+def test_source_shortcut_detects_a_planted_source_and_not_a_random_one():
+    rng = np.random.default_rng(3)
+    pids = np.repeat(np.arange(120), 2)
+    source = np.where(np.arange(120) % 2, "db_a", "db_b")[pids]
+    z = rng.normal(size=(240, 16))
+    planted = z.copy()
+    planted[:, 0] += 3.0 * (source == "db_a")
+    s = source_shortcut(planted, source, pids)
+    assert s["auroc"] > 0.95 and s["balanced_accuracy"] > 0.85
+    r = source_shortcut(z, source, pids)
+    assert abs(r["auroc"] - 0.5) < 0.15
+    one = source_shortcut(z, np.full(240, "only"), pids)
+    assert np.isnan(one["auroc"]) and "single source" in one["note"]
+
+
+def test_audit_embeddings_and_markdown():
+    rng = np.random.default_rng(4)
+    pids = np.repeat(np.arange(30), 3)
+    z = rng.normal(size=(30, 8))[pids] + 0.05 * rng.normal(size=(90, 8))
+    a = audit_embeddings(z, pids, source=np.where(pids < 15, "x", "y"))
+    assert a["reid"]["rate"] > 0.9 and a["alignment"] < 0.1
+    table = audit_markdown({"enc": a})
+    assert "| enc |" in table and "source AUROC" in table
