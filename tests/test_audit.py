@@ -87,3 +87,82 @@ def test_audit_embeddings_and_markdown():
     assert a["reid"]["rate"] > 0.9 and a["alignment"] < 0.1
     table = audit_markdown({"enc": a})
     assert "| enc |" in table and "source AUROC" in table
+
+
+# --- probes beside the linear one, calibration and regression metrics ---------------------------------
+
+from sklearn.metrics import average_precision_score, brier_score_loss  # noqa: E402
+
+from tscl.probes import evaluate_probe, make_probe  # noqa: E402
+from tscl.probes.evaluate import classification_metrics, expected_calibration_error, regression_metrics  # noqa: E402
+from tscl.probes.linear import PatientLeakageError  # noqa: E402
+
+
+def test_calibration_metrics_against_sklearn_and_known_cases():
+    rng = np.random.default_rng(5)
+    p = rng.uniform(size=20000)
+    y = (rng.uniform(size=p.size) < p).astype(float)
+    assert expected_calibration_error(y, p) < 0.02  # calibrated by construction
+    over = np.clip(np.where(p > 0.5, p + 0.3, p - 0.3), 0, 1)
+    assert expected_calibration_error(y, over) > 0.2
+    m = classification_metrics(y[:, None], p[:, None])
+    assert m["brier"] == pytest.approx(brier_score_loss(y, p))
+    assert m["auprc"] == pytest.approx(average_precision_score(y, p))
+    w = np.zeros(p.size)
+    w[:100] = 2.0  # bootstrap-style weights: only the weighted rows count
+    assert classification_metrics(y[:, None], p[:, None], w)["brier"] == pytest.approx(brier_score_loss(y[:100], p[:100]))
+
+
+def _cohort(n_pat=80, per=3, d=12, seed=6):
+    rng = np.random.default_rng(seed)
+    pids = np.repeat(np.arange(n_pat), per)
+    X = rng.normal(size=(n_pat * per, d))
+    logit = 3 * X[:, 0] - 2 * X[:, 1]
+    Y = (logit + rng.normal(size=len(X)) > 0).astype(int)[:, None]
+    return X, Y, pids
+
+
+@pytest.mark.parametrize("name", ["linear", "knn", "mlp"])
+def test_probes_by_name_learn_a_separable_label(name):
+    X, Y, pids = _cohort()
+    from tscl.probes import patient_split
+
+    split = patient_split(pids, 0.3, seed=0)
+    res = evaluate_probe({"x": X, "noise": np.random.default_rng(0).normal(size=X.shape)}, Y, ["y"], pids, split,
+                         probe=name, n_boot=100)
+    good, noise = res.rows
+    assert good["auroc"] > 0.85 and abs(noise["auroc"] - 0.5) < 0.2
+    assert good["auroc_ci"][0] <= good["auroc"] <= good["auroc_ci"][1]
+    assert 0 <= good["ece"] <= 1 and good["brier"] < noise["brier"]
+    assert "AUPRC" in res.to_markdown()
+    with pytest.raises(ValueError):
+        make_probe("svm")
+
+
+def test_ridge_regression_and_leakage_check():
+    rng = np.random.default_rng(7)
+    X, _, pids = _cohort()
+    age = 60 + 10 * X[:, 0] + rng.normal(size=len(X))
+    from tscl.probes import patient_split
+
+    split = patient_split(pids, 0.3, seed=1)
+    res = evaluate_probe({"x": X}, age, ["age"], pids, split, kind="regression", n_boot=100)
+    row = res.rows[0]
+    assert res.probe == "ridge" and row["r2"] > 0.9 and row["mae"] < 1.5
+    assert row["mae_ci"][0] <= row["mae"] <= row["mae_ci"][1]
+    assert regression_metrics(age[:, None], np.full((len(age), 1), age.mean()))["r2"] == pytest.approx(0.0)
+    train, test = split
+    with pytest.raises(PatientLeakageError):
+        evaluate_probe({"x": X}, age, ["age"], pids, (train, np.concatenate([test, train[:3]])), kind="regression")
+
+
+def test_reliability_and_embedding_plots(tmp_path):
+    from tscl.plots import plot_embedding_map, plot_reliability
+
+    rng = np.random.default_rng(8)
+    p = rng.uniform(size=200)
+    out = plot_reliability((rng.uniform(size=200) < p).astype(int), {"a": p}, tmp_path / "rel.png")
+    assert out.stat().st_size > 1000
+    z = rng.normal(size=(60, 5))
+    out = plot_embedding_map(z, np.arange(60) % 2, np.arange(60) // 3, tmp_path / "map.png")
+    assert out.stat().st_size > 1000

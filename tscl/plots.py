@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_ecg", "plot_label_efficiency", "plot_loss_curve"]
+__all__ = ["plot_ecg", "plot_label_efficiency", "plot_loss_curve", "plot_reliability", "plot_embedding_map"]
 
 
 def _pyplot():
@@ -74,6 +74,71 @@ def plot_loss_curve(steps, losses, out: str | Path, title: str = "pretraining lo
     ax.set_ylabel("loss")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return Path(out)
+
+
+def plot_reliability(y, probs: dict, out: str | Path, n_bins: int = 10, title: str = "reliability") -> Path:
+    """Reliability diagram: observed event rate against mean predicted probability per
+    equal-width bin, one line per encoder (``probs`` maps names to ``[n]`` probabilities of
+    the binary targets ``y [n]``; multi-label columns can be passed flattened), with the
+    diagonal of perfect calibration and a histogram of the predictions underneath."""
+    plt = _pyplot()
+    y = np.asarray(y, dtype=np.float64).ravel()
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+    edges = np.linspace(0, 1, n_bins + 1)
+    for name, p in probs.items():
+        p = np.asarray(p, dtype=np.float64).ravel()
+        b = np.clip((p * n_bins).astype(int), 0, n_bins - 1)
+        n = np.bincount(b, minlength=n_bins)
+        ok = n > 0
+        ax.plot((np.bincount(b, weights=p, minlength=n_bins)[ok] / n[ok]),
+                (np.bincount(b, weights=y, minlength=n_bins)[ok] / n[ok]), marker="o", label=name)
+        hist.hist(p, bins=edges, alpha=0.4, label=name)
+    ax.set_ylabel("observed event rate")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    hist.set_xlabel("predicted probability")
+    hist.set_ylabel("count")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return Path(out)
+
+
+def plot_embedding_map(z, labels, patient_ids, out: str | Path, title: str = "embedding map (PCA)") -> Path:
+    """First two principal components of ``z [n, d]``, coloured by ``labels`` (left) and by
+    patient (right; patients beyond the 20 with most recordings are grey)."""
+    plt = _pyplot()
+    z = np.asarray(z, dtype=np.float64)
+    zc = z - z.mean(axis=0)
+    _, _, vt = np.linalg.svd(zc, full_matrices=False)
+    xy = zc @ vt[:2].T if vt.shape[0] >= 2 else np.column_stack([zc @ vt[:1].T, np.zeros(len(z))])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    labels = np.asarray(labels).astype(str)
+    for lab in np.unique(labels):
+        m = labels == lab
+        axes[0].scatter(xy[m, 0], xy[m, 1], s=8, alpha=0.7, label=lab)
+    axes[0].legend(fontsize=7, markerscale=2)
+    axes[0].set_title("by label")
+    pids = np.asarray(patient_ids).astype(str)
+    uniq, counts = np.unique(pids, return_counts=True)
+    top = set(uniq[np.argsort(-counts, kind="stable")[:20]])
+    rest = ~np.isin(pids, list(top))
+    axes[1].scatter(xy[rest, 0], xy[rest, 1], s=6, color="lightgrey")
+    cmap = plt.get_cmap("tab20")
+    for k, p in enumerate(sorted(top)):
+        m = pids == p
+        axes[1].scatter(xy[m, 0], xy[m, 1], s=8, color=cmap(k % 20))
+    axes[1].set_title(f"by patient ({len(uniq)} patients; top 20 coloured)")
+    for ax in axes:
+        ax.set_xlabel("PC 1")
+        ax.set_ylabel("PC 2")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

@@ -1,0 +1,200 @@
+"""Probe evaluation with discrimination, calibration and regression metrics, patient-bootstrap CIs.
+
+Every metric takes record weights ``w`` (all ones for the point estimate; a patient-level
+bootstrap resample's counts otherwise, as in :mod:`tscl.probes.linear`), and multi-label
+metrics are macro averages over labels with both classes present:
+
+- AUROC: weighted Mann-Whitney statistic (:func:`~tscl.probes.linear.weighted_auroc`).
+- AUPRC: average precision ``sum_k (R_k - R_{k-1}) P_k`` over score thresholds (weighted).
+- Brier score: ``sum_i w_i (p_i - y_i)^2 / sum_i w_i``.
+- Expected calibration error with ``B`` equal-width bins: ``sum_b (W_b / W) |ybar_b - pbar_b|``,
+  ``W_b`` the weight in bin ``b``, ``ybar_b`` and ``pbar_b`` its weighted event rate and mean
+  predicted probability.
+- Regression: MAE ``sum w |y - yhat| / sum w`` and ``R^2 = 1 - sum w (y - yhat)^2 / sum w (y - ybar_w)^2``.
+
+:func:`evaluate_probe` fits a probe chosen by name on the training rows, picks its
+hyper-parameter on a patient-level validation split carved out of the training rows only
+(the middle of the grid when there are fewer than 10 training patients), and scores the test
+rows once, with 95 % CIs from the same patient-level bootstrap resamples for every encoder.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.metrics import average_precision_score
+
+from .linear import _bootstrap_weights, assert_no_patient_leakage, patient_split, weighted_auroc
+from .models import PROBE_GRIDS, make_probe
+
+__all__ = ["weighted_auprc", "brier_score", "expected_calibration_error", "reliability_curve", "mae", "r2",
+           "classification_metrics", "regression_metrics", "evaluate_probe", "EvalResult"]
+
+CLASSIFICATION_METRICS = ("auroc", "auprc", "brier", "ece")
+REGRESSION_METRICS = ("mae", "r2")
+
+
+def weighted_auprc(y, p, w) -> float:
+    y = np.asarray(y).astype(bool)
+    if w[y].sum() <= 0 or w[~y].sum() <= 0:
+        return float("nan")
+    keep = w > 0
+    return float(average_precision_score(y[keep], p[keep], sample_weight=w[keep]))
+
+
+def brier_score(y, p, w) -> float:
+    return float(np.sum(w * (p - y) ** 2) / np.sum(w))
+
+
+def reliability_curve(y, p, w=None, n_bins: int = 10) -> dict:
+    """Per equal-width bin: ``mean_pred``, ``event_rate``, ``weight`` (empty bins have weight 0, NaN rates)."""
+    y, p = np.asarray(y, dtype=np.float64), np.asarray(p, dtype=np.float64)
+    w = np.ones_like(p) if w is None else np.asarray(w, dtype=np.float64)
+    b = np.clip((p * n_bins).astype(int), 0, n_bins - 1)
+    W = np.bincount(b, weights=w, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_pred = np.bincount(b, weights=w * p, minlength=n_bins) / W
+        rate = np.bincount(b, weights=w * y, minlength=n_bins) / W
+    return {"mean_pred": mean_pred, "event_rate": rate, "weight": W,
+            "edges": np.linspace(0, 1, n_bins + 1)}
+
+
+def expected_calibration_error(y, p, w=None, n_bins: int = 10) -> float:
+    c = reliability_curve(y, p, w, n_bins)
+    W = c["weight"]
+    ok = W > 0
+    return float(np.sum(W[ok] / W.sum() * np.abs(c["event_rate"][ok] - c["mean_pred"][ok])))
+
+
+def mae(y, yhat, w) -> float:
+    return float(np.sum(w * np.abs(y - yhat)) / np.sum(w))
+
+
+def r2(y, yhat, w) -> float:
+    mean = np.sum(w * y) / np.sum(w)
+    ss_tot = np.sum(w * (y - mean) ** 2)
+    return float(1 - np.sum(w * (y - yhat) ** 2) / ss_tot) if ss_tot > 0 else float("nan")
+
+
+def classification_metrics(Y, P, w=None) -> dict:
+    """Macro AUROC, AUPRC, Brier, ECE over labels with both classes (under weights ``w``)."""
+    Y, P = np.asarray(Y, dtype=np.float64), np.asarray(P, dtype=np.float64)
+    w = np.ones(len(Y)) if w is None else np.asarray(w, dtype=np.float64)
+    out = {m: [] for m in CLASSIFICATION_METRICS}
+    for j in range(Y.shape[1]):
+        y, p = Y[:, j], P[:, j]
+        if w[y == 1].sum() <= 0 or w[y == 0].sum() <= 0:
+            continue
+        out["auroc"].append(float(weighted_auroc(y, p, w[None])[0]))
+        out["auprc"].append(weighted_auprc(y, p, w))
+        out["brier"].append(brier_score(y, p, w))
+        out["ece"].append(expected_calibration_error(y, p, w))
+    return {m: float(np.mean(v)) if v else float("nan") for m, v in out.items()}
+
+
+def regression_metrics(Y, Yhat, w=None) -> dict:
+    """MAE and R^2, averaged over target columns."""
+    Y, Yhat = np.asarray(Y, dtype=np.float64), np.asarray(Yhat, dtype=np.float64)
+    w = np.ones(len(Y)) if w is None else np.asarray(w, dtype=np.float64)
+    return {"mae": float(np.mean([mae(Y[:, j], Yhat[:, j], w) for j in range(Y.shape[1])])),
+            "r2": float(np.mean([r2(Y[:, j], Yhat[:, j], w) for j in range(Y.shape[1])]))}
+
+
+def _predict(model, X, kind):
+    return model.predict(X) if kind == "regression" else model.predict_proba(X)
+
+
+def _score(Y, P, kind) -> float:
+    if kind == "regression":
+        return -regression_metrics(Y, P)["mae"]
+    return classification_metrics(Y, P)["auroc"]
+
+
+def _choose_params(name, X, Y, rows, patient_ids, kind, seed) -> dict:
+    """Hyper-parameters of probe ``name`` chosen on a patient-level validation split inside ``rows``."""
+    grid = PROBE_GRIDS[name]
+    if len(np.unique(patient_ids[rows])) < 10:
+        return grid[len(grid) // 2]
+    fit_local, val_local = patient_split(patient_ids[rows], test_fraction=0.25, seed=seed)
+    fit_rows, val_rows = rows[fit_local], rows[val_local]
+    scores = []
+    for params in grid:
+        P = _predict(make_probe(name, **params).fit(X[fit_rows], Y[fit_rows]), X[val_rows], kind)
+        scores.append(_score(Y[val_rows], P, kind))
+    return grid[int(np.argmax(np.nan_to_num(np.array(scores), nan=-np.inf)))]
+
+
+@dataclass
+class EvalResult:
+    """Per-encoder metrics with CIs; ``predictions`` keeps the test predictions for plots."""
+
+    labels: list
+    kind: str
+    probe: str
+    rows: list = field(default_factory=list)
+    split: dict = field(default_factory=dict)
+    predictions: dict = field(default_factory=dict, repr=False)
+    y_test: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def metrics(self) -> tuple:
+        return REGRESSION_METRICS if self.kind == "regression" else CLASSIFICATION_METRICS
+
+    def to_json(self) -> str:
+        return json.dumps({"labels": self.labels, "kind": self.kind, "probe": self.probe, "split": self.split,
+                           "rows": self.rows}, indent=2)
+
+    def to_markdown(self) -> str:
+        names = {"auroc": "AUROC", "auprc": "AUPRC", "brier": "Brier", "ece": "ECE", "mae": "MAE", "r2": "R²"}
+        head = f"| encoder ({self.probe} probe) | " + " | ".join(names[m] + " [95 % CI]" for m in self.metrics) + " |"
+        lines = [head, "|---" * (len(self.metrics) + 1) + "|"]
+        for r in self.rows:
+            cells = []
+            for m in self.metrics:
+                v, lo, hi = r[m], r[f"{m}_ci"][0], r[f"{m}_ci"][1]
+                cells.append("n/a" if np.isnan(v) else f"{v:.3f} [{lo:.3f}, {hi:.3f}]")
+            lines.append(f"| {r['encoder']} | " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+
+def evaluate_probe(features: dict, Y, labels, patient_ids, split, *, kind: str = "binary", probe: str = "linear",
+                   n_boot: int = 500, seed: int = 0) -> EvalResult:
+    """Fit probe ``probe`` per encoder on ``split[0]``, score ``split[1]`` with patient-bootstrap CIs.
+
+    ``kind``: ``binary`` / ``multilabel`` (``Y [n, L]`` 0/1) or ``regression`` (``Y [n, L]``
+    continuous; the probe is then ``ridge`` whatever ``probe`` says).
+    """
+    Y = np.asarray(Y, dtype=np.float64)
+    Y = Y[:, None] if Y.ndim == 1 else Y
+    patient_ids = np.asarray(patient_ids)
+    train, test = (np.asarray(s, dtype=np.int64) for s in split)
+    assert_no_patient_leakage(patient_ids, train, test)
+    if kind == "regression":
+        probe = "ridge"
+    elif probe == "ridge":
+        raise ValueError("the ridge probe is for regression targets")
+    W = _bootstrap_weights(patient_ids[test], n_boot, seed + 1)
+    result = EvalResult(labels=list(labels), kind=kind, probe=probe, y_test=Y[test], split={
+        "train_patients": int(len(np.unique(patient_ids[train]))), "test_patients": int(len(np.unique(patient_ids[test]))),
+        "train_records": int(len(train)), "test_records": int(len(test)), "bootstrap": n_boot})
+    metric_fn = regression_metrics if kind == "regression" else classification_metrics
+    for name, X in features.items():
+        X = np.asarray(X, dtype=np.float64)
+        params = _choose_params(probe, X, Y, train, patient_ids, kind, seed)
+        model = make_probe(probe, **params).fit(X[train], Y[train])
+        P = _predict(model, X[test], kind)
+        point = metric_fn(Y[test], P)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            boots = [metric_fn(Y[test], P, w) for w in W]
+        row = {"encoder": name, "params": params, **point,
+               "untrainable_labels": [labels[j] for j in getattr(model, "untrainable_", [])]}
+        for m in point:
+            vals = np.array([b[m] for b in boots], dtype=np.float64)
+            ok = vals[np.isfinite(vals)]
+            row[f"{m}_ci"] = [float(np.percentile(ok, 2.5)), float(np.percentile(ok, 97.5))] if len(ok) else [np.nan] * 2
+        result.rows.append(row)
+        result.predictions[name] = P
+    return result
