@@ -155,6 +155,28 @@ def cmd_demo(args):
     return result
 
 
+def cmd_task(args):
+    """``task list`` or ``task run NAME``: embed, probe and audit a named task."""
+    from tscl.tasks import TASKS, run_task
+
+    if args.action == "list":
+        for name, task in TASKS.items():
+            print(f"{name:20s} {task.kind:10s} {task.description}")
+        return None
+    if not args.name or not args.data:
+        raise SystemExit("tscl task run: give NAME and --data ROOT")
+    tr = run_task(args.name, args.data, run=args.run, cache_dir=args.cache, probe=args.probe, n_boot=args.bootstrap,
+                  seed=args.seed)
+    text = tr.to_markdown()
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{args.name}.md").write_text(text + "\n")
+        (out / f"{args.name}.json").write_text(tr.to_json())
+    return tr
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tscl", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -220,6 +242,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--fractions", default="0.01,0.1,1")
     sp.add_argument("--bootstrap", type=int, default=1000)
     sp.set_defaults(func=cmd_demo)
+
+    sp = sub.add_parser("task", help="named downstream tasks on real data: list, or run NAME (probe + audit)")
+    sp.add_argument("action", choices=["list", "run"])
+    sp.add_argument("name", nargs="?", default=None)
+    sp.add_argument("--data", default=None, help="data root holding ptbxl/, physionet/, meds_demo/")
+    sp.add_argument("--run", default=None, help="run folder whose encoder embeds waveforms (default: random-init resnet1d)")
+    sp.add_argument("--probe", default="linear", choices=["linear", "knn", "mlp"])
+    sp.add_argument("--bootstrap", type=int, default=1000)
+    sp.add_argument("--cache", default=None, help="cache folder (default ~/.cache/tscl/tasks)")
+    sp.add_argument("--out", default=None, help="folder for <task>.md and <task>.json")
+    common(sp, data=False)
+    sp.set_defaults(func=cmd_task)
     return p
 
 
