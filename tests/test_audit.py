@@ -135,6 +135,9 @@ def test_probes_by_name_learn_a_separable_label(name):
     assert good["auroc_ci"][0] <= good["auroc"] <= good["auroc_ci"][1]
     assert 0 <= good["ece"] <= 1 and good["brier"] < noise["brier"]
     assert "AUPRC" in res.to_markdown()
+    cmp = evaluate_probe({"x": X, "noise": np.random.default_rng(0).normal(size=X.shape)}, Y, ["y"], pids, split,
+                         probe=name, n_boot=100, reference="noise").comparisons
+    assert len(cmp) == 1 and cmp[0]["auroc"] > 0.2 and cmp[0]["auroc_ci"][0] > 0  # x beats noise, paired CI above 0
     with pytest.raises(ValueError):
         make_probe("svm")
 

@@ -386,7 +386,8 @@ def run_task(name: str, root: str | Path, *, run: str | Path | None = None, cach
     data = task.load(root, cache_dir, seed)
     features = embed_task(data, run, seed)
     result = evaluate_probe(features, data.Y, data.labels, data.patient_ids, (data.train, data.test), kind=data.kind,
-                            probe=probe, n_boot=n_boot, seed=seed)
+                            probe=probe, n_boot=n_boot, seed=seed,
+                            reference="random-init" if "random-init" in features and len(features) > 1 else None)
     audits = {k: audit_embeddings(v, data.patient_ids, source=data.source, seed=seed) for k, v in features.items()}
     n_test = len(np.unique(data.patient_ids[data.test]))
     if n_test < 5:
@@ -395,4 +396,7 @@ def run_task(name: str, root: str | Path, *, run: str | Path | None = None, cach
     for j, lab in enumerate(data.labels):
         if data.kind != "regression" and not 0 < data.Y[data.test, j].sum() < len(data.test):
             data.notes.append(f"label {lab!r} has a single class on the test side: its metrics are n/a")
+        elif data.kind != "regression" and min(data.Y[data.test, j].sum(), len(data.test) - data.Y[data.test, j].sum()) < 5:
+            data.notes.append(f"label {lab!r}: the test side has fewer than 5 rows of its rarer class; AUROC/AUPRC "
+                              "rest on them alone")
     return TaskRun(data, features, result, audits)

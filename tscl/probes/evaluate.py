@@ -137,6 +137,7 @@ class EvalResult:
     split: dict = field(default_factory=dict)
     predictions: dict = field(default_factory=dict, repr=False)
     y_test: np.ndarray | None = field(default=None, repr=False)
+    comparisons: list = field(default_factory=list)
 
     @property
     def metrics(self) -> tuple:
@@ -144,7 +145,7 @@ class EvalResult:
 
     def to_json(self) -> str:
         return json.dumps({"labels": self.labels, "kind": self.kind, "probe": self.probe, "split": self.split,
-                           "rows": self.rows}, indent=2)
+                           "rows": self.rows, "comparisons": self.comparisons}, indent=2)
 
     def to_markdown(self) -> str:
         names = {"auroc": "AUROC", "auprc": "AUPRC", "brier": "Brier", "ece": "ECE", "mae": "MAE", "r2": "R²"}
@@ -156,15 +157,22 @@ class EvalResult:
                 v, lo, hi = r[m], r[f"{m}_ci"][0], r[f"{m}_ci"][1]
                 cells.append("n/a" if np.isnan(v) else f"{v:.3f} [{lo:.3f}, {hi:.3f}]")
             lines.append(f"| {r['encoder']} | " + " | ".join(cells) + " |")
+        if self.comparisons:
+            lines += ["", "| comparison (paired patient bootstrap) | " + " | ".join(f"Δ {names[m]} [95 % CI]" for m in self.metrics)
+                      + " |", "|---" * (len(self.metrics) + 1) + "|"]
+            for c in self.comparisons:
+                lines.append(f"| {c['encoder']} − {c['reference']} | " + " | ".join(
+                    f"{c[m]:+.3f} [{c[m + '_ci'][0]:+.3f}, {c[m + '_ci'][1]:+.3f}]" for m in self.metrics) + " |")
         return "\n".join(lines)
 
 
 def evaluate_probe(features: dict, Y, labels, patient_ids, split, *, kind: str = "binary", probe: str = "linear",
-                   n_boot: int = 500, seed: int = 0) -> EvalResult:
+                   n_boot: int = 500, seed: int = 0, reference: str | None = None) -> EvalResult:
     """Fit probe ``probe`` per encoder on ``split[0]``, score ``split[1]`` with patient-bootstrap CIs.
 
     ``kind``: ``binary`` / ``multilabel`` (``Y [n, L]`` 0/1) or ``regression`` (``Y [n, L]``
-    continuous; the probe is then ``ridge`` whatever ``probe`` says).
+    continuous; the probe is then ``ridge`` whatever ``probe`` says). ``reference`` names an encoder the
+    others are compared with: differences of every metric with CIs from the same bootstrap resamples.
     """
     Y = np.asarray(Y, dtype=np.float64)
     Y = Y[:, None] if Y.ndim == 1 else Y
@@ -180,6 +188,7 @@ def evaluate_probe(features: dict, Y, labels, patient_ids, split, *, kind: str =
         "train_patients": int(len(np.unique(patient_ids[train]))), "test_patients": int(len(np.unique(patient_ids[test]))),
         "train_records": int(len(train)), "test_records": int(len(test)), "bootstrap": n_boot})
     metric_fn = regression_metrics if kind == "regression" else classification_metrics
+    all_boots = {}
     for name, X in features.items():
         X = np.asarray(X, dtype=np.float64)
         params = _choose_params(probe, X, Y, train, patient_ids, kind, seed)
@@ -197,4 +206,17 @@ def evaluate_probe(features: dict, Y, labels, patient_ids, split, *, kind: str =
             row[f"{m}_ci"] = [float(np.percentile(ok, 2.5)), float(np.percentile(ok, 97.5))] if len(ok) else [np.nan] * 2
         result.rows.append(row)
         result.predictions[name] = P
+        all_boots[name] = boots
+    if reference is not None and reference in features:
+        ref = next(r for r in result.rows if r["encoder"] == reference)
+        for row in result.rows:
+            if row["encoder"] == reference:
+                continue
+            comp = {"encoder": row["encoder"], "reference": reference}
+            for m in result.metrics:
+                d = np.array([a[m] - b[m] for a, b in zip(all_boots[row["encoder"]], all_boots[reference])])
+                d = d[np.isfinite(d)]
+                comp[m] = row[m] - ref[m]
+                comp[f"{m}_ci"] = [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))] if len(d) else [np.nan] * 2
+            result.comparisons.append(comp)
     return result
