@@ -178,3 +178,19 @@ def test_cli_task_run_mitdb_beats(tmp_path, capsys):
     assert "AUROC" in out and "re-id" in out
     saved = json.loads((tmp_path / "o" / "mitdb-beats.json").read_text())
     assert saved["task"] == "mitdb-beats" and saved["audit"]["random-init resnet1d"]["reid"]["queries"] > 0
+
+
+@needs_data
+def test_cli_report_writes_summary_json_and_figures(tmp_path):
+    from tscl.cli import main
+
+    out = tmp_path / "report"
+    assert main(["report", "--tasks", "mimic-mortality", "--data", str(DATA), "--cache", str(tmp_path / "c"),
+                 "--bootstrap", "50", "--fractions", "0.5,1", "--out", str(out)]) == 0
+    summary = (out / "summary.md").read_text()
+    assert "## mimic-mortality" in summary and "re-id" in summary
+    for png in ("mimic-mortality_label_efficiency.png", "mimic-mortality_reliability.png",
+                "mimic-mortality_embedding_tabular.png"):
+        assert (out / png).stat().st_size > 1000 and f"({png})" in summary
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["mimic-mortality"]["probe"]["rows"][0]["encoder"] == "tabular"

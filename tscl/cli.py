@@ -177,6 +177,16 @@ def cmd_task(args):
     return tr
 
 
+def cmd_report(args):
+    """Run named tasks and write a report folder (Markdown, JSON, figures)."""
+    from tscl.tasks import write_report
+
+    out = write_report(args.tasks.split(","), args.data, args.out, run=args.run, cache_dir=args.cache,
+                       probe=args.probe, fractions=_floats(args.fractions), n_boot=args.bootstrap, seed=args.seed)
+    print(f"report: {out / 'summary.md'}")
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tscl", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -254,6 +264,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default=None, help="folder for <task>.md and <task>.json")
     common(sp, data=False)
     sp.set_defaults(func=cmd_task)
+
+    sp = sub.add_parser("report", help="run named tasks; write summary.md, report.json and figures")
+    sp.add_argument("--tasks", required=True, help="comma-separated task names (tscl task list)")
+    sp.add_argument("--data", required=True, help="data root holding ptbxl/, physionet/, meds_demo/")
+    sp.add_argument("--run", default=None, help="run folder whose encoder embeds waveforms (default: random-init resnet1d)")
+    sp.add_argument("--probe", default="linear", choices=["linear", "knn", "mlp"])
+    sp.add_argument("--fractions", default="0.1,0.5,1")
+    sp.add_argument("--bootstrap", type=int, default=500)
+    sp.add_argument("--cache", default=None, help="cache folder (default ~/.cache/tscl/tasks)")
+    sp.add_argument("--out", required=True)
+    common(sp, data=False)
+    sp.set_defaults(func=cmd_report)
     return p
 
 

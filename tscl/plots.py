@@ -111,8 +111,9 @@ def plot_reliability(y, probs: dict, out: str | Path, n_bins: int = 10, title: s
 
 
 def plot_embedding_map(z, labels, patient_ids, out: str | Path, title: str = "embedding map (PCA)") -> Path:
-    """First two principal components of ``z [n, d]``, coloured by ``labels`` (left) and by
-    patient (right; patients beyond the 20 with most recordings are grey)."""
+    """First two principal components of ``z [n, d]``, coloured by ``labels`` (left; the 12
+    commonest values, the rest grey) and by patient (right; patients beyond the 20 with most
+    recordings are grey)."""
     plt = _pyplot()
     z = np.asarray(z, dtype=np.float64)
     zc = z - z.mean(axis=0)
@@ -120,9 +121,14 @@ def plot_embedding_map(z, labels, patient_ids, out: str | Path, title: str = "em
     xy = zc @ vt[:2].T if vt.shape[0] >= 2 else np.column_stack([zc @ vt[:1].T, np.zeros(len(z))])
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
     labels = np.asarray(labels).astype(str)
-    for lab in np.unique(labels):
+    names, counts = np.unique(labels, return_counts=True)
+    shown = list(names[np.argsort(-counts, kind="stable")[:12]])  # the 12 commonest labels; the rest "other"
+    labels = np.where(np.isin(labels, shown), labels, "other")
+    cmap20 = plt.get_cmap("tab20")
+    for k, lab in enumerate(shown + (["other"] if (labels == "other").any() else [])):
         m = labels == lab
-        axes[0].scatter(xy[m, 0], xy[m, 1], s=8, alpha=0.7, label=lab)
+        axes[0].scatter(xy[m, 0], xy[m, 1], s=8, alpha=0.7, label=lab,
+                        color="lightgrey" if lab == "other" else cmap20(k % 20))
     axes[0].legend(fontsize=7, markerscale=2)
     axes[0].set_title("by label")
     pids = np.asarray(patient_ids).astype(str)

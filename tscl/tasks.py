@@ -40,7 +40,7 @@ import polars as pl
 from tscl.probes.linear import assert_no_patient_leakage, patient_split
 
 __all__ = ["Task", "TaskData", "TASKS", "get_task", "stratified_patient_split", "ehr_features",
-           "mimic_admissions", "embed_task", "run_task", "TaskRun"]
+           "mimic_admissions", "embed_task", "run_task", "TaskRun", "write_report"]
 
 
 @dataclass
@@ -400,3 +400,47 @@ def run_task(name: str, root: str | Path, *, run: str | Path | None = None, cach
             data.notes.append(f"label {lab!r}: the test side has fewer than 5 rows of its rarer class; AUROC/AUPRC "
                               "rest on them alone")
     return TaskRun(data, features, result, audits)
+
+
+def write_report(names, root: str | Path, out: str | Path, *, run: str | Path | None = None,
+                 cache_dir: str | Path | None = None, probe: str = "linear", fractions=(0.1, 0.5, 1.0),
+                 n_boot: int = 500, seed: int = 0) -> Path:
+    """Run tasks ``names`` and write ``out/``: ``summary.md`` (probe and audit tables per task),
+    ``report.json``, and per task ``<task>_label_efficiency.png`` (linear probe, macro AUROC with 95 % CI
+    bands against the fraction of training patients), ``<task>_reliability.png`` and
+    ``<task>_embedding_<encoder>.png`` (PCA map coloured by label and by patient)."""
+    import re
+
+    from tscl.plots import plot_embedding_map, plot_label_efficiency, plot_reliability
+    from tscl.probes import run_probe
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    parts, payload = ["# Downstream evaluation", ""], {}
+    for name in names:
+        tr = run_task(name, root, run=run, cache_dir=cache_dir, probe=probe, n_boot=n_boot, seed=seed)
+        d = tr.data
+        slug = lambda s: re.sub(r"[^A-Za-z0-9_.-]+", "_", s)  # noqa: E731
+        figures = []
+        if d.kind != "regression":
+            try:
+                eff = run_probe(tr.features, d.Y.astype(int), d.labels, d.patient_ids, fractions=fractions, repeats=3,
+                                n_boot=n_boot, seed=seed, split=(d.train, d.test))
+                figures.append(plot_label_efficiency(eff.rows, out / f"{name}_label_efficiency.png",
+                                                     title=f"{name}: linear probe"))
+            except ValueError as err:  # e.g. too few training patients to subsample
+                d.notes.append(f"label-efficiency curve not drawn: {err}")
+            y = tr.result.y_test
+            figures.append(plot_reliability(y, {k: v for k, v in tr.result.predictions.items()},
+                                            out / f"{name}_reliability.png", title=f"{name}: reliability ({probe} probe)"))
+            colour = ["+".join(lab for lab, v in zip(d.labels, row) if v) or "none" for row in d.Y]
+        else:
+            colour = [f"{10 * int(v // 10)}s" for v in d.Y[:, 0]]
+        for enc, z in tr.features.items():
+            figures.append(plot_embedding_map(z, colour, d.patient_ids, out / f"{name}_embedding_{slug(enc)}.png",
+                                              title=f"{name}: {enc} (PCA)"))
+        parts += [tr.to_markdown(), ""] + [f"![{f.stem}]({f.name})" for f in figures] + [""]
+        payload[name] = json.loads(tr.to_json())
+    (out / "summary.md").write_text("\n".join(parts))
+    (out / "report.json").write_text(json.dumps(payload, indent=1, default=float))
+    return out
