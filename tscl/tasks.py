@@ -423,13 +423,15 @@ def write_report(names, root: str | Path, out: str | Path, *, run: str | Path | 
         slug = lambda s: re.sub(r"[^A-Za-z0-9_.-]+", "_", s)  # noqa: E731
         figures = []
         if d.kind != "regression":
-            try:
-                eff = run_probe(tr.features, d.Y.astype(int), d.labels, d.patient_ids, fractions=fractions, repeats=3,
-                                n_boot=n_boot, seed=seed, split=(d.train, d.test))
+            if not any(0 < d.Y[d.test, j].sum() < len(d.test) for j in range(len(d.labels))):
+                d.notes.append("label-efficiency curve not drawn: no label has both classes on the test side")
+            else:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    eff = run_probe(tr.features, d.Y.astype(int), d.labels, d.patient_ids, fractions=fractions,
+                                    repeats=3, n_boot=n_boot, seed=seed, split=(d.train, d.test))
                 figures.append(plot_label_efficiency(eff.rows, out / f"{name}_label_efficiency.png",
                                                      title=f"{name}: linear probe"))
-            except ValueError as err:  # e.g. too few training patients to subsample
-                d.notes.append(f"label-efficiency curve not drawn: {err}")
             y = tr.result.y_test
             figures.append(plot_reliability(y, {k: v for k, v in tr.result.predictions.items()},
                                             out / f"{name}_reliability.png", title=f"{name}: reliability ({probe} probe)"))
