@@ -22,7 +22,6 @@ def test_registry_has_the_named_tasks():
 
 
 def test_stratified_patient_split_keeps_patients_whole_and_both_classes_per_side():
-    rng = np.random.default_rng(0)
     pids = np.repeat(np.arange(12), 4).astype(str)
     y = np.zeros((48, 1))
     y[pids == "3"] = 1  # one positive patient in twelve: a random split rarely leaves one on each side
@@ -30,7 +29,6 @@ def test_stratified_patient_split_keeps_patients_whole_and_both_classes_per_side
     train, test = stratified_patient_split(pids, y, 0.3, seed=0)
     assert set(pids[train]).isdisjoint(pids[test]) and len(train) + len(test) == 48
     assert 0 < y[train].sum() < len(train) and 0 < y[test].sum() < len(test)
-    _ = rng
 
 
 # --- EHR features: nothing at or after the prediction time may enter ------------------------------------
