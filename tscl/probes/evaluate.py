@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.metrics import average_precision_score
 
-from .linear import _bootstrap_weights, assert_no_patient_leakage, patient_split, weighted_auroc
+from .linear import _bootstrap_weights, assert_no_patient_leakage, choose_on_validation, weighted_auroc
 from .models import PROBE_GRIDS, make_probe
 
 __all__ = ["weighted_auprc", "brier_score", "expected_calibration_error", "reliability_curve", "mae", "r2",
@@ -114,16 +114,11 @@ def _score(Y, P, kind) -> float:
 
 def _choose_params(name, X, Y, rows, patient_ids, kind, seed) -> dict:
     """Hyper-parameters of probe ``name`` chosen on a patient-level validation split inside ``rows``."""
-    grid = PROBE_GRIDS[name]
-    if len(np.unique(patient_ids[rows])) < 10:
-        return grid[len(grid) // 2]
-    fit_local, val_local = patient_split(patient_ids[rows], test_fraction=0.25, seed=seed)
-    fit_rows, val_rows = rows[fit_local], rows[val_local]
-    scores = []
-    for params in grid:
+    def score(params, fit_rows, val_rows):
         P = _predict(make_probe(name, **params).fit(X[fit_rows], Y[fit_rows]), X[val_rows], kind)
-        scores.append(_score(Y[val_rows], P, kind))
-    return grid[int(np.argmax(np.nan_to_num(np.array(scores), nan=-np.inf)))]
+        return _score(Y[val_rows], P, kind)
+
+    return choose_on_validation(PROBE_GRIDS[name], score, rows, patient_ids, seed)
 
 
 @dataclass

@@ -153,18 +153,25 @@ def bootstrap_macro_auroc(Y, P_repeats, groups, n_boot: int = 1000, seed: int = 
     return np.mean([macro_auroc(Y, P, W) for P in P_repeats], axis=0)
 
 
-def _choose_C(X, Y, rows, patient_ids, grid, seed) -> float:
-    """Pick C on a patient-level validation split inside ``rows`` (never the test side)."""
+def choose_on_validation(grid, score, rows, patient_ids, seed):
+    """The entry of ``grid`` whose ``score(entry, fit_rows, val_rows)`` is highest on a patient-level
+    validation split carved out of ``rows`` (never the test side); NaN scores never win. With
+    fewer than 10 patients there is no split to trust and the middle of the grid is returned."""
     if len(np.unique(patient_ids[rows])) < 10:
         return grid[len(grid) // 2]
     fit_local, val_local = patient_split(patient_ids[rows], test_fraction=0.25, seed=seed)
     fit_rows, val_rows = rows[fit_local], rows[val_local]
-    scores = []
-    for C in grid:
+    scores = np.array([score(entry, fit_rows, val_rows) for entry in grid], dtype=float)
+    return grid[int(np.argmax(np.nan_to_num(scores, nan=-np.inf)))]
+
+
+def _choose_C(X, Y, rows, patient_ids, grid, seed) -> float:
+    """Pick the logistic regression's C by validation macro AUROC."""
+    def score(C, fit_rows, val_rows):
         P = LinearProbe(C=C).fit(X[fit_rows], Y[fit_rows]).predict_proba(X[val_rows])
-        scores.append(macro_auroc(Y[val_rows], P))
-    scores = np.nan_to_num(np.array(scores), nan=-1.0)
-    return grid[int(np.argmax(scores))]
+        return macro_auroc(Y[val_rows], P)
+
+    return choose_on_validation(grid, score, rows, patient_ids, seed)
 
 
 @dataclass
