@@ -317,10 +317,11 @@ def test_comet_levels_and_a_missing_level_is_skipped_with_a_warning(spy):
     m(x, batch)
     assert len(spy.calls) == 4
     sample, trial, patient, obs = (ids_of(c)[0] for c in spy.calls)
-    assert torch.equal(sample, torch.arange(2 * N).repeat(2))
+    rec = batch["record_ids"]
+    assert torch.equal(sample, (rec[:, None] * 2 + torch.arange(2)).reshape(-1).repeat(2))  # unique across ranks
     assert torch.equal(trial, batch["record_ids"].repeat_interleave(2).repeat(2))
     assert torch.equal(patient, PIDS.repeat_interleave(2).repeat(2))
-    assert torch.equal(obs, torch.arange(2 * N * 4).repeat(2))
+    assert torch.equal(obs, (rec[:, None] * 8 + torch.arange(8)).reshape(-1).repeat(2))
     w = {lvl: 0.0 for lvl in ("sample", "trial", "observation")}
     spy.calls.clear()
     m2 = build_method("comet", enc(), proj_dim=16, weights={**w, "patient": 1.0})

@@ -25,7 +25,8 @@ the extra same-patient term separately; here each anchor averages over all its s
 keys.) Single-lead instances: with a single-lead encoder (``in_channels == 1``) the lead is
 fed alone; with a multi-lead encoder the other leads are masked out through ``channel_mask``
 (zeroed, the lead rescaled), so the encoder that is exported still reads all leads.
-No augmentation by default (CLOCS contrasts the views themselves).
+No augmentation by default (CLOCS contrasts the views themselves). Data parallel: every view's
+embeddings and the patient ids are gathered across ranks before the loss.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from tscl.augment import build_augment
+from tscl.distributed import gather_embeddings
 from tscl.encoders import ProjectionHead
 from tscl.kernels import info_nce
 from tscl.methods.polywindow import cut_windows
@@ -109,7 +111,8 @@ class CLOCS(nn.Module):
 
     def forward(self, x: Tensor, batch: dict) -> Tensor:
         zs, pairs = self.views(x)
-        pid = batch["patient_ids"]
+        zs[0], pid = gather_embeddings(zs[0], batch["patient_ids"])  # global batch under DDP
+        zs[1:] = [gather_embeddings(z)[0] for z in zs[1:]]  # same row order in every view
         losses = [info_nce(zs[a], zs[b], pid, pid, temperature=self.temperature, symmetric=True) for a, b in pairs]
         return torch.stack(losses).mean()
 

@@ -15,10 +15,11 @@ exclude_self)::
     L = λ_p L_patient + λ_t L_trial + λ_s L_sample + λ_o L_observation
 
 with ids: observation = (sample, chunk) — each chunk's positive is the same chunk of the
-other view; sample = sample index; trial = ``batch["record_ids"]``; patient =
+other view; sample = (record id, segment index), unique across ranks; trial = ``batch["record_ids"]``; patient =
 ``batch["patient_ids"]``. Default weights are the paper's PTB configuration
 λ = (patient 0.1, trial 0.7, sample 0.1, observation 0.1); τ = 0.1. A level whose ids are
-not in the batch is skipped with a warning (its weight is not redistributed).
+not in the batch is skipped with a warning (its weight is not redistributed). Data parallel:
+every level's embeddings and ids are gathered across ranks before its loss.
 
 Differences from the code: the code's observation and sample levels are TS2Vec losses on
 per-timestamp features with raw dot products (observation negatives: other timestamps of the
@@ -34,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from tscl.augment import build_augment
+from tscl.distributed import all_gather, gather_embeddings, is_distributed
 from tscl.encoders import ProjectionHead
 from tscl.kernels import info_nce
 from tscl.methods.polywindow import cut_windows
@@ -75,6 +77,17 @@ class COMET(nn.Module):
             self._warned.add(level)
             warnings.warn(f"COMET: batch has no {key!r}; the {level} level is skipped", stacklevel=3)
 
+    def _unit_ids(self, batch: dict, n: int, per_record: int, dev) -> Tensor:
+        """Globally unique ids of the ``per_record`` sub-units of each of the ``n`` records:
+        ``record_id · per_record + j`` (a per-rank ``arange`` would collide across ranks)."""
+        rec = batch.get("record_ids")
+        if rec is None:
+            if is_distributed():
+                raise ValueError("COMET under data parallel needs batch['record_ids'] for its sample and observation ids")
+            rec = torch.arange(n)
+        j = torch.arange(per_record, device=dev)
+        return (rec.to(dev)[:, None] * per_record + j).reshape(-1)
+
     def forward(self, x: Tensor, batch: dict) -> Tensor:
         n, c, t = x.shape
         s = self.samples_per_trial
@@ -85,23 +98,24 @@ class COMET(nn.Module):
         total = x.new_zeros((), dtype=torch.float32)
         level_views = [lvl for lvl in ("sample", "trial", "patient") if self.weights[lvl]]
         if level_views:
-            z = self.head(self.encoder(torch.cat([v1, v2])))  # [2·N·S, D]
+            z = self.head(self.encoder(torch.cat([v1, v2])))  # [2·N·S, D]: view 1 rows, then view 2 rows
+            z_all = gather_embeddings(z)[0]  # every rank's [view 1; view 2] blocks, in rank order
             for level in level_views:
                 if level == "sample":
-                    ids = torch.arange(n * s, device=dev)
+                    ids = self._unit_ids(batch, n, s, dev)
                 else:
                     key = self.level_ids[level]
                     if batch.get(key) is None:
                         self._skip(level, key)
                         continue
                     ids = batch[key].to(dev).repeat_interleave(s)  # [N·S]
-                total = total + self.weights[level] * self._nce(z, ids.repeat(2))
+                ids_all = all_gather(ids.repeat(2))  # ids in the same block order as z_all
+                total = total + self.weights[level] * self._nce(z_all, ids_all)
         if self.weights["observation"]:
             o = self.observations_per_sample
             chunk = length // o
             obs = torch.cat([v1, v2])[..., : o * chunk].reshape(2 * n * s, c, o, chunk)
             obs = obs.permute(0, 2, 1, 3).reshape(2 * n * s * o, c, chunk)  # [2·N·S·O, C, L/O]
-            z_obs = self.head(self.encoder(obs))
-            ids = torch.arange(n * s * o, device=dev).repeat(2)
+            z_obs, ids = gather_embeddings(self.head(self.encoder(obs)), self._unit_ids(batch, n, s * o, dev).repeat(2))
             total = total + self.weights["observation"] * self._nce(z_obs, ids)
         return total

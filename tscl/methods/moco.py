@@ -17,7 +17,10 @@ q = f_q(view1), k = f_k(view2), the loss of query i is
 (the other in-batch keys are negatives too, as in the fused form; the original code uses
 only the own key plus the queue). Kernel terms: q, k with diagonal positives, ``bank = Q``
 without ids (every queue entry is a negative). The queue and its pointer are registered
-buffers, so they are saved with the method's state_dict. Single-process: no shuffled BN.
+buffers, so they are saved with the method's state_dict. Data parallel: queries (with their
+gradient) and keys are gathered across ranks in the same rank order, so query i's positive is
+still column i and every rank's keys are negatives of every query; the gathered keys are
+enqueued, so all ranks hold the same queue. No shuffled BN (BN statistics stay per rank).
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from tscl.augment import build_augment
+from tscl.distributed import gather_embeddings
 from tscl.encoders import ProjectionHead
 from tscl.kernels import info_nce
 from tscl.methods.sampling import RecordBatchSampler
@@ -91,6 +95,7 @@ class MoCo(nn.Module):
         q = self.head(self.encoder(self.augment(x)))  # [N, D]
         with torch.no_grad():
             k = nn.functional.normalize(self.key_head(self.key_encoder(self.augment(x))).float(), dim=1)  # [N, D]
+        (q, _), (k, _) = gather_embeddings(q), gather_embeddings(k)  # global batch, same row order
         self._pending = k
         return info_nce(q, k, temperature=self.temperature, bank=self.bank())
 

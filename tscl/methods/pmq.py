@@ -27,6 +27,9 @@ entries); here each anchor averages over all its same-patient keys, its own key 
 (SupCon's L_out), and anchors are averaged. The code's SWA copy of the online network and its
 in-encoder frequency/time masking are replaced by EMA from the online weights and the
 ``augment`` pipeline (default: band-pass jitter + time masking).
+
+Data parallel: queries (with gradient), keys and patient ids are gathered across ranks before
+the loss, and the gathered keys enter the queue, so every rank holds the same queue.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from tscl.augment import build_augment
+from tscl.distributed import gather_embeddings
 from tscl.encoders import ProjectionHead
 from tscl.kernels import info_nce
 from tscl.methods.moco import enqueue, momentum_update
@@ -86,6 +90,8 @@ class PMQ(nn.Module):
         q = self.predictor(self.head(self.encoder(self.augment(xq))))  # [B, D]
         with torch.no_grad():
             k = nn.functional.normalize(self.key_head(self.key_encoder(self.augment(xk))).float(), dim=1)  # [B, D]
+        q, _ = gather_embeddings(q)
+        k, pids = gather_embeddings(k, pids)  # global batch under DDP (patient ids are global codes)
         self._pending = (k, pids)
         filled = int(self.queue_filled)
         bank = self.queue[:filled].clone() if filled else None
