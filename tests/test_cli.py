@@ -47,8 +47,14 @@ def test_demo_runs_end_to_end_and_prints_the_table(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| pclr |" in proc.stdout and "| random-init |" in proc.stdout
-    assert "pclr − random-init" in proc.stdout
-    assert (out / "probe" / "probe.md").exists()
+    assert "| supervised (from scratch) |" in proc.stdout
+    assert "pclr − random-init" in proc.stdout and "supervised (from scratch) − random-init" in proc.stdout
+    summary = (out / "report" / "summary.md").read_text()
+    assert "## sim-risk" in summary and "supervised (from scratch)" in summary and "re-id [chance]" in summary
+    report = json.loads((out / "report" / "report.json").read_text())["sim-risk"]
+    assert {r["encoder"] for r in report["probe"]["rows"]} == {"pclr", "random-init", "supervised (from scratch)"}
+    for fig in ("sim-risk_label_efficiency.png", "sim-risk_reliability.png", "sim-risk_embedding_pclr.png"):
+        assert (out / "report" / fig).stat().st_size > 1000, fig
 
 
 def test_bad_metadata_is_reported_with_the_file(tiny, capsys):

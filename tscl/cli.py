@@ -118,11 +118,11 @@ def cmd_probe(args):
 
 
 def cmd_demo(args):
-    """Simulate the default cohort, pretrain PCLR, probe it against a random-init encoder."""
-    from tscl.embed import embed_signals
+    """Simulate the default cohort, pretrain PCLR, report it against random-init and supervised baselines."""
     from tscl.loaders import load_wfdb_cohort
     from tscl.simulate import CohortConfig, write_cohort
-    from tscl.train import PretrainConfig, load_encoder, pretrain
+    from tscl.tasks import write_report
+    from tscl.train import PretrainConfig, pretrain
 
     t0 = time.time()
     out = Path(args.out)
@@ -138,21 +138,26 @@ def cmd_demo(args):
                          method_kwargs={"patients_per_batch": args.batch_patients}, epochs=args.epochs, lr=args.lr,
                          seed=args.seed, device=args.device, progress=not args.quiet)
     run = pretrain(cache, cfg)
-    signals = cache.stack()
-    features = {
-        "pclr": embed_signals(load_encoder(run), signals, progress=not args.quiet),
-        "random-init": embed_signals(load_encoder(run, random_init=True, seed=args.seed), signals, progress=not args.quiet),
-    }
-    result, table = _probe_report(cache, features, list(DEFAULT_LABELS), out / "probe", _floats(args.fractions),
-                                  "random-init", args.bootstrap, args.seed)
-    s = result.split
-    print(f"\nLinear probe on frozen embeddings, macro AUROC over {', '.join(DEFAULT_LABELS)} "
-          f"[95 % patient-level bootstrap CI]\ntest: {s['test_records']} recordings of {s['test_patients']} patients; "
-          f"train pool: {s['train_patients']} patients\n")
-    print(table)
-    print(f"\nreport: {out / 'probe'}  (probe.md, probe.json, label_efficiency.png); run: {run}")
+    print("\nprobing: PCLR and random-init (frozen features, linear probe) and the same encoder trained "
+          "from scratch on the labels (supervised baseline)", flush=True)
+    report = write_report(["sim-risk"], data, out / "report", run=run, fractions=_floats(args.fractions),
+                          n_boot=args.bootstrap, seed=args.seed, supervised=not args.no_supervised,
+                          progress=not args.quiet)
+    payload = json.loads((report / "report.json").read_text())["sim-risk"]
+    eff = payload.get("label_efficiency")
+    if eff is not None:
+        from tscl.probes.linear import ProbeResult
+
+        result = ProbeResult(labels=eff["labels"], rows=eff["rows"], comparisons=eff["comparisons"], split=eff["split"])
+        s = result.split
+        print(f"\nmacro AUROC over {', '.join(result.labels)} [95 % patient-level bootstrap CI]\n"
+              f"test: {s['test_records']} recordings of {s['test_patients']} patients; "
+              f"train pool: {s['train_patients']} patients\n")
+        print(result.to_markdown())
+    print(f"\nreport: {report / 'summary.md'} (AUROC/AUPRC/Brier/ECE, audit, label-efficiency, reliability and "
+          f"embedding plots); run: {run}")
     print(f"demo finished in {time.time() - t0:.0f} s")
-    return result
+    return payload
 
 
 def cmd_task(args):
@@ -166,7 +171,7 @@ def cmd_task(args):
     if not args.name or not args.data:
         raise SystemExit("tscl task run: give NAME and --data ROOT")
     tr = run_task(args.name, args.data, run=args.run, cache_dir=args.cache, probe=args.probe, n_boot=args.bootstrap,
-                  seed=args.seed)
+                  seed=args.seed, supervised=not args.no_supervised, progress=not args.quiet)
     text = tr.to_markdown()
     print(text)
     if args.out:
@@ -182,7 +187,8 @@ def cmd_report(args):
     from tscl.tasks import write_report
 
     out = write_report(args.tasks.split(","), args.data, args.out, run=args.run, cache_dir=args.cache,
-                       probe=args.probe, fractions=_floats(args.fractions), n_boot=args.bootstrap, seed=args.seed)
+                       probe=args.probe, fractions=_floats(args.fractions), n_boot=args.bootstrap, seed=args.seed,
+                       supervised=not args.no_supervised, progress=not args.quiet)
     print(f"report: {out / 'summary.md'}")
     return out
 
@@ -243,12 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
     sp.set_defaults(func=cmd_probe)
 
-    sp = sub.add_parser("demo", help="simulate -> PCLR pretraining -> probe vs random init")
+    sp = sub.add_parser("demo", help="simulate -> PCLR pretraining -> report vs random-init and supervised baselines")
     common(sp, data=False)
     training(sp)
     sp.add_argument("--out", default="runs/demo")
     sp.add_argument("--patients", type=int, default=500)
     sp.add_argument("--batch-patients", type=int, default=32)
+    sp.add_argument("--no-supervised", action="store_true", help="skip the supervised-from-scratch baseline")
     sp.add_argument("--fractions", default="0.01,0.1,1")
     sp.add_argument("--bootstrap", type=int, default=1000)
     sp.set_defaults(func=cmd_demo)
@@ -262,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--bootstrap", type=int, default=1000)
     sp.add_argument("--cache", default=None, help="cache folder (default ~/.cache/tscl/tasks)")
     sp.add_argument("--out", default=None, help="folder for <task>.md and <task>.json")
+    sp.add_argument("--no-supervised", action="store_true", help="skip the supervised-from-scratch baseline")
     common(sp, data=False)
     sp.set_defaults(func=cmd_task)
 
@@ -273,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--fractions", default="0.1,0.5,1")
     sp.add_argument("--bootstrap", type=int, default=500)
     sp.add_argument("--cache", default=None, help="cache folder (default ~/.cache/tscl/tasks)")
+    sp.add_argument("--no-supervised", action="store_true", help="skip the supervised-from-scratch baseline")
     sp.add_argument("--out", required=True)
     common(sp, data=False)
     sp.set_defaults(func=cmd_report)

@@ -40,7 +40,9 @@ import polars as pl
 from tscl.probes.linear import assert_no_patient_leakage, patient_split
 
 __all__ = ["Task", "TaskData", "TASKS", "get_task", "stratified_patient_split", "ehr_features",
-           "mimic_admissions", "embed_task", "run_task", "TaskRun", "write_report"]
+           "mimic_admissions", "embed_task", "supervised_baseline", "run_task", "TaskRun", "write_report", "SUPERVISED"]
+
+SUPERVISED = "supervised (from scratch)"
 
 
 @dataclass
@@ -202,6 +204,21 @@ def _eegmat(root: Path, cache: Path):
                                               "leads, z-scored per channel and epoch before embedding"]
 
 
+def _sim_cohort(root: Path, cache: Path):
+    """The simulated cohort written by ``tscl simulate`` / ``tscl demo``: ``root`` is the cohort folder
+    (its ``metadata.csv``), or a folder holding it as ``cohort/``."""
+    from tscl.loaders import load_wfdb_cohort
+
+    folder = root if (root / "metadata.csv").exists() else root / "cohort"
+    if not (folder / "metadata.csv").exists():
+        raise FileNotFoundError(f"{root}: no metadata.csv of a simulated cohort here or in {root / 'cohort'} "
+                                "(write one with: tscl simulate --out DIR)")
+    c = load_wfdb_cohort(folder, progress=False)
+    notes = [f"simulated cohort {folder}: {len(c)} recordings of {c.index['patient_id'].n_unique()} patients; labels "
+             "are the simulator's ground truth (lvh, bbb, tachy, brady, mace per patient; af per recording)"]
+    return np.asarray(c.stack()), c.index, notes
+
+
 # --- MIMIC-IV -> MEDS -------------------------------------------------------------------------------------
 
 def mimic_admissions(mimic_root: Path, horizon_h: float = 24.0, readmit_days: float = 30.0) -> pl.DataFrame:
@@ -298,6 +315,9 @@ def _mimic(label: str):
 
 
 TASKS: dict[str, Task] = {t.name: t for t in [
+    Task("sim-risk", _sim_cohort, ("lvh", "bbb", "af", "tachy", "brady", "mace"), _patient_rule, "multilabel",
+         description="simulated cohort (tscl simulate/demo; --data is the cohort folder): the six risk labels, "
+                     "multi-label, split by patient"),
     Task("ptbxl-superclass", _ptbxl, ("NORM", "MI", "STTC", "CD", "HYP"), _strat_fold_rule, "multilabel",
          description="PTB-XL diagnostic superclasses, multi-label; strat_fold 1-8 train, 10 test",
          source_column="device"),
@@ -361,6 +381,7 @@ class TaskRun:
     features: dict
     result: object  # tscl.probes.evaluate.EvalResult
     audits: dict
+    predictors: dict = field(default_factory=dict)  # name -> model trained on the labels (supervised baseline)
 
     def to_markdown(self) -> str:
         from tscl.probes.audit import audit_markdown
@@ -375,9 +396,22 @@ class TaskRun:
                            "probe": json.loads(self.result.to_json()), "audit": self.audits}, indent=1, default=float)
 
 
+def supervised_baseline(data: TaskData, run: str | Path | None = None, progress: bool = False, **kwargs):
+    """The task's supervised-from-scratch baseline: the run's encoder architecture (or the default
+    random-init ``resnet1d``, width 0.25) for waveforms, the ``tabular`` MLP encoder for tabular features."""
+    from tscl.probes.supervised import SupervisedBaseline
+
+    X = _standardise(data.X) if data.standardise else data.X
+    if data.modality == "waveform" and run is not None:
+        return SupervisedBaseline.like_run(X, run, data.kind, progress=progress, **kwargs)
+    return SupervisedBaseline(X, data.kind, progress=progress, **kwargs)
+
+
 def run_task(name: str, root: str | Path, *, run: str | Path | None = None, cache_dir: str | Path | None = None,
-             probe: str = "linear", n_boot: int = 500, seed: int = 0) -> TaskRun:
-    """Load task ``name`` from ``root``, embed, probe and audit it."""
+             probe: str = "linear", n_boot: int = 500, seed: int = 0, supervised: bool = True,
+             progress: bool = False) -> TaskRun:
+    """Load task ``name`` from ``root``, embed, probe and audit it; with ``supervised`` the encoder
+    architecture is also trained from scratch on the task's training labels (:func:`supervised_baseline`)."""
     from tscl.probes.audit import audit_embeddings
     from tscl.probes.evaluate import evaluate_probe
 
@@ -385,8 +419,9 @@ def run_task(name: str, root: str | Path, *, run: str | Path | None = None, cach
     cache_dir = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "tscl" / "tasks"
     data = task.load(root, cache_dir, seed)
     features = embed_task(data, run, seed)
+    predictors = {SUPERVISED: supervised_baseline(data, run, progress)} if supervised else {}
     result = evaluate_probe(features, data.Y, data.labels, data.patient_ids, (data.train, data.test), kind=data.kind,
-                            probe=probe, n_boot=n_boot, seed=seed,
+                            probe=probe, n_boot=n_boot, seed=seed, predictors=predictors,
                             reference="random-init" if "random-init" in features and len(features) > 1 else None)
     audits = {k: audit_embeddings(v, data.patient_ids, source=data.source, seed=seed) for k, v in features.items()}
     n_test = len(np.unique(data.patient_ids[data.test]))
@@ -399,12 +434,12 @@ def run_task(name: str, root: str | Path, *, run: str | Path | None = None, cach
         elif data.kind != "regression" and min(data.Y[data.test, j].sum(), len(data.test) - data.Y[data.test, j].sum()) < 5:
             data.notes.append(f"label {lab!r}: the test side has fewer than 5 rows of its rarer class; AUROC/AUPRC "
                               "rest on them alone")
-    return TaskRun(data, features, result, audits)
+    return TaskRun(data, features, result, audits, predictors)
 
 
 def write_report(names, root: str | Path, out: str | Path, *, run: str | Path | None = None,
                  cache_dir: str | Path | None = None, probe: str = "linear", fractions=(0.1, 0.5, 1.0),
-                 n_boot: int = 500, seed: int = 0) -> Path:
+                 n_boot: int = 500, seed: int = 0, supervised: bool = True, progress: bool = False) -> Path:
     """Run tasks ``names`` and write ``out/``: ``summary.md`` (probe and audit tables per task),
     ``report.json``, and per task ``<task>_label_efficiency.png`` (linear probe, macro AUROC with 95 % CI
     bands against the fraction of training patients), ``<task>_reliability.png`` and
@@ -416,9 +451,10 @@ def write_report(names, root: str | Path, out: str | Path, *, run: str | Path | 
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    parts, payload = ["# Downstream evaluation", ""], {}
+    parts, payload, efficiency = ["# Downstream evaluation", ""], {}, {}
     for name in names:
-        tr = run_task(name, root, run=run, cache_dir=cache_dir, probe=probe, n_boot=n_boot, seed=seed)
+        tr = run_task(name, root, run=run, cache_dir=cache_dir, probe=probe, n_boot=n_boot, seed=seed,
+                      supervised=supervised, progress=progress)
         d = tr.data
         slug = lambda s: re.sub(r"[^A-Za-z0-9_.-]+", "_", s)  # noqa: E731
         figures = []
@@ -429,7 +465,10 @@ def write_report(names, root: str | Path, out: str | Path, *, run: str | Path | 
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)
                     eff = run_probe(tr.features, d.Y.astype(int), d.labels, d.patient_ids, fractions=fractions,
-                                    repeats=3, n_boot=n_boot, seed=seed, split=(d.train, d.test))
+                                    repeats=3, n_boot=n_boot, seed=seed, split=(d.train, d.test),
+                                    predictors=tr.predictors,
+                                    reference="random-init" if "random-init" in tr.features else None)
+                efficiency[name] = eff
                 figures.append(plot_label_efficiency(eff.rows, out / f"{name}_label_efficiency.png",
                                                      title=f"{name}: linear probe"))
             y = tr.result.y_test
@@ -441,8 +480,15 @@ def write_report(names, root: str | Path, out: str | Path, *, run: str | Path | 
         for enc, z in tr.features.items():
             figures.append(plot_embedding_map(z, colour, d.patient_ids, out / f"{name}_embedding_{slug(enc)}.png",
                                               title=f"{name}: {enc} (PCA)"))
-        parts += [tr.to_markdown(), ""] + [f"![{f.stem}]({f.name})" for f in figures] + [""]
+        parts += [tr.to_markdown(), ""]
+        if name in efficiency:
+            parts += [f"Label efficiency (macro AUROC, linear probe; the supervised baseline is trained on the same "
+                      f"label subsamples; {len(fractions)} fractions of the training patients, 3 subsamples below "
+                      f"100 %):", "", efficiency[name].to_markdown(), ""]
+        parts += [f"![{f.stem}]({f.name})" for f in figures] + [""]
         payload[name] = json.loads(tr.to_json())
+        if name in efficiency:
+            payload[name]["label_efficiency"] = json.loads(efficiency[name].to_json())
     (out / "summary.md").write_text("\n".join(parts))
     (out / "report.json").write_text(json.dumps(payload, indent=1, default=float))
     return out

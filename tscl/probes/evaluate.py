@@ -162,13 +162,21 @@ class EvalResult:
 
 
 def evaluate_probe(features: dict, Y, labels, patient_ids, split, *, kind: str = "binary", probe: str = "linear",
-                   n_boot: int = 500, seed: int = 0, reference: str | None = None) -> EvalResult:
+                   n_boot: int = 500, seed: int = 0, reference: str | None = None,
+                   predictors: dict | None = None) -> EvalResult:
     """Fit probe ``probe`` per encoder on ``split[0]``, score ``split[1]`` with patient-bootstrap CIs.
 
     ``kind``: ``binary`` / ``multilabel`` (``Y [n, L]`` 0/1) or ``regression`` (``Y [n, L]``
     continuous; the probe is then ``ridge`` whatever ``probe`` says). ``reference`` names an encoder the
     others are compared with: differences of every metric with CIs from the same bootstrap resamples.
+    ``predictors``: further rows from models trained on the rows themselves, called as
+    ``predictor(Y, train_rows, test_rows, patient_ids, seed) -> P`` (see
+    :class:`~tscl.probes.supervised.SupervisedBaseline`); scored on the same test side and resamples.
     """
+    predictors = dict(predictors or {})
+    clash = set(predictors) & set(features)
+    if clash:
+        raise ValueError(f"names used both as features and as predictors: {sorted(clash)}")
     Y = np.asarray(Y, dtype=np.float64)
     Y = Y[:, None] if Y.ndim == 1 else Y
     patient_ids = np.asarray(patient_ids)
@@ -184,17 +192,23 @@ def evaluate_probe(features: dict, Y, labels, patient_ids, split, *, kind: str =
         "train_records": int(len(train)), "test_records": int(len(test)), "bootstrap": n_boot})
     metric_fn = regression_metrics if kind == "regression" else classification_metrics
     all_boots = {}
-    for name, X in features.items():
-        X = np.asarray(X, dtype=np.float64)
-        params = _choose_params(probe, X, Y, train, patient_ids, kind, seed)
-        model = make_probe(probe, **params).fit(X[train], Y[train])
-        P = _predict(model, X[test], kind)
+    for name in [*features, *predictors]:
+        if name in predictors:
+            P = np.asarray(predictors[name](Y, train, test, patient_ids, seed))
+            info = dict(getattr(predictors[name], "last_info", {}))
+            untrainable = info.pop("untrainable_labels", [])
+            params = {"model": "trained on the labels", **info}
+        else:
+            X = np.asarray(features[name], dtype=np.float64)
+            params = _choose_params(probe, X, Y, train, patient_ids, kind, seed)
+            model = make_probe(probe, **params).fit(X[train], Y[train])
+            P = _predict(model, X[test], kind)
+            untrainable = getattr(model, "untrainable_", [])
         point = metric_fn(Y[test], P)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             boots = [metric_fn(Y[test], P, w) for w in W]
-        row = {"encoder": name, "params": params, **point,
-               "untrainable_labels": [labels[j] for j in getattr(model, "untrainable_", [])]}
+        row = {"encoder": name, "params": params, **point, "untrainable_labels": [labels[j] for j in untrainable]}
         for m in point:
             vals = np.array([b[m] for b in boots], dtype=np.float64)
             ok = vals[np.isfinite(vals)]
@@ -202,7 +216,7 @@ def evaluate_probe(features: dict, Y, labels, patient_ids, split, *, kind: str =
         result.rows.append(row)
         result.predictions[name] = P
         all_boots[name] = boots
-    if reference is not None and reference in features:
+    if reference is not None and reference in all_boots:
         ref = next(r for r in result.rows if r["encoder"] == reference)
         for row in result.rows:
             if row["encoder"] == reference:

@@ -211,14 +211,22 @@ class ProbeResult:
 
 def run_probe(features: dict, Y, labels, patient_ids, *, fractions=(0.01, 0.1, 1.0), repeats: int = 3,
               test_fraction: float = 0.3, n_boot: int = 1000, C_grid=(0.01, 0.1, 1.0), seed: int = 0,
-              reference: str | None = None, split: tuple | None = None) -> ProbeResult:
+              reference: str | None = None, split: tuple | None = None, predictors: dict | None = None) -> ProbeResult:
     """Probe every encoder's features on the same patient-level split and label subsamples.
 
     ``features`` maps encoder names to ``[n, d]`` arrays aligned with ``Y [n, L]`` and
     ``patient_ids [n]``. ``split`` may give ``(train_rows, test_rows)`` (e.g. PTB-XL folds);
     otherwise a random patient-level split is drawn. ``reference`` names the encoder the
     others are compared against (paired bootstrap of the macro-AUROC difference).
+    ``predictors`` maps further names to models trained on the rows themselves, called as
+    ``predictor(Y, train_rows, test_rows, patient_ids, seed) -> P [len(test_rows), L]`` (e.g.
+    :class:`~tscl.probes.supervised.SupervisedBaseline`); they get the same label subsamples,
+    test side and bootstrap resamples as the probes.
     """
+    predictors = dict(predictors or {})
+    clash = set(predictors) & set(features)
+    if clash:
+        raise ValueError(f"names used both as features and as predictors: {sorted(clash)}")
     Y = np.asarray(Y)
     patient_ids = np.asarray(patient_ids)
     if Y.ndim != 2 or Y.shape[1] != len(labels):
@@ -235,19 +243,23 @@ def run_probe(features: dict, Y, labels, patient_ids, *, fractions=(0.01, 0.1, 1
     boots: dict = {}
     for fraction in fractions:
         n_rep = 1 if fraction == 1 else repeats
-        for name, X in features.items():
-            X = np.asarray(X)
+        for name in [*features, *predictors]:
             preds, point, n_pat, untrainable = [], [], [], 0
             for r in range(n_rep):
                 rows = subsample_patients(train, patient_ids, fraction, seed=seed + 100 * r)
                 assert_no_patient_leakage(patient_ids, rows, test)
-                C = _choose_C(X, Y, rows, patient_ids, list(C_grid), seed + r)
-                probe = LinearProbe(C=C).fit(X[rows], Y[rows])
-                P = probe.predict_proba(X[test])
+                if name in predictors:
+                    P = np.asarray(predictors[name](Y, rows, test, patient_ids, seed + r))
+                    untrainable += sum(len(np.unique(Y[rows, j])) < 2 for j in range(Y.shape[1]))
+                else:
+                    X = np.asarray(features[name])
+                    C = _choose_C(X, Y, rows, patient_ids, list(C_grid), seed + r)
+                    probe = LinearProbe(C=C).fit(X[rows], Y[rows])
+                    P = probe.predict_proba(X[test])
+                    untrainable += len(probe.untrainable_)
                 preds.append(P)
                 point.append(macro_auroc(Y[test], P))
                 n_pat.append(len(np.unique(patient_ids[rows])))
-                untrainable += len(probe.untrainable_)
             b = np.mean([macro_auroc(Y[test], P, W) for P in preds], axis=0)
             boots[(name, fraction)] = b
             per_label = np.mean([[macro_auroc(Y[test][:, [j]], P[:, [j]]) for j in range(len(labels))] for P in preds], axis=0)
@@ -258,8 +270,8 @@ def run_probe(features: dict, Y, labels, patient_ids, *, fractions=(0.01, 0.1, 1
                 "train_patients": int(np.mean(n_pat)), "untrainable_label_fits": untrainable,
                 "per_label": {lab: float(v) for lab, v in zip(labels, per_label)},
             })
-        if reference is not None and reference in features:
-            for name in features:
+        if reference is not None and reference in {**features, **predictors}:
+            for name in [*features, *predictors]:
                 if name == reference:
                     continue
                 d = boots[(name, fraction)] - boots[(reference, fraction)]
