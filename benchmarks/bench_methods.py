@@ -50,27 +50,41 @@ def method_kwargs(name: str, batch: int) -> dict:
     return kw
 
 
+def runs_to_make(args) -> list[tuple[str, str, int]]:
+    """(row name, method, epochs): every method at the full budget, plus poly-window at a fraction of
+    it (``--polywindow-fraction``), the paper's claim being that it matches SimCLR with fewer epochs."""
+    runs = [(m, m, args.epochs) for m in args.methods]
+    if "polywindow" in args.methods and 0 < args.polywindow_fraction < 1:
+        e = max(1, round(args.epochs * args.polywindow_fraction))
+        runs.append((f"polywindow@{e}ep", "polywindow", e))
+    return runs
+
+
 def run_dataset(tag: str, cache, labels: list[str], args, out: Path, supcon_label: str) -> dict:
     signals = cache.stack()
     pids = cache.index["patient_id"].to_numpy()
     Y = cache.index.select(labels).to_numpy().astype(float)
     features, timings = {}, {}
-    enc_kw = {"widths": args.widths}
-    for name in args.methods:
+    for row, name, epochs in runs_to_make(args):
         kw = method_kwargs(name, args.batch)
         if name == "supcon":
             kw["label"] = supcon_label
-        cfg = PretrainConfig(out_dir=str(out / "runs" / tag / name), method=name, encoder="cnn1d",
-                             encoder_kwargs=enc_kw, method_kwargs=kw, epochs=args.epochs, lr=args.lr,
+        run_dir = out / "runs" / tag / row
+        cfg = PretrainConfig(out_dir=str(run_dir), method=name, encoder=args.encoder,
+                             encoder_kwargs=args.encoder_kwargs, method_kwargs=kw, epochs=epochs, lr=args.lr,
                              seed=args.seed, progress=False)
         t0 = time.time()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            run = pretrain(cache, cfg)
-        timings[name] = time.time() - t0
-        features[name] = embed_signals(load_encoder(run), signals, progress=False)
-        print(f"[{tag}] {name:13s} pretrained in {timings[name]:5.1f} s", flush=True)
-    first = out / "runs" / tag / args.methods[0]
+        if (run_dir / "done.json").exists():  # finished earlier (an interrupted benchmark resumes here)
+            run, timings[row] = run_dir, json.loads((run_dir / "done.json").read_text())["pretrain_s"]
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                run = pretrain(cache, cfg)
+            timings[row] = time.time() - t0
+            (run_dir / "done.json").write_text(json.dumps({"pretrain_s": timings[row]}))
+        features[row] = embed_signals(load_encoder(run), signals, progress=False)
+        print(f"[{tag}] {row:16s} pretrained in {timings[row]:6.1f} s", flush=True)
+    first = out / "runs" / tag / runs_to_make(args)[0][0]
     features["random-init"] = embed_signals(load_encoder(first, random_init=True, seed=args.seed), signals, progress=False)
     result = run_probe(features, Y, labels, pids, fractions=FRACTIONS, n_boot=args.bootstrap, seed=args.seed,
                        reference="random-init")
@@ -79,7 +93,7 @@ def run_dataset(tag: str, cache, labels: list[str], args, out: Path, supcon_labe
     record = {"labels": labels, "split": result.split, "rows": result.rows, "vs_random": result.comparisons,
               "pretrain_s": timings}
     if tag == "cohort" and "simclr" in features:
-        aware = [m for m in PATIENT_AWARE if m in features]
+        aware = [m for m in features if m.split("@")[0] in PATIENT_AWARE]
         sub = {m: features[m] for m in ["simclr", *aware]}
         Yp = cache.index.select(PATIENT_LEVEL).to_numpy().astype(float)
         vs = run_probe(sub, Yp, PATIENT_LEVEL, pids, fractions=(0.1, 1.0), n_boot=args.bootstrap, seed=args.seed,
@@ -122,7 +136,10 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--widths", default="16,32,64")
+    p.add_argument("--encoder", default="cnn1d")
+    p.add_argument("--encoder-kwargs", default="widths=[16,32,64]", help="e.g. width=0.25 for resnet1d")
+    p.add_argument("--polywindow-fraction", type=float, default=0.25,
+                   help="also pretrain poly-window for this fraction of the epochs (0: skip)")
     p.add_argument("--bootstrap", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--methods", default=",".join(METHODS))
@@ -130,7 +147,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.patients, args.epochs, args.bootstrap = 40, 2, 100
-    args.widths = [int(w) for w in args.widths.split(",")]
+    from tscl.cli import _kwargs
+
+    args.encoder_kwargs = _kwargs(args.encoder_kwargs)
     args.methods = [m for m in args.methods.split(",") if m]
     unknown = set(args.methods) - set(METHODS)
     if unknown:
@@ -166,7 +185,7 @@ def main(argv=None) -> int:
         print(f"PTB-XL skipped: {root / 'ptbxl_database.csv'} not found")
 
     results["wall_s"] = time.time() - t_start
-    md = [f"# Contrastive methods, linear probe (encoder cnn1d widths={args.widths}, {args.epochs} epochs, "
+    md = [f"# Contrastive methods, linear probe (encoder {args.encoder} {args.encoder_kwargs}, {args.epochs} epochs, "
           f"batch {args.batch}, seed {args.seed}; random-init = same architecture untrained)", ""]
     md += [table(tag, rec) + "\n" for tag, rec in results["datasets"].items()]
     md.append(f"wall-clock: {results['wall_s'] / 60:.1f} min")
