@@ -104,6 +104,13 @@ def _mma(a, b, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
 
 
 @triton.jit
+def _load_rows(PTR, idx, ok, dims, D, stride_n, stride_d):
+    """Rows ``idx`` of a ``[*, D]`` matrix as a ``[len(idx), BLOCK_D]`` tile (zeros outside ``ok`` / ``D``)."""
+    return tl.load(PTR + idx[:, None] * stride_n + dims[None, :] * stride_d,
+                   mask=ok[:, None] & (dims[None, :] < D), other=0.0)
+
+
+@triton.jit
 def _fwd_sweep(
     q, qid, rows, m_i, l_i, pos_sum, pos_cnt, scale,
     K, KID, n_cols, D, stride_kn, stride_kd,
@@ -118,8 +125,7 @@ def _fwd_sweep(
     for start in range(0, n_cols, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         col_ok = cols < n_cols
-        k = tl.load(K + cols[:, None] * stride_kn + dims[None, :] * stride_kd,
-                    mask=col_ok[:, None] & (dims[None, :] < D), other=0.0)
+        k = _load_rows(K, cols, col_ok, dims, D, stride_kn, stride_kd)
         s2 = _mma(q, tl.trans(k), PRECISION, UPCAST_DOT) * scale
         valid = col_ok[None, :] & (rows[:, None] >= 0)
         if EXCLUDE_DIAG:
@@ -153,8 +159,7 @@ def _info_nce_fwd(
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
     row_ok = rows < N
-    q = tl.load(Q + rows[:, None] * stride_qn + dims[None, :] * stride_qd,
-                mask=row_ok[:, None] & (dims[None, :] < D), other=0.0)
+    q = _load_rows(Q, rows, row_ok, dims, D, stride_qn, stride_qd)
     qid = tl.load(QID + rows, mask=row_ok, other=0)
     scale = LOG2E / tl.load(TAU)
 
@@ -204,8 +209,7 @@ def _dq_sweep(
     for start in range(0, n_cols, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         col_ok = cols < n_cols
-        k = tl.load(K + cols[:, None] * stride_kn + dims[None, :] * stride_kd,
-                    mask=col_ok[:, None] & (dims[None, :] < D), other=0.0)
+        k = _load_rows(K, cols, col_ok, dims, D, stride_kn, stride_kd)
         s2 = _mma(q, tl.trans(k), PRECISION, UPCAST_DOT) * scale
         valid = col_ok[None, :] & (rows[:, None] >= 0)
         if EXCLUDE_DIAG:
@@ -242,8 +246,7 @@ def _info_nce_bwd_dq(
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
     row_ok = rows < N
-    q = tl.load(Q + rows[:, None] * stride_qn + dims[None, :] * stride_qd,
-                mask=row_ok[:, None] & (dims[None, :] < D), other=0.0)
+    q = _load_rows(Q, rows, row_ok, dims, D, stride_qn, stride_qd)
     qid = tl.load(QID + rows, mask=row_ok, other=0)
     lse2, g, w = _row_weights(LSE, NPOS, GRAD, rows, row_ok)
     inv_tau = 1.0 / tl.load(TAU)
@@ -278,8 +281,7 @@ def _info_nce_bwd_dk(
     cols = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
     col_ok = cols < M
-    k = tl.load(K + cols[:, None] * stride_kn + dims[None, :] * stride_kd,
-                mask=col_ok[:, None] & (dims[None, :] < D), other=0.0)
+    k = _load_rows(K, cols, col_ok, dims, D, stride_kn, stride_kd)
     kid = tl.load(KID + cols, mask=col_ok, other=0)
     if SYMMETRIC:
         lse2_c, g_c, w_c = _row_weights(LSE_C, NPOS_C, GRAD_C, cols, col_ok)
@@ -290,8 +292,7 @@ def _info_nce_bwd_dk(
     for start in range(0, N, BLOCK_N):
         rows = start + tl.arange(0, BLOCK_N)
         row_ok = rows < N
-        q = tl.load(Q + rows[:, None] * stride_qn + dims[None, :] * stride_qd,
-                    mask=row_ok[:, None] & (dims[None, :] < D), other=0.0)
+        q = _load_rows(Q, rows, row_ok, dims, D, stride_qn, stride_qd)
         qid = tl.load(QID + rows, mask=row_ok, other=0)
         lse2, g, w = _row_weights(LSE, NPOS, GRAD, rows, row_ok)
         s2t = _mma(k, tl.trans(q), PRECISION, UPCAST_DOT) * scale  # [keys, anchors]
