@@ -17,6 +17,16 @@ def _pyplot():
     return plt
 
 
+def _save(fig, out: str | Path) -> Path:
+    """Lay out, write ``out`` as PNG and free the figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return Path(out)
+
+
 def plot_ecg(signal: np.ndarray, fs: float, leads, out: str | Path, title: str = "") -> Path:
     """A 12-lead style grid (one panel per lead, mV vs s) written to ``out`` as PNG."""
     plt = _pyplot()
@@ -36,10 +46,7 @@ def plot_ecg(signal: np.ndarray, fs: float, leads, out: str | Path, title: str =
     for ax in axes[-1]:
         ax.set_xlabel("time (s)")
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return Path(out)
+    return _save(fig, out)
 
 
 def plot_label_efficiency(results: list[dict], out: str | Path, title: str = "") -> Path:
@@ -48,22 +55,31 @@ def plot_label_efficiency(results: list[dict], out: str | Path, title: str = "")
     ``results`` rows hold ``encoder``, ``fraction``, ``auroc``, ``ci_low``, ``ci_high``.
     """
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for name in dict.fromkeys(r["encoder"] for r in results):
+    names = list(dict.fromkeys(r["encoder"] for r in results))
+    many = len(names) > 5
+    fig, ax = plt.subplots(figsize=(7.5, 4.5) if many else (5.5, 4))
+    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    for i, name in enumerate(names):
         rows = sorted((r for r in results if r["encoder"] == name), key=lambda r: r["fraction"])
         x = [100 * r["fraction"] for r in rows]
-        ax.plot(x, [r["auroc"] for r in rows], marker="o", label=name)
-        ax.fill_between(x, [r["ci_low"] for r in rows], [r["ci_high"] for r in rows], alpha=0.2)
+        style = {"color": cmap(i % cmap.N), "ls": "-"}
+        if name == "random-init":  # the references stand apart from the pretrained encoders
+            style = {"color": "black", "ls": "--"}
+        elif name.startswith("supervised"):
+            style = {"color": "0.45", "ls": ":"}
+        ax.plot(x, [r["auroc"] for r in rows], marker="o", label=name, **style)
+        ax.fill_between(x, [r["ci_low"] for r in rows], [r["ci_high"] for r in rows], alpha=0.1 if many else 0.2,
+                        color=style["color"])
     ax.set_xscale("log")
     ax.set_xlabel("labelled training data (%)")
     ax.set_ylabel("macro AUROC (95 % CI)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return Path(out)
+    if many:
+        ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
+    else:
+        ax.legend()
+    return _save(fig, out)
 
 
 def plot_loss_curve(steps, losses, out: str | Path, title: str = "pretraining loss") -> Path:
@@ -74,10 +90,7 @@ def plot_loss_curve(steps, losses, out: str | Path, title: str = "pretraining lo
     ax.set_ylabel("loss")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return Path(out)
+    return _save(fig, out)
 
 
 def plot_reliability(y, probs: dict, out: str | Path, n_bins: int = 10, title: str = "reliability") -> Path:
@@ -104,10 +117,7 @@ def plot_reliability(y, probs: dict, out: str | Path, n_bins: int = 10, title: s
     ax.legend()
     hist.set_xlabel("predicted probability")
     hist.set_ylabel("count")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return Path(out)
+    return _save(fig, out)
 
 
 def plot_embedding_map(z, labels, patient_ids, out: str | Path, title: str = "embedding map (PCA)") -> Path:
@@ -145,7 +155,4 @@ def plot_embedding_map(z, labels, patient_ids, out: str | Path, title: str = "em
         ax.set_xlabel("PC 1")
         ax.set_ylabel("PC 2")
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return Path(out)
+    return _save(fig, out)
