@@ -62,14 +62,13 @@ def plot_label_efficiency(results: list[dict], out: str | Path, title: str = "")
     for i, name in enumerate(names):
         rows = sorted((r for r in results if r["encoder"] == name), key=lambda r: r["fraction"])
         x = [100 * r["fraction"] for r in rows]
-        style = {"color": cmap(i % cmap.N), "ls": "-"}
+        style, band = {"color": cmap(i % cmap.N), "ls": "-"}, 0.1 if many else 0.2
         if name == "random-init":  # the references stand apart from the pretrained encoders
-            style = {"color": "black", "ls": "--"}
+            style, band = {"color": "black", "ls": "--"}, 0.08
         elif name.startswith("supervised"):
-            style = {"color": "0.45", "ls": ":"}
+            style, band = {"color": "0.45", "ls": ":"}, 0.12
         ax.plot(x, [r["auroc"] for r in rows], marker="o", label=name, **style)
-        ax.fill_between(x, [r["ci_low"] for r in rows], [r["ci_high"] for r in rows], alpha=0.1 if many else 0.2,
-                        color=style["color"])
+        ax.fill_between(x, [r["ci_low"] for r in rows], [r["ci_high"] for r in rows], alpha=band, color=style["color"])
     ax.set_xscale("log")
     ax.set_xlabel("labelled training data (%)")
     ax.set_ylabel("macro AUROC (95 % CI)")
