@@ -169,3 +169,28 @@ def test_reliability_and_embedding_plots(tmp_path):
     z = rng.normal(size=(60, 5))
     out = plot_embedding_map(z, np.arange(60) % 2, np.arange(60) // 3, tmp_path / "map.png")
     assert out.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("n_methods", [2, 11])
+def test_label_efficiency_plot_styles_references_and_keeps_many_lines_apart(tmp_path, monkeypatch, n_methods):
+    import tscl.plots as plots
+
+    figs = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, out: (figs.append(fig), save(fig, out))[1])
+    names = [f"m{i}" for i in range(n_methods)] + ["random-init", "supervised (from scratch)"]
+    rows = [{"encoder": n, "fraction": f, "auroc": 0.6 + 0.1 * f, "ci_low": 0.5, "ci_high": 0.9}
+            for n in names for f in (0.01, 0.1, 1.0)]
+    out = plots.plot_label_efficiency(rows, tmp_path / "eff.png", title="t")
+    assert out.stat().st_size > 1000
+    ax = figs[0].axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert set(lines) == set(names)
+    assert lines["random-init"].get_linestyle() == "--" and lines["supervised (from scratch)"].get_linestyle() == ":"
+    colours = [lines[n].get_color() for n in names[:-2]]
+    assert len(set(map(str, colours))) == n_methods  # no two methods share a colour
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(figs[0]).get_renderer()
+    inside = ax.get_legend().get_window_extent(renderer).x1 <= ax.get_window_extent(renderer).x1
+    assert inside == (len(names) <= 5)  # many lines: the legend moves outside the axes
