@@ -111,6 +111,34 @@ def _load_rows(PTR, idx, ok, dims, D, stride_n, stride_d):
 
 
 @triton.jit
+def _key_tile(
+    q, qid, rows, cols, scale, K, KID, n_cols, D, stride_kn, stride_kd,
+    EXCLUDE_DIAG: tl.constexpr, USE_IDS: tl.constexpr, IDS_POSITIVE: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Recompute one tile of keys ``cols`` against the anchor block.
+
+    Returns ``col_ok`` (in range), the key tile ``k``, the base-2 logits ``s2`` (s * log2 e),
+    ``valid`` (columns in the denominator V(i): in range, not the anchor itself under
+    EXCLUDE_DIAG, and not a same-id key when ids mask instead of marking positives) and
+    ``same`` (same id as the anchor; all false without ids).
+    """
+    col_ok = cols < n_cols
+    k = _load_rows(K, cols, col_ok, tl.arange(0, BLOCK_D), D, stride_kn, stride_kd)
+    s2 = _mma(q, tl.trans(k), PRECISION, UPCAST_DOT) * scale
+    valid = col_ok[None, :] & (rows[:, None] >= 0)
+    if EXCLUDE_DIAG:
+        valid = valid & (rows[:, None] != cols[None, :])
+    same = valid ^ valid
+    if USE_IDS:
+        kid = tl.load(KID + cols, mask=col_ok, other=0)
+        same = (qid[:, None] == kid[None, :]) & valid
+        if not IDS_POSITIVE:
+            valid = valid & (same == 0)
+    return col_ok, k, s2, valid, same
+
+
+@triton.jit
 def _fwd_sweep(
     q, qid, rows, m_i, l_i, pos_sum, pos_cnt, scale,
     K, KID, n_cols, D, stride_kn, stride_kd,
@@ -121,23 +149,13 @@ def _fwd_sweep(
 
     ``s2`` is the logit in base 2 (s * log2 e); columns outside V(i) are -inf.
     """
-    dims = tl.arange(0, BLOCK_D)
     for start in range(0, n_cols, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
-        col_ok = cols < n_cols
-        k = _load_rows(K, cols, col_ok, dims, D, stride_kn, stride_kd)
-        s2 = _mma(q, tl.trans(k), PRECISION, UPCAST_DOT) * scale
-        valid = col_ok[None, :] & (rows[:, None] >= 0)
-        if EXCLUDE_DIAG:
-            valid = valid & (rows[:, None] != cols[None, :])
-        if USE_IDS:
-            kid = tl.load(KID + cols, mask=col_ok, other=0)
-            same = (qid[:, None] == kid[None, :]) & valid
-            if IDS_POSITIVE:
-                pos_sum += tl.sum(tl.where(same, s2, 0.0), axis=1)
-                pos_cnt += tl.sum(same.to(tl.int32), axis=1)
-            else:
-                valid = valid & (same == 0)
+        col_ok, k, s2, valid, same = _key_tile(q, qid, rows, cols, scale, K, KID, n_cols, D, stride_kn, stride_kd,
+                                               EXCLUDE_DIAG, USE_IDS, IDS_POSITIVE, PRECISION, UPCAST_DOT, BLOCK_D)
+        if USE_IDS and IDS_POSITIVE:
+            pos_sum += tl.sum(tl.where(same, s2, 0.0), axis=1)
+            pos_cnt += tl.sum(same.to(tl.int32), axis=1)
         s2 = tl.where(valid, s2, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s2, axis=1))
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no column so far
@@ -205,23 +223,13 @@ def _dq_sweep(
     SYMMETRIC adds the column loss's term g'_j (p'_ji - [i in P'(j)] / npos'_j), where
     p'_ji = exp(s_ij - lse'_j): both losses share s_ij, so one recomputation serves both.
     """
-    dims = tl.arange(0, BLOCK_D)
     for start in range(0, n_cols, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
-        col_ok = cols < n_cols
-        k = _load_rows(K, cols, col_ok, dims, D, stride_kn, stride_kd)
-        s2 = _mma(q, tl.trans(k), PRECISION, UPCAST_DOT) * scale
-        valid = col_ok[None, :] & (rows[:, None] >= 0)
-        if EXCLUDE_DIAG:
-            valid = valid & (rows[:, None] != cols[None, :])
+        col_ok, k, s2, valid, same = _key_tile(q, qid, rows, cols, scale, K, KID, n_cols, D, stride_kn, stride_kd,
+                                               EXCLUDE_DIAG, USE_IDS, IDS_POSITIVE, PRECISION, UPCAST_DOT, BLOCK_D)
         ds = tl.zeros_like(s2)
-        if USE_IDS:
-            kid = tl.load(KID + cols, mask=col_ok, other=0)
-            same = (qid[:, None] == kid[None, :]) & valid
-            if IDS_POSITIVE:
-                ds = tl.where(same, -w[:, None], 0.0)
-            else:
-                valid = valid & (same == 0)
+        if USE_IDS and IDS_POSITIVE:
+            ds = tl.where(same, -w[:, None], 0.0)
         s2_in = tl.where(valid, s2, float("-inf"))
         ds += g[:, None] * tl.exp2(s2_in - lse2[:, None])
         if SYMMETRIC:  # keys sweep only, where USE_IDS and IDS_POSITIVE hold
