@@ -50,13 +50,33 @@ def method_kwargs(name: str, batch: int) -> dict:
     return kw
 
 
-def runs_to_make(args) -> list[tuple[str, str, int]]:
-    """(row name, method, epochs): every method at the full budget, plus poly-window at a fraction of
-    it (``--polywindow-fraction``), the paper's claim being that it matches SimCLR with fewer epochs."""
-    runs = [(m, m, args.epochs) for m in args.methods]
+def parse_variant(text: str) -> tuple[str, str, dict]:
+    """``ROW=METHOD:JSON`` (e.g. ``comet-no-trial=comet:{"weights": {"trial": 0}}``) -> (row, method, kwargs):
+    one more row, the method pretrained with these keyword arguments on top of the benchmark's own."""
+    row, sep, rest = text.partition("=")
+    method, sep2, js = rest.partition(":")
+    if not (sep and sep2 and row and method):
+        raise ValueError(f"--variant {text!r}: expected ROW=METHOD:JSON")
+    if method not in METHODS:
+        raise ValueError(f"--variant {text!r}: unknown method {method!r}; known: {sorted(METHODS)}")
+    kwargs = json.loads(js)
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"--variant {text!r}: the JSON must be an object of keyword arguments")
+    return row, method, kwargs
+
+
+def runs_to_make(args) -> list[tuple[str, str, int, dict]]:
+    """(row name, method, epochs, extra kwargs): every method at the full budget, poly-window at a fraction
+    of it (``--polywindow-fraction``; the paper's claim is that it matches SimCLR with fewer epochs), then
+    each ``--variant``."""
+    runs = [(m, m, args.epochs, {}) for m in args.methods]
     if "polywindow" in args.methods and 0 < args.polywindow_fraction < 1:
         e = max(1, round(args.epochs * args.polywindow_fraction))
-        runs.append((f"polywindow@{e}ep", "polywindow", e))
+        runs.append((f"polywindow@{e}ep", "polywindow", e, {}))
+    runs += [(row, method, args.epochs, kw) for row, method, kw in map(parse_variant, args.variant)]
+    rows = [r[0] for r in runs]
+    if len(set(rows)) != len(rows):
+        raise ValueError(f"duplicate row names in {rows}")
     return runs
 
 
@@ -65,9 +85,9 @@ def run_dataset(tag: str, cache, labels: list[str], args, out: Path, supcon_labe
     pids = cache.index["patient_id"].to_numpy()
     Y = cache.index.select(labels).to_numpy().astype(float)
     features, timings = {}, {}
-    for row, name, epochs in runs_to_make(args):
-        kw = method_kwargs(name, args.batch)
-        if name == "supcon":
+    for row, name, epochs, extra in runs_to_make(args):
+        kw = {**method_kwargs(name, args.batch), **extra}
+        if name == "supcon" and "label" not in extra:
             kw["label"] = supcon_label
         run_dir = out / "runs" / tag / row
         cfg = PretrainConfig(out_dir=str(run_dir), method=name, encoder=args.encoder,
@@ -143,6 +163,9 @@ def main(argv=None) -> int:
     p.add_argument("--bootstrap", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--variant", action="append", default=[], metavar="ROW=METHOD:JSON",
+                   help='one more row: a method with extra keyword arguments, e.g. '
+                        '\'comet-no-trial=comet:{"weights": {"trial": 0}}\' (repeatable)')
     p.add_argument("--ptbxl", default="/work/shared/data/ptbxl")
     args = p.parse_args(argv)
     if args.quick:
@@ -154,6 +177,10 @@ def main(argv=None) -> int:
     unknown = set(args.methods) - set(METHODS)
     if unknown:
         sys.exit(f"unknown method(s) {sorted(unknown)}; known: {sorted(METHODS)}")
+    try:
+        runs_to_make(args)
+    except ValueError as e:  # a malformed --variant fails now, not after an hour of pretraining
+        sys.exit(str(e))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
