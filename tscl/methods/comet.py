@@ -18,7 +18,11 @@ with ids: observation = (sample, chunk) — each chunk's positive is the same ch
 other view; sample = (record id, segment index), unique across ranks; trial = ``batch["record_ids"]``; patient =
 ``batch["patient_ids"]``. Default weights are the paper's PTB configuration
 λ = (patient 0.1, trial 0.7, sample 0.1, observation 0.1); τ = 0.1. A level whose ids are
-not in the batch is skipped with a warning (its weight is not redistributed). Data parallel:
+not in the batch is skipped with a warning (its weight is not redistributed). The trial
+level's negatives include other recordings of the same patient, so where the downstream
+labels are patient traits it works against them: on the simulated cohort the paper's weights
+probe below a random-init encoder and ``weights={"trial": 0}`` above it (README, method
+benchmark). Data parallel:
 every level's embeddings and ids are gathered across ranks before its loss.
 
 Differences from the code: the code's observation and sample levels are TS2Vec losses on
