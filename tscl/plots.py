@@ -19,11 +19,9 @@ def _pyplot():
 
 def _save(fig, out: str | Path) -> Path:
     """Lay out, write ``out`` as PNG and free the figure."""
-    import matplotlib.pyplot as plt
-
     fig.tight_layout()
     fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _pyplot().close(fig)
     return Path(out)
 
 
