@@ -85,7 +85,7 @@ def run_dataset(tag: str, cache, labels: list[str], args, out: Path, supcon_labe
     pids = cache.index["patient_id"].to_numpy()
     Y = cache.index.select(labels).to_numpy().astype(float)
     features, timings = {}, {}
-    for row, name, epochs, extra in runs_to_make(args):
+    for row, name, epochs, extra in args.runs:
         kw = {**method_kwargs(name, args.batch), **extra}
         if name == "supcon" and "label" not in extra:
             kw["label"] = supcon_label
@@ -104,7 +104,7 @@ def run_dataset(tag: str, cache, labels: list[str], args, out: Path, supcon_labe
             (run_dir / "done.json").write_text(json.dumps({"pretrain_s": timings[row]}))
         features[row] = embed_signals(load_encoder(run), signals, progress=False)
         print(f"[{tag}] {row:16s} pretrained in {timings[row]:6.1f} s", flush=True)
-    first = out / "runs" / tag / runs_to_make(args)[0][0]
+    first = out / "runs" / tag / args.runs[0][0]
     features["random-init"] = embed_signals(load_encoder(first, random_init=True, seed=args.seed), signals, progress=False)
     result = run_probe(features, Y, labels, pids, fractions=FRACTIONS, n_boot=args.bootstrap, seed=args.seed,
                        reference="random-init")
@@ -112,8 +112,8 @@ def run_dataset(tag: str, cache, labels: list[str], args, out: Path, supcon_labe
                           title=f"{tag}: linear probe, macro AUROC ({args.epochs} epochs)")
     record = {"labels": labels, "split": result.split, "rows": result.rows, "vs_random": result.comparisons,
               "pretrain_s": timings}
-    if tag == "cohort" and "simclr" in features:
-        aware = [m for m in features if m.split("@")[0] in PATIENT_AWARE]
+    aware = [m for m in features if m.split("@")[0] in PATIENT_AWARE]
+    if tag == "cohort" and "simclr" in features and aware:
         sub = {m: features[m] for m in ["simclr", *aware]}
         Yp = cache.index.select(PATIENT_LEVEL).to_numpy().astype(float)
         vs = run_probe(sub, Yp, PATIENT_LEVEL, pids, fractions=(0.1, 1.0), n_boot=args.bootstrap, seed=args.seed,
@@ -121,6 +121,11 @@ def run_dataset(tag: str, cache, labels: list[str], args, out: Path, supcon_labe
         record["patient_level_vs_simclr"] = vs.comparisons
         record["patient_level_rows"] = vs.rows
     return record
+
+
+def _verdict(c: dict) -> str:
+    """A paired comparison's reading: better, worse, or not separated (the CI spans 0)."""
+    return "yes" if c["ci_low"] > 0 else "worse" if c["ci_high"] < 0 else "no (CI spans 0)"
 
 
 def table(tag: str, rec: dict) -> str:
@@ -135,16 +140,15 @@ def table(tag: str, rec: dict) -> str:
         aucs = [f"{cell[(n, f)]['auroc']:.3f} [{cell[(n, f)]['ci_low']:.3f}, {cell[(n, f)]['ci_high']:.3f}]" for f in FRACTIONS]
         c = comp.get((n, 0.1))
         delta = f"{c['delta']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]" if c else "—"
-        beats = ("yes" if c["ci_low"] > 0 else "worse" if c["ci_high"] < 0 else "no (CI spans 0)") if c else "—"
+        beats = _verdict(c) if c else "—"
         t = f"{rec['pretrain_s'][n]:.0f}" if n in rec["pretrain_s"] else "—"
         lines.append(f"| {n} | " + " | ".join(aucs) + f" | {delta} | {beats} | {t} |")
     if "patient_level_vs_simclr" in rec:
         lines += ["", f"Patient-level labels ({', '.join(PATIENT_LEVEL)}), patient-aware methods − SimCLR:", "",
                   "| comparison | labels | Δ macro AUROC [95 % CI] | better than SimCLR? |", "|---|---|---|---|"]
         for c in rec["patient_level_vs_simclr"]:
-            verdict = "yes" if c["ci_low"] > 0 else "worse" if c["ci_high"] < 0 else "no (CI spans 0)"
             lines.append(f"| {c['encoder']} − simclr | {100 * c['fraction']:g} % | "
-                         f"{c['delta']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] | {verdict} |")
+                         f"{c['delta']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] | {_verdict(c)} |")
     return "\n".join(lines)
 
 
@@ -178,7 +182,7 @@ def main(argv=None) -> int:
     if unknown:
         sys.exit(f"unknown method(s) {sorted(unknown)}; known: {sorted(METHODS)}")
     try:
-        runs_to_make(args)
+        args.runs = runs_to_make(args)
     except ValueError as e:  # a malformed --variant fails now, not after an hour of pretraining
         sys.exit(str(e))
     out = Path(args.out)
