@@ -80,6 +80,24 @@ def runs_to_make(args) -> list[tuple[str, str, int, dict]]:
     return runs
 
 
+SETTINGS = ("method", "encoder", "encoder_kwargs", "method_kwargs", "epochs", "lr", "seed")
+
+
+def finished_run(run_dir: Path, cfg) -> float | None:
+    """Pretraining seconds of a run already finished in ``run_dir`` with the settings of ``cfg``; None if
+    unfinished. A finished run made with other settings is an error, never silently reused."""
+    if not (run_dir / "done.json").exists():
+        return None
+    saved = json.loads((run_dir / "config.json").read_text())
+    want = json.loads(json.dumps({k: getattr(cfg, k) for k in SETTINGS}))  # as JSON stores it (tuples -> lists)
+    differ = {k: (saved.get(k), v) for k, v in want.items() if saved.get(k) != v}
+    if differ:
+        raise ValueError(f"{run_dir} holds a finished run made with other settings "
+                         f"({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in differ.items())}); "
+                         f"use another --out")
+    return json.loads((run_dir / "done.json").read_text())["pretrain_s"]
+
+
 def run_dataset(tag: str, cache, labels: list[str], args, out: Path, supcon_label: str) -> dict:
     signals = cache.stack()
     pids = cache.index["patient_id"].to_numpy()
@@ -94,8 +112,9 @@ def run_dataset(tag: str, cache, labels: list[str], args, out: Path, supcon_labe
                              encoder_kwargs=args.encoder_kwargs, method_kwargs=kw, epochs=epochs, lr=args.lr,
                              seed=args.seed, progress=False)
         t0 = time.time()
-        if (run_dir / "done.json").exists():  # finished earlier (an interrupted benchmark resumes here)
-            run, timings[row] = run_dir, json.loads((run_dir / "done.json").read_text())["pretrain_s"]
+        done_s = finished_run(run_dir, cfg)
+        if done_s is not None:  # finished earlier with these settings (an interrupted benchmark resumes here)
+            run, timings[row] = run_dir, done_s
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

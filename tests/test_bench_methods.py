@@ -26,3 +26,22 @@ def test_runs_to_make_lists_methods_fraction_run_and_variants():
     args.variant = ["simclr=moco:{}"]
     with pytest.raises(ValueError, match="duplicate"):
         runs_to_make(args)
+
+
+def test_a_finished_run_is_reused_only_with_the_same_settings(tmp_path):
+    import json
+
+    from tscl.benchmarks.bench_methods import finished_run
+    from tscl.train import PretrainConfig
+
+    cfg = PretrainConfig(out_dir=str(tmp_path), method="simclr", encoder="cnn1d",
+                         encoder_kwargs={"widths": (16, 32)}, method_kwargs={"batch_size": 32}, epochs=2)
+    assert finished_run(tmp_path, cfg) is None  # nothing there yet
+    from dataclasses import asdict
+
+    (tmp_path / "config.json").write_text(json.dumps(asdict(cfg)))
+    (tmp_path / "done.json").write_text(json.dumps({"pretrain_s": 12.5}))
+    assert finished_run(tmp_path, cfg) == 12.5
+    cfg.epochs = 20
+    with pytest.raises(ValueError, match="epochs: 2 there, 20 now"):
+        finished_run(tmp_path, cfg)
