@@ -21,11 +21,13 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
+import polars as pl
 
 from tscl.embed import embed_signals
 from tscl.methods import METHODS
 from tscl.plots import plot_label_efficiency
-from tscl.probes import run_probe
+from tscl.probes import patient_split, run_probe
 from tscl.train import PretrainConfig, load_encoder, pretrain
 
 COHORT_LABELS = ["lvh", "bbb", "af", "tachy", "brady", "mace"]
@@ -33,21 +35,39 @@ PATIENT_LEVEL = ["lvh", "bbb", "tachy", "brady", "mace"]  # stable per patient (
 PTBXL_LABELS = ["NORM", "MI", "STTC", "CD", "HYP"]
 PATIENT_AWARE = ["pclr", "polywindow", "pmq"]
 FRACTIONS = (0.01, 0.1, 1.0)
+TEST_FRACTION = 0.3
+
+
+SUPCON_LABEL = "train_labels"  # the probed labels of the probe's training patients only (see supcon_labels)
 
 
 def method_kwargs(name: str, batch: int) -> dict:
-    kw = {"proj_dim": 64}  # supcon: label = "sex", never a probed label (no label leakage into the test side)
+    kw = {"proj_dim": 64}
     if name == "pclr":
         kw["patients_per_batch"] = batch // 2
     else:
         kw["batch_size"] = batch
     if name in ("moco", "pmq"):
         kw.update(queue_size=1024, momentum=0.99)
-    if name in ("clocs-cmlc", "clocs-cmsmlc"):
-        kw["n_leads"] = 2  # 2 single-lead views (4 for cmsmlc) keep the CPU budget of the other methods
+    if name == "clocs-cmlc":
+        kw["n_leads"] = 4  # the paper's four single-lead views (6 view pairs)
+    if name == "clocs-cmsmlc":
+        kw["n_leads"] = 2  # 2 leads x 2 segments = 4 single-lead views keep the CPU budget of the others
     if name == "supcon":
-        kw["label"] = None  # set per dataset
+        kw["label"] = SUPCON_LABEL
     return kw
+
+
+def supcon_labels(index, labels: list[str], train_rows) -> pl.Series:
+    """SupCon's class column: the multi-hot pattern of ``labels`` (e.g. ``"100010"``) on the probe's training
+    rows, null on its test rows. SupCon is supervised pretraining: it may see the labels the probe trains on,
+    never a test patient's (a null label is a class of its own, so those rows only pair with their other view).
+    """
+    Y = index.select(labels).to_numpy()
+    codes = ["".join("1" if v == 1 else "0" if v == 0 else "?" for v in row) for row in Y]
+    keep = np.zeros(len(codes), dtype=bool)
+    keep[np.asarray(train_rows)] = True
+    return pl.Series(SUPCON_LABEL, [c if k else None for c, k in zip(codes, keep)], dtype=pl.Utf8)
 
 
 def parse_variant(text: str) -> tuple[str, str, dict]:
@@ -98,15 +118,15 @@ def finished_run(run_dir: Path, cfg) -> float | None:
     return json.loads((run_dir / "done.json").read_text())["pretrain_s"]
 
 
-def run_dataset(tag: str, cache, labels: list[str], args, out: Path, supcon_label: str) -> dict:
+def run_dataset(tag: str, cache, labels: list[str], args, out: Path) -> dict:
     signals = cache.stack()
     pids = cache.index["patient_id"].to_numpy()
     Y = cache.index.select(labels).to_numpy().astype(float)
+    train_rows, _ = patient_split(pids, TEST_FRACTION, args.seed)  # the split run_probe draws below
+    cache.index = cache.index.with_columns(supcon_labels(cache.index, labels, train_rows))
     features, timings = {}, {}
     for row, name, epochs, extra in args.runs:
         kw = {**method_kwargs(name, args.batch), **extra}
-        if name == "supcon" and "label" not in extra:
-            kw["label"] = supcon_label
         run_dir = out / "runs" / tag / row
         cfg = PretrainConfig(out_dir=str(run_dir), method=name, encoder=args.encoder,
                              encoder_kwargs=args.encoder_kwargs, method_kwargs=kw, epochs=epochs, lr=args.lr,
@@ -126,7 +146,7 @@ def run_dataset(tag: str, cache, labels: list[str], args, out: Path, supcon_labe
     first = out / "runs" / tag / args.runs[0][0]
     features["random-init"] = embed_signals(load_encoder(first, random_init=True, seed=args.seed), signals, progress=False)
     result = run_probe(features, Y, labels, pids, fractions=FRACTIONS, n_boot=args.bootstrap, seed=args.seed,
-                       reference="random-init")
+                       reference="random-init", split=(train_rows, np.setdiff1d(np.arange(len(pids)), train_rows)))
     plot_label_efficiency(result.rows, out / f"label_efficiency_{tag}.png",
                           title=f"{tag}: linear probe, macro AUROC ({args.epochs} epochs)")
     record = {"labels": labels, "split": result.split, "rows": result.rows, "vs_random": result.comparisons,
@@ -217,7 +237,7 @@ def main(argv=None) -> int:
     cohort = load_wfdb_cohort(data, progress=False)
     print(f"cohort: {len(cohort)} recordings of {cohort.index['patient_id'].n_unique()} patients", flush=True)
     results = {"config": {k: v for k, v in vars(args).items()}, "datasets": {}}
-    results["datasets"]["cohort"] = run_dataset("cohort", cohort, COHORT_LABELS, args, out, supcon_label="sex")
+    results["datasets"]["cohort"] = run_dataset("cohort", cohort, COHORT_LABELS, args, out)
 
     root = Path(args.ptbxl)
     if (root / "ptbxl_database.csv").exists():
@@ -228,7 +248,7 @@ def main(argv=None) -> int:
         print(f"PTB-XL: {len(ptb)} recordings of {ptb.index['patient_id'].n_unique()} patients "
               f"({n_multi} with >= 2 recordings); {len(ptb.report.get('skipped', []))} rows without files skipped",
               flush=True)
-        rec = run_dataset("ptbxl", ptb, PTBXL_LABELS, args, out, supcon_label="sex")
+        rec = run_dataset("ptbxl", ptb, PTBXL_LABELS, args, out)
         rec["patients_with_2_recordings"] = n_multi
         results["datasets"]["ptbxl"] = rec
     else:

@@ -45,3 +45,27 @@ def test_a_finished_run_is_reused_only_with_the_same_settings(tmp_path):
     cfg.epochs = 20
     with pytest.raises(ValueError, match="epochs: 2 there, 20 now"):
         finished_run(tmp_path, cfg)
+
+
+def test_supcon_sees_the_labels_of_training_patients_only():
+    """SupCon's class column carries the multi-hot pattern on the probe's training rows and nothing on its
+    test rows, so no test patient's label reaches pretraining; the rows line up with run_probe's split."""
+    import numpy as np
+    import polars as pl
+
+    from tscl.benchmarks.bench_methods import SUPCON_LABEL, TEST_FRACTION, method_kwargs, supcon_labels
+    from tscl.methods.supcon import class_ids
+    from tscl.probes import patient_split
+
+    pids = np.repeat(np.arange(20), 3)
+    rng = np.random.default_rng(0)
+    index = pl.DataFrame({"patient_id": pids, "lvh": rng.integers(0, 2, 60), "af": rng.integers(0, 2, 60)})
+    train, test = patient_split(pids, TEST_FRACTION, 0)
+    col = supcon_labels(index, ["lvh", "af"], train)
+    assert col.name == SUPCON_LABEL == method_kwargs("supcon", 64)["label"]
+    assert col[test].null_count() == len(test) and col[train].null_count() == 0
+    want = [f"{a}{b}" for a, b in index.select("lvh", "af").rows()]
+    assert col[train].to_list() == [want[i] for i in train]
+    ids = class_ids(index.with_columns(col), SUPCON_LABEL)
+    assert len(set(ids[test])) == len(test)  # every test row is a class of its own
+    assert len(set(ids[train])) <= 4
