@@ -151,14 +151,17 @@ def run_dataset(tag: str, cache, labels: list[str], args, out: Path) -> dict:
                           title=f"{tag}: linear probe, macro AUROC ({args.epochs} epochs)")
     record = {"labels": labels, "split": result.split, "rows": result.rows, "vs_random": result.comparisons,
               "pretrain_s": timings}
-    aware = [m for m in features if m.split("@")[0] in PATIENT_AWARE]
-    if tag == "cohort" and "simclr" in features and aware:
-        sub = {m: features[m] for m in ["simclr", *aware]}
+    method_of = {row: name for row, name, _, _ in args.runs}
+    aware = [m for m in features if method_of.get(m) in PATIENT_AWARE]
+    simclrs = [m for m in features if method_of.get(m) == "simclr"]  # SimCLR and its variants
+    if tag == "cohort" and simclrs and aware:
         Yp = cache.index.select(PATIENT_LEVEL).to_numpy().astype(float)
-        vs = run_probe(sub, Yp, PATIENT_LEVEL, pids, fractions=(0.1, 1.0), n_boot=args.bootstrap, seed=args.seed,
-                       reference="simclr")
-        record["patient_level_vs_simclr"] = vs.comparisons
-        record["patient_level_rows"] = vs.rows
+        record["patient_level_vs_simclr"], record["patient_level_rows"] = [], {}
+        for ref in simclrs:  # the same split and bootstrap resamples for every reference
+            vs = run_probe({m: features[m] for m in [ref, *aware]}, Yp, PATIENT_LEVEL, pids, fractions=(0.1, 1.0),
+                           n_boot=args.bootstrap, seed=args.seed, reference=ref)
+            record["patient_level_vs_simclr"] += [{**c, "reference": ref} for c in vs.comparisons]
+            record["patient_level_rows"][ref] = vs.rows
     return record
 
 
@@ -186,7 +189,7 @@ def table(tag: str, rec: dict) -> str:
         lines += ["", f"Patient-level labels ({', '.join(PATIENT_LEVEL)}), patient-aware methods − SimCLR:", "",
                   "| comparison | labels | Δ macro AUROC [95 % CI] | better than SimCLR? |", "|---|---|---|---|"]
         for c in rec["patient_level_vs_simclr"]:
-            lines.append(f"| {c['encoder']} − simclr | {100 * c['fraction']:g} % | "
+            lines.append(f"| {c['encoder']} − {c.get('reference', 'simclr')} | {100 * c['fraction']:g} % | "
                          f"{c['delta']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] | {_verdict(c)} |")
     return "\n".join(lines)
 

@@ -69,3 +69,20 @@ def test_supcon_sees_the_labels_of_training_patients_only():
     ids = class_ids(index.with_columns(col), SUPCON_LABEL)
     assert len(set(ids[test])) == len(test)  # every test row is a class of its own
     assert len(set(ids[train])) <= 4
+
+
+def test_table_lists_every_simclr_reference_of_the_patient_aware_comparison():
+    from tscl.benchmarks.bench_methods import FRACTIONS, table
+
+    rows = [{"encoder": e, "fraction": f, "auroc": 0.8, "ci_low": 0.7, "ci_high": 0.9}
+            for e in ("simclr", "simclr-crop", "pclr", "random-init") for f in FRACTIONS]
+    comp = {"fraction": 0.1, "delta": 0.05, "ci_low": 0.01, "ci_high": 0.09}
+    rec = {"labels": ["lvh"], "split": {"test_patients": 3, "test_records": 9}, "rows": rows,
+           "vs_random": [{**comp, "encoder": e} for e in ("simclr", "simclr-crop", "pclr")],
+           "pretrain_s": {"simclr": 10.0, "pclr": 5.0},
+           "patient_level_vs_simclr": [{**comp, "encoder": "pclr", "reference": "simclr", "ci_low": -0.01},
+                                       {**comp, "encoder": "pclr", "reference": "simclr-crop"}]}
+    md = table("cohort", rec)
+    assert "| pclr − simclr | 10 % | +0.050 [-0.010, +0.090] | no (CI spans 0) |" in md
+    assert "| pclr − simclr-crop | 10 % | +0.050 [+0.010, +0.090] | yes |" in md
+    assert "| random-init |" in md and md.count("| simclr-crop |") == 1
