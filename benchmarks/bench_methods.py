@@ -15,6 +15,8 @@ Writes to ``--out``: ``methods.md`` (the comparison table), ``methods.json`` (ev
 from __future__ import annotations
 
 import argparse
+import hashlib
+import inspect
 import json
 import sys
 import time
@@ -103,11 +105,29 @@ def runs_to_make(args) -> list[tuple[str, str, int, dict]]:
 SETTINGS = ("method", "encoder", "encoder_kwargs", "method_kwargs", "epochs", "lr", "seed")
 
 
+def code_digest(method: str, encoder: str) -> str:
+    """SHA-256 (12 hex digits) of the source files of the method's and the encoder's modules: a changed
+    objective or encoder makes earlier runs stale even where their settings match."""
+    from tscl.encoders import ENCODERS
+
+    files = []
+    for obj in (METHODS[method], ENCODERS[encoder]):
+        obj = getattr(obj, "func", obj)  # functools.partial (the CLOCS modes)
+        files.append(Path(inspect.getsourcefile(obj)).read_bytes())
+    return hashlib.sha256(b"\0".join(files)).hexdigest()[:12]
+
+
 def finished_run(run_dir: Path, cfg) -> float | None:
-    """Pretraining seconds of a run already finished in ``run_dir`` with the settings of ``cfg``; None if
-    unfinished. A finished run made with other settings is an error, never silently reused."""
+    """Pretraining seconds of a run already finished in ``run_dir`` with the settings and code of ``cfg``;
+    None if unfinished. A finished run made with other settings, or with another version of the method's or
+    encoder's code, is an error, never silently reused (runs saved without a code digest are trusted)."""
     if not (run_dir / "done.json").exists():
         return None
+    done = json.loads((run_dir / "done.json").read_text())
+    digest = code_digest(cfg.method, cfg.encoder)
+    if done.get("code", digest) != digest:
+        raise ValueError(f"{run_dir} holds a finished run made with other code of {cfg.method!r} or "
+                         f"{cfg.encoder!r} (digest {done['code']} there, {digest} now); use another --out")
     saved = json.loads((run_dir / "config.json").read_text())
     want = json.loads(json.dumps({k: getattr(cfg, k) for k in SETTINGS}))  # as JSON stores it (tuples -> lists)
     differ = {k: (saved.get(k), v) for k, v in want.items() if saved.get(k) != v}
@@ -115,7 +135,7 @@ def finished_run(run_dir: Path, cfg) -> float | None:
         raise ValueError(f"{run_dir} holds a finished run made with other settings "
                          f"({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in differ.items())}); "
                          f"use another --out")
-    return json.loads((run_dir / "done.json").read_text())["pretrain_s"]
+    return done["pretrain_s"]
 
 
 def run_dataset(tag: str, cache, labels: list[str], args, out: Path) -> dict:
@@ -140,7 +160,7 @@ def run_dataset(tag: str, cache, labels: list[str], args, out: Path) -> dict:
                 warnings.simplefilter("ignore")
                 run = pretrain(cache, cfg)
             timings[row] = time.time() - t0
-            (run_dir / "done.json").write_text(json.dumps({"pretrain_s": timings[row]}))
+            (run_dir / "done.json").write_text(json.dumps({"pretrain_s": timings[row], "code": code_digest(name, args.encoder)}))
         features[row] = embed_signals(load_encoder(run), signals, progress=False)
         print(f"[{tag}] {row:16s} pretrained in {timings[row]:6.1f} s", flush=True)
     first = out / "runs" / tag / args.runs[0][0]

@@ -47,6 +47,24 @@ def test_a_finished_run_is_reused_only_with_the_same_settings(tmp_path):
         finished_run(tmp_path, cfg)
 
 
+def test_a_finished_run_made_with_other_method_code_is_refused(tmp_path):
+    import json
+    from dataclasses import asdict
+
+    from tscl.benchmarks.bench_methods import code_digest, finished_run
+    from tscl.train import PretrainConfig
+
+    cfg = PretrainConfig(out_dir=str(tmp_path), method="clocs-cmlc", encoder="cnn1d", epochs=2)
+    (tmp_path / "config.json").write_text(json.dumps(asdict(cfg)))
+    digest = code_digest("clocs-cmlc", "cnn1d")
+    assert digest != code_digest("comet", "cnn1d") != code_digest("comet", "resnet1d")
+    (tmp_path / "done.json").write_text(json.dumps({"pretrain_s": 3.0, "code": digest}))
+    assert finished_run(tmp_path, cfg) == 3.0
+    (tmp_path / "done.json").write_text(json.dumps({"pretrain_s": 3.0, "code": "0123456789ab"}))
+    with pytest.raises(ValueError, match="other code of 'clocs-cmlc'"):
+        finished_run(tmp_path, cfg)
+
+
 def test_supcon_sees_the_labels_of_training_patients_only():
     """SupCon's class column carries the multi-hot pattern on the probe's training rows and nothing on its
     test rows, so no test patient's label reaches pretraining; the rows line up with run_probe's split."""
