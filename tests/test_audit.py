@@ -186,6 +186,7 @@ def test_label_efficiency_plot_styles_references_and_keeps_many_lines_apart(tmp_
     ax = figs[0].axes[0]
     lines = {line.get_label(): line for line in ax.get_lines()}
     assert set(lines) == set(names)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "10", "100"]  # the measured fractions
     assert lines["random-init"].get_linestyle() == "--" and lines["supervised (from scratch)"].get_linestyle() == ":"
     colours = [lines[n].get_color() for n in names[:-2]]
     assert len(set(map(str, colours))) == n_methods  # no two methods share a colour
