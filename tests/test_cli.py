@@ -57,6 +57,17 @@ def test_demo_runs_end_to_end_and_prints_the_table(tmp_path):
         assert (out / "report" / fig).stat().st_size > 1000, fig
 
 
+def test_encoder_kwargs_default_to_the_chosen_encoders_own(tiny):
+    """Without --encoder-kwargs, resnet1d gets the CPU-sized width 0.25 and any other encoder its defaults
+    (a resnet1d-only default would make `--encoder cnn1d` fail)."""
+    data = str(tiny / "cohort")
+    for enc, want in (("cnn1d", {}), ("resnet1d", {"width": 0.25})):
+        out = tiny / f"default-{enc}"
+        assert main(["pretrain", "--data", data, "--out", str(out), "--epochs", "1", "--encoder", enc,
+                     "--method", "simclr", "--method-kwargs", "batch_size=16", "--quiet"]) == 0
+        assert json.loads((out / "config.json").read_text())["encoder_kwargs"] == want
+
+
 def test_bad_metadata_is_reported_with_the_file(tiny, capsys):
     meta = tiny / "bad.csv"
     meta.write_text("record_id,lvh\nP00000_v0,1\n")

@@ -31,6 +31,13 @@ def _kwargs(text: str) -> dict:
     return out
 
 
+def _encoder_kwargs(args) -> dict:
+    """``--encoder-kwargs`` parsed; unset, the CPU-sized resnet1d (width 0.25) or the encoder's defaults."""
+    if args.encoder_kwargs is None:
+        return {"width": 0.25} if args.encoder == "resnet1d" else {}
+    return _kwargs(args.encoder_kwargs)
+
+
 def cmd_simulate(args) -> Path:
     from tscl.simulate import CohortConfig, write_cohort
 
@@ -59,7 +66,7 @@ def cmd_pretrain(args) -> Path:
         cfg.out_dir, cfg.resume, cfg.device, cfg.progress = args.resume, True, args.device, not args.quiet
     else:
         cfg = PretrainConfig(
-            out_dir=args.out, method=args.method, encoder=args.encoder, encoder_kwargs=_kwargs(args.encoder_kwargs),
+            out_dir=args.out, method=args.method, encoder=args.encoder, encoder_kwargs=_encoder_kwargs(args),
             method_kwargs={**_kwargs(args.method_kwargs), **({"augment": args.augment} if args.augment else {})}, epochs=args.epochs, lr=args.lr, seed=args.seed,
             device=args.device, progress=not args.quiet, compile=args.compile,
         )
@@ -134,7 +141,7 @@ def cmd_demo(args):
     print(f"cohort: {len(cache)} recordings of {n_pat} patients, {cache.index['n_channels'][0]} leads, "
           f"{cache.index['fs'][0]:g} Hz  ({data})")
     cfg = PretrainConfig(out_dir=str(out / "pclr"), method="pclr", encoder=args.encoder,
-                         encoder_kwargs=_kwargs(args.encoder_kwargs),
+                         encoder_kwargs=_encoder_kwargs(args),
                          method_kwargs={"patients_per_batch": args.batch_patients}, epochs=args.epochs, lr=args.lr,
                          seed=args.seed, device=args.device, progress=not args.quiet)
     t_pre = time.time()
@@ -209,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def training(sp):
         sp.add_argument("--encoder", default="resnet1d")
-        sp.add_argument("--encoder-kwargs", default="width=0.25", help="e.g. width=0.5")
+        sp.add_argument("--encoder-kwargs", default=None,
+                        help="e.g. width=0.5 (default: width=0.25 for resnet1d, the encoder's own defaults otherwise)")
         sp.add_argument("--epochs", type=int, default=40)
         sp.add_argument("--lr", type=float, default=3e-3)
         sp.add_argument("--device", default="auto")
