@@ -89,12 +89,16 @@ def parse_variant(text: str) -> tuple[str, str, dict]:
 
 def runs_to_make(args) -> list[tuple[str, str, int, dict]]:
     """(row name, method, epochs, extra kwargs): every method at the full budget, poly-window at a fraction
-    of it (``--polywindow-fraction``; the paper's claim is that it matches SimCLR with fewer epochs), then
+    of it (``--polywindow-fraction``, one or more; the paper's claim is that it matches SimCLR with fewer epochs), then
     each ``--variant``."""
     runs = [(m, m, args.epochs, {}) for m in args.methods]
-    if "polywindow" in args.methods and 0 < args.polywindow_fraction < 1:
-        e = max(1, round(args.epochs * args.polywindow_fraction))
-        runs.append((f"polywindow@{e}ep", "polywindow", e, {}))
+    if "polywindow" in args.methods:
+        for f in sorted(args.polywindow_fraction):
+            if not 0 <= f < 1:
+                raise ValueError(f"--polywindow-fraction {f}: expected a fraction in [0, 1) (0: none)")
+            e = max(1, round(args.epochs * f))
+            if f > 0 and e < args.epochs:
+                runs.append((f"polywindow@{e}ep", "polywindow", e, {}))
     runs += [(row, method, args.epochs, kw) for row, method, kw in map(parse_variant, args.variant)]
     rows = [r[0] for r in runs]
     if len(set(rows)) != len(rows):
@@ -224,8 +228,8 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--encoder", default="cnn1d")
     p.add_argument("--encoder-kwargs", default="widths=[16,32,64]", help="e.g. width=0.25 for resnet1d")
-    p.add_argument("--polywindow-fraction", type=float, default=0.25,
-                   help="also pretrain poly-window for this fraction of the epochs (0: skip)")
+    p.add_argument("--polywindow-fraction", type=lambda t: [float(v) for v in t.split(",") if v], default=[0.25],
+                   help="also pretrain poly-window for these fractions of the epochs, comma-separated (0: none)")
     p.add_argument("--bootstrap", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--methods", default=",".join(METHODS))

@@ -18,12 +18,17 @@ def test_malformed_variants_are_refused(text):
 
 
 def test_runs_to_make_lists_methods_fraction_run_and_variants():
-    args = SimpleNamespace(methods=["simclr", "polywindow"], epochs=20, polywindow_fraction=0.25,
+    args = SimpleNamespace(methods=["simclr", "polywindow"], epochs=20, polywindow_fraction=[0.25],
                            variant=['pclr-wide=pclr:{"patients_per_batch": 64}'])
     assert runs_to_make(args) == [("simclr", "simclr", 20, {}), ("polywindow", "polywindow", 20, {}),
                                   ("polywindow@5ep", "polywindow", 5, {}),
                                   ("pclr-wide", "pclr", 20, {"patients_per_batch": 64})]
-    args.variant = ["simclr=moco:{}"]
+    args.variant, args.polywindow_fraction = [], [0.5, 0.25, 0]
+    assert [r[0] for r in runs_to_make(args)] == ["simclr", "polywindow", "polywindow@5ep", "polywindow@10ep"]
+    args.polywindow_fraction = [1.5]
+    with pytest.raises(ValueError, match="fraction in"):
+        runs_to_make(args)
+    args.variant, args.polywindow_fraction = ["simclr=moco:{}"], [0.25]
     with pytest.raises(ValueError, match="duplicate"):
         runs_to_make(args)
 
