@@ -98,9 +98,8 @@ class COMET(nn.Module):
 
     def _unit_nce(self, z1: Tensor, z2: Tensor, ids: Tensor) -> Tensor:
         """Instance contrast of the (gathered) views: both stacked, a unit's positive is its other view."""
-        ids = all_gather(ids).repeat(2)
-        return info_nce(torch.cat([z1, z2]), torch.cat([z1, z2]), ids, ids, temperature=self.temperature,
-                        exclude_self=True)
+        z, ids = torch.cat([z1, z2]), all_gather(ids).repeat(2)
+        return info_nce(z, z, ids, ids, temperature=self.temperature, exclude_self=True)
 
     def _id_nce(self, z1: Tensor, z2: Tensor, ids: Tensor) -> Tensor:
         """View 1 against view 2 (gathered, same row order); positives are the other samples with the same id."""
