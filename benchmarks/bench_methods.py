@@ -146,8 +146,8 @@ def run_dataset(tag: str, cache, labels: list[str], args, out: Path) -> dict:
     signals = cache.stack()
     pids = cache.index["patient_id"].to_numpy()
     Y = cache.index.select(labels).to_numpy().astype(float)
-    train_rows, _ = patient_split(pids, TEST_FRACTION, args.seed)  # the split run_probe draws below
-    cache.index = cache.index.with_columns(supcon_labels(cache.index, labels, train_rows))
+    split = patient_split(pids, TEST_FRACTION, args.seed)  # (train rows, test rows) of every probe below
+    cache.index = cache.index.with_columns(supcon_labels(cache.index, labels, split[0]))
     features, timings = {}, {}
     for row, name, epochs, extra in args.runs:
         kw = {**method_kwargs(name, args.batch), **extra}
@@ -170,7 +170,7 @@ def run_dataset(tag: str, cache, labels: list[str], args, out: Path) -> dict:
     first = out / "runs" / tag / args.runs[0][0]
     features["random-init"] = embed_signals(load_encoder(first, random_init=True, seed=args.seed), signals, progress=False)
     result = run_probe(features, Y, labels, pids, fractions=FRACTIONS, n_boot=args.bootstrap, seed=args.seed,
-                       reference="random-init", split=(train_rows, np.setdiff1d(np.arange(len(pids)), train_rows)))
+                       reference="random-init", split=split)
     plot_label_efficiency(result.rows, out / f"label_efficiency_{tag}.png",
                           title=f"{tag}: linear probe, macro AUROC ({args.epochs} epochs)")
     record = {"labels": labels, "split": result.split, "rows": result.rows, "vs_random": result.comparisons,
@@ -183,7 +183,7 @@ def run_dataset(tag: str, cache, labels: list[str], args, out: Path) -> dict:
         record["patient_level_vs_simclr"], record["patient_level_rows"] = [], {}
         for ref in simclrs:  # the same split and bootstrap resamples for every reference
             vs = run_probe({m: features[m] for m in [ref, *aware]}, Yp, PATIENT_LEVEL, pids, fractions=(0.1, 1.0),
-                           n_boot=args.bootstrap, seed=args.seed, reference=ref)
+                           n_boot=args.bootstrap, seed=args.seed, reference=ref, split=split)
             record["patient_level_vs_simclr"] += [{**c, "reference": ref} for c in vs.comparisons]
             record["patient_level_rows"][ref] = vs.rows
     return record
