@@ -53,7 +53,7 @@ def _load(args):
 
 
 def cmd_pretrain(args) -> Path:
-    from tscl.distributed import init_distributed, rank_zero_first
+    from tscl.distributed import init_distributed, rank, rank_zero_first
     from tscl.train import PretrainConfig, load_config, pretrain
 
     if not (args.out or args.resume):
@@ -73,7 +73,8 @@ def cmd_pretrain(args) -> Path:
     if args.ckpt_every is not None:
         cfg.ckpt_every = args.ckpt_every
     run = pretrain(cache, cfg)
-    print(f"pretrained encoder in {run}")
+    if rank() == 0:  # under torchrun the other ranks trained the same run folder
+        print(f"pretrained encoder in {run}")
     return run
 
 
