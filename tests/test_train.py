@@ -195,6 +195,12 @@ def test_killed_run_resumes_step_for_step(cohort, tmp_path, monkeypatch, method)
     a, b = load_file(full / "method.safetensors"), load_file(run / "method.safetensors")
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-6, atol=1e-7)
+    # one environment entry per start: the killed run, then two resumes
+    env = json.loads((run / "environment.json").read_text())
+    assert [e["resumed"] for e in env] == [False, True, True]
+    assert env[0]["torch"] == torch.__version__ and env[0]["device"] == "cpu"
+    assert env[0]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert len(json.loads((full / "environment.json").read_text())) == 1
 
 
 def test_checkpoint_loads_without_unpickling(cohort, tmp_path, monkeypatch):

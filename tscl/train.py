@@ -4,6 +4,10 @@
 :class:`~tscl.loaders.WaveformCache` and writes to ``config.out_dir``:
 
 - ``config.json``   the full :class:`PretrainConfig` (re-run the folder from it);
+- ``environment.json`` one entry per start (fresh or resumed): versions, device, CPU vector
+  ISA and threads. The same seed gives bit-identical runs only on the same kind of machine:
+  PyTorch's CPU kernels differ between AVX2 and AVX-512, and the rounding differences grow
+  over training;
 - ``metrics.jsonl`` one JSON line per step (loss, lr, samples/s, data_wait_frac) and per epoch;
 - ``checkpoint.safetensors``  everything needed to continue (``resume=True``), see below;
 - ``encoder.safetensors`` / ``method.safetensors``  weights (no pickle on load);
@@ -242,6 +246,32 @@ def _restart_metrics(path: Path, start: int, steps_per_epoch: int) -> list[dict]
     return kept
 
 
+def environment(device: torch.device, world: int = 1) -> dict:
+    """What decides the numbers of a run besides its config: versions, device, CPU ISA, threads."""
+    import platform
+
+    import tscl
+
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    env = {"tscl": tscl.__version__, "torch": torch.__version__, "triton": triton_version,
+           "python": platform.python_version(), "device": str(device), "world_size": world,
+           "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+           "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def _record_environment(path: Path, device: torch.device, world: int, resumed: bool) -> None:
+    entries = json.loads(path.read_text()) if resumed and path.exists() else []
+    entries.append({**environment(device, world), "resumed": resumed})
+    path.write_text(json.dumps(entries, indent=2))
+
+
 def pretrain(cache, config: PretrainConfig) -> Path:
     """Pretrain on every recording of ``cache``; returns the run folder."""
     device = distributed.init_distributed(config.device)
@@ -255,6 +285,7 @@ def pretrain(cache, config: PretrainConfig) -> Path:
     if main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
+        _record_environment(out / "environment.json", device, world, resumed=bool(config.resume))
 
     encoder = build_encoder(config.encoder, config.in_channels, **config.encoder_kwargs)
     method = build_method(config.method, encoder, **config.method_kwargs).to(device)
