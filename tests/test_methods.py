@@ -197,6 +197,32 @@ def test_polywindow_windows_overlap_and_share_the_record_id(spy):
     torch.testing.assert_close(k, torch.nn.functional.normalize(q, dim=1).reshape(N, 3, 16).mean(1))
 
 
+def test_polywindow_augments_each_window_without_cropping_it():
+    """Default: nuisance ops drawn per window (no crop: the windows are the crops);
+    augment="none" hands the encoder the raw windows."""
+    x, batch = make_batch()
+    seen = []
+
+    def run(augment):
+        m = build_method("polywindow", enc(), proj_dim=16, n_windows=3, window_len=200, stride=50,
+                         **({} if augment is None else {"augment": augment}))
+        m.make_sampler(pl.DataFrame({"fs": [100.0] * N}), seed=0)
+        m.encoder.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach().clone()))
+        m(x, batch)
+        return seen[-1]
+
+    raw = run("none")
+    windows = cut_windows(x, 3, 200, 50, torch.Generator().manual_seed(0)).reshape(3 * N, C, 200)
+    assert torch.equal(raw, windows)
+    aug = run(None)
+    assert [name for name, _ in build_method("polywindow", enc()).augment.ops] == ["scale", "noise", "wander", "dropout"]
+    assert aug.shape == raw.shape and not torch.allclose(aug, raw)
+    # independent draws per window: two windows of one record that overlap are changed differently
+    overlap_raw = raw[0, :, 50:], raw[1, :, :150]
+    assert torch.equal(*overlap_raw)
+    assert not torch.allclose(aug[0, :, 50:], aug[1, :, :150])
+
+
 # ---------------------------------------------------------------- PMQ
 def pmq_reference(q, k, bank, bank_ids, pids, tau, mode):
     """The PMQ loss written out with loops (per-anchor averaging of the patient term)."""
