@@ -6,6 +6,7 @@ the gradients, the gradients are the single-process ones. Momentum methods enque
 keys, so both ranks end with the queue one process would hold. Modules run in eval mode
 (BatchNorm on running statistics) with augmentations off so both sides see identical inputs.
 """
+import gc
 import os
 import socket
 
@@ -24,7 +25,7 @@ KWARGS = {
     "simclr": {"augment": "none"}, "supcon": {"augment": "none"}, "pclr": {},
     "moco": {"augment": "none", "queue_size": 32, "momentum": 0.9},
     "pmq": {"augment": "none", "queue_size": 32, "momentum": 0.9},
-    "polywindow": {"n_windows": 4, "window_len": 32, "stride": 32},
+    "polywindow": {"augment": "none", "n_windows": 4, "window_len": 32, "stride": 32},
     "clocs-cmsc": {}, "clocs-cmlc": {"leads": [0, 1]}, "clocs-cmsmlc": {"leads": [0, 1]},
     "comet": {"augment": "none"},
 }
@@ -66,6 +67,14 @@ def _worker(rank, world, port, out):
         method = _method(name)
         model = torch.nn.parallel.DistributedDataParallel(method)
         save_file(_step(model, method, x, batch), f"{out}/{name}.rank{rank}.safetensors")
+        del model, method
+    _release_and_destroy()
+
+
+def _release_and_destroy():
+    """Free every DDP wrapper (its reducer holds the process group) before destroying the group:
+    one left for interpreter shutdown aborts the worker with SIGABRT in a few % of runs."""
+    gc.collect()
     dist.destroy_process_group()
 
 

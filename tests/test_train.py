@@ -1,3 +1,4 @@
+import gc
 import json
 import os
 import pickle
@@ -69,7 +70,9 @@ def _worker(rank, world, port, out):
         loss.backward()
         results[f"{name}.loss"] = loss.detach().reshape(1)
         results.update({f"{name}.{k}": p.grad for k, p in model.module.named_parameters()})
+        del model
     save_file(results, f"{out}/rank{rank}.safetensors")
+    gc.collect()  # no DDP wrapper left for interpreter shutdown (it aborts the worker now and then)
     dist.destroy_process_group()
 
 
