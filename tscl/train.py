@@ -285,7 +285,8 @@ def pretrain(cache, config: PretrainConfig) -> Path:
     if main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
-        _record_environment(out / "environment.json", device, world, resumed=bool(config.resume))
+        _record_environment(out / "environment.json", device, world,
+                            resumed=bool(config.resume and (out / CHECKPOINT).exists()))
 
     encoder = build_encoder(config.encoder, config.in_channels, **config.encoder_kwargs)
     method = build_method(config.method, encoder, **config.method_kwargs).to(device)
