@@ -6,7 +6,6 @@ the gradients, the gradients are the single-process ones. Momentum methods enque
 keys, so both ranks end with the queue one process would hold. Modules run in eval mode
 (BatchNorm on running statistics) with augmentations off so both sides see identical inputs.
 """
-import gc
 import os
 import socket
 
@@ -16,6 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
+from tscl import distributed
 from tscl.encoders import build_encoder
 from tscl.methods import METHODS, build_method
 
@@ -68,14 +68,7 @@ def _worker(rank, world, port, out):
         model = torch.nn.parallel.DistributedDataParallel(method)
         save_file(_step(model, method, x, batch), f"{out}/{name}.rank{rank}.safetensors")
         del model, method
-    _release_and_destroy()
-
-
-def _release_and_destroy():
-    """Free every DDP wrapper (its reducer holds the process group) before destroying the group:
-    one left for interpreter shutdown aborts the worker with SIGABRT in a few % of runs."""
-    gc.collect()
-    dist.destroy_process_group()
+    distributed.shutdown()
 
 
 @pytest.fixture(scope="module")

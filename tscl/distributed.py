@@ -19,6 +19,7 @@ trainer converts them to SyncBatchNorm (it does on CUDA).
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 from contextlib import contextmanager
 
@@ -27,7 +28,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 __all__ = ["init_distributed", "is_distributed", "rank", "world_size", "all_gather", "gather_embeddings",
-           "rank_zero_first", "barrier"]
+           "rank_zero_first", "barrier", "shutdown"]
 
 
 def is_distributed() -> bool:
@@ -58,8 +59,17 @@ def init_distributed(device: str = "auto") -> torch.device:
         torch.cuda.set_device(dev)
     if n > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", device_id=dev if dev.type == "cuda" else None)
-        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+        atexit.register(shutdown)
     return dev
+
+
+def shutdown() -> None:
+    """Leave the process group. Garbage is collected first so that no DDP wrapper (its reducer
+    holds the group) survives into interpreter shutdown, where gloo's teardown can abort the
+    process with SIGABRT after the work is done."""
+    if dist.is_available() and dist.is_initialized():
+        gc.collect()
+        dist.destroy_process_group()
 
 
 def barrier() -> None:
