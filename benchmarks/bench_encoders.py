@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import torch
 
 from tscl.encoders import build_encoder, list_encoders
+from tscl.train import environment
 
 LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 EEG = ("Fp1", "Fp2", "F7", "F3", "Fz", "F4", "F8", "T3", "C3", "Cz", "C4", "T4", "T5", "P3", "Pz", "P4", "T6", "O1", "O2")
@@ -117,17 +117,14 @@ def main(argv=None):
     meta = {
         "batch": args.batch,
         "repeat": args.repeat,
-        "torch": torch.__version__,
-        "cpu_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "environment": environment(devices[-1]),
     }
     args.out.write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
     cols = ["encoder", "input", "params", "embed_dim"] + [f"{d.type}_samples_per_s" for d in devices]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join(f"{r[k] / 1e6:.2f} M" if k == "params" else str(r[k]) for k in cols) + " |")
-    md = f"Encoder throughput (forward, eval, no_grad; batch {args.batch}; torch {meta['torch']}, {meta['cpu_threads']} CPU threads)\n\n" + "\n".join(lines) + "\n"
+    md = f"Encoder throughput (forward, eval, no_grad; batch {args.batch}; torch {torch.__version__}, {torch.get_num_threads()} CPU threads)\n\n" + "\n".join(lines) + "\n"
     args.out.with_suffix(".md").write_text(md)
     print(md)
 

@@ -50,6 +50,7 @@ if "--device" in sys.argv and sys.argv[sys.argv.index("--device") + 1] == "cpu":
 import torch  # noqa: E402
 
 from tscl.kernels import info_nce  # noqa: E402
+from tscl.train import environment  # noqa: E402
 
 VARIANTS = ("clip", "ntxent", "multipos", "moco")
 IMPLS = ("fused", "eager", "compiled")
@@ -242,12 +243,10 @@ def main(argv=None):
     args.compile_backend = args.compile_backend or ("aot_eager" if cpu else "inductor")
     args.out.mkdir(parents=True, exist_ok=True)
 
-    import triton
-
     ceiling = matmul_ceiling(args.device, 256 if cpu else 8192, 3 if cpu else 20)
     info = dict(
         device=torch.cuda.get_device_name() if not cpu else platform.processor() or "cpu",
-        torch=torch.__version__, triton=triton.__version__, interpreter=os.environ.get("TRITON_INTERPRET") == "1",
+        environment=environment(torch.device(args.device)), interpreter=os.environ.get("TRITON_INTERPRET") == "1",
         dtype="bfloat16", reps=args.reps, warmup=args.warmup, bank=args.bank,
         matmul_ceiling_tflops=ceiling,
         flops_formula="per direction 2*D*N*[M*(1+3) + B*(1+2)] (keys with grad), 2*D*N*[M*(1+2) + B*(1+2)] "

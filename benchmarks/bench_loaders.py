@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -25,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tscl.loaders import WaveformCache, load_ptbxl
+from tscl.train import environment
 
 DEFAULT_PTBXL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ptbxl"
 
@@ -119,8 +119,7 @@ def main(argv=None) -> dict:
         raise SystemExit(f"PTB-XL sample not found at {args.ptbxl}")
     present = sum(1 for _ in (args.ptbxl / "records100").rglob("*.hea"))
     copies = args.copies or (5 if args.quick else -(-20_000 // present))
-    result: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                "torch": torch.__version__, "platform": platform.platform()}}
+    result: dict = {"environment": {**environment(torch.device("cpu")), "cpus": os.cpu_count()}}
     with tempfile.TemporaryDirectory(prefix="tscl_bench_ptbxl_") as tmp:
         root = Path(tmp) / "ptbxl"
         root.mkdir()

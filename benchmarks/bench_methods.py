@@ -25,12 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import torch
 
 from tscl.embed import embed_signals
 from tscl.methods import METHODS
 from tscl.plots import plot_label_efficiency
 from tscl.probes import patient_split, run_probe
-from tscl.train import PretrainConfig, load_encoder, pretrain
+from tscl.train import PretrainConfig, environment, load_encoder, pretrain
 
 COHORT_LABELS = ["lvh", "bbb", "af", "tachy", "brady", "mace"]
 PATIENT_LEVEL = ["lvh", "bbb", "tachy", "brady", "mace"]  # stable per patient (af is per recording)
@@ -263,7 +264,8 @@ def main(argv=None) -> int:
         write_cohort(data, CohortConfig(n_patients=args.patients, seed=args.seed), progress=False)
     cohort = load_wfdb_cohort(data, progress=False)
     print(f"cohort: {len(cohort)} recordings of {cohort.index['patient_id'].n_unique()} patients", flush=True)
-    results = {"config": {k: v for k, v in vars(args).items()}, "datasets": {}}
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where PretrainConfig's "auto" trains
+    results = {"config": {k: v for k, v in vars(args).items()}, "environment": environment(device), "datasets": {}}
     results["datasets"]["cohort"] = run_dataset("cohort", cohort, COHORT_LABELS, args, out)
 
     root = Path(args.ptbxl)
@@ -285,7 +287,9 @@ def main(argv=None) -> int:
     md = [f"# Contrastive methods, linear probe (encoder {args.encoder} {args.encoder_kwargs}, {args.epochs} epochs, "
           f"batch {args.batch}, seed {args.seed}; random-init = same architecture untrained)", ""]
     md += [table(tag, rec) + "\n" for tag, rec in results["datasets"].items()]
-    md.append(f"wall-clock: {results['wall_s'] / 60:.1f} min")
+    env = results["environment"]
+    md.append(f"wall-clock: {results['wall_s'] / 60:.1f} min on {env.get('gpu', env['device'])} "
+              f"(torch {env['torch']}, {env['cpu_capability']} CPU kernels, {env['threads']} threads)")
     (out / "methods.md").write_text("\n".join(md) + "\n")
     (out / "methods.json").write_text(json.dumps(results, indent=2, default=str))
     print("\n".join(md))

@@ -206,7 +206,7 @@ def main(argv=None) -> dict:
                 results.append(row)
                 print(json.dumps(row))
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-              "torch": torch.__version__, "encoder": "xresnet1d50", "method": "simclr", "quick": args.quick,
+              "environment": tscl.train.environment(device), "encoder": "xresnet1d50", "method": "simclr", "quick": args.quick,
               "steps": args.steps, "warmup": args.warmup, "compile": not args.no_compile, "results": results}
     (out / "bench_train.json").write_text(json.dumps(report, indent=2))
     plot(results, out / "bench_train.png", report["device"])

@@ -109,3 +109,18 @@ def test_table_lists_every_simclr_reference_of_the_patient_aware_comparison():
     assert "| pclr − simclr | 10 % | +0.050 [-0.010, +0.090] | no (CI spans 0) |" in md
     assert "| pclr − simclr-crop | 10 % | +0.050 [+0.010, +0.090] | yes |" in md
     assert "| random-init |" in md and md.count("| simclr-crop |") == 1
+
+
+def test_benchmarks_record_the_machine_as_pretraining_runs_do(tmp_path):
+    """Benchmark JSON carries the environment record of ``tscl.train.environment`` (versions, device, CPU
+    kernels, threads), so a number can be traced to the machine that made it the same way a run folder can."""
+    import json
+
+    import torch
+
+    from tscl.benchmarks import bench_encoders
+
+    bench_encoders.main(["--quick", "--only", "cnn1d", "--out", str(tmp_path / "enc.json")])
+    env = json.loads((tmp_path / "enc.json").read_text())["meta"]["environment"]
+    assert env["torch"] == torch.__version__ and env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert env["threads"] == torch.get_num_threads() and "time" in env
