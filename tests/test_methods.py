@@ -336,6 +336,31 @@ def test_clocs_with_a_single_lead_encoder_feeds_one_lead():
     assert shapes == [(N, 1, T // 2)] * 2
 
 
+
+@pytest.mark.parametrize("mode", ["cmsc", "cmlc"])
+def test_clocs_views_are_min_max_normalised_per_lead_after_augmentation(mode):
+    """As the CLOCS code's normalize_frame: each lead of each view spans [0, 1] over its segment, the raw
+    segment's shape kept; a gain augmentation applied before it leaves nothing; "none" feeds raw segments."""
+    x, batch = make_batch()
+    x = x * torch.linspace(0.1, 5, C).view(1, C, 1) + 3  # leads of very different gain and offset
+    seen = {}
+    for normalize, aug in [("minmax", "none"), ("minmax", "scale"), ("none", "none")]:
+        m = build_method(f"clocs-{mode}", enc(), proj_dim=16, n_leads=2, normalize=normalize, augment=aug)
+        inputs = []
+        m.encoder.register_forward_hook(lambda mod, inp, out: inputs.append(inp[0].detach()))
+        m.make_sampler(pl.DataFrame({"patient_id": [str(int(p)) for p in PIDS]}), seed=3)  # same segment draw
+        m(x, batch)
+        seen[normalize, aug] = inputs[0]
+    v = seen["minmax", "none"]
+    assert torch.allclose(v.amin(-1), torch.zeros(())) and torch.allclose(v.amax(-1), torch.ones(()), atol=1e-6)
+    raw = seen["none", "none"]
+    assert raw.amax() > 4  # the raw segments, not normalised
+    lo, hi = raw.amin(-1, keepdim=True), raw.amax(-1, keepdim=True)
+    assert torch.allclose(v, (raw - lo) / (hi - lo), atol=1e-5)
+    assert torch.allclose(seen["minmax", "scale"], v, atol=1e-5)  # scaling first, normalising after: no trace
+    with pytest.raises(ValueError, match="normalize must be one of"):
+        build_method("clocs-cmlc", enc(), normalize="zscore")
+
 # ---------------------------------------------------------------- COMET
 def test_comet_levels_and_a_missing_level_is_skipped_with_a_warning(spy):
     x, batch = make_batch()

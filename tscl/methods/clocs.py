@@ -25,8 +25,14 @@ the extra same-patient term separately; here each anchor averages over all its s
 keys.) Single-lead instances: with a single-lead encoder (``in_channels == 1``) the lead is
 fed alone; with a multi-lead encoder the other leads are masked out through ``channel_mask``
 (zeroed, the lead rescaled), so the encoder that is exported still reads all leads.
-No augmentation by default (CLOCS contrasts the views themselves). Data parallel: every view's
-embeddings and the patient ids are gathered across ranks before the loss.
+No augmentation by default (CLOCS contrasts the views themselves). Each view is min-max
+normalised per lead over its segment, ``(x − min) / (max − min + 1e-8)``, after any augmentation,
+as the CLOCS code does to every view (``normalize_frame`` in ``prepare_dataset.py``);
+``normalize="none"`` feeds the raw segments. The normalisation matters most for CMLC: different
+leads of one beat differ in gain and polarity, and without it the encoder must itself learn to
+discard amplitude to match them, which erases what amplitude-defined conditions (e.g. LVH's QRS
+voltage) are made of. The exported encoder reads raw records, as every method's does. Data
+parallel: every view's embeddings and the patient ids are gathered across ranks before the loss.
 """
 from __future__ import annotations
 
@@ -46,15 +52,19 @@ from tscl.methods.sampling import RecordBatchSampler
 __all__ = ["CLOCS", "CLOCS_MODES"]
 
 CLOCS_MODES = ("cmsc", "cmlc", "cmsmlc")
+NORMALIZE = ("minmax", "none")
 
 
 class CLOCS(nn.Module):
     def __init__(self, encoder: nn.Module, mode: str = "cmsc", n_leads: int = 4, leads: list | None = None,
-                 segment_len: int | float = 0.5,
+                 segment_len: int | float = 0.5, normalize: str = "minmax",
                  proj_dim: int = 128, temperature: float = 0.1, batch_size: int = 64, augment=None):
         super().__init__()
         if mode not in CLOCS_MODES:
             raise ValueError(f"mode must be one of {CLOCS_MODES}, got {mode!r}")
+        if normalize not in NORMALIZE:
+            raise ValueError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
+        self.normalize = normalize
         self.encoder = encoder
         self.head = ProjectionHead(encoder.embed_dim, encoder.embed_dim, proj_dim)
         self.mode, self.n_leads, self.leads, self.segment_len = mode, n_leads, leads, segment_len
@@ -84,20 +94,28 @@ class CLOCS(nn.Module):
             raise ValueError(f"{self.mode} needs at least 2 leads, the data have {c}")
         return torch.randperm(c, generator=self._gen)[:v].to(device)
 
+    def prepare(self, seg: Tensor) -> Tensor:
+        """A view as the encoder sees it: augmented, then min-max normalised per lead over time."""
+        seg = self.augment(seg)
+        if self.normalize == "none":
+            return seg
+        lo, hi = seg.amin(dim=-1, keepdim=True), seg.amax(dim=-1, keepdim=True)
+        return (seg - lo) / (hi - lo + 1e-8)
+
     def embed_lead(self, seg: Tensor, lead: int) -> Tensor:
         """Single-lead instances of ``seg [N, C, L]`` through lead ``lead`` -> ``z [N, D]``."""
         n, c, _ = seg.shape
         if getattr(self.encoder, "in_channels", c) == 1:
-            return self.head(self.encoder(self.augment(seg[:, lead : lead + 1])))
+            return self.head(self.encoder(self.prepare(seg[:, lead : lead + 1])))
         mask = torch.zeros(n, c, dtype=torch.bool, device=seg.device)
         mask[:, lead] = True
-        return self.head(self.encoder(self.augment(seg), mask))
+        return self.head(self.encoder(self.prepare(seg), mask))
 
     def views(self, x: Tensor) -> tuple[list[Tensor], list[tuple[int, int]]]:
         """Embedded views ``[z_v [N, D]]`` and the view pairs to contrast."""
         seg = self.segments(x)  # [N, 2, C, L]
         if self.mode == "cmsc":
-            z = self.head(self.encoder(self.augment(seg.flatten(0, 1))))  # one pass: [N·2, D]
+            z = self.head(self.encoder(self.prepare(seg.flatten(0, 1))))  # one pass: [N·2, D]
             z = z.reshape(x.shape[0], 2, -1)
             return [z[:, 0], z[:, 1]], [(0, 1)]
         leads = self.pick_leads(x.shape[1], x.device).tolist()
