@@ -360,6 +360,8 @@ def test_clocs_views_are_min_max_normalised_per_lead_after_augmentation(mode):
     assert torch.allclose(seen["minmax", "scale"], v, atol=1e-5)  # scaling first, normalising after: no trace
     with pytest.raises(ValueError, match="normalize must be one of"):
         build_method("clocs-cmlc", enc(), normalize="zscore")
+    # min-max by default where positives cross leads, raw where both views share their leads
+    assert [build_method(f"clocs-{m}", enc()).normalize for m in ("cmsc", "cmlc", "cmsmlc")] == ["none", "minmax", "minmax"]
 
 # ---------------------------------------------------------------- COMET
 def test_comet_levels_and_a_missing_level_is_skipped_with_a_warning(spy):
