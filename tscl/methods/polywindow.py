@@ -23,13 +23,13 @@ c_i = mean_k ẑ_ik (ẑ normalised)::
 
   kernel terms: q = z [NK], k = c [N], q_ids = record id per window, k_ids = record id.
 
-Augmentation: by default every window gets SimCLR's nuisance ops without the crop (the
-windows are the crops), ``WINDOW_AUGMENT = "scale,noise:snr=20,wander,dropout:p=0.1"``,
-drawn independently per window. The windows of one record share everything that is constant
-within it — gain, noise level, baseline, which leads are present — so with no augmentation
-the cheapest way to match them is that record fingerprint, not the waveform. Measured with
-``benchmarks/bench_methods.py`` (500 simulated patients, resnet1d width 0.25, 20 epochs,
-seeds 1 and 2, macro AUROC at 10 % labels): with ``augment="none"`` poly-window is level with
+Augmentation: by default every window gets ``WINDOW_AUGMENT``, SimCLR's ``ECG_AUGMENT``
+without its crop (the windows are the crops): scaling, noise at 20 dB SNR, baseline wander and
+lead dropout, drawn independently per window. The windows of one record share everything
+that is constant within it — gain, noise level, baseline, which leads are present — so with
+no augmentation the cheapest way to match them is that record fingerprint, not the waveform.
+Measured with ``benchmarks/bench_methods.py`` (500 simulated patients, resnet1d width 0.25,
+20 epochs, seeds 1 and 2, macro AUROC at 10 % labels): with ``augment="none"`` poly-window is level with
 random init (+0.005 [−0.014, +0.024] and +0.006 [−0.013, +0.025]), with the default it is
 +0.107 [+0.089, +0.123] and +0.113 [+0.098, +0.131] above it. ``augment="none"`` gives the
 augmentation-free reading of the method.
@@ -44,10 +44,12 @@ from tscl.encoders import ProjectionHead
 from tscl.distributed import gather_embeddings
 from tscl.kernels import info_nce
 from tscl.methods.sampling import RecordBatchSampler
+from tscl.methods.simclr import ECG_AUGMENT
 
 __all__ = ["PolyWindow", "cut_windows", "WINDOW_AUGMENT"]
 
-WINDOW_AUGMENT = "scale,noise:snr=20,wander,dropout:p=0.1"  # SimCLR's ECG ops minus the crop
+# SimCLR's ECG ops minus the crop (the windows are the crops)
+WINDOW_AUGMENT = ",".join(op for op in ECG_AUGMENT.split(",") if not op.startswith("crop"))
 
 
 def cut_windows(x: Tensor, n_windows: int, window_len: int, stride: int, generator=None) -> Tensor:
