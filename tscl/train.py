@@ -282,11 +282,11 @@ def pretrain(cache, config: PretrainConfig) -> Path:
     index = cache.index
     config.in_channels = int(index["n_channels"][0])
     config.channels = index["channels"][0].split(",")
+    resuming = bool(config.resume and (out / CHECKPOINT).exists())
     if main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
-        _record_environment(out / "environment.json", device, world,
-                            resumed=bool(config.resume and (out / CHECKPOINT).exists()))
+        _record_environment(out / "environment.json", device, world, resumed=resuming)
 
     encoder = build_encoder(config.encoder, config.in_channels, **config.encoder_kwargs)
     method = build_method(config.method, encoder, **config.method_kwargs).to(device)
@@ -322,7 +322,7 @@ def pretrain(cache, config: PretrainConfig) -> Path:
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(total, int(config.warmup_frac * total)))
     step = 0
-    if config.resume and (out / CHECKPOINT).exists():
+    if resuming:
         meta = load_checkpoint(out / CHECKPOINT, method, opt, sched)
         if meta["world_size"] != world:
             raise ValueError(f"{out / CHECKPOINT} was written by {meta['world_size']} rank(s); resume it with as many")
