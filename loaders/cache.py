@@ -101,7 +101,53 @@ class WaveformCache:
         if len({tuple(s) for s in self._shapes}) != 1:
             raise ValueError(f"{self.dir}: recordings differ in shape; read them one by one")
         c, t = self._shapes[0]
-        return self._signals[: len(self) * c * t].reshape(len(self), c, t)
+        if np.array_equal(self._offsets, np.arange(len(self)) * c * t):  # the whole cache, in order
+            return self._signals[: len(self) * c * t].reshape(len(self), c, t)
+        return _RowView(self._signals, self._offsets, c, t)
+
+    def subset(self, rows) -> "WaveformCache":
+        """A view of the rows ``rows`` (indices or a boolean mask) sharing this cache's memory map.
+
+        Used to restrict pretraining or probing to a split (e.g. PTB-XL folds 1-8); the view's
+        ``index`` is the selected rows, in the given order, and ``stack()`` reads only them."""
+        rows = np.asarray(rows)
+        if rows.dtype == bool:
+            if rows.shape != (len(self),):
+                raise ValueError(f"boolean row mask must have {len(self)} entries, got {rows.shape}")
+            rows = np.flatnonzero(rows)
+        rows = rows.astype(np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"row index out of range for a cache of {len(self)} recordings")
+        view = object.__new__(WaveformCache)
+        view.dir, view._signals = self.dir, self._signals
+        view.index = self.index[rows.tolist()] if rows.size else self.index.clear()
+        view._offsets, view._shapes = self._offsets[rows], self._shapes[rows]
+        return view
+
+
+class _RowView:
+    """``[N, C, T]`` rows of a memory map at arbitrary offsets (a cache subset): indexing reads only
+    the requested rows, as the trainer's and ``embed_signals``' batch reads do."""
+
+    def __init__(self, signals: np.ndarray, offsets: np.ndarray, c: int, t: int):
+        self._signals, self._offsets, self.shape = signals, np.asarray(offsets), (len(offsets), int(c), int(t))
+        self.dtype = signals.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows):
+        c, t = self.shape[1:]
+        if isinstance(rows, (int, np.integer)):
+            o = int(self._offsets[rows])
+            return np.asarray(self._signals[o : o + c * t]).reshape(c, t)
+        offs = self._offsets[rows]
+        idx = offs[:, None] + np.arange(c * t)[None, :]
+        return np.asarray(self._signals[idx]).reshape(len(offs), c, t)
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[np.arange(len(self))]
+        return out.astype(dtype) if dtype is not None else out
 
 
 def build_cache(recordings: Iterable[Recording], cache_dir: str | Path, fingerprint: str = "",
