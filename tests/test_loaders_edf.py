@@ -37,20 +37,39 @@ def test_annotations_read():
     assert ann.height >= 1 and ann["onset_s"][0] == 0.0
 
 
+def _durations_s() -> dict[Path, float]:
+    """Each EEGMAT file's length in seconds, from its EDF header (the 19 EEG leads share one rate)."""
+    out = {}
+    for path in sorted(DATA.glob("*.edf")):
+        with pyedflib.EdfReader(str(path)) as f:
+            i = [normalise_eeg_channel(n) for n in f.getSignalLabels()].index("Fp1")
+            out[path] = f.getNSamples()[i] / f.getSampleFrequency(i)
+    return out
+
+
 def test_epochs_and_eegmat_labels(tmp_path):
     assert eegmat_labels(DATA / "Subject01_2.edf") == ("Subject01", {"task": 1, "condition": "arithmetic"})
+    durations = _durations_s()
     report = []
     epochs = edf_epochs(DATA / "Subject00_2.edf", epoch_s=10, channels=["Fp1", "Cz"], report=report)
-    assert len(epochs) == 6 and epochs[0].signal.shape == (2, 5000)
-    assert report[0]["dropped_edge"] == 1  # 62 s = 6 x 10 s + 2 s
+    d = durations[DATA / "Subject00_2.edf"]
+    assert len(epochs) == int(d // 10) > 0 and epochs[0].signal.shape == (2, 5000)
+    assert report[0]["dropped_edge"] == (1 if d % 10 else 0)
     cache = load_eegmat(DATA, tmp_path, progress=False)
     idx = cache.index
-    # 182 s -> 6 epochs of 30 s; 62 s -> 2 epochs (each with a short tail left out)
-    assert len(cache) == 6 + 2 + 2 and cache.stack().shape == (10, 19, 15000)
-    assert dict(idx.group_by("patient_id").len().iter_rows()) == {"Subject00": 8, "Subject01": 2}
-    assert idx.filter(idx["task"] == 0)["source"].str.ends_with("Subject00_1.edf").all()
-    assert idx["task"].sum() == 4
-    assert sum(r["dropped_edge"] for r in cache.report["records"]) == 3
+    # each file gives floor(duration / 30 s) epochs; a shorter tail is left out and counted
+    per_file = {p: int(s // 30) for p, s in durations.items()}
+    n = sum(per_file.values())
+    assert len(cache) == n and cache.stack().shape == (n, 19, 15000)
+    per_subject: dict = {}
+    for p, k in per_file.items():
+        per_subject[eegmat_labels(p)[0]] = per_subject.get(eegmat_labels(p)[0], 0) + k
+    assert dict(idx.group_by("patient_id").len().iter_rows()) == per_subject
+    for p, k in per_file.items():
+        rows = idx.filter(idx["source"].str.ends_with(p.name))
+        assert rows.height == k and set(rows["task"]) == {eegmat_labels(p)[1]["task"]}
+    assert idx["task"].sum() == sum(k for p, k in per_file.items() if p.stem.endswith("_2"))
+    assert sum(r["dropped_edge"] for r in cache.report["records"]) == sum(1 for s in durations.values() if s % 30)
 
 
 def test_corrupted_edf_header_is_named(tmp_path):
