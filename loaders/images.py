@@ -124,7 +124,7 @@ def load_image_table(
     if not csv_path.is_file():
         raise LoaderError(csv_path, "image index CSV not found")
     try:
-        df = pl.read_csv(csv_path, schema_overrides={"path": pl.Utf8, "patient_id": pl.Utf8}, infer_schema_length=10000)
+        df = pl.read_csv(csv_path, schema_overrides={"path": pl.Utf8, "patient_id": pl.Utf8}, infer_schema_length=None)
     except Exception as err:
         raise LoaderError(csv_path, f"could not parse CSV ({type(err).__name__}: {err})") from err
     missing = [c for c in ("path", "patient_id") if c not in df.columns]

@@ -72,6 +72,19 @@ def _read(path: Path, columns: list[str]) -> pl.LazyFrame:
     return lf.select(columns)
 
 
+def _check_subject_ids(path: Path, lf: pl.LazyFrame) -> None:
+    """MEDS subject ids are Int64; refuse source ids that would not survive the cast unchanged
+    (``007`` and ``7`` would become one subject, ``7.0`` or ``p7`` would fail deep inside polars)."""
+    ids = lf.select(pl.col("subject_id").unique()).collect()["subject_id"]
+    as_int = ids.cast(pl.Int64, strict=False)
+    bad = ids.filter(ids.is_not_null() & (as_int.cast(pl.Utf8) != ids).fill_null(True))
+    if bad.len():
+        raise LoaderError(path, f"{bad.len()} subject_id value(s) are not plain integers and would be changed or "
+                                f"merged by the Int64 MEDS subject_id, e.g. {sorted(bad.to_list())[:5]}")
+    if ids.null_count():
+        raise LoaderError(path, "empty subject_id value(s)")
+
+
 def _convert(name: str, lf: pl.LazyFrame, admissions: pl.LazyFrame | None, path: Path) -> list[pl.LazyFrame]:
     if name == "patients":
         birth = pl.datetime(pl.col("anchor_year").cast(pl.Int32) - pl.col("anchor_age").cast(pl.Int32), 1, 1)
@@ -145,6 +158,7 @@ def mimic_iv_to_meds(mimic_root: str | Path, out_dir: str | Path, *, tables=MIMI
             warnings.warn(f"{path}: table not found; its events are left out of the MEDS output", stacklevel=2)
             continue
         lf = _read(path, _COLUMNS[name])
+        _check_subject_ids(path, lf)
         source_rows = lf.select(pl.len()).collect().item()
         events = [e.collect() for e in _convert(name, lf, admissions, path)]
         dropped = 0

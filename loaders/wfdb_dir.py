@@ -26,6 +26,7 @@ __all__ = ["read_wfdb", "load_wfdb_cohort", "read_metadata", "normalise_lead_nam
            "parse_wfdb_header", "WfdbHeader"]
 
 REQUIRED_COLUMNS = ("patient_id", "record_id")
+_TEXT_COLUMNS = ("patient_id", "record_id", "path")  # identifiers: never type-inferred
 _RESERVED = {"fs", "n_channels", "n_samples", "offset", "channels", "source"}
 
 _LEAD_NAMES = {n.lower(): n for n in ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")}
@@ -328,12 +329,23 @@ def _pick_channels(signal, names, units, channels, path):
 
 
 def read_metadata(path: str | Path) -> pl.DataFrame:
-    """Read and validate a cohort metadata table (CSV or parquet)."""
+    """Read and validate a cohort metadata table (CSV or parquet).
+
+    ``patient_id``, ``record_id`` and ``path`` are text from the first byte read: ``007`` and
+    ``7`` are two patients, ``3`` and ``3.0`` stay as written, record ids ``001`` and ``1``
+    are distinct. Other columns' types are inferred from every row (not the first hundred),
+    so a column that turns from numbers to text late in the file still loads. A parquet
+    table's id columns are cast to text from their stored type.
+    """
     path = Path(path)
     if not path.exists():
         raise LoaderError(path, "metadata table not found")
     try:
-        table = pl.read_parquet(path) if path.suffix == ".parquet" else pl.read_csv(path, try_parse_dates=True)
+        if path.suffix == ".parquet":
+            table = pl.read_parquet(path)
+        else:
+            table = pl.read_csv(path, schema_overrides={c: pl.Utf8 for c in _TEXT_COLUMNS}, infer_schema_length=None,
+                                try_parse_dates=True)
     except Exception as err:
         raise LoaderError(path, f"cannot read metadata table: {err}") from err
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
@@ -344,13 +356,14 @@ def read_metadata(path: str | Path) -> pl.DataFrame:
         raise LoaderError(path, f"column name(s) {reserved} are reserved by the cache index; rename them")
     if table.height == 0:
         raise LoaderError(path, "metadata table has no rows")
+    table = table.with_columns(pl.col(c).cast(pl.Utf8) for c in _TEXT_COLUMNS if c in table.columns)
     dup = table["record_id"].is_duplicated()
     if dup.any():
         raise LoaderError(path, f"duplicated record_id(s): {table.filter(dup)['record_id'].unique().to_list()[:5]}")
     nulls = [c for c in REQUIRED_COLUMNS if table[c].null_count()]
     if nulls:
         raise LoaderError(path, f"empty values in column(s) {nulls}")
-    return table.with_columns(pl.col("patient_id").cast(pl.Utf8), pl.col("record_id").cast(pl.Utf8))
+    return table
 
 
 def _read_cohort_row(root: Path, channels, label_cols, nan_policy, item) -> Recording:
