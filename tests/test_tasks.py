@@ -141,8 +141,8 @@ def test_ptbxl_superclass_uses_strat_folds_and_reports_skipped_rows(tmp_path):
 
 @needs_data
 def test_mimic_real_features_ignore_a_planted_future_event(tmp_path):
-    from loaders.meds import scan_meds
-    from loaders.mimic_meds import mimic_iv_to_meds
+    from tscl.loaders.meds import scan_meds
+    from tscl.loaders.mimic_meds import mimic_iv_to_meds
 
     root = DATA / "meds_demo" / "mimic-iv-clinical-database-demo-2.2"
     with pytest.warns(UserWarning):

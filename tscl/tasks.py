@@ -126,7 +126,7 @@ def _strat_fold_rule(index, Y, seed):
 # --- waveform loaders -------------------------------------------------------------------------------------
 
 def _ptbxl(root: Path, cache: Path):
-    from loaders.ptbxl import load_ptbxl
+    from tscl.loaders.ptbxl import load_ptbxl
 
     c = load_ptbxl(root / "ptbxl", rate=100, cache_dir=cache / "ptbxl_100", on_error="skip", progress=False)
     idx = c.index
@@ -160,7 +160,7 @@ def _fixed_length(windows: np.ndarray, length: int) -> np.ndarray:
 
 
 def _mitdb_beats(root: Path, cache: Path):
-    from loaders.annotations import load_annotated
+    from tscl.loaders.annotations import load_annotated
 
     parts, frames, notes = [], [], []
     for db in ("mitdb", "svdb"):
@@ -184,7 +184,7 @@ def _mitdb_beats(root: Path, cache: Path):
 
 
 def _cpsc2021(root: Path, cache: Path):
-    from loaders.annotations import load_annotated
+    from tscl.loaders.annotations import load_annotated
 
     records = sorted(p.with_suffix("") for p in (root / "physionet" / "cpsc2021").glob("*.atr"))
     c = load_annotated(records, kind="rhythm", cache_dir=cache / "cpsc2021_rhythm", progress=False,
@@ -197,7 +197,7 @@ def _cpsc2021(root: Path, cache: Path):
 
 
 def _eegmat(root: Path, cache: Path):
-    from loaders.edf import load_eegmat
+    from tscl.loaders.edf import load_eegmat
 
     c = load_eegmat(root / "physionet" / "eegmat", cache_dir=cache / "eegmat_10s", epoch_s=10.0, progress=False)
     return np.asarray(c.stack()), c.index, [f"{c.index['patient_id'].n_unique()} subject(s), 10 s epochs, 19 10-20 "
@@ -249,7 +249,7 @@ def ehr_features(events: pl.LazyFrame | pl.DataFrame, cohort: pl.DataFrame, trai
     the prediction time (see the module docstring), z-scored with training-row statistics; the code
     list, imputation and scaling use training rows only. ``exclude`` codes are never features
     (MIMIC's date of death is a date, so its midnight event can precede a same-day prediction time)."""
-    from loaders.meds import tabular_features
+    from tscl.loaders.meds import tabular_features
 
     lf = events.lazy()
     pt = cohort.select("subject_id", pl.col("prediction_time").cast(pl.Datetime("us"))).unique()
@@ -291,8 +291,8 @@ def ehr_features(events: pl.LazyFrame | pl.DataFrame, cohort: pl.DataFrame, trai
 
 def _mimic(label: str):
     def load(root: Path, cache: Path):
-        from loaders.meds import scan_meds
-        from loaders.mimic_meds import mimic_iv_to_meds
+        from tscl.loaders.meds import scan_meds
+        from tscl.loaders.mimic_meds import mimic_iv_to_meds
 
         mimic_root = root / "meds_demo" / "mimic-iv-clinical-database-demo-2.2"
         meds = cache / "mimic_demo_meds"
