@@ -2,15 +2,29 @@
 
 A cache folder holds ``signals.f32`` (every recording's ``[C,T]`` samples back to back),
 ``index.parquet`` (one row per recording: patient_id, record_id, fs, n_channels,
-n_samples, offset, channels, visit_time, label columns) and ``fingerprint.txt``. Opening it
-parses no header; reading a recording is a slice of the memory map.
+n_samples, offset, channels, visit_time, label columns), ``labels.json``, ``fingerprint.txt``,
+``report.json`` and ``manifest.json`` (the source fingerprint and every other file's size and
+BLAKE2b hash). Opening it parses no header; reading a recording is a slice of the memory map.
+
+Integrity: every open checks each file's size against the manifest and the shard's size
+against the index (cheap: no data is read), so a truncated or partly copied cache is refused
+naming the file; ``verify=True`` (and every build, before it is committed) also checks the
+hashes. Builders write to unique temporary names in the cache folder, each held under an
+exclusive ``flock`` while written, and commit by renaming under an exclusive lock on
+``.lock`` (readers open under a shared one), so concurrent builders of one cache both succeed
+and leave one consistent cache; temporary files are removed on any error, and ones left by a
+killed builder (their lock released) are removed by the next build.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import tempfile
+import warnings
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -22,22 +36,100 @@ from tqdm.auto import tqdm
 
 from .recording import LoaderError, Recording
 
-__all__ = ["WaveformCache", "build_cache", "fingerprint_files", "open_fresh_cache", "read_all", "ON_ERROR"]
+try:
+    import fcntl
+except ImportError:  # not POSIX: no locking (unique temporary names still keep builders apart)
+    fcntl = None
+
+__all__ = ["WaveformCache", "build_cache", "fingerprint_files", "open_fresh_cache", "read_all", "ON_ERROR",
+           "hash_file"]
 
 ON_ERROR = ("raise", "skip")
 
 _SIGNALS = "signals.f32"
 _INDEX = "index.parquet"
+_LABELS = "labels.json"
 _FINGERPRINT = "fingerprint.txt"
 _REPORT = "report.json"
+_MANIFEST = "manifest.json"
+_LOCK = ".lock"
+_FILES = (_SIGNALS, _INDEX, _LABELS, _FINGERPRINT, _REPORT)
+_MANIFEST_VERSION = 1
+_CHUNK = 1 << 22
 
 
-def open_fresh_cache(cache_dir: str | Path, fingerprint: str) -> "WaveformCache | None":
-    """The cache in ``cache_dir`` if it was built from sources with this ``fingerprint``, else None."""
-    if not (Path(cache_dir) / _FINGERPRINT).exists():
+def hash_file(path: str | Path) -> str:
+    """BLAKE2b (32-byte digest, hex) of a file's bytes, read in 4 MiB chunks."""
+    h = hashlib.blake2b(digest_size=32)
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@contextmanager
+def _locked(cache_dir: Path, exclusive: bool):
+    """Hold ``cache_dir/.lock`` (exclusive for committing a build, shared for opening)."""
+    if fcntl is None:
+        yield
+        return
+    try:
+        fd = os.open(cache_dir / _LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        try:  # a read-only cache folder: lock the existing file, or nobody can be writing here
+            fd = os.open(cache_dir / _LOCK, os.O_RDONLY)
+        except OSError:
+            yield
+            return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _read_manifest(cache_dir: Path) -> dict | None:
+    try:
+        manifest = json.loads((cache_dir / _MANIFEST).read_text())
+    except (OSError, ValueError):
         return None
-    cache = WaveformCache(cache_dir)
-    return cache if cache.fingerprint == fingerprint else None
+    return manifest if isinstance(manifest, dict) and manifest.get("version") == _MANIFEST_VERSION else None
+
+
+def _check_files(cache_dir: Path, manifest: dict, hashes: bool) -> None:
+    """Sizes (and with ``hashes`` the BLAKE2b hashes) of the cache files against the manifest."""
+    for name in _FILES:
+        path = cache_dir / name
+        want = manifest["files"].get(name)
+        if want is None:
+            raise LoaderError(path, f"not listed in {_MANIFEST}; rebuild the cache")
+        try:
+            size = path.stat().st_size
+        except OSError:
+            raise LoaderError(path, "cache file missing; rebuild the cache") from None
+        if size != want["bytes"]:
+            raise LoaderError(path, f"{'truncated' if size < want['bytes'] else 'grown'}: {size} bytes, the manifest "
+                                    f"records {want['bytes']}; rebuild the cache")
+        if hashes and hash_file(path) != want["blake2b"]:
+            raise LoaderError(path, f"content differs from the hash in {_MANIFEST} (corrupted); rebuild the cache")
+
+
+def open_fresh_cache(cache_dir: str | Path, fingerprint: str, *, verify: bool = False) -> "WaveformCache | None":
+    """The cache in ``cache_dir`` if it was built from sources with this ``fingerprint``, else None.
+
+    A cache whose files fail the size (or, with ``verify``, hash) check against its manifest is
+    not served: a warning names the file and None is returned, so the caller rebuilds it. A
+    folder without a manifest (never finished, or built by an older version) is not fresh.
+    """
+    cache_dir = Path(cache_dir)
+    manifest = _read_manifest(cache_dir)
+    if manifest is None or manifest.get("fingerprint") != fingerprint:
+        return None
+    try:
+        return WaveformCache(cache_dir, verify=verify)
+    except LoaderError as err:
+        warnings.warn(f"{err}; rebuilding it", stacklevel=2)
+        return None
 
 
 def fingerprint_files(paths: Iterable[str | Path], extra: str = "") -> str:
@@ -52,15 +144,32 @@ def fingerprint_files(paths: Iterable[str | Path], extra: str = "") -> str:
 class WaveformCache:
     """Read side of a cache folder. ``cache[i]`` is recording i's ``[C,T]`` float32 memmap view."""
 
-    def __init__(self, cache_dir: str | Path):
+    def __init__(self, cache_dir: str | Path, *, verify: bool = False):
         self.dir = Path(cache_dir)
         for name in (_SIGNALS, _INDEX):
             if not (self.dir / name).exists():
                 raise LoaderError(self.dir / name, "cache file missing; rebuild the cache")
-        self.index = pl.read_parquet(self.dir / _INDEX)
-        self._signals = np.memmap(self.dir / _SIGNALS, dtype=np.float32, mode="r")
-        self._offsets = self.index["offset"].to_numpy()
-        self._shapes = self.index.select("n_channels", "n_samples").to_numpy()
+        with _locked(self.dir, exclusive=False):
+            manifest = _read_manifest(self.dir)
+            if manifest is None:
+                raise LoaderError(self.dir / _MANIFEST, "missing or unreadable (an unfinished build, or one by an "
+                                                        "older version); rebuild the cache")
+            _check_files(self.dir, manifest, hashes=verify)
+            self.index = pl.read_parquet(self.dir / _INDEX)
+            self._manifest = manifest
+            self._shapes = self.index.select("n_channels", "n_samples").to_numpy()
+            self._offsets = self.index["offset"].to_numpy()
+            expected = int((self._shapes[:, 0].astype(np.int64) * self._shapes[:, 1]).sum()) * 4
+            size = (self.dir / _SIGNALS).stat().st_size
+            if size != expected:
+                raise LoaderError(self.dir / _SIGNALS, f"{size} bytes, but {_INDEX} describes {expected} bytes of "
+                                                       "samples; rebuild the cache")
+            self._signals = (np.memmap(self.dir / _SIGNALS, dtype=np.float32, mode="r") if size
+                             else np.zeros(0, np.float32))
+
+    def verify(self) -> None:
+        """Hash every cache file and compare with the manifest; :class:`LoaderError` naming the first that differs."""
+        _check_files(self.dir, self._manifest, hashes=True)
 
     def __len__(self) -> int:
         return self.index.height
@@ -72,8 +181,8 @@ class WaveformCache:
 
     @property
     def fingerprint(self) -> str:
-        path = self.dir / _FINGERPRINT
-        return path.read_text().strip() if path.exists() else ""
+        """The source fingerprint the cache was built from (as recorded in its manifest)."""
+        return self._manifest.get("fingerprint", "")
 
     @property
     def report(self) -> dict[str, Any]:
@@ -119,7 +228,7 @@ class WaveformCache:
         if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
             raise IndexError(f"row index out of range for a cache of {len(self)} recordings")
         view = object.__new__(WaveformCache)
-        view.dir, view._signals = self.dir, self._signals
+        view.dir, view._signals, view._manifest = self.dir, self._signals, self._manifest
         view.index = self.index[rows.tolist()] if rows.size else self.index.clear()
         view._offsets, view._shapes = self._offsets[rows], self._shapes[rows]
         return view
@@ -150,54 +259,151 @@ class _RowView:
         return out.astype(dtype) if dtype is not None else out
 
 
+def _write_bytes(f, data: bytes) -> None:
+    f.write(data)
+
+
+def _index_row(rec: Recording, offset: int) -> dict:
+    return {
+        "patient_id": rec.patient_id,
+        "record_id": rec.record_id,
+        "fs": float(rec.fs),
+        "n_channels": rec.n_channels,
+        "n_samples": rec.n_samples,
+        "offset": offset,
+        "channels": ",".join(rec.channels),
+        "visit_time": rec.start_time,
+        "source": rec.source,
+        **{f"label:{k}": v for k, v in rec.labels.items()},
+        "nan_samples": int(rec.quality.get("nan_samples", 0)),
+        "missing_channels": ",".join(rec.quality.get("missing_channels", ())),
+    }
+
+
+class _Staging:
+    """Unique temporary files in the cache folder, each under an exclusive flock while this build lives."""
+
+    def __init__(self, cache_dir: Path):
+        self.dir = cache_dir
+        self.files: dict[str, tuple[Path, int]] = {}
+
+    def new(self, name: str) -> Path:
+        fd, path = tempfile.mkstemp(dir=self.dir, prefix=f".{name}.", suffix=".tmp")
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        self.files[name] = (Path(path), fd)
+        return Path(path)
+
+    def discard(self) -> None:
+        for path, fd in self.files.values():
+            try:
+                path.unlink(missing_ok=True)
+            finally:
+                os.close(fd)
+        self.files.clear()
+
+    def close(self) -> None:
+        for _, fd in self.files.values():
+            os.close(fd)
+        self.files.clear()
+
+
+def _sweep_stale_tmp(cache_dir: Path) -> None:
+    """Remove temporary files of builds that died (their flock is free); live builders hold theirs."""
+    if fcntl is None:
+        return
+    for path in cache_dir.glob(".*.tmp"):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        try:
+            path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+
+
 def build_cache(recordings: Iterable[Recording], cache_dir: str | Path, fingerprint: str = "",
-                report: dict[str, Any] | None = None) -> WaveformCache:
-    """Write recordings to a cache folder atomically (temporary names, then rename).
+                report: dict[str, Any] | None = None, *, verify: bool = True) -> WaveformCache:
+    """Write recordings to a cache folder atomically; return the cache opened.
+
+    Every file is written under a unique temporary name in ``cache_dir`` (so builders of the
+    same cache never share one), hashed while written, and listed with its size and hash in
+    the manifest. With ``verify`` (default) the written shard is read back and its hash
+    checked before the commit. The commit takes the folder's exclusive lock, and renames the
+    files into place with the manifest last; if a cache with this fingerprint was committed
+    meanwhile by another builder, this build's files are discarded and that cache is opened.
+    On any error (an unreadable recording, a full disk) the temporary files are removed and
+    the error propagates; the previous cache, if any, is left as it was.
 
     ``report`` (JSON-serialisable; read back as ``WaveformCache.report``) is written after the
     recordings are consumed, so a generator may fill it while it yields.
     """
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp_sig = cache_dir / (_SIGNALS + ".tmp")
-    rows, offset = [], 0
-    label_cols: list[str] = []
-    with open(tmp_sig, "wb") as f:
-        for rec in recordings:
-            f.write(np.ascontiguousarray(rec.signal, dtype=np.float32).tobytes())
-            for key in rec.labels:
-                if key not in label_cols:
-                    label_cols.append(key)
-            rows.append(
-                {
-                    "patient_id": rec.patient_id,
-                    "record_id": rec.record_id,
-                    "fs": float(rec.fs),
-                    "n_channels": rec.n_channels,
-                    "n_samples": rec.n_samples,
-                    "offset": offset,
-                    "channels": ",".join(rec.channels),
-                    "visit_time": rec.start_time,
-                    "source": rec.source,
-                    **{f"label:{k}": v for k, v in rec.labels.items()},
-                    "nan_samples": int(rec.quality.get("nan_samples", 0)),
-                    "missing_channels": ",".join(rec.quality.get("missing_channels", ())),
-                }
-            )
-            offset += rec.signal.size
-    if not rows:
-        tmp_sig.unlink()
-        raise LoaderError(cache_dir, f"no recordings to cache{_skipped_note(report)}")
-    index = pl.DataFrame(rows, infer_schema_length=None)
-    index = index.rename({c: c.removeprefix("label:") for c in index.columns if c.startswith("label:")})
-    index = index.select([c for c in index.columns if c not in ("nan_samples", "missing_channels")]
-                         + ["nan_samples", "missing_channels"])
-    index.write_parquet(cache_dir / (_INDEX + ".tmp"))
-    (cache_dir / "labels.json.tmp").write_text(json.dumps(label_cols))
-    (cache_dir / (_FINGERPRINT + ".tmp")).write_text(fingerprint)
-    (cache_dir / (_REPORT + ".tmp")).write_text(json.dumps(report or {}, indent=1, default=str))
-    for name in (_SIGNALS, _INDEX, "labels.json", _FINGERPRINT, _REPORT):
-        os.replace(cache_dir / (name + ".tmp"), cache_dir / name)
+    _sweep_stale_tmp(cache_dir)
+    staging = _Staging(cache_dir)
+    try:
+        rows, offset, label_cols = [], 0, []
+        h = hashlib.blake2b(digest_size=32)
+        tmp_sig = staging.new(_SIGNALS)
+        with open(tmp_sig, "wb") as f:
+            for rec in recordings:
+                data = np.ascontiguousarray(rec.signal, dtype="<f4").tobytes()
+                _write_bytes(f, data)
+                h.update(data)
+                for key in rec.labels:
+                    if key not in label_cols:
+                        label_cols.append(key)
+                rows.append(_index_row(rec, offset))
+                offset += rec.signal.size
+        if not rows:
+            raise LoaderError(cache_dir, f"no recordings to cache{_skipped_note(report)}")
+        files = {_SIGNALS: {"bytes": offset * 4, "blake2b": h.hexdigest()}}
+        if tmp_sig.stat().st_size != offset * 4:
+            raise LoaderError(tmp_sig, f"wrote {tmp_sig.stat().st_size} bytes of {offset * 4}; the disk may be full")
+        if verify and hash_file(tmp_sig) != files[_SIGNALS]["blake2b"]:
+            raise LoaderError(tmp_sig, "the shard read back differs from what was written; not committing it")
+        index = pl.DataFrame(rows, infer_schema_length=None)
+        index = index.rename({c: c.removeprefix("label:") for c in index.columns if c.startswith("label:")})
+        index = index.select([c for c in index.columns if c not in ("nan_samples", "missing_channels")]
+                             + ["nan_samples", "missing_channels"])
+        index.write_parquet(staging.new(_INDEX))
+        staging.new(_LABELS).write_text(json.dumps(label_cols))
+        staging.new(_FINGERPRINT).write_text(fingerprint)
+        staging.new(_REPORT).write_text(json.dumps(report or {}, indent=1, default=str))
+        for name in (_INDEX, _LABELS, _FINGERPRINT, _REPORT):
+            path = staging.files[name][0]
+            files[name] = {"bytes": path.stat().st_size, "blake2b": hash_file(path)}
+        manifest = {"version": _MANIFEST_VERSION, "fingerprint": fingerprint, "recordings": len(rows),
+                    "files": files}
+        staging.new(_MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        with _locked(cache_dir, exclusive=True):
+            current = _read_manifest(cache_dir)
+            if current is not None and current.get("fingerprint") == fingerprint and fingerprint:
+                try:
+                    _check_files(cache_dir, current, hashes=True)
+                    committed = True  # another builder finished this cache first: keep theirs
+                except LoaderError:
+                    committed = False
+            else:
+                committed = False
+            if not committed:
+                (cache_dir / _MANIFEST).unlink(missing_ok=True)  # no manifest = not a cache, until the last rename
+                for name in (*_FILES, _MANIFEST):
+                    os.replace(staging.files[name][0], cache_dir / name)
+        if committed:
+            staging.discard()
+        else:
+            staging.close()
+    except BaseException:
+        staging.discard()
+        raise
     return WaveformCache(cache_dir)
 
 

@@ -5,6 +5,8 @@ and checks the loader refuses it, reports it, or repairs it.
 """
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +92,175 @@ def test_mimic_subject_ids_that_are_not_canonical_integers_refused(tmp_path):
         f.write("subject_id,gender,anchor_age,anchor_year,dod\n007,F,50,2100,\n7,M,60,2100,\n")
     with pytest.raises(LoaderError, match=r"patients\.csv\.gz.*subject_id.*'007'"):
         mimic_iv_to_meds(tmp_path, tmp_path / "out", tables=("hosp/patients",))
+
+
+# --- caches: concurrent builders, integrity, temporary files -------------------------------------
+
+def _tiny_recordings(seed: int, n: int = 6, jitter: float = 0.0):
+    from tscl.loaders import Recording
+
+    rng = np.random.default_rng(seed)
+    delay = np.random.default_rng()  # timing differs between processes; the data does not
+    for i in range(n):
+        if jitter:
+            time.sleep(delay.uniform(0, jitter))
+        yield Recording(rng.normal(size=(2, 300)).astype(np.float32), 100.0, ("I", "II"), f"p{i // 2}", f"r{i}",
+                        labels={"y": i % 2})
+
+
+def _digest(cache) -> str:
+    import hashlib
+
+    return hashlib.blake2b(np.ascontiguousarray(cache.stack()).tobytes()
+                           + cache.index.drop("source").write_csv().encode()).hexdigest()
+
+
+def _concurrent_build(args):
+    """One builder process: sleep a random while, build the cache with random pauses, report what it opened."""
+    from tscl.loaders import build_cache
+
+    cache_dir, seed = args
+    time.sleep(np.random.default_rng().uniform(0, 0.02))
+    cache = build_cache(_tiny_recordings(seed, jitter=0.004), cache_dir, fingerprint=f"fp{seed}",
+                        report={"seed": seed})
+    return _digest(cache)
+
+
+def _concurrent_cohort(args):
+    root, cache_dir = args
+    time.sleep(np.random.default_rng().uniform(0, 0.02))
+    return _digest(load_wfdb_cohort(root, cache_dir=cache_dir, progress=False))
+
+
+def _folder_bytes(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and p.name != ".lock"}
+
+
+def test_concurrent_builders_both_succeed_with_the_same_bytes(tmp_path):
+    import multiprocessing as mp
+
+    from tscl.loaders import WaveformCache, build_cache
+
+    root = tmp_path / "cohort"
+    for i in range(3):
+        write_record(root, f"r{i}", seed=i)
+    write_csv(root / "metadata.csv", "patient_id,record_id\np0,r0\np0,r1\np1,r2\n")
+    with mp.get_context("spawn").Pool(2) as pool:
+        for trial in range(20):  # even trials build a fresh folder, odd ones rebuild over it from other data
+            cache_dir, seed = str(tmp_path / f"c{trial // 2}"), trial
+            a, b = pool.map(_concurrent_build, [(cache_dir, seed), (cache_dir, seed)], chunksize=1)
+            assert a == b, f"trial {trial}: the two builders opened different caches"
+            assert not list(Path(cache_dir).glob("*.tmp")), f"trial {trial}: temporary files left"
+            single = build_cache(_tiny_recordings(seed), tmp_path / "single", fingerprint=f"fp{seed}",
+                                 report={"seed": seed})
+            assert _folder_bytes(Path(cache_dir)) == _folder_bytes(single.dir), f"trial {trial}: bytes differ"
+            assert _digest(WaveformCache(cache_dir)) == a
+        for trial in range(3):
+            a, b = pool.map(_concurrent_cohort, [(str(root), str(tmp_path / f"k{trial}"))] * 2, chunksize=1)
+            assert a == b and not list((tmp_path / f"k{trial}").glob("*.tmp"))
+    WaveformCache(tmp_path / "c9", verify=True)
+
+
+def test_truncated_shard_is_refused_naming_the_file_and_the_loader_rebuilds(tmp_path):
+    from tscl.loaders import WaveformCache, build_cache
+
+    build_cache(_tiny_recordings(0), tmp_path / "c", fingerprint="fp")
+    shard = tmp_path / "c" / "signals.f32"
+    shard.write_bytes(shard.read_bytes()[:1000])
+    with pytest.raises(LoaderError, match=r"c/signals\.f32.*truncated: 1000 bytes.*14400"):
+        WaveformCache(tmp_path / "c")
+
+    root = tmp_path / "cohort"
+    for i in range(2):
+        write_record(root, f"r{i}", seed=i)
+    write_csv(root / "metadata.csv", "patient_id,record_id\np0,r0\np1,r1\n")
+    first = load_wfdb_cohort(root, cache_dir=tmp_path / "k", progress=False)
+    expected = np.array(first.stack())
+    del first
+    shard = tmp_path / "k" / "signals.f32"
+    shard.write_bytes(shard.read_bytes()[:-4])
+    with pytest.warns(UserWarning, match=r"k/signals\.f32.*truncated.*rebuilding"):
+        again = load_wfdb_cohort(root, cache_dir=tmp_path / "k", progress=False)
+    np.testing.assert_array_equal(again.stack(), expected)
+
+
+def test_corrupted_shard_of_the_same_size_is_found_by_verify(tmp_path):
+    from tscl.loaders import WaveformCache, build_cache, open_fresh_cache
+
+    build_cache(_tiny_recordings(0), tmp_path / "c", fingerprint="fp")
+    shard = tmp_path / "c" / "signals.f32"
+    data = bytearray(shard.read_bytes())
+    data[4000:4400] = bytes(400)  # partly zeroed, size unchanged
+    shard.write_bytes(bytes(data))
+    WaveformCache(tmp_path / "c")  # the cheap open checks sizes only
+    with pytest.raises(LoaderError, match=r"c/signals\.f32.*differs from the hash"):
+        WaveformCache(tmp_path / "c", verify=True)
+    with pytest.raises(LoaderError, match=r"signals\.f32.*differs from the hash"):
+        WaveformCache(tmp_path / "c").verify()
+    with pytest.warns(UserWarning, match="rebuilding"):
+        assert open_fresh_cache(tmp_path / "c", "fp", verify=True) is None
+
+
+def _failing_recordings(n_good: int):
+    yield from _tiny_recordings(0, n=n_good)
+    raise LoaderError("bad.hea", "unreadable")
+
+
+def test_temporary_files_removed_on_any_error_and_the_old_cache_kept(tmp_path, monkeypatch):
+    import errno
+
+    from tscl.loaders import WaveformCache, build_cache
+    from tscl.loaders import cache as cache_mod
+
+    old = build_cache(_tiny_recordings(7), tmp_path / "c", fingerprint="old")
+    before = _folder_bytes(tmp_path / "c")
+    with pytest.raises(LoaderError, match="bad.hea"):
+        build_cache(_failing_recordings(3), tmp_path / "c", fingerprint="new")
+    assert _folder_bytes(tmp_path / "c") == before
+
+    calls = {"n": 0}
+
+    def disk_full(f, data):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        f.write(data)
+
+    monkeypatch.setattr(cache_mod, "_write_bytes", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        build_cache(_tiny_recordings(1), tmp_path / "c", fingerprint="new")
+    assert _folder_bytes(tmp_path / "c") == before
+    monkeypatch.undo()
+
+    def parquet_disk_full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pl.DataFrame, "write_parquet", parquet_disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        build_cache(_tiny_recordings(1), tmp_path / "c", fingerprint="new")
+    monkeypatch.undo()
+    assert _folder_bytes(tmp_path / "c") == before
+    assert WaveformCache(tmp_path / "c", verify=True).fingerprint == old.fingerprint == "old"
+
+
+def test_temporary_files_of_a_killed_builder_are_swept_but_live_ones_kept(tmp_path):
+    import fcntl
+    import os
+
+    from tscl.loaders import build_cache
+
+    folder = tmp_path / "c"
+    folder.mkdir()
+    dead = folder / ".signals.f32.dead.tmp"
+    dead.write_bytes(b"x" * 100)
+    live = folder / ".signals.f32.live.tmp"
+    live.write_bytes(b"y")
+    fd = os.open(live, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a builder still writing
+    try:
+        build_cache(_tiny_recordings(0), folder, fingerprint="fp")
+        assert not dead.exists() and live.exists()
+    finally:
+        os.close(fd)
+    build_cache(_tiny_recordings(0), folder, fingerprint="fp2")
+    assert not list(folder.glob("*.tmp"))
