@@ -148,8 +148,12 @@ def test_rank_batches_split_any_sampler():
 
 # ---- checkpoints ---------------------------------------------------------------------------
 
+METHOD_KWARGS = {"pclr": {"patients_per_batch": 4}, "moco": {"batch_size": 8, "queue_size": 32},
+                 "pmq": {"batch_size": 8, "queue_size": 32}, "supcon": {"batch_size": 8, "label": "lvh"}}
+
+
 def _config(tmp_path, name, method="pclr", **kw):
-    method_kwargs = {"patients_per_batch": 4} if method == "pclr" else {"batch_size": 8}
+    method_kwargs = METHOD_KWARGS.get(method, {"batch_size": 8})
     return PretrainConfig(out_dir=str(tmp_path / name), method=method, encoder="cnn1d",
                           encoder_kwargs={"widths": [8, 16], "dropout": 0.1}, method_kwargs=method_kwargs,
                           epochs=3, lr=1e-2, device="cpu", progress=False, **kw)
@@ -160,7 +164,7 @@ def _curve(run):
     return [(r["step"], r["epoch"], r["loss"]) for r in lines if "step" in r], [r for r in lines if "step" not in r]
 
 
-@pytest.mark.parametrize("method", ["pclr", "simclr"])  # simclr: augmentation generators are restored too
+@pytest.mark.parametrize("method", sorted(METHODS))  # every random stream a method owns is restored
 def test_killed_run_resumes_step_for_step(cohort, tmp_path, monkeypatch, method):
     _, cache = cohort
     full = pretrain(cache, _config(tmp_path, "full", method, ckpt_every=0))
@@ -169,7 +173,7 @@ def test_killed_run_resumes_step_for_step(cohort, tmp_path, monkeypatch, method)
     assert all(0 <= r["data_wait_frac"] <= 1 for r in map(json.loads, (full / "metrics.jsonl").read_text().splitlines())
                if "step" in r)
 
-    cls = METHODS[method]
+    cls = getattr(METHODS[method], "func", METHODS[method])  # the CLOCS modes are partials of CLOCS
     forward, calls = cls.forward, []
 
     def killed_at_step_6(self, x, batch):
@@ -190,12 +194,10 @@ def test_killed_run_resumes_step_for_step(cohort, tmp_path, monkeypatch, method)
     assert [s for s, _, _ in _curve(run)[0]] == list(range(8))
     pretrain(cache, _config(tmp_path, "run", method, ckpt_every=4, resume=True))
     got, got_epochs = _curve(run)
-    assert [s[:2] for s in got] == [s[:2] for s in steps]
-    np.testing.assert_allclose([s[2] for s in got], [s[2] for s in steps], rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose([e["mean_loss"] for e in got_epochs], [e["mean_loss"] for e in epochs], rtol=1e-6)
-    a, b = load_file(full / "method.safetensors"), load_file(run / "method.safetensors")
-    for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=1e-6, atol=1e-7)
+    assert got == steps  # the same losses, bit for bit
+    assert [e["mean_loss"] for e in got_epochs] == [e["mean_loss"] for e in epochs]
+    assert (run / "method.safetensors").read_bytes() == (full / "method.safetensors").read_bytes()
+    assert (run / "encoder.safetensors").read_bytes() == (full / "encoder.safetensors").read_bytes()
     # one environment entry per start: the killed run, then two resumes
     env = json.loads((run / "environment.json").read_text())
     assert [e["resumed"] for e in env] == [False, True, True]

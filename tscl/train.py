@@ -42,7 +42,7 @@ import random
 import threading
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +53,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from tscl import distributed
-from tscl.augment import Augment
+from tscl.datasets import payload_len, pin_payload, to_device
 from tscl.encoders import build_encoder
 from tscl.methods import build_method
 from tscl.samplers import RankBatches, encode_ids
@@ -87,6 +87,8 @@ class PretrainConfig:
     progress: bool = True
     in_channels: int = 12
     channels: list = field(default_factory=list)
+    dataset: dict = field(default_factory=dict)  # source: dataset, root, split, options (tscl pretrain --config)
+    data_info: dict = field(default_factory=dict)  # modality, in_channels, channels, fs, normalize
 
 
 def load_config(run_dir: str | Path) -> PretrainConfig:
@@ -114,13 +116,13 @@ def cosine_with_warmup(total_steps: int, warmup_steps: int):
 
 
 class Prefetcher:
-    """Batches ``(x [B,C,T], {name: [B]})`` read from the memmap in a background thread, ``depth`` ahead.
+    """Batches ``(payload, {name: [B]})`` fetched from a dataset in a background thread, ``depth`` ahead.
 
-    ``wait`` is how long the last ``next`` blocked. Rows are read in sorted order (sequential
-    in the memmap) and put back in the sampler's order."""
+    ``payload`` is whatever ``dataset.fetch(rows)`` returns for its modality (a waveform tensor,
+    EHR :class:`~tscl.datasets.Events`, images); ``wait`` is how long the last ``next`` blocked."""
 
-    def __init__(self, batches, signals: np.ndarray, columns: dict, pin: bool, depth: int = 2):
-        self.signals, self.columns, self.pin = signals, columns, pin
+    def __init__(self, batches, fetch, columns: dict, pin: bool, depth: int = 2):
+        self.fetch, self.columns, self.pin = fetch, columns, pin
         self.queue: queue.Queue = queue.Queue(max(1, depth))
         self.stop, self.wait = threading.Event(), 0.0
         self.thread = threading.Thread(target=self._fill, args=(batches,), daemon=True)
@@ -128,11 +130,10 @@ class Prefetcher:
 
     def _load(self, rows):
         rows = np.asarray(rows)
-        order = np.argsort(rows)
-        x = torch.from_numpy(np.ascontiguousarray(self.signals[rows[order]]))[torch.from_numpy(np.argsort(order))]
+        x = self.fetch(rows)
         batch = {name: col[rows] for name, col in self.columns.items()}
         if self.pin:
-            x, batch = x.pin_memory(), {k: v.pin_memory() for k, v in batch.items()}
+            x, batch = pin_payload(x), {k: v.pin_memory() for k, v in batch.items()}
         return x, batch
 
     def _put(self, item) -> bool:
@@ -169,39 +170,71 @@ class Prefetcher:
         self.thread.join()
 
 
-def _augments(method) -> list[Augment]:
-    """The method's augmentation pipelines (each owns a seeded generator per device)."""
-    found = {id(v): v for m in method.modules() for v in vars(m).values() if isinstance(v, Augment)}
-    return list(found.values())
-
-
-def _rng_state(augments, device) -> dict:
-    """This process's random states as JSON-able lists."""
+def _rng_state(method, device) -> dict:
+    """This process's random states as JSON-able lists (python, numpy, torch, CUDA, the method's own)."""
     py_state, np_state = random.getstate(), np.random.get_state()
     state = {
         "python": [py_state[0], list(py_state[1]), py_state[2]],
         "numpy": [np_state[0], np_state[1].tolist(), *map(float, np_state[2:])],
         "torch": torch.get_rng_state().tolist(),
-        "augment": [a.generator(device).get_state().tolist() for a in augments],
+        "method": method.rng_state(device),
     }
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device).tolist()
     return state
 
 
-def _set_rng_state(state: dict, augments, device) -> None:
+def _set_rng_state(state: dict, method, device) -> None:
     random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, np.array(keys, dtype=np.uint32), int(pos), int(has_gauss), cached))
     torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-    for a, s in zip(augments, state["augment"]):
-        a.generator(device).set_state(torch.tensor(s, dtype=torch.uint8))
+    method.set_rng_state(state["method"], device)
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8), device)
 
 
-def save_checkpoint(path: Path, method, opt, sched, step: int, rng_states: list[dict]) -> None:
-    """Write the training state to ``path`` atomically (temporary name, then ``os.replace``)."""
+# what a run is: a checkpoint resumes only into the same identity
+_NOT_IDENTITY = ("out_dir", "resume", "device", "progress", "ckpt_every", "max_steps", "prefetch", "compile")
+
+
+def run_identity(config: "PretrainConfig", data_fingerprint: str) -> dict:
+    """Method, encoder, a digest of every option that changes the computation, and the data's fingerprint."""
+    import hashlib
+
+    options = {k: v for k, v in asdict(config).items() if k not in _NOT_IDENTITY}
+    digest = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return {"method": config.method, "encoder": config.encoder, "config_digest": digest, "data": data_fingerprint}
+
+
+def check_identity(path: Path, saved: dict | None, current: dict) -> None:
+    """Refuse to resume ``path`` into another run, naming what differs on both sides."""
+    if saved is None:
+        raise ValueError(f"{path} records no run identity (written by an older tscl); start a new run or "
+                         "--overwrite this one")
+    diff = [f"{k}: checkpoint {saved.get(k)!r}, this run {current[k]!r}" for k in current if saved.get(k) != current[k]]
+    if diff:
+        raise ValueError(f"{path} belongs to another run ({'; '.join(diff)}); resume it with its own config "
+                         "(tscl pretrain --resume RUN_DIR) or start a new run with --overwrite")
+
+
+def _finite_state(module) -> str | None:
+    """The first non-finite parameter or buffer of ``module`` (its name), or None."""
+    for name, t in itertools.chain(module.named_parameters(), module.named_buffers()):
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            return name
+    return None
+
+
+def save_checkpoint(path: Path, method, opt, sched, step: int, rng_states: list[dict], identity: dict | None = None) -> None:
+    """Write the training state to ``path`` atomically (temporary name, then ``os.replace``).
+
+    Refuses (``FloatingPointError`` naming the step and tensor) to write non-finite weights: the
+    previous checkpoint stays the one to resume from."""
+    bad = _finite_state(method)
+    if bad is not None:
+        raise FloatingPointError(f"step {step}: {bad} holds NaN/inf; the checkpoint was not written (the last "
+                                 f"finite one in {path} is kept); lower the lr or check the data")
     tensors = {f"model.{k}": v for k, v in method.state_dict().items()}
     opt_state = opt.state_dict()
     extra = defaultdict(dict)
@@ -212,8 +245,8 @@ def save_checkpoint(path: Path, method, opt, sched, step: int, rng_states: list[
             else:
                 extra[i][name] = v
     meta = {"step": step, "world_size": len(rng_states), "param_groups": opt_state["param_groups"],
-            "optim_extra": extra, "scheduler": sched.state_dict(), "rng": rng_states}
-    tmp = path.with_name(path.name + ".tmp")
+            "optim_extra": extra, "scheduler": sched.state_dict(), "rng": rng_states, "identity": identity}
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     save_file({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}, tmp,
               metadata={"tscl": json.dumps(meta)})
     os.replace(tmp, path)
@@ -240,7 +273,13 @@ def load_checkpoint(path: Path, method, opt=None, sched=None) -> dict:
 def _restart_metrics(path: Path, start: int, steps_per_epoch: int) -> list[dict]:
     """Rewrite ``path`` keeping the lines of the steps before ``start`` and of the epochs finished
     by then (a killed run may have logged past its last checkpoint); returns the kept lines."""
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if start and path.exists() else []
+    lines = []
+    if start and path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                lines.append(json.loads(line))
+            except json.JSONDecodeError:  # a line torn by a kill mid-write: dropped, the rest kept
+                continue
     kept = [r for r in lines if (r["step"] < start if "step" in r else (r["epoch"] + 1) * steps_per_epoch <= start)]
     path.write_text("".join(json.dumps(r) + "\n" for r in kept))
     return kept
@@ -272,38 +311,102 @@ def _record_environment(path: Path, device: torch.device, world: int, resumed: b
     path.write_text(json.dumps(entries, indent=2))
 
 
-def pretrain(cache, config: PretrainConfig) -> Path:
-    """Pretrain on every recording of ``cache``; returns the run folder."""
+def as_dataset(data):
+    """A :class:`~tscl.datasets.Dataset` for ``data`` (a dataset already, or a ``WaveformCache`` or its subset)."""
+    from tscl.datasets import Dataset
+    from tscl.datasets.waveform import WaveformDataset
+
+    return data if isinstance(data, Dataset) else WaveformDataset(data)
+
+
+def _build_method(config: "PretrainConfig", dataset, device):
+    encoder = build_encoder(config.encoder, dataset.in_channels, **config.encoder_kwargs)
+    method = build_method(config.method, encoder, **config.method_kwargs)
+    method.check_modality(dataset.modality)
+    return method.to(device)
+
+
+class _Log:
+    """metrics.jsonl (+ TensorBoard when installed) on rank 0; nothing on the other ranks."""
+
+    def __init__(self, out: Path, step: int, steps_per_epoch: int, main: bool):
+        self.file = self.tb = None
+        self.losses: list = []
+        if not main:
+            return
+        kept = _restart_metrics(out / "metrics.jsonl", step, steps_per_epoch)
+        self.losses = [(r["step"], r["loss"]) for r in kept if "step" in r]
+        self.file = open(out / "metrics.jsonl", "a")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tb"), purge_step=step)
+        except ImportError:
+            pass
+
+    def step(self, record: dict) -> None:
+        if self.file is None:
+            return
+        self.losses.append((record["step"], record["loss"]))
+        self.file.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for name in ("loss", "lr", "samples_per_s", "data_wait_frac"):
+                self.tb.add_scalar(f"train/{name}", record[name], record["step"])
+
+    def epoch(self, epoch: int, first: int, last: int) -> None:
+        if self.file is None:
+            return
+        values = [v for s, v in self.losses if first <= s < last]
+        self.file.write(json.dumps({"epoch": epoch, "mean_loss": float(np.mean(values))}) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        for f in (self.file, self.tb):
+            if f is not None:
+                f.close()
+
+
+def _prepare_out(out: Path, config: "PretrainConfig", resuming: bool, device, world: int, dataset) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
+    _record_environment(out / "environment.json", device, world, resumed=resuming)
+    # who pretraining saw: probes refuse a test side that shares a patient with it
+    (out / "patients.json").write_text(json.dumps({"split": config.dataset.get("split", "all"),
+                                                   "patients": dataset.patients()}))
+
+
+def _nonfinite_message(loss, step: int) -> str:
+    return f"non-finite loss {loss.item()} at step {step}; lower the lr or check the data"
+
+
+def pretrain(data, config: PretrainConfig) -> Path:
+    """Pretrain on every item of ``data`` (a :class:`~tscl.datasets.Dataset`, or a ``WaveformCache``);
+    returns the run folder. Restrict ``data`` to the training split first (``dataset.split("train")``)."""
     device = distributed.init_distributed(config.device)
     rank, world = distributed.rank(), distributed.world_size()
     main = rank == 0
     seed_everything(config.seed)
+    dataset = as_dataset(data)
     out = Path(config.out_dir)
-    index = cache.index
-    config.in_channels = int(index["n_channels"][0])
-    config.channels = index["channels"][0].split(",")
+    index = dataset.index
+    config = replace(config, in_channels=dataset.in_channels, channels=list(dataset.info.get("channels", [])),
+                     data_info=dataset.info, dataset=config.dataset or dataset.source)
+    identity = run_identity(config, dataset.fingerprint)
     resuming = bool(config.resume and (out / CHECKPOINT).exists())
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
-        _record_environment(out / "environment.json", device, world, resumed=resuming)
 
-    encoder = build_encoder(config.encoder, config.in_channels, **config.encoder_kwargs)
-    method = build_method(config.method, encoder, **config.method_kwargs).to(device)
+    method = _build_method(config, dataset, device)
+    if main:
+        _prepare_out(out, config, resuming, device, world, dataset)
     sampler = method.make_sampler(index, seed=config.seed)
-    augments = _augments(method)
     if world > 1:
         if hasattr(sampler, "world_size"):
             sampler.rank, sampler.world_size = rank, world
         else:
             sampler = RankBatches(sampler, rank, world)
-        for a in augments:  # same rows never meet twice, but draws should differ across ranks
-            a.seed = a.seed + rank
+        method.seed_rank(rank)  # same rows never meet twice, but draws should differ across ranks
     columns = {"patient_ids": torch.from_numpy(encode_ids(index["patient_id"].to_list())),
-               "record_ids": torch.arange(len(index))}  # global codes: equal on every rank
-    if hasattr(method, "batch_extras"):
-        columns.update(method.batch_extras(index))  # e.g. SupCon labels [N]
-    signals = cache.stack()
+               "record_ids": torch.arange(len(index)),  # global codes: equal on every rank
+               **method.batch_extras(index)}  # e.g. SupCon labels [N]
 
     model = method
     if world > 1 and device.type == "cuda":
@@ -324,23 +427,37 @@ def pretrain(cache, config: PretrainConfig) -> Path:
     step = 0
     if resuming:
         meta = load_checkpoint(out / CHECKPOINT, method, opt, sched)
+        check_identity(out / CHECKPOINT, meta.get("identity"), identity)
         if meta["world_size"] != world:
             raise ValueError(f"{out / CHECKPOINT} was written by {meta['world_size']} rank(s); resume it with as many")
         step = meta["step"]
-        _set_rng_state(meta["rng"][rank], augments, device)
+        _set_rng_state(meta["rng"][rank], method, device)
 
     use_amp = config.amp and device.type == "cuda"
-    log = tb = None
-    losses = []
-    if main:
-        losses = [(r["step"], r["loss"]) for r in _restart_metrics(out / "metrics.jsonl", step, steps_per_epoch) if "step" in r]
-        log = open(out / "metrics.jsonl", "a")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
 
-            tb = SummaryWriter(str(out / "tb"), purge_step=step)
-        except ImportError:
-            pass
+    def train_step(x, batch) -> float:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            loss = model(x, batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(_nonfinite_message(loss, step))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        opt.step()
+        sched.step()
+        method.after_step()
+        return loss.item()
+
+    def checkpoint() -> None:
+        states = [_rng_state(method, device)] * world
+        if world > 1:
+            dist.all_gather_object(states, states[rank])
+        if main:
+            log.file.flush()
+            save_checkpoint(out / CHECKPOINT, method, opt, sched, step, states, identity)
+
+    log = _Log(out, step, steps_per_epoch, main)
     bar = tqdm(total=stop, initial=step, desc=f"pretrain {config.method}/{config.encoder}",
                disable=not config.progress or not main)
     method.train()
@@ -350,71 +467,50 @@ def pretrain(cache, config: PretrainConfig) -> Path:
                 break
             sampler.set_epoch(epoch)
             skip = step - epoch * steps_per_epoch  # sampler position when resuming mid-epoch
-            loader = Prefetcher(itertools.islice(iter(sampler), skip, None), signals, columns,
+            loader = Prefetcher(itertools.islice(iter(sampler), skip, None), dataset.fetch, columns,
                                 pin=device.type == "cuda", depth=config.prefetch)
             t_prev = time.perf_counter()
             try:
                 for x, batch in loader:
-                    x = x.to(device, non_blocking=True)
+                    x = to_device(x, device, non_blocking=True)
                     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                        loss = model(x, batch)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}; lower the lr or check the data")
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if config.grad_clip:
-                        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-                    opt.step()
-                    sched.step()
-                    if hasattr(method, "after_step"):
-                        method.after_step()
-                    value = loss.item()
+                    value = train_step(x, batch)
                     now = time.perf_counter()
                     dt, t_prev = now - t_prev, now
-                    record = {"step": step, "epoch": epoch, "loss": value, "lr": sched.get_last_lr()[0],
-                              "samples_per_s": x.shape[0] * world / dt, "data_wait_frac": min(1.0, loader.wait / dt)}
+                    log.step({"step": step, "epoch": epoch, "loss": value, "lr": sched.get_last_lr()[0],
+                              "samples_per_s": payload_len(x) * world / dt, "data_wait_frac": min(1.0, loader.wait / dt)})
                     step += 1
-                    if main:
-                        losses.append((record["step"], value))
-                        log.write(json.dumps(record) + "\n")
-                        if tb is not None:
-                            for name in ("loss", "lr", "samples_per_s", "data_wait_frac"):
-                                tb.add_scalar(f"train/{name}", record[name], record["step"])
-                        bar.set_postfix(loss=f"{value:.3f}", sps=f"{record['samples_per_s']:.0f}")
-                        bar.update()
+                    bar.set_postfix(loss=f"{value:.3f}")
+                    bar.update()
                     if step == stop or (config.ckpt_every and step % config.ckpt_every == 0):
-                        states = [_rng_state(augments, device)] * world
-                        if world > 1:
-                            dist.all_gather_object(states, states[rank])
-                        if main:
-                            log.flush()
-                            save_checkpoint(out / CHECKPOINT, method, opt, sched, step, states)
+                        checkpoint()
                     if step >= stop:
                         break
             finally:
                 loader.close()
-            if main and step == (epoch + 1) * steps_per_epoch:
-                epoch_losses = [v for s, v in losses if epoch * steps_per_epoch <= s < step]
-                log.write(json.dumps({"epoch": epoch, "mean_loss": float(np.mean(epoch_losses))}) + "\n")
-                log.flush()
+            if step == (epoch + 1) * steps_per_epoch:
+                log.epoch(epoch, epoch * steps_per_epoch, step)
     finally:
         bar.close()
-        if log is not None:
-            log.close()
-        if tb is not None:
-            tb.close()
+        log.close()
     if main:
-        save_file({k: v.detach().cpu().clone().contiguous() for k, v in method.encoder.state_dict().items()},
-                  out / "encoder.safetensors")
-        save_file({k: v.detach().cpu().clone().contiguous() for k, v in method.state_dict().items()},
-                  out / "method.safetensors")
-        if losses:
-            from tscl.plots import plot_loss_curve
-
-            plot_loss_curve(*zip(*losses), out / "loss.png", title=f"{config.method} / {config.encoder}")
+        _save_weights(out, method, log.losses, config)
     distributed.barrier()
     return out
+
+
+def _save_weights(out: Path, method, losses, config) -> None:
+    bad = _finite_state(method)
+    if bad is not None:
+        raise FloatingPointError(f"{bad} holds NaN/inf at the end of training; no weights were written")
+    save_file({k: v.detach().cpu().clone().contiguous() for k, v in method.encoder.state_dict().items()},
+              out / "encoder.safetensors")
+    save_file({k: v.detach().cpu().clone().contiguous() for k, v in method.state_dict().items()},
+              out / "method.safetensors")
+    if losses:
+        from tscl.plots import plot_loss_curve
+
+        plot_loss_curve(*zip(*losses), out / "loss.png", title=f"{config.method} / {config.encoder}")
 
 
 def load_encoder(run_dir: str | Path, device: str = "cpu", random_init: bool = False, seed: int = 0):

@@ -55,6 +55,7 @@ from tscl.augment import build_augment
 from tscl.distributed import gather_embeddings
 from tscl.encoders import ProjectionHead
 from tscl.kernels import info_nce
+from tscl.methods.base import Method
 from tscl.methods.polywindow import cut_windows
 from tscl.methods.sampling import RecordBatchSampler
 
@@ -65,7 +66,9 @@ NORMALIZE = ("minmax", "none")
 DEFAULT_NORMALIZE = {"cmsc": "none", "cmlc": "minmax", "cmsmlc": "minmax"}  # min-max where positives cross leads
 
 
-class CLOCS(nn.Module):
+class CLOCS(Method):
+    generator_names = ("_gen",)
+
     def __init__(self, encoder: nn.Module, mode: str = "cmsc", n_leads: int = 4, leads: list | None = None,
                  segment_len: int | float = 0.5, normalize: str | None = None,
                  proj_dim: int = 128, temperature: float = 0.1, batch_size: int = 64, augment=None):

@@ -56,6 +56,7 @@ from tscl.augment import build_augment
 from tscl.distributed import all_gather, gather_embeddings, is_distributed
 from tscl.encoders import ProjectionHead
 from tscl.kernels import info_nce
+from tscl.methods.base import Method
 from tscl.methods.polywindow import cut_windows
 from tscl.methods.sampling import TrialShuffleSampler
 from tscl.samplers import encode_ids
@@ -68,7 +69,7 @@ PRESETS = {"default": DEFAULT_WEIGHTS, "ptb": PTB_WEIGHTS}
 LEVEL_IDS = {"trial": "record_ids", "patient": "patient_ids"}
 
 
-class COMET(nn.Module):
+class COMET(Method):
     def __init__(self, encoder: nn.Module, weights: dict | str | None = None, samples_per_trial: int = 2,
                  observations_per_sample: int = 4, level_ids: dict | None = None, proj_dim: int = 128,
                  temperature: float = 0.1, batch_size: int = 64, augment="mask:frac=0.1:n=2,scale"):

@@ -33,6 +33,7 @@ from tscl.augment import build_augment
 from tscl.distributed import gather_embeddings
 from tscl.encoders import ProjectionHead
 from tscl.kernels import info_nce
+from tscl.methods.base import Method
 from tscl.methods.sampling import RecordBatchSampler
 
 __all__ = ["MoCo", "momentum_update", "enqueue"]
@@ -67,7 +68,9 @@ def enqueue(queue: Tensor, ptr: Tensor, filled: Tensor, keys: Tensor, queue_ids:
     filled.fill_(min(int(filled) + b, size))
 
 
-class MoCo(nn.Module):
+class MoCo(Method):
+    modalities = ("waveform", "image")
+
     def __init__(self, encoder: nn.Module, proj_dim: int = 128, temperature: float = 0.2,
                  queue_size: int = 4096, momentum: float = 0.99, batch_size: int = 64, augment=MOCO_AUGMENT):
         super().__init__()

@@ -5,7 +5,8 @@ performant, expressive, and practical approach to ECG modeling." PLoS Comput Bio
 e1009862 (2022).
 
 Positives are two *different recordings of the same patient*; every other recording in the
-batch is a negative. No signal augmentation: the pairing replaces it. With both
+batch is a negative. No signal augmentation by default: the pairing replaces it (``augment=``
+adds one). With both
 recordings of each of P patients stacked as ``z [2P, D]`` and patient ids as labels, the
 loss is the NT-Xent of SimCLR over the 2P x 2P similarity matrix with the diagonal removed::
 
@@ -20,25 +21,31 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from tscl.augment import build_augment
 from tscl.distributed import gather_embeddings
 from tscl.encoders import ProjectionHead
 from tscl.kernels import info_nce
+from tscl.methods.base import Method
 from tscl.samplers import PatientBatchSampler, encode_ids
 
 __all__ = ["PCLR"]
 
 
-class PCLR(nn.Module):
+class PCLR(Method):
+    modalities = ("waveform", "ehr", "image")
+
     def __init__(self, encoder: nn.Module, proj_dim: int = 128, temperature: float = 0.1,
-                 patients_per_batch: int = 64, recordings_per_patient: int = 2):
+                 patients_per_batch: int = 64, recordings_per_patient: int = 2, augment=None):
         super().__init__()
         self.encoder = encoder
         self.head = ProjectionHead(encoder.embed_dim, encoder.embed_dim, proj_dim)
         self.temperature = temperature
         self.patients_per_batch = patients_per_batch
         self.recordings_per_patient = recordings_per_patient
+        self.augment = build_augment(augment)  # none by default: the pairing replaces augmentation
 
     def make_sampler(self, index, seed: int = 0) -> PatientBatchSampler:
+        self.augment.bind(index, seed)
         return PatientBatchSampler(
             encode_ids(index["patient_id"].to_list()),
             patients_per_batch=self.patients_per_batch,
@@ -47,5 +54,6 @@ class PCLR(nn.Module):
         )
 
     def forward(self, x: Tensor, batch: dict) -> Tensor:
+        x = self.augment(x) if self.augment else x
         z, ids = gather_embeddings(self.head(self.encoder(x)), batch["patient_ids"])  # global batch under DDP
         return info_nce(z, z, ids, ids, temperature=self.temperature, exclude_self=True)

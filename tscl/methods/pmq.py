@@ -42,6 +42,7 @@ from tscl.augment import build_augment
 from tscl.distributed import gather_embeddings
 from tscl.encoders import ProjectionHead
 from tscl.kernels import info_nce
+from tscl.methods.base import Method
 from tscl.methods.moco import enqueue, momentum_update
 from tscl.methods.polywindow import cut_windows
 from tscl.methods.sampling import TrialShuffleSampler
@@ -50,7 +51,7 @@ from tscl.samplers import encode_ids
 __all__ = ["PMQ"]
 
 
-class PMQ(nn.Module):
+class PMQ(Method):
     def __init__(self, encoder: nn.Module, proj_dim: int = 128, temperature: float = 0.1, queue_size: int = 16384,
                  momentum: float = 0.999, segments_per_record: int = 2, bank_same_id: str = "positive",
                  predictor: bool = True, batch_size: int = 64, augment="bandpass,mask:frac=0.05:n=4"):

@@ -43,6 +43,7 @@ from tscl.augment import build_augment
 from tscl.encoders import ProjectionHead
 from tscl.distributed import gather_embeddings
 from tscl.kernels import info_nce
+from tscl.methods.base import Method
 from tscl.methods.sampling import RecordBatchSampler
 from tscl.methods.simclr import ECG_AUGMENT
 
@@ -65,7 +66,9 @@ def cut_windows(x: Tensor, n_windows: int, window_len: int, stride: int, generat
     return x[rows, :, idx].permute(0, 1, 3, 2)  # advanced indexing puts [N, K, L] first: -> [N, K, C, L]
 
 
-class PolyWindow(nn.Module):
+class PolyWindow(Method):
+    generator_names = ("_gen",)
+
     def __init__(self, encoder: nn.Module, n_windows: int = 4, window_len: int | float = 0.5,
                  stride: int | float | None = None, objective: str = "pairs", proj_dim: int = 128,
                  temperature: float = 0.1, batch_size: int = 64, augment=WINDOW_AUGMENT):

@@ -21,6 +21,7 @@ from tscl.augment import build_augment
 from tscl.encoders import ProjectionHead
 from tscl.distributed import gather_embeddings
 from tscl.kernels import info_nce
+from tscl.methods.base import Method
 from tscl.methods.sampling import RecordBatchSampler
 
 __all__ = ["SimCLR", "ECG_AUGMENT"]
@@ -28,7 +29,9 @@ __all__ = ["SimCLR", "ECG_AUGMENT"]
 ECG_AUGMENT = "crop:len=0.8,scale,noise:snr=20,wander,dropout:p=0.1"
 
 
-class SimCLR(nn.Module):
+class SimCLR(Method):
+    modalities = ("waveform", "image")
+
     def __init__(self, encoder: nn.Module, proj_dim: int = 128, temperature: float = 0.1,
                  batch_size: int = 64, augment=ECG_AUGMENT):
         super().__init__()

@@ -26,6 +26,7 @@ from tscl.augment import build_augment
 from tscl.encoders import ProjectionHead
 from tscl.distributed import gather_embeddings
 from tscl.kernels import info_nce
+from tscl.methods.base import Method
 from tscl.methods.sampling import RecordBatchSampler
 from tscl.methods.simclr import ECG_AUGMENT
 
@@ -51,7 +52,9 @@ def class_ids(index, label) -> np.ndarray:
     return out
 
 
-class SupCon(nn.Module):
+class SupCon(Method):
+    modalities = ("waveform", "image")
+
     def __init__(self, encoder: nn.Module, label="lvh", proj_dim: int = 128, temperature: float = 0.1,
                  batch_size: int = 64, augment=ECG_AUGMENT):
         super().__init__()

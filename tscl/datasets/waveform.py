@@ -1,0 +1,202 @@
+"""Waveform sources (ECG, EEG): every published layout becomes a :class:`WaveformDataset` over a memmap cache.
+
+=============  ===========================================================================
+``wfdb``       any folder of WFDB records + a metadata table (``patient_id``, ``record_id``, ...)
+``ptbxl``      PTB-XL as PhysioNet publishes it (records100/ or records500/, label tables, strat_fold)
+``cinc``       PhysioNet/CinC 2020/2021 ``.hea``/``.mat`` with SNOMED ``# Dx``
+``annotated``  MIT-BIH / SVDB / CPSC-style records with ``.atr``: beat or rhythm windows
+``edf``        a folder of EDF(+) files: fixed-length epochs, 10-20 channel names; patient = file stem
+``eegmat``     EEGMAT (``SubjectNN_1.edf`` rest, ``SubjectNN_2.edf`` mental arithmetic): epochs, ``task``
+=============  ===========================================================================
+
+``normalize="zscore"`` standardises each channel of each item over time when the item is
+fetched, so pretraining, ``embed`` and the probes see the same input; EEG sources default to it
+(µV amplitudes differ by electrode and subject), ECG sources to ``none`` (mV is meaningful).
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from . import Dataset, default_cache_root, hash_split, register_source
+
+__all__ = ["WaveformDataset", "NORMALIZE"]
+
+NORMALIZE = ("none", "zscore")
+
+
+class WaveformDataset(Dataset):
+    """Items of a :class:`~tscl.loaders.WaveformCache` (all of one shape ``[C, T]``) as ``[B, C, T]`` batches."""
+
+    modality = "waveform"
+
+    def __init__(self, cache, *, normalize: str = "none", source: dict | None = None):
+        if normalize not in NORMALIZE:
+            raise ValueError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
+        index = cache.index
+        if "split" not in index.columns:
+            index = index.with_columns(pl.Series("split", hash_split(index["patient_id"].to_list())))
+        super().__init__(index, source=source)
+        self.cache, self.normalize = cache, normalize
+        self._signals = cache.stack()
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.index["n_channels"][0])
+
+    @property
+    def info(self) -> dict:
+        return {**super().info, "channels": self.index["channels"][0].split(","), "fs": float(self.index["fs"][0]),
+                "n_samples": int(self.index["n_samples"][0]), "normalize": self.normalize}
+
+    @property
+    def fingerprint(self) -> str:
+        return self.cache.fingerprint
+
+    def fetch(self, rows) -> torch.Tensor:
+        rows = np.asarray(rows)
+        order = np.argsort(rows, kind="stable")  # sorted reads are sequential in the memmap
+        x = np.ascontiguousarray(self._signals[rows[order]], dtype=np.float32)
+        x = torch.from_numpy(x)[torch.from_numpy(np.argsort(order))]
+        return zscore(x) if self.normalize == "zscore" else x
+
+    def array(self) -> np.ndarray:
+        """Every item as one ``[N, C, T]`` array, normalised as ``fetch`` does (for embedding and probes)."""
+        if self.normalize == "none":
+            return self._signals
+        return np.concatenate([self.fetch(np.arange(s, min(s + 512, len(self)))).numpy()
+                               for s in range(0, len(self), 512)]) if len(self) else np.zeros((0, 0, 0), np.float32)
+
+    def _take(self, rows):
+        out = WaveformDataset(self.cache.subset(rows), normalize=self.normalize, source=self.source)
+        out.index = self.index[rows.tolist()] if len(rows) else self.index.clear()
+        return out
+
+
+def zscore(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Each channel of each item minus its mean over time, over its standard deviation."""
+    mean = x.mean(dim=-1, keepdim=True)
+    std = x.std(dim=-1, keepdim=True)
+    return (x - mean) / (std + eps)
+
+
+def _cache_dir(cache: Path | None, name: str, root: Path, **options) -> Path:
+    key = hashlib.sha256(f"{root.resolve()}|{sorted(options.items())}".encode()).hexdigest()[:16]
+    return (cache or default_cache_root()) / f"{name}-{key}"
+
+
+_COMMON = {"normalize": "none | zscore: per-channel standardisation of each item (default: none for ECG, "
+                        "zscore for EEG)",
+           "on_error": "raise | skip: an unreadable record stops the load, or is left out and listed in the report"}
+
+
+@register_source("wfdb", "waveform", "a folder of WFDB records (.hea + signal files) and a metadata table with "
+                 "patient_id and record_id columns (optional path, visit_time, split, label columns)",
+                 options={**_COMMON, "metadata": "the metadata table (default <root>/metadata.csv)",
+                          "nan_policy": "fail | interpolate | drop"})
+def _wfdb(root: Path, *, cache=None, progress=True, metadata=None, normalize="none", on_error="raise",
+          nan_policy="fail"):
+    from tscl.loaders import load_wfdb_cohort
+
+    c = load_wfdb_cohort(root, metadata, cache_dir=_cache_dir(cache, "wfdb", root, metadata=metadata,
+                                                               on_error=on_error, nan_policy=nan_policy),
+                         progress=progress, on_error=on_error, nan_policy=nan_policy)
+    return WaveformDataset(c, normalize=normalize)
+
+
+@register_source("ptbxl", "waveform", "PTB-XL as PhysioNet publishes it: records100/ (or records500/) and "
+                 "ptbxl_database.csv + scp_statements.csv and/or labels/ptbxl_<task>_<part>.csv label tables; "
+                 "split from strat_fold (1-8 train, 9 val, 10 test)",
+                 options={**_COMMON, "rate": "100 or 500 (Hz): records100/ or records500/"})
+def _ptbxl(root: Path, *, cache=None, progress=True, rate=100, normalize="none", on_error="skip"):
+    from tscl.loaders import load_ptbxl
+
+    c = load_ptbxl(root, rate=int(rate), cache_dir=_cache_dir(cache, "ptbxl", root, rate=rate, on_error=on_error),
+                   on_error=on_error, progress=progress)
+    return WaveformDataset(c, normalize=normalize)
+
+
+@register_source("cinc", "waveform", "PhysioNet/CinC 2020/2021 records: .hea + .mat with '# Dx:' SNOMED codes "
+                 "(any folder depth)", options={**_COMMON})
+def _cinc(root: Path, *, cache=None, progress=True, normalize="none", on_error="raise"):
+    from tscl.loaders import load_cinc
+
+    c = load_cinc(root, cache_dir=_cache_dir(cache, "cinc", root, on_error=on_error), on_error=on_error,
+                  progress=progress)
+    return WaveformDataset(c, normalize=normalize)
+
+
+@register_source("annotated", "waveform", "WFDB records with .atr annotations (MIT-BIH, SVDB, CPSC 2021): beat "
+                 "windows (AAMI classes) or rhythm windows (AF)",
+                 options={**_COMMON, "kind": "beats | rhythm",
+                          "window_s": "rhythm window length in seconds (default 10)",
+                          "default_rhythm": "rhythm of unannotated stretches (e.g. N); default: left out"})
+def _annotated(root: Path, *, cache=None, progress=True, kind="beats", normalize="none", on_error="raise",
+               window_s=10.0, default_rhythm=None):
+    from tscl.loaders import load_annotated
+
+    records = sorted(p.with_suffix("") for p in root.rglob("*.atr") if p.with_suffix(".hea").exists())
+    if not records:
+        raise FileNotFoundError(f"{root}: no record with both .hea and .atr")
+    if kind not in ("beats", "rhythm"):
+        raise ValueError(f"kind must be beats or rhythm, got {kind!r}")
+    extra = {"window_s": float(window_s), "default_rhythm": default_rhythm} if kind == "rhythm" else {}
+    c = load_annotated(records, kind=kind, cache_dir=_cache_dir(cache, "annotated", root, kind=kind, **extra),
+                       on_error=on_error, progress=progress, **extra)
+    return WaveformDataset(c, normalize=normalize)
+
+
+@register_source("eegmat", "waveform", "EEGMAT: SubjectNN_1.edf (rest) and SubjectNN_2.edf (mental arithmetic), "
+                 "EDF+, 19 10-20 channels; label 'task'", options={**_COMMON, "epoch_s": "epoch length in s (30)"})
+def _eegmat(root: Path, *, cache=None, progress=True, epoch_s=30.0, normalize="zscore", on_error="raise"):
+    from tscl.loaders import load_eegmat
+
+    c = load_eegmat(root, cache_dir=_cache_dir(cache, "eegmat", root, epoch_s=epoch_s, on_error=on_error),
+                    epoch_s=float(epoch_s), on_error=on_error, progress=progress)
+    return WaveformDataset(c, normalize=normalize)
+
+
+@register_source("edf", "waveform", "a folder of EDF(+) files (any names; patient = file stem, or the "
+                 "patient_id column of an optional metadata.csv with a 'file' column)",
+                 options={**_COMMON, "epoch_s": "epoch length in s (30)",
+                          "channels": "comma-separated channel names to keep (default: the 19 10-20 EEG channels)"})
+def _edf(root: Path, *, cache=None, progress=True, epoch_s=30.0, normalize="zscore", on_error="raise",
+         channels=None):
+    from functools import partial
+
+    from tscl.loaders import edf_epochs
+    from tscl.loaders.cache import build_cache, fingerprint_files, open_fresh_cache, read_all
+    from tscl.loaders.edf import EEG_1020
+
+    files = sorted(root.rglob("*.edf"))
+    if not files:
+        raise FileNotFoundError(f"{root}: no .edf file")
+    patients = {}
+    meta = root / "metadata.csv"
+    if meta.exists():
+        table = pl.read_csv(meta, infer_schema=False)
+        if not {"file", "patient_id"} <= set(table.columns):
+            raise ValueError(f"{meta}: needs 'file' and 'patient_id' columns")
+        patients = dict(zip(table["file"], table["patient_id"]))
+    chans = tuple(channels.split(",")) if isinstance(channels, str) else tuple(channels or EEG_1020)
+    cache_dir = _cache_dir(cache, "edf", root, epoch_s=epoch_s, channels=chans, on_error=on_error)
+    fp = fingerprint_files(files + ([meta] if meta.exists() else []), extra=f"edf;{epoch_s};{chans};{on_error}")
+    c = open_fresh_cache(cache_dir, fp)
+    if c is None:
+        report: dict = {"skipped": [], "records": []}
+        items = [(f, patients.get(f.name, patients.get(str(f.relative_to(root)), f.stem))) for f in files]
+        recs = read_all(partial(_edf_file, float(epoch_s), chans, report["records"]), items, progress=progress,
+                        desc=f"reading {root.name}", on_error=on_error, skipped=report["skipped"])
+        c = build_cache(recs, cache_dir, fingerprint=fp, report=report)
+    return WaveformDataset(c, normalize=normalize)
+
+
+def _edf_file(epoch_s, channels, counts, item):
+    from tscl.loaders import edf_epochs
+
+    path, patient = item
+    return edf_epochs(path, epoch_s=epoch_s, channels=channels, patient_id=str(patient), report=counts)
