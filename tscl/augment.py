@@ -154,17 +154,37 @@ AUGMENTS = {
 }
 
 
+# modality -> its op table; a modality's module adds its own (see ``register_modality_ops``)
+OPS_BY_MODALITY: dict[str, dict] = {"waveform": AUGMENTS}
+
+
+def register_modality_ops(modality: str, ops: dict, apply) -> None:
+    """Register a modality's augmentation ops and ``apply(op, payload, generator, **params) -> payload``."""
+    OPS_BY_MODALITY[modality] = ops
+    _APPLY[modality] = apply
+
+
+def _apply_waveform(op, x, g, fs: float, **kw):
+    return op(x, g, fs=fs, **kw)
+
+
+_APPLY = {"waveform": _apply_waveform}
+
+
 class Augment:
-    """A pipeline of waveform ops applied in order; owns a seeded generator per device.
+    """A pipeline of ops of one modality applied in order; owns a seeded generator per device.
 
     ``Augment([("noise", {"snr": 20}), ("scale", {})], fs=100, seed=0)(x [B,C,T])``.
     """
 
-    def __init__(self, ops: list[tuple[str, dict]], fs: float = 100.0, seed: int = 0):
+    def __init__(self, ops: list[tuple[str, dict]], fs: float = 100.0, seed: int = 0, modality: str = "waveform"):
+        if modality not in OPS_BY_MODALITY:
+            raise ValueError(f"no augmentations for modality {modality!r}; known: {sorted(OPS_BY_MODALITY)}")
+        table = OPS_BY_MODALITY[modality]
         for name, _ in ops:
-            if name not in AUGMENTS:
-                raise ValueError(f"unknown augmentation {name!r}; known: {sorted(AUGMENTS)}")
-        self.ops, self.fs, self.seed = ops, fs, seed
+            if name not in table:
+                raise ValueError(f"unknown {modality} augmentation {name!r}; known: {sorted(table)}")
+        self.ops, self.fs, self.seed, self.modality = ops, fs, seed, modality
         self._gens: dict = {}
 
     def generator(self, device) -> torch.Generator:
@@ -182,17 +202,19 @@ class Augment:
     def __bool__(self) -> bool:
         return bool(self.ops)
 
-    def __call__(self, x: Tensor, g: torch.Generator | None = None) -> Tensor:
-        g = g if g is not None else self.generator(x.device)
+    def __call__(self, x, g: torch.Generator | None = None):
+        device = x.codes.device if hasattr(x, "codes") else x.device
+        g = g if g is not None else self.generator(device)
+        table, apply = OPS_BY_MODALITY[self.modality], _APPLY[self.modality]
         for name, kw in self.ops:
-            x = AUGMENTS[name](x, g, fs=self.fs, **kw)
+            x = apply(table[name], x, g, fs=self.fs, **kw)
         return x
 
     def __repr__(self) -> str:
         return "Augment(" + ",".join(n + "".join(f":{k}={v}" for k, v in kw.items()) for n, kw in self.ops) + ")"
 
 
-def build_augment(spec, fs: float = 100.0, seed: int = 0) -> Augment:
+def build_augment(spec, fs: float = 100.0, seed: int = 0, modality: str = "waveform") -> Augment:
     """Parse ``"noise:snr=20,scale,wander,crop:len=800"`` into an :class:`Augment`.
 
     ``spec`` may also be None / "none" / "" (identity) or an :class:`Augment` (returned as is)."""
@@ -200,7 +222,7 @@ def build_augment(spec, fs: float = 100.0, seed: int = 0) -> Augment:
         return spec
     ops: list[tuple[str, dict]] = []
     if spec is None or str(spec).strip().lower() in ("", "none"):
-        return Augment(ops, fs, seed)
+        return Augment(ops, fs, seed, modality)
     for item in str(spec).split(","):
         item = item.strip()
         if not item:
@@ -219,4 +241,4 @@ def build_augment(spec, fs: float = 100.0, seed: int = 0) -> Augment:
                 ops[-1][1][key.strip()] = float(value) if any(ch in value for ch in ".eE") else int(value)
             except ValueError:
                 ops[-1][1][key.strip()] = value
-    return Augment(ops, fs, seed)
+    return Augment(ops, fs, seed, modality)

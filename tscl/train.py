@@ -322,7 +322,7 @@ def as_dataset(data):
 def _build_method(config: "PretrainConfig", dataset, device):
     encoder = build_encoder(config.encoder, dataset.in_channels, **config.encoder_kwargs)
     method = build_method(config.method, encoder, **config.method_kwargs)
-    method.check_modality(dataset.modality)
+    method.set_modality(dataset.modality)
     return method.to(device)
 
 

@@ -28,6 +28,7 @@ class Method(nn.Module):
     modalities: tuple[str, ...] = ("waveform",)
     augment_names: tuple[str, ...] = ("augment",)
     generator_names: tuple[str, ...] = ()
+    default_augment: dict[str, str] = {}  # modality -> augmentation spec used when the caller gave none
 
     def make_sampler(self, index, seed: int = 0):  # pragma: no cover - every method overrides it
         raise NotImplementedError
@@ -73,3 +74,17 @@ class Method(nn.Module):
     def check_modality(self, modality: str) -> None:
         if modality not in self.modalities:
             raise ValueError(f"{type(self).__name__} trains on {', '.join(self.modalities)} data, not {modality}")
+
+    def set_modality(self, modality: str) -> None:
+        """Check ``modality`` and, where an augmentation is still the method's waveform default, swap in
+        the method's default for that modality (``default_augment``)."""
+        from tscl.augment import build_augment
+
+        self.check_modality(modality)
+        if modality == "waveform" or modality not in self.default_augment:
+            return
+        waveform_default = repr(build_augment(self.default_augment.get("waveform")))
+        for name in self.augment_names:
+            current = getattr(self, name, None)
+            if current is not None and repr(current) == waveform_default:
+                setattr(self, name, build_augment(self.default_augment[modality], modality=modality))

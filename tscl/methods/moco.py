@@ -70,6 +70,7 @@ def enqueue(queue: Tensor, ptr: Tensor, filled: Tensor, keys: Tensor, queue_ids:
 
 class MoCo(Method):
     modalities = ("waveform", "image")
+    default_augment = {"waveform": MOCO_AUGMENT}
 
     def __init__(self, encoder: nn.Module, proj_dim: int = 128, temperature: float = 0.2,
                  queue_size: int = 4096, momentum: float = 0.99, batch_size: int = 64, augment=MOCO_AUGMENT):

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from tscl.augment import build_augment
+from tscl.datasets import cat_payloads
 from tscl.encoders import ProjectionHead
 from tscl.distributed import gather_embeddings
 from tscl.kernels import info_nce
@@ -31,6 +32,7 @@ ECG_AUGMENT = "crop:len=0.8,scale,noise:snr=20,wander,dropout:p=0.1"
 
 class SimCLR(Method):
     modalities = ("waveform", "image")
+    default_augment = {"waveform": ECG_AUGMENT}
 
     def __init__(self, encoder: nn.Module, proj_dim: int = 128, temperature: float = 0.1,
                  batch_size: int = 64, augment=ECG_AUGMENT):
@@ -45,7 +47,7 @@ class SimCLR(Method):
         return RecordBatchSampler(len(index), batch_size=self.batch_size, seed=seed)
 
     def forward(self, x: Tensor, batch: dict) -> Tensor:
-        views = torch.cat([self.augment(x), self.augment(x)])  # [2N, C, T']
+        views = cat_payloads([self.augment(x), self.augment(x)])  # [2N, ...]: two views of each item
         # view i and i + N share their (global) record id; gathered across ranks under DDP
         z, ids = gather_embeddings(self.head(self.encoder(views)), batch["record_ids"].repeat(2))
         return info_nce(z, z, ids, ids, temperature=self.temperature, exclude_self=True)

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from tscl.augment import build_augment
+from tscl.datasets import cat_payloads
 from tscl.encoders import ProjectionHead
 from tscl.distributed import gather_embeddings
 from tscl.kernels import info_nce
@@ -54,6 +55,7 @@ def class_ids(index, label) -> np.ndarray:
 
 class SupCon(Method):
     modalities = ("waveform", "image")
+    default_augment = {"waveform": ECG_AUGMENT}
 
     def __init__(self, encoder: nn.Module, label="lvh", proj_dim: int = 128, temperature: float = 0.1,
                  batch_size: int = 64, augment=ECG_AUGMENT):
@@ -74,6 +76,6 @@ class SupCon(Method):
     def forward(self, x: Tensor, batch: dict) -> Tensor:
         if "labels" not in batch:
             raise KeyError("SupCon needs batch['labels'] (the trainer adds it from method.batch_extras(index))")
-        views = torch.cat([self.augment(x), self.augment(x)])  # [2N, C, T']
+        views = cat_payloads([self.augment(x), self.augment(x)])  # [2N, ...]: two views of each item
         z, ids = gather_embeddings(self.head(self.encoder(views)), batch["labels"].repeat(2))  # [2N, D], [2N]
         return info_nce(z, z, ids, ids, temperature=self.temperature, exclude_self=True)
