@@ -13,7 +13,9 @@ Row loss of anchor i (SupCon's L_out form)::
     l_i    = logsumexp_{j in V(i)} s_ij  -  mean_{p in P(i)} s_ip
 
 Anchors with an empty P(i) get l_i = 0 and are left out of the mean; their count is
-reported in :class:`InfoNCEStats`, never turned into a NaN.
+reported in :class:`InfoNCEStats`, never turned into a NaN. A NaN or infinity in q, k or
+the bank, or a temperature that is not finite and > 0, is never hidden: the affected rows
+(hence any reduction over them) are NaN.
 """
 from __future__ import annotations
 
@@ -33,8 +35,16 @@ def info_nce_rows_reference(
     bank: Tensor | None = None,
     bank_ids: Tensor | None = None,
     mask_bank_same_id: bool = False,
+    symmetric: bool = False,
+    allow_tf32: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Per-anchor InfoNCE losses ``[N]`` (float32; float64 for float64 inputs) and positive counts ``[N]`` (int64).
+
+    ``symmetric=True`` appends the column losses (anchors k, keys q, same ``exclude_self``,
+    no bank): ``[N+M]``, rows then columns, as the Triton backend returns them.
+    ``allow_tf32`` is accepted for the common signature and ignored. Autocast is switched
+    off inside, so the products are fp32 over the inputs as given (the entry point has
+    already cast them to the compute dtype).
 
     ``q [N,D]``, ``k [M,D]`` are already normalised (or deliberately not); ``q_ids [N]``,
     ``k_ids [M]`` are int64; ``temperature`` is a 0-dim float tensor (may require grad);
@@ -42,8 +52,19 @@ def info_nce_rows_reference(
     is a negative). Accumulation is in float32 for fp32/bf16/fp16 inputs (float64 stays
     float64, so the reference can be gradchecked).
     """
+    with torch.autocast(q.device.type, enabled=False):
+        loss, npos = _rows(q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank_same_id)
+        if not symmetric:
+            return loss, npos
+        col_loss, col_npos = _rows(k, q, k_ids, q_ids, temperature, exclude_self, None, None, False)
+    return torch.cat([loss, col_loss]), torch.cat([npos, col_npos])
+
+
+def _rows(q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank_same_id):
     acc = torch.promote_types(q.dtype, torch.float32)  # float32, or float64 for float64 inputs (gradcheck)
-    inv_tau = 1.0 / temperature.to(acc)
+    tau = temperature.to(acc)
+    tau = torch.where((tau > 0) & torch.isfinite(tau), tau, torch.full_like(tau, float("nan")))
+    inv_tau = 1.0 / tau
     qf, kf = q.to(acc), k.to(acc)
     s = (qf @ kf.T) * inv_tau
     pos = q_ids[:, None] == k_ids[None, :]

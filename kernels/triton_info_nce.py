@@ -104,8 +104,19 @@ def _mma(a, b, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
 
 
 @triton.jit
-def _load_rows(PTR, idx, ok, dims, D, stride_n, stride_d):
-    """Rows ``idx`` of a ``[*, D]`` matrix as a ``[len(idx), BLOCK_D]`` tile (zeros outside ``ok`` / ``D``)."""
+def _load_tau(TAU):
+    """The temperature; NaN unless finite and > 0 (checked here, not by a host read-back)."""
+    tau = tl.load(TAU)
+    return tl.where((tau > 0.0) & (tau < float("inf")), tau, float("nan"))
+
+
+@triton.jit
+def _load_rows(PTR, idx, ok, dims, D, stride_n, stride_d, IDX64: tl.constexpr):
+    """Rows ``idx`` of a ``[*, D]`` matrix as a ``[len(idx), BLOCK_D]`` tile (zeros outside ``ok`` / ``D``).
+
+    IDX64: offsets in int64 (a tensor whose extent reaches 2**31 elements)."""
+    if IDX64:
+        idx = idx.to(tl.int64)
     return tl.load(PTR + idx[:, None] * stride_n + dims[None, :] * stride_d,
                    mask=ok[:, None] & (dims[None, :] < D), other=0.0)
 
@@ -114,7 +125,7 @@ def _load_rows(PTR, idx, ok, dims, D, stride_n, stride_d):
 def _key_tile(
     q, qid, rows, cols, scale, K, KID, n_cols, D, stride_kn, stride_kd,
     EXCLUDE_DIAG: tl.constexpr, USE_IDS: tl.constexpr, IDS_POSITIVE: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, BLOCK_D: tl.constexpr, IDX64: tl.constexpr,
 ):
     """Recompute one tile of keys ``cols`` against the anchor block.
 
@@ -124,7 +135,7 @@ def _key_tile(
     ``same`` (same id as the anchor; all false without ids).
     """
     col_ok = cols < n_cols
-    k = _load_rows(K, cols, col_ok, tl.arange(0, BLOCK_D), D, stride_kn, stride_kd)
+    k = _load_rows(K, cols, col_ok, tl.arange(0, BLOCK_D), D, stride_kn, stride_kd, IDX64)
     s2 = _mma(q, tl.trans(k), PRECISION, UPCAST_DOT) * scale
     valid = col_ok[None, :] & (rows[:, None] >= 0)
     if EXCLUDE_DIAG:
@@ -144,6 +155,7 @@ def _fwd_sweep(
     K, KID, n_cols, D, stride_kn, stride_kd,
     EXCLUDE_DIAG: tl.constexpr, USE_IDS: tl.constexpr, IDS_POSITIVE: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    IDX64: tl.constexpr,
 ):
     """Fold one key set (the keys, or the bank) into the running row statistics.
 
@@ -152,7 +164,8 @@ def _fwd_sweep(
     for start in range(0, n_cols, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         col_ok, k, s2, valid, same = _key_tile(q, qid, rows, cols, scale, K, KID, n_cols, D, stride_kn, stride_kd,
-                                               EXCLUDE_DIAG, USE_IDS, IDS_POSITIVE, PRECISION, UPCAST_DOT, BLOCK_D)
+                                               EXCLUDE_DIAG, USE_IDS, IDS_POSITIVE, PRECISION, UPCAST_DOT, BLOCK_D,
+                                               IDX64)
         if USE_IDS and IDS_POSITIVE:
             pos_sum += tl.sum(tl.where(same, s2, 0.0), axis=1)
             pos_cnt += tl.sum(same.to(tl.int32), axis=1)
@@ -171,15 +184,15 @@ def _info_nce_fwd(
     N, M, B, D,
     stride_qn, stride_qd, stride_kn, stride_kd, stride_bn, stride_bd,
     EXCLUDE_SELF: tl.constexpr, HAS_BANK: tl.constexpr, BANK_IDS: tl.constexpr,
-    BANK_POSITIVE: tl.constexpr, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    BANK_POSITIVE: tl.constexpr, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, IDX64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
     row_ok = rows < N
-    q = _load_rows(Q, rows, row_ok, dims, D, stride_qn, stride_qd)
+    q = _load_rows(Q, rows, row_ok, dims, D, stride_qn, stride_qd, IDX64)
     qid = tl.load(QID + rows, mask=row_ok, other=0)
-    scale = LOG2E / tl.load(TAU)
+    scale = LOG2E / _load_tau(TAU)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -187,13 +200,15 @@ def _info_nce_fwd(
     pos_cnt = tl.zeros([BLOCK_M], tl.int32)
     m_i, l_i, pos_sum, pos_cnt = _fwd_sweep(
         q, qid, rows, m_i, l_i, pos_sum, pos_cnt, scale, K, KID, M, D, stride_kn, stride_kd,
-        EXCLUDE_SELF, True, True, PRECISION, UPCAST_DOT, BLOCK_N, BLOCK_D)
+        EXCLUDE_SELF, True, True, PRECISION, UPCAST_DOT, BLOCK_N, BLOCK_D, IDX64)
     if HAS_BANK:
         m_i, l_i, pos_sum, pos_cnt = _fwd_sweep(
             q, qid, rows, m_i, l_i, pos_sum, pos_cnt, scale, BANK, BID, B, D, stride_bn, stride_bd,
-            False, BANK_IDS, BANK_POSITIVE, PRECISION, UPCAST_DOT, BLOCK_N, BLOCK_D)
+            False, BANK_IDS, BANK_POSITIVE, PRECISION, UPCAST_DOT, BLOCK_N, BLOCK_D, IDX64)
 
-    lse = tl.where(l_i > 0, m_i + tl.log2(tl.where(l_i > 0, l_i, 1.0)), 0.0) * LN2  # no column: 0
+    # no column at all: l_i == 0 exactly, lse := 0. A NaN anywhere in the row leaves l_i NaN,
+    # which must reach the loss (an ``l_i > 0`` test would take NaN for "no column").
+    lse = tl.where(l_i == 0.0, 0.0, m_i + tl.log2(tl.where(l_i == 0.0, 1.0, l_i))) * LN2
     mean_pos = pos_sum * LN2 / tl.maximum(pos_cnt, 1).to(tl.float32)
     loss = tl.where(pos_cnt > 0, lse - mean_pos, 0.0)
     tl.store(LOSS + rows, loss, mask=row_ok)
@@ -217,6 +232,7 @@ def _dq_sweep(
     K, KID, n_cols, D, stride_kn, stride_kd, LSE_C, NPOS_C, GRAD_C,
     EXCLUDE_DIAG: tl.constexpr, USE_IDS: tl.constexpr, IDS_POSITIVE: tl.constexpr, SYMMETRIC: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    IDX64: tl.constexpr,
 ):
     """Accumulate sum_j dS_ij k_j and sum_j dS_ij s2_ij over one key set.
 
@@ -226,7 +242,8 @@ def _dq_sweep(
     for start in range(0, n_cols, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         col_ok, k, s2, valid, same = _key_tile(q, qid, rows, cols, scale, K, KID, n_cols, D, stride_kn, stride_kd,
-                                               EXCLUDE_DIAG, USE_IDS, IDS_POSITIVE, PRECISION, UPCAST_DOT, BLOCK_D)
+                                               EXCLUDE_DIAG, USE_IDS, IDS_POSITIVE, PRECISION, UPCAST_DOT, BLOCK_D,
+                                               IDX64)
         ds = tl.zeros_like(s2)
         if USE_IDS and IDS_POSITIVE:
             ds = tl.where(same, -w[:, None], 0.0)
@@ -248,28 +265,30 @@ def _info_nce_bwd_dq(
     stride_qn, stride_qd, stride_kn, stride_kd, stride_bn, stride_bd,
     EXCLUDE_SELF: tl.constexpr, HAS_BANK: tl.constexpr, BANK_IDS: tl.constexpr,
     BANK_POSITIVE: tl.constexpr, SYMMETRIC: tl.constexpr, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    IDX64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """dq and the dtau row partials; ``*_C`` are the column losses' statistics (SYMMETRIC)."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
     row_ok = rows < N
-    q = _load_rows(Q, rows, row_ok, dims, D, stride_qn, stride_qd)
+    q = _load_rows(Q, rows, row_ok, dims, D, stride_qn, stride_qd, IDX64)
     qid = tl.load(QID + rows, mask=row_ok, other=0)
     lse2, g, w = _row_weights(LSE, NPOS, GRAD, rows, row_ok)
-    inv_tau = 1.0 / tl.load(TAU)
+    inv_tau = 1.0 / _load_tau(TAU)
     scale = LOG2E * inv_tau
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     dts = tl.zeros([BLOCK_M], tl.float32)
     dq, dts = _dq_sweep(q, qid, rows, lse2, g, w, dq, dts, scale, K, KID, M, D, stride_kn, stride_kd,
                         LSE_C, NPOS_C, GRAD_C, EXCLUDE_SELF, True, True, SYMMETRIC,
-                        PRECISION, UPCAST_DOT, BLOCK_N, BLOCK_D)
+                        PRECISION, UPCAST_DOT, BLOCK_N, BLOCK_D, IDX64)
     if HAS_BANK:
         dq, dts = _dq_sweep(q, qid, rows, lse2, g, w, dq, dts, scale, BANK, BID, B, D, stride_bn, stride_bd,
                             LSE_C, NPOS_C, GRAD_C, False, BANK_IDS, BANK_POSITIVE, False,
-                            PRECISION, UPCAST_DOT, BLOCK_N, BLOCK_D)
+                            PRECISION, UPCAST_DOT, BLOCK_N, BLOCK_D, IDX64)
     dq = dq * inv_tau
+    if IDX64:
+        rows = rows.to(tl.int64)
     tl.store(DQ + rows[:, None] * D + dims[None, :], dq.to(DQ.dtype.element_ty),
              mask=row_ok[:, None] & (dims[None, :] < D))
     tl.store(DTS + rows, dts * LN2, mask=row_ok)
@@ -282,25 +301,25 @@ def _info_nce_bwd_dk(
     N, M, D,
     stride_qn, stride_qd, stride_kn, stride_kd,
     EXCLUDE_SELF: tl.constexpr, HAS_BANK: tl.constexpr, SYMMETRIC: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, IDX64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """dk: one program per block of BLOCK_M keys, sweeping the anchors BLOCK_N at a time."""
     cols = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
     col_ok = cols < M
-    k = _load_rows(K, cols, col_ok, dims, D, stride_kn, stride_kd)
+    k = _load_rows(K, cols, col_ok, dims, D, stride_kn, stride_kd, IDX64)
     kid = tl.load(KID + cols, mask=col_ok, other=0)
     if SYMMETRIC:
         lse2_c, g_c, w_c = _row_weights(LSE_C, NPOS_C, GRAD_C, cols, col_ok)
-    inv_tau = 1.0 / tl.load(TAU)
+    inv_tau = 1.0 / _load_tau(TAU)
     scale = LOG2E * inv_tau
 
     dk = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for start in range(0, N, BLOCK_N):
         rows = start + tl.arange(0, BLOCK_N)
         row_ok = rows < N
-        q = _load_rows(Q, rows, row_ok, dims, D, stride_qn, stride_qd)
+        q = _load_rows(Q, rows, row_ok, dims, D, stride_qn, stride_qd, IDX64)
         qid = tl.load(QID + rows, mask=row_ok, other=0)
         lse2, g, w = _row_weights(LSE, NPOS, GRAD, rows, row_ok)
         s2t = _mma(k, tl.trans(q), PRECISION, UPCAST_DOT) * scale  # [keys, anchors]
@@ -314,6 +333,8 @@ def _info_nce_bwd_dk(
             dst += g_c[:, None] * tl.exp2(s2t - lse2_c[:, None]) - tl.where(same, w_c[:, None], 0.0)
         dk += _mma(dst.to(q.dtype), q, PRECISION, UPCAST_DOT)
     dk = dk * inv_tau
+    if IDX64:
+        cols = cols.to(tl.int64)
     tl.store(DK + cols[:, None] * D + dims[None, :], dk.to(DK.dtype.element_ty),
              mask=col_ok[:, None] & (dims[None, :] < D))
 
@@ -334,8 +355,26 @@ def _block_d(d):
     return max(16, triton.next_power_of_2(d))
 
 
-def _precision(dtype):
-    return "ieee" if dtype == torch.float32 else "tf32"  # tf32 is ignored for 16-bit inputs
+def _precision(dtype, allow_tf32=False):
+    """``tl.dot`` input precision: exact fp32 (``ieee``) unless the caller allows TF32;
+    16-bit inputs ignore it."""
+    return "tf32" if allow_tf32 or dtype != torch.float32 else "ieee"
+
+
+_INT32_LIMIT = 2**31 - 1
+
+
+def _extent(t, pad_rows=256, pad_cols=1024):
+    """Largest element offset a kernel may form for ``t`` (padded for masked lanes past the edge)."""
+    if t is None or t.dim() != 2:
+        return 0
+    (r, c), (sr, sc) = t.shape, t.stride()
+    return (r + pad_rows) * abs(sr) + (c + pad_cols) * abs(sc)
+
+
+def _idx64(*tensors):
+    """int64 offsets when any operand's offsets could pass int32 (N * D near 2**31)."""
+    return any(_extent(t) > _INT32_LIMIT for t in tensors)
 
 
 def _upcast(dtype):
@@ -355,7 +394,8 @@ def _tau(temperature, device):
     return temperature.detach().to(device=device, dtype=torch.float32).reshape(())
 
 
-def _forward(q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank_same_id, symmetric):
+def _forward(q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank_same_id, symmetric,
+             allow_tf32=False):
     """Launch the forward kernel (twice when ``symmetric``: rows, then columns without the bank).
 
     Returns ``loss, npos, lse``, each ``[N]`` (or ``[N+M]``, rows then columns).
@@ -367,8 +407,8 @@ def _forward(q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask
     npos = _new((total,), torch.int64, q.device, -1)
     lse = _new((total,), torch.float32, q.device, float("nan"))
     tau = _tau(temperature, q.device)
-    consts = dict(EXCLUDE_SELF=exclude_self, PRECISION=_precision(q.dtype), UPCAST_DOT=_upcast(q.dtype),
-                  BLOCK_D=_block_d(d))
+    consts = dict(EXCLUDE_SELF=exclude_self, PRECISION=_precision(q.dtype, allow_tf32), UPCAST_DOT=_upcast(q.dtype),
+                  BLOCK_D=_block_d(d), IDX64=_idx64(q, k, bank))
     bank_t, bids, b, bstride, flags = _bank_args(q, bank, bank_ids, mask_bank_same_id)
     _info_nce_fwd[_grid(n, "BLOCK_M")](
         q, k, bank_t, q_ids, k_ids, bids, tau, loss[:n], npos[:n], lse[:n],
@@ -384,7 +424,7 @@ def _forward(q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask
 
 
 def _backward(grad, q, k, q_ids, k_ids, temperature, lse, npos, exclude_self, bank, bank_ids,
-              mask_bank_same_id, symmetric, need_dk=True):
+              mask_bank_same_id, symmetric, need_dk=True, allow_tf32=False):
     """Launch the dq and dk kernels; returns ``dq [N,D], dk [M,D] (or [0]), dtau []``.
 
     ``grad``, ``lse`` and ``npos`` are laid out as :func:`_forward` returns them; when
@@ -396,8 +436,8 @@ def _backward(grad, q, k, q_ids, k_ids, temperature, lse, npos, exclude_self, ba
     rows = (lse[:n], npos[:n], grad[:n])
     cols = (lse[n:], npos[n:], grad[n:]) if symmetric else rows  # unused unless symmetric
     tau = _tau(temperature, q.device)
-    consts = dict(EXCLUDE_SELF=exclude_self, SYMMETRIC=symmetric, PRECISION=_precision(q.dtype),
-                  UPCAST_DOT=_upcast(q.dtype), BLOCK_D=_block_d(d))
+    consts = dict(EXCLUDE_SELF=exclude_self, SYMMETRIC=symmetric, PRECISION=_precision(q.dtype, allow_tf32),
+                  UPCAST_DOT=_upcast(q.dtype), BLOCK_D=_block_d(d), IDX64=_idx64(q, k, bank))
     dq = _new((n, d), q.dtype, q.device, float("nan"))
     dts = _new((n,), torch.float32, q.device, float("nan"))
     bank_t, bids, b, bstride, flags = _bank_args(q, bank, bank_ids, mask_bank_same_id)
@@ -423,23 +463,24 @@ class InfoNCERows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank_same_id,
-                symmetric):
+                symmetric, allow_tf32=False):
         loss, npos, lse = _forward(q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids,
-                                   mask_bank_same_id, symmetric)
+                                   mask_bank_same_id, symmetric, allow_tf32)
         ctx.save_for_backward(q, k, q_ids, k_ids, temperature, lse, npos, bank, bank_ids)
-        ctx.flags = (exclude_self, mask_bank_same_id, symmetric)
+        ctx.flags = (exclude_self, mask_bank_same_id, symmetric, allow_tf32)
         ctx.mark_non_differentiable(npos)
         return loss, npos
 
     @staticmethod
     def backward(ctx, grad_loss, grad_npos):
         q, k, q_ids, k_ids, temperature, lse, npos, bank, bank_ids = ctx.saved_tensors
-        exclude_self, mask_bank, symmetric = ctx.flags
+        exclude_self, mask_bank, symmetric, allow_tf32 = ctx.flags
         dq, dk, dtau = _backward(grad_loss, q, k, q_ids, k_ids, temperature, lse, npos, exclude_self, bank,
-                                 bank_ids, mask_bank, symmetric, need_dk=ctx.needs_input_grad[1])
+                                 bank_ids, mask_bank, symmetric, need_dk=ctx.needs_input_grad[1],
+                                 allow_tf32=allow_tf32)
         needs = ctx.needs_input_grad
         return (dq if needs[0] else None, dk if needs[1] else None, None, None,
-                dtau if needs[4] else None, None, None, None, None, None)
+                dtau if needs[4] else None, None, None, None, None, None, None)
 
 
 _HAS_CUSTOM_OP = hasattr(torch, "library") and hasattr(torch.library, "custom_op")
@@ -450,12 +491,14 @@ if _HAS_CUSTOM_OP:
     def _info_nce_rows_op(
         q: Tensor, k: Tensor, q_ids: Tensor, k_ids: Tensor, temperature: Tensor, exclude_self: bool,
         bank: Optional[Tensor], bank_ids: Optional[Tensor], mask_bank_same_id: bool, symmetric: bool,
+        allow_tf32: bool = False,
     ) -> Tuple[Tensor, Tensor, Tensor]:
         return _forward(q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank_same_id,
-                        symmetric)
+                        symmetric, allow_tf32)
 
     @_info_nce_rows_op.register_fake
-    def _(q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank_same_id, symmetric):
+    def _(q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank_same_id, symmetric,
+          allow_tf32=False):
         total = q.shape[0] + k.shape[0] if symmetric else q.shape[0]
         return (q.new_empty(total, dtype=torch.float32), q.new_empty(total, dtype=torch.int64),
                 q.new_empty(total, dtype=torch.float32))
@@ -465,30 +508,31 @@ if _HAS_CUSTOM_OP:
         grad: Tensor, q: Tensor, k: Tensor, q_ids: Tensor, k_ids: Tensor, temperature: Tensor,
         lse: Tensor, npos: Tensor, exclude_self: bool, bank: Optional[Tensor],
         bank_ids: Optional[Tensor], mask_bank_same_id: bool, symmetric: bool, need_dk: bool,
+        allow_tf32: bool = False,
     ) -> Tuple[Tensor, Tensor, Tensor]:
         return _backward(grad, q, k, q_ids, k_ids, temperature, lse, npos, exclude_self, bank, bank_ids,
-                         mask_bank_same_id, symmetric, need_dk)
+                         mask_bank_same_id, symmetric, need_dk, allow_tf32)
 
     @_info_nce_rows_backward_op.register_fake
     def _(grad, q, k, q_ids, k_ids, temperature, lse, npos, exclude_self, bank, bank_ids,
-          mask_bank_same_id, symmetric, need_dk):
+          mask_bank_same_id, symmetric, need_dk, allow_tf32=False):
         dk = torch.empty_like(k) if need_dk else k.new_empty(0)
         return torch.empty_like(q), dk, torch.empty_like(temperature)
 
     def _setup_context(ctx, inputs, output):
-        q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank, symmetric = inputs
+        q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank, symmetric, *rest = inputs
         _, npos, lse = output
         ctx.save_for_backward(q, k, q_ids, k_ids, temperature, lse, npos, bank, bank_ids)
-        ctx.flags = (exclude_self, mask_bank, symmetric)
+        ctx.flags = (exclude_self, mask_bank, symmetric, bool(rest[0]) if rest else False)
         ctx.mark_non_differentiable(npos, lse)
 
     def _op_backward(ctx, grad_loss, grad_npos, grad_lse):
         q, k, q_ids, k_ids, temperature, lse, npos, bank, bank_ids = ctx.saved_tensors
-        exclude_self, mask_bank, symmetric = ctx.flags
+        exclude_self, mask_bank, symmetric, allow_tf32 = ctx.flags
         dq, dk, dtau = _info_nce_rows_backward_op(
             grad_loss, q, k, q_ids, k_ids, temperature, lse, npos, exclude_self, bank, bank_ids,
-            mask_bank, symmetric, ctx.needs_input_grad[1])
-        return (dq, dk if ctx.needs_input_grad[1] else None, None, None, dtau, None, None, None, None, None)
+            mask_bank, symmetric, ctx.needs_input_grad[1], allow_tf32)
+        return (dq, dk if ctx.needs_input_grad[1] else None, None, None, dtau, None, None, None, None, None, None)
 
     _info_nce_rows_op.register_autograd(_op_backward, setup_context=_setup_context)
 
@@ -505,11 +549,13 @@ def info_nce_rows_triton(
     mask_bank_same_id: bool = False,
     symmetric: bool = False,
     use_custom_op: bool = True,
+    allow_tf32: bool = False,
 ) -> Tuple[Tensor, Tensor]:
     """Per-anchor InfoNCE losses ``[N]`` (float32) and positive counts ``[N]`` (int64).
 
     Same arguments and results as :func:`info_nce_rows_reference`; ``q`` and ``k`` may be
-    fp32, bf16 or fp16 (mixed inputs are promoted; fp64 runs in fp32), any strides.
+    fp32, bf16 or fp16 (q and k are promoted to a common dtype, the bank is cast to it;
+    fp64 runs in fp32), any strides. ``allow_tf32``: TF32 products for fp32 inputs.
     ``symmetric=True`` also computes the column losses (anchors k, keys q, no bank) and
     returns ``[N+M]`` rows-then-columns, sharing the backward's recomputed tiles between
     both directions.
@@ -521,7 +567,6 @@ def info_nce_rows_triton(
     dtype = torch.promote_types(q.dtype, k.dtype)
     if bank is not None:
         bank = bank.detach()
-        dtype = torch.promote_types(dtype, bank.dtype)
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         dtype = torch.float32
     q, k = q.to(dtype), k.to(dtype)
@@ -533,7 +578,7 @@ def info_nce_rows_triton(
         temperature = torch.tensor(float(temperature), device=q.device)
     if use_custom_op and _HAS_CUSTOM_OP:
         loss, npos, _ = _info_nce_rows_op(q, k, q_ids, k_ids, temperature, bool(exclude_self), bank,
-                                          bank_ids, bool(mask_bank_same_id), bool(symmetric))
+                                          bank_ids, bool(mask_bank_same_id), bool(symmetric), bool(allow_tf32))
         return loss, npos
     return InfoNCERows.apply(q, k, q_ids, k_ids, temperature, bool(exclude_self), bank, bank_ids,
-                             bool(mask_bank_same_id), bool(symmetric))
+                             bool(mask_bank_same_id), bool(symmetric), bool(allow_tf32))

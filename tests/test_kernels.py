@@ -195,7 +195,8 @@ def test_reference_gradcheck_float64(kw):
 
 def test_reference_no_column_and_no_positive_rows_are_zero_not_nan():
     q = torch.randn(1, 8, requires_grad=True)
-    loss, stats = info_nce(q, q, temperature=0.1, exclude_self=True, return_stats=True, backend="reference")
+    ids = torch.zeros(1, dtype=torch.long)
+    loss, stats = info_nce(q, q, ids, ids, temperature=0.1, exclude_self=True, return_stats=True, backend="reference")
     loss.backward()
     assert loss.item() == 0 and torch.isfinite(q.grad).all()
     assert stats == InfoNCEStats(n_anchors=1, n_without_positive=1, mean_positives=0.0)
@@ -260,7 +261,8 @@ def test_triton_shapes(n, m, d):
 def test_triton_single_anchor_with_no_column():
     q = torch.randn(1, 20, requires_grad=True)
     t = torch.tensor(0.07, requires_grad=True)
-    loss, stats = info_nce(q, q, temperature=t, exclude_self=True, return_stats=True, backend="triton")
+    ids = torch.zeros(1, dtype=torch.long)
+    loss, stats = info_nce(q, q, ids, ids, temperature=t, exclude_self=True, return_stats=True, backend="triton")
     loss.backward()
     assert loss.item() == 0 and stats.n_without_positive == 1
     assert torch.equal(q.grad, torch.zeros_like(q)) and t.grad.item() == 0
@@ -376,7 +378,7 @@ def test_bad_inputs_raise_clear_errors(backend):
         info_nce(q, k, ids, ids, bank_ids=ids, backend=backend)
     with pytest.raises(ValueError, match="bank must be"):
         info_nce(q, k, ids, ids, bank=torch.randn(3, 5), backend=backend)
-    with pytest.raises(ValueError, match="temperature must be > 0"):
+    with pytest.raises(ValueError, match="temperature must be finite and > 0"):
         info_nce(q, k, temperature=0.0, backend=backend)
     with pytest.raises(ValueError, match="needs N == M"):
         info_nce(q, torch.randn(3, 8), backend=backend)
@@ -398,3 +400,151 @@ def test_block_configs():
     assert [c.kwargs["BLOCK_M"] for c in tn._prune(many, {}, BLOCK_D=512)] == [32]
     assert len(tn._prune(many, {}, BLOCK_D=128)) == 3
     assert [c.kwargs["BLOCK_M"] for c in tn._prune(many, {"Q": torch.empty(1)}, BLOCK_D=128)] == [32]
+
+
+# ----------------------------------------------------------------------------- non-finite inputs
+def _nonfinite_case(backend, where, value=float("nan"), normalize=False, reduction="none", seed=0):
+    """Ids chosen so that the poisoned key / bank entry is, for every anchor, only a negative
+    ("negatives", "bank"), only a positive ("positives"), or a masked bank entry ("bank-masked")."""
+    gen = torch.Generator().manual_seed(seed)
+    n, m, d, nb = 37, 41, 19, 23
+    q, k, bank = _unit(n, d, gen), _unit(m, d, gen), _unit(nb, d, gen)
+    q_ids = torch.randint(0, 5, (n,), generator=gen)
+    k_ids = torch.randint(0, 5, (m,), generator=gen)
+    bank_ids, mode = None, "positive"
+    if where == "negatives":
+        k_ids[7] = 99  # no anchor has id 99
+        k[7, 3] = value
+    elif where == "positives":
+        q_ids.zero_()
+        k_ids[7] = 0  # a positive of every anchor
+        k[7, 3] = value
+    elif where == "bank":
+        bank[5, 0] = value
+    elif where == "bank-positive":
+        q_ids.zero_()
+        bank_ids = torch.full((nb,), 3)
+        bank_ids[5] = 0  # a bank positive of every anchor
+        bank[5, 0] = value
+    elif where == "bank-masked":
+        bank_ids = torch.full((nb,), 99)
+        bank_ids[5] = q_ids[0]  # masked for the anchors sharing q_ids[0], a negative for the others
+        bank[5, 0] = value
+        mode = "mask"
+    elif where == "q":
+        q[4, 2] = value
+    elif where == "k":
+        k[11, 0] = value
+    else:
+        raise ValueError(where)
+    q, k = q.to(DEVICE).requires_grad_(), k.to(DEVICE).requires_grad_()
+    ids = [t.to(DEVICE) if t is not None else None for t in (q_ids, k_ids, bank_ids)]
+    tau = torch.tensor(0.2, device=DEVICE, requires_grad=True)
+    out = info_nce(q, k, ids[0], ids[1], temperature=tau, bank=bank.to(DEVICE), bank_ids=ids[2],
+                   bank_same_id=mode, normalize=normalize, reduction=reduction, backend=backend)
+    weight = torch.linspace(0.5, 1.5, out.numel()).reshape(out.shape).to(DEVICE)
+    (out * weight).sum().backward()
+    return out.detach(), q.grad, k.grad, tau.grad, q_ids
+
+
+@needs_triton
+@pytest.mark.parametrize("where", ["negatives", "positives", "bank", "bank-positive"])
+def test_nan_input_is_never_hidden(where):
+    """A NaN reaching any anchor's logits gives NaN in exactly the reference's rows, and the
+    mean is NaN on both backends (a finite loss from NaN inputs would train on garbage)."""
+    got, want = _nonfinite_case("triton", where), _nonfinite_case("reference", where)
+    assert torch.isnan(want[0]).any()
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5, equal_nan=True)
+    for g, w, name in zip(got[1:3], want[1:3], ("dq", "dk")):
+        assert torch.equal(torch.isnan(g), torch.isnan(w)), name
+        assert torch.isnan(g).any(), name
+    assert torch.isnan(got[3]) and torch.isnan(want[3])
+    for backend in ("triton", "reference"):
+        assert torch.isnan(_nonfinite_case(backend, where, reduction="mean")[0])
+
+
+@needs_triton
+def test_nan_in_a_masked_bank_entry_stays_out_of_the_masked_rows():
+    """bank_same_id="mask" removes the entry from those anchors' denominators, NaN included."""
+    got, want = _nonfinite_case("triton", "bank-masked"), _nonfinite_case("reference", "bank-masked")
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5, equal_nan=True)
+    masked = want[4] == want[4][0]
+    assert torch.isfinite(got[0][masked]).all() and torch.isnan(got[0][~masked & (got[0] != 0)]).all()
+
+
+@needs_triton
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("where,value,normalize", [
+    ("q", float("inf"), True), ("k", float("-inf"), True), ("q", float("nan"), True),
+    ("bank", float("inf"), True), ("k", float("inf"), False),
+])
+def test_inf_or_nan_anywhere_gives_nan_or_nonfinite_loss(backend, where, value, normalize):
+    """Normalised (every method): an infinity becomes NaN in F.normalize, so the loss is NaN.
+    Raw logits (normalize=False) with an infinity: the loss is not finite."""
+    loss = _nonfinite_case(backend, where, value, normalize=normalize, reduction="mean")[0]
+    if normalize:
+        assert torch.isnan(loss)
+    else:
+        assert not torch.isfinite(loss)
+
+
+@needs_triton
+@pytest.mark.parametrize("fn", ["triton", "reference"])
+@pytest.mark.parametrize("tau", [float("nan"), float("inf"), 0.0, -0.1])
+def test_bad_temperature_tensor_inside_the_rows_gives_nan(fn, tau):
+    """Where the entry point does not read the temperature back (CUDA, torch.compile), the
+    rows themselves turn a non-finite or non-positive temperature into a NaN loss."""
+    rows = tn.info_nce_rows_triton if fn == "triton" else info_nce_rows_reference
+    q = _unit(9, 8, torch.Generator().manual_seed(0))
+    ids = torch.arange(9) % 3
+    loss, npos = rows(q, q, ids, ids, torch.tensor(tau), True)
+    assert torch.isnan(loss).all() and (npos == 2).all()
+
+
+def test_nonfinite_inputs_names_the_culprits():
+    from tscl.kernels import nonfinite_inputs
+
+    q, k, bank = torch.randn(3, 4), torch.randn(3, 4), torch.randn(5, 4)
+    assert nonfinite_inputs(q=q, k=k, bank=bank, bank_ids=torch.arange(5), temperature=0.1) == []
+    bank[2, 1] = float("nan")
+    k[0, 0] = float("-inf")
+    assert nonfinite_inputs(q=q, k=k, bank=bank, temperature=torch.tensor(0.1)) == ["k", "bank"]
+    assert nonfinite_inputs(q=q, bank=None, temperature=float("inf")) == ["temperature"]
+    assert nonfinite_inputs(q=q.bfloat16(), k=k.half()) == ["k"]
+
+
+# ----------------------------------------------------------------------------- argument checks
+@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=needs_triton)])
+def test_argument_checks(backend):
+    q, k = torch.randn(4, 8), torch.randn(4, 8)
+    ids = torch.arange(4)
+    with pytest.raises(ValueError, match="exclude_self=True needs ids"):
+        info_nce(q, k, exclude_self=True, backend=backend)
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError, match="finite and > 0"):
+            info_nce(q, k, temperature=bad, backend=backend)
+        with pytest.raises(ValueError, match="finite and > 0"):
+            info_nce(q, k, temperature=torch.tensor(bad, requires_grad=True), backend=backend)
+    with pytest.raises(TypeError, match="floating-point"):
+        info_nce(q, k, temperature=torch.tensor(1), backend=backend)
+    with pytest.raises(ValueError, match="one value"):
+        info_nce(q, k, temperature=torch.ones(2), backend=backend)
+    meta = torch.empty(4, 8, device="meta")
+    with pytest.raises(ValueError, match="k is on meta"):
+        info_nce(q, meta, backend=backend)
+    with pytest.raises(ValueError, match="bank is on meta"):
+        info_nce(q, k, ids, ids, bank=torch.empty(3, 8, device="meta"), backend=backend)
+
+
+@needs_triton
+def test_int64_offsets_are_chosen_past_int32_and_give_the_same_numbers(monkeypatch):
+    """N * D near 2**31 needs int64 offsets; the int64 kernels must agree with the int32 ones
+    (a real 2**31-element operand does not fit this machine, so the flag is forced)."""
+    big = torch.empty(2**31 // 128 + 1, 128, device="meta")
+    small = torch.empty(4096, 128, device="meta")
+    assert tn._idx64(big) and not tn._idx64(small, small, None)
+    want = _case("triton", bank=13, bank_ids=True, symmetric=True)
+    monkeypatch.setattr(tn, "_idx64", lambda *tensors: True)
+    got = _case("triton", bank=13, bank_ids=True, symmetric=True)
+    for name in ("out", "dq", "dk", "dtau"):
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=0)
