@@ -183,7 +183,7 @@ class Augment:
         table = OPS_BY_MODALITY[modality]
         for name, _ in ops:
             if name not in table:
-                raise ValueError(f"unknown {modality} augmentation {name!r}; known: {sorted(table)}")
+                raise ValueError(f"unknown augmentation {name!r} for {modality} data; known: {sorted(table)}")
         self.ops, self.fs, self.seed, self.modality = ops, fs, seed, modality
         self._gens: dict = {}
 
