@@ -128,7 +128,8 @@ def _strat_fold_rule(index, Y, seed):
 def _ptbxl(root: Path, cache: Path):
     from tscl.loaders.ptbxl import load_ptbxl
 
-    c = load_ptbxl(root / "ptbxl", rate=100, cache_dir=cache / "ptbxl_100", on_error="skip", progress=False)
+    c = load_ptbxl(root / "ptbxl", rate=100, cache_dir=cache / "ptbxl_100", on_error="skip", labels="database",
+                   progress=False)  # age, sex and superclasses come from the database rows
     idx = c.index
     db = pl.read_csv(root / "ptbxl" / "ptbxl_database.csv", infer_schema_length=None)
     if "device" in db.columns:
