@@ -17,7 +17,8 @@ import numpy as np
 import polars as pl
 import wfdb
 
-from .cache import ON_ERROR, WaveformCache, build_cache, fingerprint_files, read_all, open_fresh_cache
+from .cache import (ON_ERROR, WaveformCache, build_cache, default_cache_dir, fingerprint_files, open_fresh_cache,
+                    read_all)
 from .recording import LoaderError, Recording
 from .wfdb_dir import read_wfdb
 from .windows import cut_window, window_recording
@@ -150,7 +151,8 @@ def load_annotated(records, kind: str = "beats", cache_dir: str | Path | None = 
     """Beat (``kind="beats"``) or rhythm (``kind="rhythm"``) windows of several annotated records in one cache.
 
     ``records``: record paths without extension. ``window_args`` go to :func:`beat_windows` or
-    :func:`rhythm_windows`. ``cache.report["records"]`` holds each record's counts;
+    :func:`rhythm_windows`. The cache defaults to :func:`default_cache_dir`
+    ``("annotated_<kind>", fingerprint)``. ``cache.report["records"]`` holds each record's counts;
     ``cache.report["skipped"]`` the records left out with ``on_error="skip"``.
     """
     if kind not in ("beats", "rhythm"):
@@ -159,10 +161,8 @@ def load_annotated(records, kind: str = "beats", cache_dir: str | Path | None = 
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     records = [Path(r) for r in records]
     sources = [f for r in records for f in sorted(r.parent.glob(r.name + ".*"))]
-    if cache_dir is None:
-        raise ValueError("cache_dir is required (records may come from several folders)")
-    cache_dir = Path(cache_dir)
     fp = fingerprint_files(sources, extra=f"{kind};{channels};{sorted(window_args.items())};{on_error}")
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(f"annotated_{kind}", fp)
     cache = open_fresh_cache(cache_dir, fp)
     if cache is not None:
         return cache

@@ -42,7 +42,7 @@ except ImportError:  # not POSIX: no locking (unique temporary names still keep 
     fcntl = None
 
 __all__ = ["WaveformCache", "build_cache", "fingerprint_files", "open_fresh_cache", "read_all", "ON_ERROR",
-           "hash_file"]
+           "hash_file", "cache_root", "default_cache_dir"]
 
 ON_ERROR = ("raise", "skip")
 
@@ -132,13 +132,60 @@ def open_fresh_cache(cache_dir: str | Path, fingerprint: str, *, verify: bool = 
         return None
 
 
-def fingerprint_files(paths: Iterable[str | Path], extra: str = "") -> str:
-    """Hash of the paths' names, sizes and modification times (cheap; detects changed sources)."""
-    h = hashlib.sha256(extra.encode())
-    for p in sorted(str(p) for p in paths):
-        st = os.stat(p)
-        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+_HASH_MEMO: dict[tuple, str] = {}
+
+
+def _content_hash(path: str) -> str:
+    """A file's BLAKE2b, remembered in this process while its inode, size, mtime and ctime stay the same.
+
+    ctime cannot be set back by a user (``touch``/``utime`` restore mtime only), so a rewritten
+    file whose mtime was restored still misses the memo and is hashed again."""
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    digest = _HASH_MEMO.get(key)
+    if digest is None:
+        digest = _HASH_MEMO[key] = hash_file(path)
+    return digest
+
+
+def fingerprint_files(paths: Iterable[str | Path], extra: str = "", *, root: str | Path | None = None) -> str:
+    """Content fingerprint of source files: each file's name relative to ``root``, its size and
+    the BLAKE2b of its bytes, plus ``extra`` (the loader's options).
+
+    ``root`` defaults to the deepest folder holding every path, so a dataset that is moved,
+    copied or mounted elsewhere (read-only included) keeps its fingerprint and reuses its cache,
+    while any change of content rebuilds it, whatever the files' modification times say.
+    Hashing reads every byte once per process (a file's hash is remembered while its inode,
+    size, mtime and ctime are unchanged).
+    """
+    files = [os.path.abspath(p) for p in paths]
+    if root is None:
+        root = os.path.commonpath([os.path.dirname(f) for f in files]) if files else ""
+    root = os.path.abspath(root) if root else ""
+    h = hashlib.sha256(f"tscl-fingerprint-v2\0{extra}\0".encode())
+    for rel, f in sorted({(os.path.relpath(f, root) if root else f, f) for f in files}):
+        try:
+            size = os.stat(f).st_size
+            digest = _content_hash(f)
+        except OSError as err:
+            raise LoaderError(f, f"cannot read source file for the cache fingerprint: {err}") from err
+        h.update(f"{Path(rel).as_posix()}\0{size}\0{digest}\n".encode())
     return h.hexdigest()
+
+
+def cache_root() -> Path:
+    """Where caches go by default: ``$TSCL_CACHE`` if set, else ``~/.cache/tscl`` (never a data folder)."""
+    env = os.environ.get("TSCL_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "tscl"
+
+
+def default_cache_dir(kind: str, fingerprint: str) -> Path:
+    """The per-user cache folder for a loader (``kind``, e.g. ``"cinc"``) and a source fingerprint:
+    ``cache_root() / kind / fingerprint[:16]``. Keyed by content, so a moved or read-only
+    dataset finds its cache, and two datasets never share one."""
+    if not kind or any(c in kind for c in "/\\") or kind.startswith("."):
+        raise ValueError(f"cache kind must be a plain folder name, got {kind!r}")
+    return cache_root() / kind / fingerprint[:16]
 
 
 class WaveformCache:

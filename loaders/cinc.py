@@ -13,7 +13,8 @@ import re
 from functools import partial
 from pathlib import Path
 
-from .cache import ON_ERROR, WaveformCache, build_cache, fingerprint_files, read_all, open_fresh_cache
+from .cache import (ON_ERROR, WaveformCache, build_cache, default_cache_dir, fingerprint_files, open_fresh_cache,
+                    read_all)
 from .recording import LoaderError, Recording
 from .transforms import prepare
 from .wfdb_dir import check_same_channels, read_wfdb
@@ -101,8 +102,8 @@ def load_cinc(root: str | Path, cache_dir: str | Path | None = None, *, channels
 
     ``dx_codes``: codes to expand into 0/1 ``dx_<code>`` columns; default every code seen in
     the headers. Unreadable records raise naming the file, or with ``on_error="skip"`` are left
-    out and listed in ``cache.report["skipped"]``. The cache (default ``<root>/.tscl_cache/cinc``)
-    is rebuilt only when a source file changes. ``fs`` resamples every record to one rate
+    out and listed in ``cache.report["skipped"]``. The cache (default :func:`default_cache_dir`
+    ``("cinc", fingerprint)``, never inside ``root``) is rebuilt only when a source file's content changes. ``fs`` resamples every record to one rate
     (:func:`resample`; the databases differ: INCART is 257 Hz, PTB 1000 Hz). ``leads``
     harmonises to that lead set instead of requiring ``channels``: missing leads are zeros and
     listed in the index column ``missing_channels`` (see ``WaveformCache.channel_mask``).
@@ -126,11 +127,11 @@ def load_cinc(root: str | Path, cache_dir: str | Path | None = None, *, channels
         dx_codes = sorted(seen, key=int)
         headers = [h for h in headers if str(h) not in {s["path"] for s in skipped}]
     sources = [f for h in headers for f in sorted(h.parent.glob(h.stem + ".*"))]
-    cache_dir = Path(cache_dir) if cache_dir is not None else root / ".tscl_cache" / "cinc"
     if leads is not None:
         channels = None
-    fp = fingerprint_files(sources, extra=f"cinc;channels={channels};dx={list(dx_codes)};on_error={on_error};"
-                                          f"fs={fs};leads={leads}")
+    fp = fingerprint_files(sources, root=root, extra=f"cinc;channels={channels};dx={list(dx_codes)};"
+                                                     f"on_error={on_error};fs={fs};leads={leads}")
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir("cinc", fp)
     cache = open_fresh_cache(cache_dir, fp)
     if cache is not None:
         return cache

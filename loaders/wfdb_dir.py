@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 import wfdb
 
-from .cache import WaveformCache, build_cache, fingerprint_files, read_all, open_fresh_cache
+from .cache import WaveformCache, build_cache, default_cache_dir, fingerprint_files, read_all, open_fresh_cache
 from .recording import LoaderError, Recording, apply_nan_policy, check_signal
 from .windows import window_recording
 
@@ -408,8 +408,9 @@ def load_wfdb_cohort(root: str | Path, metadata: str | Path | None = None, *, ca
     """Load a folder of WFDB records described by a metadata table into a memory-mapped cache.
 
     Every record must have the same channel set (the first record's, or ``channels``). The
-    cache (default ``<root>/.tscl_cache``) is rebuilt only when the table or a record file
-    changes; a second call parses no header. A record listed in the table whose header is
+    cache (default :func:`default_cache_dir` ``("wfdb_cohort", fingerprint)``, never inside
+    ``root``, which may be read-only) is rebuilt only when the content of the table or a record
+    file changes; a moved copy of the folder reuses it, and a second call parses no header. A record listed in the table whose header is
     missing raises (naming the file) before anything is read. Unreadable records raise, or with
     ``on_error="skip"`` are left out and listed in ``cache.report["skipped"]``. ``nan_policy``
     (see :func:`apply_nan_policy`): ``"drop"`` leaves out records holding NaN and lists them in
@@ -426,9 +427,9 @@ def load_wfdb_cohort(root: str | Path, metadata: str | Path | None = None, *, ca
             raise LoaderError(hea, f"listed in {meta_path.name} but not found")
         rec_files.append(hea)
         rec_files.extend(sorted(hea.parent.glob(f"{Path(p).name}.*")))
-    cache_dir = Path(cache_dir) if cache_dir is not None else root / ".tscl_cache"
     fp = fingerprint_files([meta_path, *rec_files],
                            extra=f"channels={channels};on_error={on_error};nan_policy={nan_policy}")
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir("wfdb_cohort", fp)
     cache = open_fresh_cache(cache_dir, fp)
     if cache is not None:
         return cache
@@ -453,7 +454,7 @@ def _windows_of_record(channels, window_s, stride_s, nan_policy, max_gap_s, pati
     return [*windows, report.as_dict()]
 
 
-def load_wfdb_windows(records, cache_dir: str | Path, *, window_s: float = 10.0, stride_s: float | None = None,
+def load_wfdb_windows(records, cache_dir: str | Path | None = None, *, window_s: float = 10.0, stride_s: float | None = None,
                       channels=None, nan_policy: str = "drop", max_gap_s: float = 0.1, patient_id_of=None,
                       on_error: str = "raise", progress: bool = True, workers: int = 0) -> WaveformCache:
     """Fixed-length windows of long WFDB records (single- or multi-segment) in one cache.
@@ -462,14 +463,15 @@ def load_wfdb_windows(records, cache_dir: str | Path, *, window_s: float = 10.0,
     record; a record lacking one raises or is skipped). NaN samples follow ``nan_policy``
     (:func:`window_recording`: ``"drop"`` windows holding NaN, ``"interpolate"`` gaps up to
     ``max_gap_s``, or ``"fail"``). ``patient_id_of(path)`` gives each record's patient (default:
-    the record name). ``cache.report["records"]`` counts kept and dropped windows per record;
+    the record name). The cache defaults to :func:`default_cache_dir` ``("wfdb_windows", fingerprint)``.
+    ``cache.report["records"]`` counts kept and dropped windows per record;
     ``cache.report["skipped"]`` lists records left out with ``on_error="skip"``.
     """
     records = [Path(r) for r in records]
-    cache_dir = Path(cache_dir)
-    sources = [f for r in records for f in sorted(r.parent.glob("*"))]
+    sources = [f for r in records for f in sorted(r.parent.glob("*")) if f.is_file()]
     fp = fingerprint_files(sorted(set(sources)), extra=f"windows;{channels};{window_s};{stride_s};{nan_policy};"
                                                        f"{max_gap_s};{on_error};{getattr(patient_id_of, '__name__', '')}")
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir("wfdb_windows", fp)
     cache = open_fresh_cache(cache_dir, fp)
     if cache is not None:
         return cache

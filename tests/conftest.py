@@ -3,8 +3,11 @@
 Set here, before any test module imports Triton, so the order tests run in cannot matter.
 """
 import os
+import tempfile
 
 import torch
+
+os.environ["TSCL_CACHE"] = tempfile.mkdtemp(prefix="tscl-test-cache-")  # tests never write ~/.cache/tscl
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

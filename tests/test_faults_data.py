@@ -264,3 +264,120 @@ def test_temporary_files_of_a_killed_builder_are_swept_but_live_ones_kept(tmp_pa
         os.close(fd)
     build_cache(_tiny_recordings(0), folder, fingerprint="fp2")
     assert not list(folder.glob("*.tmp"))
+
+
+# --- source fingerprints and where caches live ------------------------------------------------------
+
+def _cohort(root: Path, n: int = 3) -> Path:
+    for i in range(n):
+        write_record(root, f"r{i}", seed=i)
+    write_csv(root / "metadata.csv", "patient_id,record_id\n" + "".join(f"p{i},r{i}\n" for i in range(n)))
+    return root
+
+
+def _no_reading(monkeypatch):
+    from tscl.loaders import wfdb_dir
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the cache should have been reused")
+
+    monkeypatch.setattr(wfdb_dir, "read_wfdb", refuse)
+    monkeypatch.setattr(wfdb, "rdrecord", refuse)
+
+
+def test_content_change_with_mtime_restored_rebuilds(tmp_path):
+    import os
+
+    root = _cohort(tmp_path / "cohort")
+    first = load_wfdb_cohort(root, cache_dir=tmp_path / "c", progress=False)
+    old = np.array(first[1])
+    dat = root / "r1.dat"
+    st = dat.stat()
+    data = bytearray(dat.read_bytes())
+    data[100:110] = bytes(10)  # same size, other samples
+    dat.write_bytes(bytes(data))
+    os.utime(dat, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert dat.stat().st_mtime_ns == st.st_mtime_ns and dat.stat().st_size == st.st_size
+    again = load_wfdb_cohort(root, cache_dir=tmp_path / "c", progress=False)
+    assert again.fingerprint != first.fingerprint
+    assert not np.array_equal(np.array(again[1]), old)
+    np.testing.assert_allclose(again[1], wfdb.rdrecord(str(root / "r1")).p_signal.T, rtol=1e-6, atol=1e-6)
+
+
+def test_moved_dataset_reuses_its_cache(tmp_path, monkeypatch):
+    import shutil
+
+    root = _cohort(tmp_path / "here" / "cohort")
+    first = load_wfdb_cohort(root, cache_dir=tmp_path / "c", progress=False)
+    moved = tmp_path / "elsewhere" / "renamed"
+    shutil.copytree(root, moved, copy_function=shutil.copyfile)  # new paths, new mtimes, same bytes
+    _no_reading(monkeypatch)
+    again = load_wfdb_cohort(moved, cache_dir=tmp_path / "c", progress=False)
+    assert again.fingerprint == first.fingerprint and len(again) == 3
+
+
+def test_default_cache_dir_is_per_user_never_the_data_folder(tmp_path, monkeypatch):
+    from tscl.loaders import cache_root, default_cache_dir
+
+    monkeypatch.setenv("TSCL_CACHE", str(tmp_path / "mine"))
+    assert default_cache_dir("cinc", "ab" * 32) == tmp_path / "mine" / "cinc" / ("ab" * 8)
+    monkeypatch.delenv("TSCL_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_root() == tmp_path / "home" / ".cache" / "tscl"
+    with pytest.raises(ValueError, match="plain folder name"):
+        default_cache_dir("../x", "ab")
+
+    monkeypatch.setenv("TSCL_CACHE", str(tmp_path / "mine"))
+    root = _cohort(tmp_path / "cohort")
+    cache = load_wfdb_cohort(root, progress=False)
+    assert cache.dir == default_cache_dir("wfdb_cohort", cache.fingerprint)
+    assert cache.dir.is_relative_to(tmp_path / "mine")
+    assert sorted(p.name for p in root.iterdir()) == ["metadata.csv", "r0.dat", "r0.hea", "r1.dat", "r1.hea",
+                                                      "r2.dat", "r2.hea"]
+
+
+def _tree(root: Path) -> list:
+    return sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*"))
+
+
+def _set_writable(root: Path, writable: bool) -> None:
+    import os
+    import stat
+
+    for p in [root, *root.rglob("*")]:
+        mode = p.stat().st_mode
+        os.chmod(p, mode | stat.S_IWUSR if writable else mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+def test_read_only_dataset_works_end_to_end(tmp_path, monkeypatch):
+    """A dataset on a read-only mount (here: a copy with write permission removed; the tree is
+    also compared before and after, since root may write anyway) loads, caches elsewhere and reuses."""
+    import shutil
+
+    monkeypatch.setenv("TSCL_CACHE", str(tmp_path / "user_cache"))
+    ro = tmp_path / "ro"
+    root = _cohort(ro / "cohort")
+    if PHYSIONET.exists():
+        (ro / "cinc").mkdir()
+        for name in ("E07500", "HR06000"):
+            for ext in ("hea", "mat"):
+                shutil.copy(PHYSIONET / "challenge-2021" / f"{name}.{ext}", ro / "cinc")
+        (ro / "mitdb").mkdir()
+        for ext in ("hea", "dat", "atr"):
+            shutil.copy(PHYSIONET / "mitdb" / f"100.{ext}", ro / "mitdb")
+    before = _tree(ro)
+    _set_writable(ro, False)
+    try:
+        cohort = load_wfdb_cohort(root, progress=False)
+        assert len(cohort) == 3 and cohort.dir.is_relative_to(tmp_path / "user_cache")
+        assert load_wfdb_cohort(root, progress=False).dir == cohort.dir
+        if PHYSIONET.exists():
+            from tscl.loaders import load_annotated, load_cinc
+
+            cinc = load_cinc(ro / "cinc", progress=False)
+            assert len(cinc) == 2 and cinc.dir.is_relative_to(tmp_path / "user_cache")
+            beats = load_annotated([ro / "mitdb" / "100"], "beats", progress=False)
+            assert len(beats) > 2000 and beats.dir.is_relative_to(tmp_path / "user_cache")
+        assert _tree(ro) == before  # nothing written into the dataset
+    finally:
+        _set_writable(ro, True)
