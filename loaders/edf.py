@@ -22,6 +22,7 @@ import pyedflib
 
 from .cache import ON_ERROR, WaveformCache, build_cache, fingerprint_files, read_all, open_fresh_cache
 from .recording import LoaderError, Recording, apply_nan_policy
+from .transforms import resample
 from .windows import window_recording
 
 __all__ = ["normalise_eeg_channel", "read_edf", "read_edf_annotations", "edf_epochs", "load_eegmat", "EEG_1020",
@@ -146,19 +147,27 @@ def eegmat_labels(path: str | Path) -> tuple[str, dict]:
     return m.group(1), {"task": task, "condition": "arithmetic" if task else "rest"}
 
 
-def _eegmat_file(epoch_s, channels, path):
+def _eegmat_file(epoch_s, channels, fs, path):
     subject, labels = eegmat_labels(path)
-    counts: list = []
-    return [*edf_epochs(path, epoch_s=epoch_s, channels=channels, patient_id=subject, labels=labels,
-                        annotation_labels=False, report=counts), *counts]
+    if fs is None:
+        counts: list = []
+        return [*edf_epochs(path, epoch_s=epoch_s, channels=channels, patient_id=subject, labels=labels,
+                            annotation_labels=False, report=counts), *counts]
+    rec = resample(read_edf(path, channels=channels, patient_id=subject, labels=labels), fs)
+    epochs, rep = window_recording(rec, epoch_s, None, nan_policy="drop")
+    return [*epochs, rep.as_dict()]
 
 
 def load_eegmat(root: str | Path, cache_dir: str | Path | None = None, *, epoch_s: float = 30.0, channels=EEG_1020,
-                on_error: str = "raise", progress: bool = True, workers: int = 0) -> WaveformCache:
-    """Every ``Subject*_[12].edf`` under ``root`` as epochs in one cache.
+                fs: float | None = None, on_error: str = "raise", progress: bool = True,
+                workers: int = 0) -> WaveformCache:
+    """Every ``SubjectNN_1.edf`` (rest) / ``SubjectNN_2.edf`` (mental arithmetic) in ``root`` as epochs in one cache.
 
+    That folder of files is the layout (PhysioNet ``eegmat``); a subject may have one file or both.
     Index labels: ``task`` (0 rest, 1 mental arithmetic), ``condition``, ``window_start``;
-    ``patient_id`` is the subject (``Subject00``). Default channels: the 19 10-20 EEG leads (µV).
+    ``patient_id`` is the subject (``Subject00``), ``record_id`` the file's epoch, ``source`` the
+    file. Default channels: the 19 10-20 EEG leads (µV). ``fs`` resamples each file (polyphase,
+    anti-aliased) before it is cut into epochs; None keeps the file's rate (500 Hz).
     ``cache.report["records"]`` counts epochs per file; ``["skipped"]`` the files left out.
     """
     root = Path(root)
@@ -168,13 +177,13 @@ def load_eegmat(root: str | Path, cache_dir: str | Path | None = None, *, epoch_
     if not files:
         raise LoaderError(root, "no .edf files found")
     cache_dir = Path(cache_dir) if cache_dir is not None else root / ".tscl_cache" / "eegmat"
-    fp = fingerprint_files(files, extra=f"eegmat;{epoch_s};{channels};{on_error}")
+    fp = fingerprint_files(files, extra=f"eegmat;{epoch_s};{channels};{on_error}" + (f";fs={fs}" if fs else ""))
     cache = open_fresh_cache(cache_dir, fp)
     if cache is not None:
         return cache
     report: dict = {"skipped": [], "records": []}
     epochs = []
-    for item in read_all(partial(_eegmat_file, epoch_s, channels), files, workers=workers, progress=progress,
+    for item in read_all(partial(_eegmat_file, epoch_s, channels, fs), files, workers=workers, progress=progress,
                          desc="EEGMAT epochs", on_error=on_error, skipped=report["skipped"]):
         if isinstance(item, dict):
             report["records"].append(item)

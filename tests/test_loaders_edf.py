@@ -94,3 +94,15 @@ def test_corrupted_edf_header_is_named(tmp_path):
 def test_missing_channel_is_named():
     with pytest.raises(LoaderError, match=r"Subject00_2\.edf.*missing channel.*Oz"):
         read_edf(DATA / "Subject00_2.edf", channels=["Fp1", "Oz"])
+
+
+def test_eegmat_resampled_epochs(tmp_path):
+    """``fs`` resamples before cutting: the same epochs per file, ``epoch_s * fs`` samples each."""
+    durations = _durations_s()
+    cache = load_eegmat(DATA, tmp_path, epoch_s=10.0, fs=100.0, progress=False)
+    assert len(cache) == sum(int(s // 10) for s in durations.values())
+    assert cache.stack().shape[1:] == (19, 1000) and set(cache.index["fs"]) == {100.0}
+    with pyedflib.EdfReader(str(DATA / "Subject00_1.edf")) as f:
+        raw = f.readSignal(0, 0, 5000)  # Fp1, first 10 s at 500 Hz
+    first = cache.index.with_row_index().filter(cache.index["source"].str.ends_with("Subject00_1.edf"))["index"][0]
+    np.testing.assert_allclose(cache[first][0][100:900], raw[::5][100:900], atol=0.15 * np.abs(raw).max())
