@@ -20,7 +20,8 @@ import numpy as np
 import polars as pl
 import pyedflib
 
-from .cache import ON_ERROR, WaveformCache, build_cache, fingerprint_files, read_all, open_fresh_cache
+from .cache import (ON_ERROR, WaveformCache, build_cache, default_cache_dir, fingerprint_files, open_fresh_cache,
+                    read_all)
 from .recording import LoaderError, Recording, apply_nan_policy
 from .transforms import resample
 from .windows import window_recording
@@ -176,8 +177,9 @@ def load_eegmat(root: str | Path, cache_dir: str | Path | None = None, *, epoch_
     files = sorted(root.glob("*.edf"))
     if not files:
         raise LoaderError(root, "no .edf files found")
-    cache_dir = Path(cache_dir) if cache_dir is not None else root / ".tscl_cache" / "eegmat"
-    fp = fingerprint_files(files, extra=f"eegmat;{epoch_s};{channels};{on_error}" + (f";fs={fs}" if fs else ""))
+    fp = fingerprint_files(files, extra=f"eegmat;{epoch_s};{channels};{on_error}" + (f";fs={fs}" if fs else ""),
+                           root=root)
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir("eegmat", fp)
     cache = open_fresh_cache(cache_dir, fp)
     if cache is not None:
         return cache

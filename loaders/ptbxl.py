@@ -42,7 +42,8 @@ from pathlib import Path
 
 import polars as pl
 
-from .cache import ON_ERROR, WaveformCache, build_cache, fingerprint_files, read_all, open_fresh_cache
+from .cache import (ON_ERROR, WaveformCache, build_cache, default_cache_dir, fingerprint_files, open_fresh_cache,
+                    read_all)
 from .recording import LoaderError, Recording
 from .wfdb_dir import check_same_channels, read_wfdb
 
@@ -366,8 +367,8 @@ def load_ptbxl(root: str | Path, rate: int = 100, cache_dir: str | Path | None =
     and unreadable records, out and lists each ``{"path", "problem"}`` in
     ``cache.report["skipped"]``. Records on disk that no source lists (no patient id) are left out,
     listed in ``cache.report["unlisted"]`` and warned about. ``cache.report["tasks"]`` counts the
-    ECGs per task. The cache (default ``<root>/.tscl_cache/ptbxl_<rate>``) is rebuilt only when a
-    source file changes.
+    ECGs per task. The cache (default ``default_cache_dir("ptbxl", fingerprint)``, keyed by the sources'
+    content) is rebuilt only when a source file changes.
     """
     root = Path(root)
     if rate not in (100, 500):
@@ -394,9 +395,9 @@ def load_ptbxl(root: str | Path, rate: int = 100, cache_dir: str | Path | None =
     if unlisted:
         warnings.warn(f"{root}: {len(unlisted)} record(s) on disk are listed in no label source and are left out "
                       f"(first: {unlisted[0]['path']}); see cache.report['unlisted']", stacklevel=2)
-    cache_dir = Path(cache_dir) if cache_dir is not None else root / ".tscl_cache" / f"ptbxl_{rate}"
     fp = fingerprint_files(sources, extra=f"ptbxl;rate={rate};channels={channels};on_error={on_error};"
-                                          f"min_likelihood={min_likelihood};labels={labels};v2")
+                                          f"min_likelihood={min_likelihood};labels={labels};v2", root=root)
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir("ptbxl", fp)
     cache = open_fresh_cache(cache_dir, fp)
     if cache is not None:
         return cache
