@@ -17,9 +17,10 @@ import numpy as np
 import polars as pl
 import wfdb
 
-from .cache import (ON_ERROR, WaveformCache, build_cache, default_cache_dir, fingerprint_files, open_fresh_cache,
-                    read_all)
+from .cache import (ON_ERROR, WaveformCache, build_cache, check_same_rate, default_cache_dir, fingerprint_files,
+                    open_fresh_cache, read_all)
 from .recording import LoaderError, Recording
+from .transforms import resample
 from .wfdb_dir import read_wfdb
 from .windows import cut_window, window_recording
 
@@ -87,17 +88,21 @@ def rhythm_intervals(record: str | Path, n_samples: int, extension: str = "atr",
 
 def beat_windows(record: str | Path, *, before_s: float = 0.25, after_s: float = 0.45, channels=None,
                  extension: str = "atr", patient_id: str | None = None, nan_policy: str = "drop",
-                 report: list | None = None) -> list[Recording]:
+                 report: list | None = None, fs: float | None = None) -> list[Recording]:
     """One window per annotated beat, ``before_s`` before to ``after_s`` after the R peak.
 
     Labels: ``aami`` (N/S/V/F/Q), ``symbol``, ``beat_sample``. Beats too close to the record's
     ends, and (with ``nan_policy="drop"``) windows holding NaN, are left out and counted in the
-    ``report`` entry appended for the record.
+    ``report`` entry appended for the record. ``fs`` resamples the record first (beat positions
+    are scaled to the new rate, and ``beat_sample`` is in its samples).
     """
     record = Path(record)
     rec = read_wfdb(record, channels=channels, patient_id=patient_id or subject_of(record),
                     nan_policy="keep" if nan_policy == "drop" else nan_policy)
     beats = read_beats(record, extension)
+    rec, scale = _resampled(rec, fs)
+    if scale != 1.0:
+        beats = beats.with_columns((pl.col("sample") * scale).round().cast(pl.Int64))
     lo, hi = int(round(before_s * rec.fs)), int(round(after_s * rec.fs))
     bad = np.concatenate(([0], np.cumsum(np.isnan(rec.signal).any(axis=0))))
     windows, dropped_edge, dropped_nan = [], 0, 0
@@ -119,7 +124,7 @@ def beat_windows(record: str | Path, *, before_s: float = 0.25, after_s: float =
 
 def rhythm_windows(record: str | Path, *, window_s: float = 10.0, stride_s: float | None = None, channels=None,
                    extension: str = "atr", patient_id: str | None = None, default_rhythm: str | None = None,
-                   nan_policy: str = "drop", report: list | None = None) -> list[Recording]:
+                   nan_policy: str = "drop", report: list | None = None, fs: float | None = None) -> list[Recording]:
     """Fixed-length windows lying wholly inside one rhythm interval (:func:`rhythm_intervals`).
 
     Labels: ``rhythm`` (e.g. ``AFIB``, ``N``) and ``afib`` (1 for AFIB, 0 otherwise). Windows
@@ -130,6 +135,10 @@ def rhythm_windows(record: str | Path, *, window_s: float = 10.0, stride_s: floa
     rec = read_wfdb(record, channels=channels, patient_id=patient_id or subject_of(record),
                     nan_policy="keep" if nan_policy == "drop" else nan_policy)
     intervals = rhythm_intervals(record, rec.n_samples, extension, default_rhythm)
+    rec, scale = _resampled(rec, fs)
+    if scale != 1.0:
+        intervals = intervals.with_columns(
+            (pl.col(c) * scale).round().cast(pl.Int64).clip(0, rec.n_samples) for c in ("start", "stop"))
     windows, counts = [], {"dropped_nan": 0, "dropped_edge": 0}
     for start, stop, rhythm in intervals.iter_rows():
         part = cut_window(rec, start, stop)
@@ -146,12 +155,22 @@ def rhythm_windows(record: str | Path, *, window_s: float = 10.0, stride_s: floa
     return windows
 
 
+def _resampled(rec: Recording, fs: float | None) -> tuple[Recording, float]:
+    """``rec`` at ``fs`` (when given) and the factor that maps its annotation samples to the new rate."""
+    if fs is None or rec.fs == fs:
+        return rec, 1.0
+    out = resample(rec, fs)
+    return out, out.fs / rec.fs
+
+
 def load_annotated(records, kind: str = "beats", cache_dir: str | Path | None = None, *, channels=None,
                    on_error: str = "raise", progress: bool = True, workers: int = 0, **window_args) -> WaveformCache:
     """Beat (``kind="beats"``) or rhythm (``kind="rhythm"``) windows of several annotated records in one cache.
 
     ``records``: record paths without extension. ``window_args`` go to :func:`beat_windows` or
-    :func:`rhythm_windows`. The cache defaults to :func:`default_cache_dir`
+    :func:`rhythm_windows`; records at different rates need ``fs=`` there (each record is
+    resampled to it), else the first record at another rate raises naming both records and
+    rates (with ``on_error="skip"`` its windows are left out and it is listed in ``skipped``). The cache defaults to :func:`default_cache_dir`
     ``("annotated_<kind>", fingerprint)``. ``cache.report["records"]`` holds each record's counts;
     ``cache.report["skipped"]`` the records left out with ``on_error="skip"``.
     """
@@ -179,7 +198,8 @@ def load_annotated(records, kind: str = "beats", cache_dir: str | Path | None = 
             report["records"].append(item)
         else:
             windows.append(item)
-    return build_cache(windows, cache_dir, fingerprint=fp, report=report)
+    return build_cache(check_same_rate(windows, on_error, report["skipped"]), cache_dir, fingerprint=fp,
+                       report=report)
 
 
 def _windows_with_report(cut, channels, window_args, record):

@@ -42,7 +42,7 @@ except ImportError:  # not POSIX: no locking (unique temporary names still keep 
     fcntl = None
 
 __all__ = ["WaveformCache", "build_cache", "fingerprint_files", "open_fresh_cache", "read_all", "ON_ERROR",
-           "hash_file", "cache_root", "default_cache_dir"]
+           "hash_file", "cache_root", "default_cache_dir", "check_same_rate"]
 
 ON_ERROR = ("raise", "skip")
 
@@ -232,6 +232,19 @@ class WaveformCache:
         return self._manifest.get("fingerprint", "")
 
     @property
+    def fs(self) -> float:
+        """The cache's one sampling rate; a cache holding several raises, naming two recordings and their rates."""
+        rates = self.index["fs"]
+        if rates.len() == 0:
+            raise LoaderError(self.dir, "empty cache has no sampling rate")
+        other = rates != rates[0]
+        if other.any():
+            i = int(other.arg_true()[0])
+            raise LoaderError(self.dir, f"recordings differ in sampling rate: {self.index['record_id'][i]} at "
+                                        f"{rates[i]:g} Hz, {self.index['record_id'][0]} at {rates[0]:g} Hz")
+        return float(rates[0])
+
+    @property
     def report(self) -> dict[str, Any]:
         """What the loader skipped or repaired while building (``{"skipped": [{"path", "problem"}], ...}``)."""
         path = self.dir / _REPORT
@@ -375,8 +388,34 @@ def _sweep_stale_tmp(cache_dir: Path) -> None:
             os.close(fd)
 
 
+def _rate_problem(rec: Recording, first: Recording) -> str:
+    return (f"sampled at {rec.fs:g} Hz, but {first.record_id} ({first.source or 'first recording'}) is at "
+            f"{first.fs:g} Hz; one cache holds one rate (pass fs= to resample, or load each rate separately)")
+
+
+def check_same_rate(recordings: Iterable[Recording], on_error: str = "raise",
+                    skipped: list | None = None) -> Iterator[Recording]:
+    """Yield recordings sampled at the first one's rate. Another rate raises a :class:`LoaderError`
+    naming both recordings and their rates, or with ``on_error="skip"`` is left out and listed in ``skipped``
+    (once per source file, so the windows of one record make one entry)."""
+    first, listed = None, set()
+    for rec in recordings:
+        if first is None:
+            first = rec
+        elif rec.fs != first.fs:
+            err = LoaderError(rec.source or rec.record_id, _rate_problem(rec, first))
+            if on_error == "raise":
+                raise err
+            if skipped is not None and err.path not in listed:  # windows of one record: listed once
+                listed.add(err.path)
+                skipped.append({"path": err.path, "problem": err.problem})
+            continue
+        yield rec
+
+
 def build_cache(recordings: Iterable[Recording], cache_dir: str | Path, fingerprint: str = "",
-                report: dict[str, Any] | None = None, *, verify: bool = True) -> WaveformCache:
+                report: dict[str, Any] | None = None, *, verify: bool = True,
+                allow_mixed_rates: bool = False) -> WaveformCache:
     """Write recordings to a cache folder atomically; return the cache opened.
 
     Every file is written under a unique temporary name in ``cache_dir`` (so builders of the
@@ -387,6 +426,10 @@ def build_cache(recordings: Iterable[Recording], cache_dir: str | Path, fingerpr
     meanwhile by another builder, this build's files are discarded and that cache is opened.
     On any error (an unreadable recording, a full disk) the temporary files are removed and
     the error propagates; the previous cache, if any, is left as it was.
+
+    Recordings must share one sampling rate (a recording at another rate raises a
+    :class:`LoaderError` naming it, the first recording and both rates), unless
+    ``allow_mixed_rates``; then ``WaveformCache.fs`` refuses and consumers read ``index["fs"]``.
 
     ``report`` (JSON-serialisable; read back as ``WaveformCache.report``) is written after the
     recordings are consumed, so a generator may fill it while it yields.
@@ -399,8 +442,13 @@ def build_cache(recordings: Iterable[Recording], cache_dir: str | Path, fingerpr
         rows, offset, label_cols = [], 0, []
         h = hashlib.blake2b(digest_size=32)
         tmp_sig = staging.new(_SIGNALS)
+        first = None
         with open(tmp_sig, "wb") as f:
             for rec in recordings:
+                if first is None:
+                    first = rec
+                elif rec.fs != first.fs and not allow_mixed_rates:
+                    raise LoaderError(rec.source or rec.record_id, _rate_problem(rec, first))
                 data = np.ascontiguousarray(rec.signal, dtype="<f4").tobytes()
                 _write_bytes(f, data)
                 h.update(data)

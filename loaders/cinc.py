@@ -13,8 +13,8 @@ import re
 from functools import partial
 from pathlib import Path
 
-from .cache import (ON_ERROR, WaveformCache, build_cache, default_cache_dir, fingerprint_files, open_fresh_cache,
-                    read_all)
+from .cache import (ON_ERROR, WaveformCache, build_cache, check_same_rate, default_cache_dir, fingerprint_files,
+                    open_fresh_cache, read_all)
 from .recording import LoaderError, Recording
 from .transforms import prepare
 from .wfdb_dir import check_same_channels, read_wfdb
@@ -104,7 +104,8 @@ def load_cinc(root: str | Path, cache_dir: str | Path | None = None, *, channels
     the headers. Unreadable records raise naming the file, or with ``on_error="skip"`` are left
     out and listed in ``cache.report["skipped"]``. The cache (default :func:`default_cache_dir`
     ``("cinc", fingerprint)``, never inside ``root``) is rebuilt only when a source file's content changes. ``fs`` resamples every record to one rate
-    (:func:`resample`; the databases differ: INCART is 257 Hz, PTB 1000 Hz). ``leads``
+    (:func:`resample`; the databases differ: INCART is 257 Hz, PTB 1000 Hz); without it a record at
+    another rate than the first raises naming both (or is skipped and listed). ``leads``
     harmonises to that lead set instead of requiring ``channels``: missing leads are zeros and
     listed in the index column ``missing_channels`` (see ``WaveformCache.channel_mask``).
     """
@@ -138,5 +139,5 @@ def load_cinc(root: str | Path, cache_dir: str | Path | None = None, *, channels
     report = {"skipped": skipped}
     recs = read_all(partial(_read_prepared, channels, list(dx_codes), fs, leads), headers, workers=workers,
                     progress=progress, desc=f"reading {root.name}", on_error=on_error, skipped=skipped)
-    return build_cache(check_same_channels(recs, leads or channels, on_error, skipped), cache_dir, fingerprint=fp,
-                       report=report)
+    recs = check_same_channels(recs, leads or channels, on_error, skipped)
+    return build_cache(check_same_rate(recs, on_error, skipped), cache_dir, fingerprint=fp, report=report)

@@ -53,6 +53,8 @@ class Recording:
             )
         self.channels = tuple(self.channels)
         self.units = tuple(self.units)
+        if not (np.isfinite(self.fs) and self.fs > 0):
+            raise LoaderError(self.source or self.record_id, f"sampling frequency {self.fs} Hz is not positive")
 
     @property
     def n_channels(self) -> int:

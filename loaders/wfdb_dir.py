@@ -17,8 +17,10 @@ import numpy as np
 import polars as pl
 import wfdb
 
-from .cache import WaveformCache, build_cache, default_cache_dir, fingerprint_files, read_all, open_fresh_cache
+from .cache import (WaveformCache, build_cache, check_same_rate, default_cache_dir, fingerprint_files, open_fresh_cache,
+                    read_all)
 from .recording import LoaderError, Recording, apply_nan_policy, check_signal
+from .transforms import resample
 from .windows import window_recording
 
 __all__ = ["read_wfdb", "load_wfdb_cohort", "read_metadata", "normalise_lead_name", "to_millivolts", "check_wfdb_header",
@@ -138,6 +140,8 @@ def parse_wfdb_header(hea: str | Path) -> WfdbHeader:
         sig_len = int(fields[3]) if len(fields) > 3 else None
     except ValueError:
         raise LoaderError(hea, f"cannot parse record line {lines[0]!r}") from None
+    if not (np.isfinite(fs) and fs > 0):
+        raise LoaderError(hea, f"sampling frequency {fields[2]!r} in the record line is not positive")
     if n_sig != len(lines) - 1:
         raise LoaderError(hea, f"record line declares {n_sig} signals but the header has {len(lines) - 1} signal lines")
     h = WfdbHeader(fields[0], n_sig, fs, sig_len, _parse_time(fields[4] if len(fields) > 4 else None),
@@ -256,6 +260,13 @@ def _read_multisegment(hea: Path):
         if not seg_hea.exists():
             raise LoaderError(seg_hea, f"segment listed in {hea.name} not found")
         check_wfdb_header(seg_hea)
+    fields = lines[0].split()
+    try:
+        fs = float(fields[2].split("/")[0]) if len(fields) > 2 else 250.0
+    except ValueError:
+        raise LoaderError(hea, f"cannot parse record line {lines[0]!r}") from None
+    if not (np.isfinite(fs) and fs > 0):
+        raise LoaderError(hea, f"sampling frequency {fields[2]!r} in the record line is not positive")
     try:
         rec = wfdb.rdrecord(str(hea.with_suffix("")), m2s=True)
     except Exception as err:
@@ -366,10 +377,11 @@ def read_metadata(path: str | Path) -> pl.DataFrame:
     return table
 
 
-def _read_cohort_row(root: Path, channels, label_cols, nan_policy, item) -> Recording:
+def _read_cohort_row(root: Path, channels, label_cols, nan_policy, fs, item) -> Recording:
     path, row = item
-    return read_wfdb(root / path, channels=channels, patient_id=row["patient_id"], record_id=row["record_id"],
-                     labels={c: row[c] for c in label_cols}, start_time=row.get("visit_time"), nan_policy=nan_policy)
+    rec = read_wfdb(root / path, channels=channels, patient_id=row["patient_id"], record_id=row["record_id"],
+                    labels={c: row[c] for c in label_cols}, start_time=row.get("visit_time"), nan_policy=nan_policy)
+    return resample(rec, fs) if fs is not None else rec
 
 
 def check_same_channels(recordings, expected=None, on_error: str = "raise", skipped: list | None = None):
@@ -404,7 +416,7 @@ def drop_nan_recordings(recordings, dropped: list):
 
 def load_wfdb_cohort(root: str | Path, metadata: str | Path | None = None, *, cache_dir: str | Path | None = None,
                      channels=None, progress: bool = True, workers: int = 0, on_error: str = "raise",
-                     nan_policy: str = "fail") -> WaveformCache:
+                     nan_policy: str = "fail", fs: float | None = None) -> WaveformCache:
     """Load a folder of WFDB records described by a metadata table into a memory-mapped cache.
 
     Every record must have the same channel set (the first record's, or ``channels``). The
@@ -415,6 +427,9 @@ def load_wfdb_cohort(root: str | Path, metadata: str | Path | None = None, *, ca
     ``on_error="skip"`` are left out and listed in ``cache.report["skipped"]``. ``nan_policy``
     (see :func:`apply_nan_policy`): ``"drop"`` leaves out records holding NaN and lists them in
     ``cache.report["dropped_nan"]``. ``workers`` reads records in that many processes.
+    Records must share one sampling rate: one at another rate raises naming both records and
+    rates (or is skipped and listed), unless ``fs`` resamples every record to that rate
+    (:func:`~loaders.transforms.resample`; ``quality`` and the index keep the rate read).
     """
     root = Path(root)
     meta_path = Path(metadata) if metadata is not None else root / "metadata.csv"
@@ -428,23 +443,23 @@ def load_wfdb_cohort(root: str | Path, metadata: str | Path | None = None, *, ca
         rec_files.append(hea)
         rec_files.extend(sorted(hea.parent.glob(f"{Path(p).name}.*")))
     fp = fingerprint_files([meta_path, *rec_files],
-                           extra=f"channels={channels};on_error={on_error};nan_policy={nan_policy}")
+                           extra=f"channels={channels};on_error={on_error};nan_policy={nan_policy};fs={fs}")
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir("wfdb_cohort", fp)
     cache = open_fresh_cache(cache_dir, fp)
     if cache is not None:
         return cache
     label_cols = [c for c in table.columns if c not in ("patient_id", "record_id", "path", "visit_time")]
     report: dict = {"skipped": []}
-    read_one = partial(_read_cohort_row, root, channels, label_cols, nan_policy)
+    read_one = partial(_read_cohort_row, root, channels, label_cols, nan_policy, fs)
     items = list(zip(paths, table.iter_rows(named=True)))
     recs = read_all(read_one, items, workers=workers, progress=progress, desc=f"reading {root.name}",
                     on_error=on_error, skipped=report["skipped"])
     if nan_policy == "drop":
         report["dropped_nan"] = []
         recs = drop_nan_recordings(recs, report["dropped_nan"])
-    return build_cache(check_same_channels(recs, channels and [normalise_lead_name(c) for c in channels],
-                                           on_error, report["skipped"]),
-                       cache_dir, fingerprint=fp, report=report)
+    recs = check_same_channels(recs, channels and [normalise_lead_name(c) for c in channels], on_error,
+                               report["skipped"])
+    return build_cache(check_same_rate(recs, on_error, report["skipped"]), cache_dir, fingerprint=fp, report=report)
 
 
 def _windows_of_record(channels, window_s, stride_s, nan_policy, max_gap_s, patient_id_of, record):
@@ -484,4 +499,5 @@ def load_wfdb_windows(records, cache_dir: str | Path | None = None, *, window_s:
             report["records"].append(item)
         else:
             windows.append(item)
-    return build_cache(windows, cache_dir, fingerprint=fp, report=report)
+    return build_cache(check_same_rate(windows, on_error, report["skipped"]), cache_dir, fingerprint=fp,
+                       report=report)

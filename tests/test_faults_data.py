@@ -381,3 +381,65 @@ def test_read_only_dataset_works_end_to_end(tmp_path, monkeypatch):
         assert _tree(ro) == before  # nothing written into the dataset
     finally:
         _set_writable(ro, True)
+
+
+# --- sampling rates -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fs", ["0", "-250", "nan"])
+def test_header_rate_not_positive_is_refused_naming_the_file(tmp_path, fs):
+    from tscl.loaders import read_wfdb
+
+    write_record(tmp_path, "rate")
+    hea = tmp_path / "rate.hea"
+    lines = hea.read_text().splitlines()
+    fields = lines[0].split()
+    fields[2] = fs
+    hea.write_text("\n".join([" ".join(fields), *lines[1:]]) + "\n")
+    with pytest.raises(LoaderError, match=r"rate\.hea.*sampling frequency.*positive"):
+        read_wfdb(tmp_path / "rate")
+
+
+def test_recording_with_rate_not_positive_is_refused():
+    from tscl.loaders import Recording
+
+    with pytest.raises(LoaderError, match=r"x\.hea.*sampling frequency 0"):
+        Recording(np.zeros((1, 10), np.float32), 0.0, ("I",), "p", "r", source="x.hea")
+
+
+def test_mixed_rates_in_one_cohort_refused_or_resampled(tmp_path):
+    from tscl.loaders import Recording, build_cache
+
+    root = tmp_path / "cohort"
+    write_record(root, "r0", fs=100, n=400)
+    write_record(root, "r1", fs=250, n=1000, seed=1)
+    write_csv(root / "metadata.csv", "patient_id,record_id\np0,r0\np1,r1\n")
+    with pytest.raises(LoaderError, match=r"r1\.hea.*250(\.0)? Hz.*r0.*100(\.0)? Hz"):
+        load_wfdb_cohort(root, cache_dir=tmp_path / "c", progress=False)
+    assert not (tmp_path / "c" / "signals.f32").exists()
+    skipped = load_wfdb_cohort(root, cache_dir=tmp_path / "s", progress=False, on_error="skip")
+    assert skipped.index["record_id"].to_list() == ["r0"] and "250" in skipped.report["skipped"][0]["problem"]
+    same = load_wfdb_cohort(root, cache_dir=tmp_path / "r", progress=False, fs=100)
+    assert set(same.index["fs"]) == {100.0} and same.fs == 100.0 and same.stack().shape == (2, 2, 400)
+    # the cache itself refuses to mix rates, whoever builds it
+    recs = [Recording(np.zeros((1, 100), np.float32), fs, ("I",), "p", f"r{fs}", source=f"r{fs}.hea")
+            for fs in (100, 360)]
+    with pytest.raises(LoaderError, match=r"r360\.hea.*360(\.0)? Hz.*r100.*100(\.0)? Hz"):
+        build_cache(recs, tmp_path / "b")
+    mixed = build_cache(recs, tmp_path / "b", allow_mixed_rates=True)
+    with pytest.raises(LoaderError, match=r"r360.*360(\.0)? Hz.*r100.*100(\.0)? Hz"):
+        mixed.fs
+
+
+@needs_physionet
+def test_annotated_records_of_two_rates_refused_or_resampled(tmp_path):
+    from tscl.loaders import load_annotated
+
+    records = [PHYSIONET / "mitdb" / "100", PHYSIONET / "svdb" / "800"]  # 360 Hz and 128 Hz
+    with pytest.raises(LoaderError, match=r"800\.hea.*128(\.0)? Hz.*100.*360(\.0)? Hz"):
+        load_annotated(records, "beats", tmp_path / "a", progress=False)
+    cache = load_annotated(records, "beats", tmp_path / "b", progress=False, fs=128)
+    assert cache.fs == 128.0 and cache.stack().shape[1:] == (2, 90)  # 0.25 s + 0.45 s at 128 Hz
+    alone = load_annotated(records[1:], "beats", tmp_path / "c", progress=False)
+    n800 = int((cache.index["patient_id"] == "800").sum())
+    assert n800 == len(alone)
+    np.testing.assert_array_equal(cache.stack()[len(cache) - n800:], alone.stack())
