@@ -50,7 +50,24 @@ if "--device" in sys.argv and sys.argv[sys.argv.index("--device") + 1] == "cpu":
 import torch  # noqa: E402
 
 from tscl.kernels import info_nce  # noqa: E402
-from tscl.train import environment  # noqa: E402
+
+
+def environment(device):
+    """``tscl.train.environment`` where it imports (it needs polars), else the same core fields."""
+    try:
+        from tscl.train import environment as env
+    except ImportError:
+        try:
+            import triton
+            triton_version = triton.__version__
+        except ImportError:
+            triton_version = None
+        out = {"torch": torch.__version__, "triton": triton_version, "python": platform.python_version(),
+               "device": str(device), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        if device.type == "cuda":
+            out["gpu"] = torch.cuda.get_device_name(device)
+        return out
+    return env(device)
 
 VARIANTS = ("clip", "ntxent", "multipos", "moco")
 IMPLS = ("fused", "eager", "compiled")
@@ -145,6 +162,8 @@ def measure(impl, variant, n, d, bank_size, args):
         ms = statistics.median(times)
         row.update(status="ok", ms=ms, ms_all=times,
                    tflops=nominal_flops(variant, n, d, row["bank"]) / (ms * 1e-3) / 1e12)
+        if args.ceiling:
+            row["frac_of_matmul_ceiling"] = row["tflops"] / args.ceiling
         if cuda:
             row["peak_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
     except torch.OutOfMemoryError:
@@ -169,8 +188,29 @@ def matmul_ceiling(device, size, reps):
     return 2 * size**3 / (ms * 1e-3) / 1e12
 
 
+def speedups(results):
+    """fused time over eager and compiled time per (variant, N, D): the ratios a report quotes."""
+    out = []
+    ok = {(r["impl"], r["variant"], r["N"], r["D"]): r for r in results if r["status"] == "ok"}
+    for (impl, variant, n, d), r in ok.items():
+        if impl != "fused":
+            continue
+        row = dict(variant=variant, N=n, D=d)
+        for other in ("eager", "compiled"):
+            if (other, variant, n, d) in ok:
+                row[f"{other}_over_fused_time"] = ok[(other, variant, n, d)]["ms"] / r["ms"]
+                if "peak_mib" in r and "peak_mib" in ok[(other, variant, n, d)]:
+                    row[f"{other}_over_fused_memory"] = ok[(other, variant, n, d)]["peak_mib"] / max(r["peak_mib"], 1e-9)
+        out.append(row)
+    return out
+
+
 def plot(results, ceiling, path):
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"matplotlib missing: {path} not written")
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -223,6 +263,7 @@ def main(argv=None):
     parser.add_argument("--impls", nargs="*", default=list(IMPLS), choices=IMPLS)
     parser.add_argument("--reps", type=int, default=None, help="timed runs (median; default 10, 3 on cpu)")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--plot-only", action="store_true", help="redraw the PNG from an existing JSON in --out")
     parser.add_argument("--compile-backend", default=None,
                         help="torch.compile backend of the reference (default inductor; aot_eager on cpu)")
     args = parser.parse_args(argv)
@@ -242,8 +283,13 @@ def main(argv=None):
     args.reps = args.reps or (3 if cpu else 10)
     args.compile_backend = args.compile_backend or ("aot_eager" if cpu else "inductor")
     args.out.mkdir(parents=True, exist_ok=True)
+    json_path = args.out / "bench_info_nce.json"
+    if args.plot_only:
+        saved = json.loads(json_path.read_text())
+        plot(saved["results"], saved["info"]["matmul_ceiling_tflops"], args.out / "bench_info_nce.png")
+        return 0
 
-    ceiling = matmul_ceiling(args.device, 256 if cpu else 8192, 3 if cpu else 20)
+    ceiling = args.ceiling = matmul_ceiling(args.device, 256 if cpu else 8192, 3 if cpu else 20)
     info = dict(
         device=torch.cuda.get_device_name() if not cpu else platform.processor() or "cpu",
         environment=environment(torch.device(args.device)), interpreter=os.environ.get("TRITON_INTERPRET") == "1",
@@ -262,7 +308,10 @@ def main(argv=None):
                     results.append(row)
                     shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items() if k != "ms_all"}
                     print(json.dumps(shown), flush=True)
-    (args.out / "bench_info_nce.json").write_text(json.dumps(dict(info=info, results=results), indent=1))
+                    # rewritten after every row: a sweep stopped by a time limit keeps what it measured
+                    json_path.write_text(json.dumps(dict(info=info, results=results, speedups=speedups(results)),
+                                                    indent=1))
+    json_path.write_text(json.dumps(dict(info=info, results=results, speedups=speedups(results)), indent=1))
     plot(results, ceiling, args.out / "bench_info_nce.png")
     print(f"wrote {args.out / 'bench_info_nce.json'} and {args.out / 'bench_info_nce.png'}")
     failed = [r for r in results if r["status"] == "error"]
