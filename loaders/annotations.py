@@ -25,7 +25,7 @@ from .wfdb_dir import read_wfdb
 from .windows import cut_window, window_recording
 
 __all__ = ["AAMI_CLASSES", "AAMI_MAP", "read_beats", "rhythm_intervals", "beat_windows", "rhythm_windows",
-           "load_annotated", "subject_of"]
+           "load_annotated", "subject_of", "check_annotation_file"]
 
 AAMI_CLASSES = ("N", "S", "V", "F", "Q")
 AAMI_MAP = {**dict.fromkeys("NLRej", "N"), **dict.fromkeys("AaJS", "S"), **dict.fromkeys("VE", "V"), "F": "F",
@@ -45,14 +45,55 @@ def subject_of(record: str | Path) -> str:
     return m.group(1) if m else path.name
 
 
+_SKIP, _NUM, _SUB, _CHN, _AUX = 59, 60, 61, 62, 63
+
+
+def check_annotation_file(path: str | Path) -> int:
+    """Walk a WFDB (MIT format) annotation file; return its number of annotations.
+
+    The file is a stream of 16-bit little-endian words (6-bit type, 10-bit interval): SKIP is
+    followed by a 32-bit interval, AUX by its bytes padded to an even count, NUM/SUB/CHN
+    modify the annotation before them, and the stream ends with the end-of-annotations word
+    0x0000. ``wfdb.rdann`` reads a cut file without complaint (up to where it was cut); here a
+    file that ends without the marker, inside a field, or holds bytes after it raises a
+    :class:`LoaderError` naming it."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise LoaderError(path, f"cannot read annotations: {err}") from err
+    n, i, count = len(data), 0, 0
+    while i + 2 <= n:
+        word = data[i] | (data[i + 1] << 8)
+        kind, value = word >> 10, word & 0x3FF
+        if word == 0:
+            if i + 2 != n:
+                raise LoaderError(path, f"{n - i - 2} bytes after the end-of-annotations marker at byte {i}")
+            return count
+        if kind == _SKIP:
+            i += 6
+        elif kind == _AUX:
+            i += 2 + value + (value & 1)
+        else:
+            i += 2
+            if kind not in (_NUM, _SUB, _CHN):
+                count += 1
+    detail = "cut inside an annotation's field" if i > n else "no end-of-annotations marker (0x0000)"
+    raise LoaderError(path, f"truncated: {detail} after {count} annotations ({n} bytes); the file was cut short")
+
+
 def _read_annotation(record: Path, extension: str):
     ann_file = record.parent / f"{record.name}.{extension}"
     if not ann_file.exists():
         raise LoaderError(ann_file, "annotation file not found")
+    expected = check_annotation_file(ann_file)
     try:
-        return wfdb.rdann(str(record), extension)
+        ann = wfdb.rdann(str(record), extension)
     except Exception as err:
         raise LoaderError(ann_file, f"cannot read annotations: {type(err).__name__}: {err}") from err
+    if len(ann.sample) != expected:
+        raise LoaderError(ann_file, f"holds {expected} annotations but wfdb read {len(ann.sample)}")
+    return ann
 
 
 def read_beats(record: str | Path, extension: str = "atr") -> pl.DataFrame:

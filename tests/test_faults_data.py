@@ -443,3 +443,43 @@ def test_annotated_records_of_two_rates_refused_or_resampled(tmp_path):
     n800 = int((cache.index["patient_id"] == "800").sum())
     assert n800 == len(alone)
     np.testing.assert_array_equal(cache.stack()[len(cache) - n800:], alone.stack())
+
+
+# --- annotations ------------------------------------------------------------------------------------
+
+def _copy_record(src: Path, dst: Path, exts=("hea", "dat", "atr")) -> Path:
+    import shutil
+
+    dst.mkdir(parents=True, exist_ok=True)
+    for ext in exts:
+        shutil.copy(src.parent / f"{src.name}.{ext}", dst)
+    return dst / src.name
+
+
+@needs_physionet
+@pytest.mark.parametrize("keep", [0.5, 0.999, 2])
+def test_truncated_annotation_file_is_refused_naming_the_file(tmp_path, keep):
+    from tscl.loaders import load_annotated, read_beats
+
+    rec = _copy_record(PHYSIONET / "mitdb" / "100", tmp_path / "mitdb")
+    atr = rec.parent / "100.atr"
+    data = atr.read_bytes()
+    cut = data[: int(len(data) * keep) & ~1] if keep < 1 else data[:-keep]  # mid-file, near the end, the marker
+    atr.write_bytes(cut)
+    assert len(wfdb.rdann(str(rec), "atr").sample) > 0  # wfdb reads what is left without complaint
+    with pytest.raises(LoaderError, match=r"100\.atr.*truncated"):
+        read_beats(rec)
+    _copy_record(PHYSIONET / "svdb" / "800", tmp_path / "svdb")
+    cache = load_annotated([tmp_path / "svdb" / "800", rec], "beats", tmp_path / "c", progress=False, on_error="skip")
+    assert set(cache.index["patient_id"]) == {"800"}
+    assert [Path(s["path"]).name for s in cache.report["skipped"]] == ["100.atr"]
+
+
+@needs_physionet
+def test_every_real_annotation_file_passes_the_check():
+    from tscl.loaders.annotations import check_annotation_file
+
+    files = sorted(PHYSIONET.rglob("*.atr"))
+    assert len(files) >= 6
+    for atr in files:
+        assert check_annotation_file(atr) == len(wfdb.rdann(str(atr.with_suffix("")), "atr").sample), atr
