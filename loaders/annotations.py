@@ -10,6 +10,7 @@ next one; the last lasts to the end of the record.
 from __future__ import annotations
 
 import re
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from .wfdb_dir import read_wfdb
 from .windows import cut_window, window_recording
 
 __all__ = ["AAMI_CLASSES", "AAMI_MAP", "read_beats", "rhythm_intervals", "beat_windows", "rhythm_windows",
-           "load_annotated", "subject_of", "check_annotation_file"]
+           "load_annotated", "subject_of", "check_annotation_file", "summarise_rhythm_report"]
 
 AAMI_CLASSES = ("N", "S", "V", "F", "Q")
 AAMI_MAP = {**dict.fromkeys("NLRej", "N"), **dict.fromkeys("AaJS", "S"), **dict.fromkeys("VE", "V"), "F": "F",
@@ -146,20 +147,23 @@ def beat_windows(record: str | Path, *, before_s: float = 0.25, after_s: float =
         beats = beats.with_columns((pl.col("sample") * scale).round().cast(pl.Int64))
     lo, hi = int(round(before_s * rec.fs)), int(round(after_s * rec.fs))
     bad = np.concatenate(([0], np.cumsum(np.isnan(rec.signal).any(axis=0))))
-    windows, dropped_edge, dropped_nan = [], 0, 0
+    windows, dropped_edge, dropped_nan, dropped_classes = [], 0, 0, {}
     for sample, symbol, aami in beats.iter_rows():
         start, stop = sample - lo, sample + hi
         if start < 0 or stop > rec.n_samples:
             dropped_edge += 1
+            dropped_classes[aami] = dropped_classes.get(aami, 0) + 1
             continue
         if bad[stop] - bad[start]:
             dropped_nan += 1
+            dropped_classes[aami] = dropped_classes.get(aami, 0) + 1
             continue
         windows.append(cut_window(rec, start, stop, record_id=f"{rec.record_id}:{sample}",
                                   labels={"aami": aami, "symbol": symbol, "beat_sample": int(sample)}))
     if report is not None:
         report.append({"source": rec.source, "beats": beats.height, "kept": len(windows),
-                       "dropped_edge": dropped_edge, "dropped_nan": dropped_nan})
+                       "dropped_edge": dropped_edge, "dropped_nan": dropped_nan,
+                       "dropped_by_class": dict(sorted(dropped_classes.items()))})
     return windows
 
 
@@ -169,8 +173,11 @@ def rhythm_windows(record: str | Path, *, window_s: float = 10.0, stride_s: floa
     """Fixed-length windows lying wholly inside one rhythm interval (:func:`rhythm_intervals`).
 
     Labels: ``rhythm`` (e.g. ``AFIB``, ``N``) and ``afib`` (1 for AFIB, 0 otherwise). Windows
-    that would straddle a rhythm change are not cut; the tail of each interval shorter than a
-    window is left out and counted, as are windows with NaN (``nan_policy="drop"``).
+    that would straddle a rhythm change are not cut. What is left out is counted in the
+    ``report`` entry: the tail of each interval after its last window (``samples["tail"]``),
+    whole episodes shorter than a window per rhythm (``short_intervals``: count, samples,
+    seconds), the part before the first rhythm annotation when ``default_rhythm`` is None
+    (``unannotated_s``), and windows with NaN (``dropped_nan``, with ``nan_policy="drop"``).
     """
     record = Path(record)
     rec = read_wfdb(record, channels=channels, patient_id=patient_id or subject_of(record),
@@ -180,7 +187,10 @@ def rhythm_windows(record: str | Path, *, window_s: float = 10.0, stride_s: floa
     if scale != 1.0:
         intervals = intervals.with_columns(
             (pl.col(c) * scale).round().cast(pl.Int64).clip(0, rec.n_samples) for c in ("start", "stop"))
+    size = int(round(window_s * rec.fs))
     windows, counts = [], {"dropped_nan": 0, "dropped_edge": 0}
+    short: dict[str, dict] = {}  # rhythm -> intervals too short for one window
+    tail = nan_samples = 0
     for start, stop, rhythm in intervals.iter_rows():
         part = cut_window(rec, start, stop)
         cut, rep = window_recording(part, window_s, stride_s, nan_policy="drop",
@@ -191,9 +201,49 @@ def rhythm_windows(record: str | Path, *, window_s: float = 10.0, stride_s: floa
         windows.extend(cut)
         counts["dropped_nan"] += rep.dropped_nan
         counts["dropped_edge"] += rep.dropped_edge
+        nan_samples += rep.dropped_nan * size
+        if stop - start < size:
+            entry = short.setdefault(rhythm, {"intervals": 0, "samples": 0})
+            entry["intervals"] += 1
+            entry["samples"] += int(stop - start)
+        else:
+            tail += rep.tail_samples
     if report is not None:
-        report.append({"source": rec.source, "intervals": intervals.height, "kept": len(windows), **counts})
+        covered = int((intervals["stop"] - intervals["start"]).sum()) if intervals.height else 0
+        unannotated = rec.n_samples - covered
+        report.append({
+            "source": rec.source, "intervals": intervals.height, "kept": len(windows), **counts,
+            "fs": rec.fs, "n_samples": rec.n_samples,
+            # where every sample went (with stride = window they add up to n_samples)
+            "samples": {"kept": len(windows) * size, "nan": nan_samples, "tail": tail,
+                        "short_intervals": sum(e["samples"] for e in short.values()), "unannotated": unannotated},
+            "short_intervals": {r: {**e, "seconds": e["samples"] / rec.fs} for r, e in sorted(short.items())},
+            "unannotated_s": unannotated / rec.fs,
+        })
     return windows
+
+
+def summarise_rhythm_report(records: list[dict], window_s: float) -> dict:
+    """Totals over :func:`rhythm_windows` report entries: what was left out, how much, and why."""
+    out = {"windows_kept": 0, "windows_dropped_nan": 0, "tail_s": 0.0, "unannotated_s": 0.0,
+           "records_without_windows": [], "short_intervals": {}}
+    for r in records:
+        fs = r["fs"]
+        out["windows_kept"] += r["kept"]
+        out["windows_dropped_nan"] += r["dropped_nan"]
+        out["tail_s"] += r["samples"]["tail"] / fs
+        out["unannotated_s"] += r["unannotated_s"]
+        if not r["kept"]:
+            out["records_without_windows"].append(r["source"])
+        for rhythm, e in r["short_intervals"].items():
+            t = out["short_intervals"].setdefault(rhythm, {"intervals": 0, "seconds": 0.0})
+            t["intervals"] += e["intervals"]
+            t["seconds"] += e["seconds"]
+    out["why"] = {"short_intervals": f"rhythm episodes shorter than one {window_s:g} s window",
+                  "tail_s": "the end of an episode after its last whole window",
+                  "unannotated_s": "before the first rhythm annotation, with default_rhythm=None",
+                  "windows_dropped_nan": "windows holding invalid (NaN) samples"}
+    return out
 
 
 def _resampled(rec: Recording, fs: float | None) -> tuple[Recording, float]:
@@ -209,7 +259,9 @@ def load_annotated(records, kind: str = "beats", cache_dir: str | Path | None = 
     """Beat (``kind="beats"``) or rhythm (``kind="rhythm"``) windows of several annotated records in one cache.
 
     ``records``: record paths without extension. ``window_args`` go to :func:`beat_windows` or
-    :func:`rhythm_windows`; records at different rates need ``fs=`` there (each record is
+    :func:`rhythm_windows`; for rhythm windows ``cache.report["dropped"]`` totals what was left
+    out and why (:func:`summarise_rhythm_report`), with a warning when whole episodes or
+    unannotated stretches were; records at different rates need ``fs=`` there (each record is
     resampled to it), else the first record at another rate raises naming both records and
     rates (with ``on_error="skip"`` its windows are left out and it is listed in ``skipped``). The cache defaults to :func:`default_cache_dir`
     ``("annotated_<kind>", fingerprint)``. ``cache.report["records"]`` holds each record's counts;
@@ -239,6 +291,14 @@ def load_annotated(records, kind: str = "beats", cache_dir: str | Path | None = 
             report["records"].append(item)
         else:
             windows.append(item)
+    if kind == "rhythm" and report["records"]:
+        report["dropped"] = summary = summarise_rhythm_report(report["records"], window_args.get("window_s", 10.0))
+        lost = [f"{e['intervals']} {r} episode(s) ({e['seconds']:.1f} s) shorter than a window"
+                for r, e in summary["short_intervals"].items()]
+        if summary["unannotated_s"]:
+            lost.append(f"{summary['unannotated_s']:.1f} s before the first rhythm annotation (default_rhythm=None)")
+        if lost:
+            warnings.warn(f"rhythm windows left out {'; '.join(lost)}; see cache.report['dropped']", stacklevel=2)
     return build_cache(check_same_rate(windows, on_error, report["skipped"]), cache_dir, fingerprint=fp,
                        report=report)
 

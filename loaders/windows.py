@@ -21,10 +21,13 @@ class WindowReport:
     dropped_edge: int = 0
     dropped_other: int = 0
     notes: list[str] = field(default_factory=list)
+    tail_samples: int = 0  # samples after the end of the last window (the edge drop)
+    fs: float = 0.0
 
     def as_dict(self) -> dict:
         return {"source": self.source, "kept": self.kept, "dropped_nan": self.dropped_nan,
-                "dropped_edge": self.dropped_edge, "dropped_other": self.dropped_other, "notes": self.notes}
+                "dropped_edge": self.dropped_edge, "dropped_other": self.dropped_other, "notes": self.notes,
+                "tail_samples": self.tail_samples, "tail_s": self.tail_samples / self.fs if self.fs else 0.0}
 
 
 def cut_window(rec: Recording, start: int, stop: int, *, record_id: str | None = None, labels=None) -> Recording:
@@ -48,13 +51,14 @@ def window_recording(rec: Recording, window_s: float, stride_s: float | None = N
     NaN handling (:func:`apply_nan_policy`): ``"drop"`` leaves out windows holding any NaN,
     ``"interpolate"`` fills gaps up to ``max_gap_s`` first (longer gaps raise), ``"fail"``
     raises on any NaN. The trailing part shorter than a window is left out (counted as an edge
-    drop). The report counts every window left out.
+    drop; ``tail_samples`` says how long it was, so a recording shorter than one window is
+    counted as one edge drop of its whole length). The report counts every window left out.
     """
     size = int(round(window_s * rec.fs))
     step = int(round((stride_s or window_s) * rec.fs))
     if size <= 0 or step <= 0:
         raise ValueError(f"window_s and stride_s must give at least one sample at {rec.fs} Hz")
-    report = WindowReport(rec.source)
+    report = WindowReport(rec.source, fs=float(rec.fs))
     signal, _ = apply_nan_policy(rec.signal.copy(), nan_policy, rec.source, rec.channels,
                                  max_gap=int(round(max_gap_s * rec.fs)))
     rec = replace(rec, signal=signal)
@@ -70,5 +74,6 @@ def window_recording(rec: Recording, window_s: float, stride_s: float | None = N
     last_end = (starts[-1] + size) if len(starts) else 0
     if rec.n_samples - last_end > 0:
         report.dropped_edge += 1
+        report.tail_samples = int(rec.n_samples - last_end)
     report.kept = len(windows)
     return windows, report

@@ -483,3 +483,44 @@ def test_every_real_annotation_file_passes_the_check():
     assert len(files) >= 6
     for atr in files:
         assert check_annotation_file(atr) == len(wfdb.rdann(str(atr.with_suffix("")), "atr").sample), atr
+
+
+# --- what windowing leaves out is counted ---------------------------------------------------------
+
+def _rhythm_record(folder: Path, name: str = "af") -> Path:
+    """60 s at 100 Hz: unannotated 0-5 s, N 5-20 s, AFIB 20-25 s (shorter than a 10 s window), N 25-60 s."""
+    write_record(folder, name, n=6000, fs=100)
+    wfdb.wrann(name, "atr", np.array([500, 2000, 2500]), symbol=["+"] * 3, aux_note=["(N", "(AFIB", "(N"],
+               write_dir=str(folder))
+    return folder / name
+
+
+def test_short_af_episode_and_unannotated_part_are_counted(tmp_path):
+    from tscl.loaders import load_annotated
+
+    rec = _rhythm_record(tmp_path / "rec")
+    with pytest.warns(UserWarning, match=r"1 AFIB episode\(s\) \(5\.0 s\) shorter than a window.*5\.0 s before"):
+        cache = load_annotated([rec], "rhythm", tmp_path / "c", progress=False, window_s=10)
+    assert cache.index["rhythm"].to_list() == ["N", "N", "N", "N"]  # 5-15, 25-35, 35-45, 45-55
+    r = cache.report["records"][0]
+    assert r["short_intervals"] == {"AFIB": {"intervals": 1, "samples": 500, "seconds": 5.0}}
+    assert r["unannotated_s"] == 5.0
+    assert r["samples"] == {"kept": 4000, "nan": 0, "tail": 500 + 500, "short_intervals": 500, "unannotated": 500}
+    assert sum(r["samples"].values()) == r["n_samples"] == 6000  # every sample accounted for
+    d = cache.report["dropped"]
+    assert d["short_intervals"] == {"AFIB": {"intervals": 1, "seconds": 5.0}} and d["tail_s"] == 10.0
+    assert "shorter than one 10 s window" in d["why"]["short_intervals"]
+
+
+@needs_physionet
+def test_cpsc_rhythm_windows_account_for_every_sample(tmp_path):
+    from tscl.loaders import load_annotated
+
+    records = sorted(p.with_suffix("") for p in (PHYSIONET / "cpsc2021").glob("*.hea"))
+    with pytest.warns(UserWarning, match="before the first rhythm annotation"):
+        cache = load_annotated(records, "rhythm", tmp_path / "c", progress=False, window_s=10, default_rhythm=None)
+    for r in cache.report["records"]:
+        assert sum(r["samples"].values()) == r["n_samples"], r["source"]
+    non_af = next(r for r in cache.report["records"] if r["source"].endswith("data_21_7.hea"))
+    assert non_af["kept"] == 0 and non_af["unannotated_s"] == 47201 / 200
+    assert any(s.endswith("data_21_7.hea") for s in cache.report["dropped"]["records_without_windows"])
