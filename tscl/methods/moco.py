@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from tscl.augment import build_augment
+from tscl.augment_image import IMAGE_AUGMENT, spec_modality
 from tscl.distributed import gather_embeddings
 from tscl.encoders import ProjectionHead
 from tscl.kernels import info_nce
@@ -70,7 +71,7 @@ def enqueue(queue: Tensor, ptr: Tensor, filled: Tensor, keys: Tensor, queue_ids:
 
 class MoCo(Method):
     modalities = ("waveform", "image")
-    default_augment = {"waveform": MOCO_AUGMENT}
+    default_augment = {"waveform": MOCO_AUGMENT, "image": IMAGE_AUGMENT}
 
     def __init__(self, encoder: nn.Module, proj_dim: int = 128, temperature: float = 0.2,
                  queue_size: int = 4096, momentum: float = 0.99, batch_size: int = 64, augment=MOCO_AUGMENT):
@@ -81,7 +82,7 @@ class MoCo(Method):
         for p in [*self.key_encoder.parameters(), *self.key_head.parameters()]:
             p.requires_grad_(False)
         self.temperature, self.momentum, self.batch_size = temperature, momentum, batch_size
-        self.augment = build_augment(augment)
+        self.augment = build_augment(augment, modality=spec_modality(augment))  # "rrc,flip": an image pipeline
         self.register_buffer("queue", nn.functional.normalize(torch.randn(queue_size, proj_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))

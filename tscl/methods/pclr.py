@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from tscl.augment import build_augment
+from tscl.augment_image import IMAGE_AUGMENT, spec_modality
 from tscl.distributed import gather_embeddings
 from tscl.encoders import ProjectionHead
 from tscl.kernels import info_nce
@@ -33,6 +34,7 @@ __all__ = ["PCLR"]
 
 class PCLR(Method):
     modalities = ("waveform", "ehr", "image")
+    default_augment = {"image": IMAGE_AUGMENT}  # MICLe (Azizi et al. 2021) = pclr on images
 
     def __init__(self, encoder: nn.Module, proj_dim: int = 128, temperature: float = 0.1,
                  patients_per_batch: int = 64, recordings_per_patient: int = 2, augment=None):
@@ -42,7 +44,8 @@ class PCLR(Method):
         self.temperature = temperature
         self.patients_per_batch = patients_per_batch
         self.recordings_per_patient = recordings_per_patient
-        self.augment = build_augment(augment)  # none by default: the pairing replaces augmentation
+        # none by default on waveforms (the pairing replaces augmentation); on images MICLe augments both films
+        self.augment = build_augment(augment, modality=spec_modality(augment))
 
     def make_sampler(self, index, seed: int = 0) -> PatientBatchSampler:
         self.augment.bind(index, seed)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from tscl.augment import build_augment
+from tscl.augment_image import IMAGE_AUGMENT, spec_modality
 from tscl.datasets import cat_payloads
 from tscl.encoders import ProjectionHead
 from tscl.distributed import gather_embeddings
@@ -32,7 +33,7 @@ ECG_AUGMENT = "crop:len=0.8,scale,noise:snr=20,wander,dropout:p=0.1"
 
 class SimCLR(Method):
     modalities = ("waveform", "image")
-    default_augment = {"waveform": ECG_AUGMENT}
+    default_augment = {"waveform": ECG_AUGMENT, "image": IMAGE_AUGMENT}
 
     def __init__(self, encoder: nn.Module, proj_dim: int = 128, temperature: float = 0.1,
                  batch_size: int = 64, augment=ECG_AUGMENT):
@@ -40,7 +41,7 @@ class SimCLR(Method):
         self.encoder = encoder
         self.head = ProjectionHead(encoder.embed_dim, encoder.embed_dim, proj_dim)
         self.temperature, self.batch_size = temperature, batch_size
-        self.augment = build_augment(augment)
+        self.augment = build_augment(augment, modality=spec_modality(augment))  # "rrc,flip": an image pipeline
 
     def make_sampler(self, index, seed: int = 0) -> RecordBatchSampler:
         self.augment.bind(index, seed)

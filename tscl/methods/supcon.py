@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from tscl.augment import build_augment
+from tscl.augment_image import IMAGE_AUGMENT, spec_modality
 from tscl.datasets import cat_payloads
 from tscl.encoders import ProjectionHead
 from tscl.distributed import gather_embeddings
@@ -55,7 +56,7 @@ def class_ids(index, label) -> np.ndarray:
 
 class SupCon(Method):
     modalities = ("waveform", "image")
-    default_augment = {"waveform": ECG_AUGMENT}
+    default_augment = {"waveform": ECG_AUGMENT, "image": IMAGE_AUGMENT}
 
     def __init__(self, encoder: nn.Module, label="lvh", proj_dim: int = 128, temperature: float = 0.1,
                  batch_size: int = 64, augment=ECG_AUGMENT):
@@ -63,7 +64,7 @@ class SupCon(Method):
         self.encoder = encoder
         self.head = ProjectionHead(encoder.embed_dim, encoder.embed_dim, proj_dim)
         self.label, self.temperature, self.batch_size = label, temperature, batch_size
-        self.augment = build_augment(augment)
+        self.augment = build_augment(augment, modality=spec_modality(augment))  # "rrc,flip": an image pipeline
 
     def batch_extras(self, index) -> dict:
         """Per-row tensors the trainer slices into each batch: ``{"labels": [N] int64}``."""
