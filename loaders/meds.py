@@ -10,6 +10,7 @@ before each prediction time.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -19,7 +20,7 @@ import polars as pl
 
 from .recording import LoaderError
 
-__all__ = ["MEDS_COLUMNS", "validate_meds_shard", "scan_meds", "read_codes", "read_subject_splits",
+__all__ = ["MEDS_COLUMNS", "validate_meds_shard", "scan_meds", "read_codes", "read_subject_splits", "unknown_codes",
            "build_vocabulary", "subject_sequences", "tabular_features", "EventVocabulary"]
 
 MEDS_COLUMNS = {"subject_id": (pl.Int64,), "time": (pl.Datetime,), "code": (pl.Utf8,),
@@ -67,10 +68,26 @@ def _shards(root: Path) -> list[Path]:
     return shards
 
 
-def scan_meds(root: str | Path, *, validate: bool = True) -> pl.LazyFrame:
+def unknown_codes(root: str | Path) -> pl.DataFrame:
+    """Codes in the data shards that ``metadata/codes.parquet`` does not list (``code``, ``count``
+    of events, most frequent first); empty when every code is listed or there is no codes.parquet."""
+    root = Path(root)
+    if not (root / "metadata" / "codes.parquet").exists():
+        return pl.DataFrame(schema={"code": pl.Utf8, "count": pl.UInt32})
+    known = read_codes(root).select("code").unique()
+    data = pl.concat([pl.scan_parquet(s).select("code") for s in _shards(root)])
+    return (data.join(known.lazy(), on="code", how="anti").group_by("code").agg(pl.len().alias("count"))
+            .sort(["count", "code"], descending=[True, False]).collect())
+
+
+def scan_meds(root: str | Path, *, validate: bool = True, check_codes: bool = True) -> pl.LazyFrame:
     """Every event of the dataset as one lazy frame with columns subject_id, time, code,
     numeric_value (Float64), text_value (String, null when a shard has none) and ``shard``
-    (the shard's path under ``data/``). Shards are validated first unless ``validate=False``."""
+    (the shard's path under ``data/``). Shards are validated first unless ``validate=False``.
+
+    With ``check_codes``, codes absent from ``metadata/codes.parquet`` (MEDS allows them; they
+    have no description or parents) are reported in one warning with their count, the events
+    they cover and a few examples (:func:`unknown_codes` lists them all); they are kept."""
     root = Path(root)
     frames = []
     for shard in _shards(root):
@@ -83,6 +100,13 @@ def scan_meds(root: str | Path, *, validate: bool = True) -> pl.LazyFrame:
             pl.col("numeric_value").cast(pl.Float64),
             pl.col("text_value") if "text_value" in names else pl.lit(None, dtype=pl.Utf8).alias("text_value"),
             pl.lit(str(shard.relative_to(root / "data"))).alias("shard")))
+    if check_codes:
+        unknown = unknown_codes(root)
+        if unknown.height:
+            examples = unknown["code"].head(5).to_list()
+            warnings.warn(f"{root}: {unknown.height} code(s) covering {int(unknown['count'].sum())} events are not in "
+                          f"metadata/codes.parquet (MEDS allows this; they have no description), e.g. {examples}",
+                          stacklevel=2)
     return pl.concat(frames)
 
 

@@ -524,3 +524,34 @@ def test_cpsc_rhythm_windows_account_for_every_sample(tmp_path):
     non_af = next(r for r in cache.report["records"] if r["source"].endswith("data_21_7.hea"))
     assert non_af["kept"] == 0 and non_af["unannotated_s"] == 47201 / 200
     assert any(s.endswith("data_21_7.hea") for s in cache.report["dropped"]["records_without_windows"])
+
+
+# --- MEDS codes missing from codes.parquet ----------------------------------------------------------
+
+def _meds_folder(root: Path, codes: list[str], known: list[str]) -> Path:
+    from datetime import datetime
+
+    (root / "data").mkdir(parents=True)
+    (root / "metadata").mkdir()
+    pl.DataFrame({"subject_id": [1] * len(codes), "time": [datetime(2020, 1, 1, i) for i in range(len(codes))],
+                  "code": codes, "numeric_value": [None] * len(codes)},
+                 schema={"subject_id": pl.Int64, "time": pl.Datetime("us"), "code": pl.Utf8,
+                         "numeric_value": pl.Float32}).write_parquet(root / "data" / "0.parquet")
+    pl.DataFrame({"code": known, "description": ["x"] * len(known)}).write_parquet(root / "metadata" / "codes.parquet")
+    return root
+
+
+def test_meds_codes_absent_from_codes_parquet_are_reported(tmp_path):
+    import warnings
+
+    from tscl.loaders.meds import scan_meds, unknown_codes
+
+    root = _meds_folder(tmp_path / "m", ["HR", "LAB//A", "LAB//A", "LAB//B", "HR"], ["HR"])
+    with pytest.warns(UserWarning, match=r"2 code\(s\).*3 events.*not in metadata/codes\.parquet.*'LAB//A'"):
+        events = scan_meds(root).collect()
+    assert events.height == 5  # MEDS allows them: nothing is dropped
+    assert unknown_codes(root).rows() == [("LAB//A", 2), ("LAB//B", 1)]
+    known = _meds_folder(tmp_path / "k", ["HR"], ["HR"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scan_meds(known).collect()

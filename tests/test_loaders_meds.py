@@ -23,7 +23,8 @@ needs_mimic = pytest.mark.skipif(not MIMIC.exists(), reason=f"shared MIMIC-IV de
 
 @needs_example
 def test_scan_meds_example():
-    events = scan_meds(EXAMPLE).collect()
+    with pytest.warns(UserWarning, match=r"6 code\(s\).*not in metadata/codes\.parquet"):  # DOB, HEIGHT, ...
+        events = scan_meds(EXAMPLE).collect()
     assert events.height == 30 + 14 + 7 + 11
     assert events.schema["numeric_value"] == pl.Float64 and events["text_value"].null_count() == events.height
     assert set(events["shard"]) == {"train/0.parquet", "train/1.parquet", "tuning/0.parquet", "held_out/0.parquet"}
