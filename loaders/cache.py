@@ -388,6 +388,19 @@ def _sweep_stale_tmp(cache_dir: Path) -> None:
             os.close(fd)
 
 
+_QUALITY_NOTES = ("frame_averaged",)  # what a reader did to the samples that the cache's report must carry
+
+
+def _warn_quality(notes: dict, fs: float) -> None:
+    averaged = notes.get("frame_averaged")
+    if averaged:
+        source, channels = next(iter(averaged.items()))
+        example = ", ".join(f"{c} ({v['rate_hz']:g} Hz)" for c, v in channels.items())
+        warnings.warn(f"{len(averaged)} recording(s) hold channels sampled faster than the frame rate, averaged down "
+                      f"to it (e.g. {example} read at {fs:g} Hz in {source}); see cache.report['quality']",
+                      stacklevel=3)
+
+
 def _rate_problem(rec: Recording, first: Recording) -> str:
     return (f"sampled at {rec.fs:g} Hz, but {first.record_id} ({first.source or 'first recording'}) is at "
             f"{first.fs:g} Hz; one cache holds one rate (pass fs= to resample, or load each rate separately)")
@@ -432,7 +445,9 @@ def build_cache(recordings: Iterable[Recording], cache_dir: str | Path, fingerpr
     ``allow_mixed_rates``; then ``WaveformCache.fs`` refuses and consumers read ``index["fs"]``.
 
     ``report`` (JSON-serialisable; read back as ``WaveformCache.report``) is written after the
-    recordings are consumed, so a generator may fill it while it yields.
+    recordings are consumed, so a generator may fill it while it yields. Notes a reader left in
+    ``Recording.quality`` that change what the samples mean (``frame_averaged``) are added to
+    it under ``report["quality"]``, once per source file, with a warning.
     """
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -442,9 +457,12 @@ def build_cache(recordings: Iterable[Recording], cache_dir: str | Path, fingerpr
         rows, offset, label_cols = [], 0, []
         h = hashlib.blake2b(digest_size=32)
         tmp_sig = staging.new(_SIGNALS)
-        first = None
+        first, notes = None, {}
         with open(tmp_sig, "wb") as f:
             for rec in recordings:
+                for key in _QUALITY_NOTES:  # once per source file (its windows share the note)
+                    if key in rec.quality:
+                        notes.setdefault(key, {}).setdefault(rec.source or rec.record_id, rec.quality[key])
                 if first is None:
                     first = rec
                 elif rec.fs != first.fs and not allow_mixed_rates:
@@ -471,7 +489,11 @@ def build_cache(recordings: Iterable[Recording], cache_dir: str | Path, fingerpr
         index.write_parquet(staging.new(_INDEX))
         staging.new(_LABELS).write_text(json.dumps(label_cols))
         staging.new(_FINGERPRINT).write_text(fingerprint)
-        staging.new(_REPORT).write_text(json.dumps(report or {}, indent=1, default=str))
+        report = dict(report or {})
+        if notes:
+            report["quality"] = {k: [{"source": src, "value": v} for src, v in d.items()] for k, d in notes.items()}
+            _warn_quality(notes, first.fs)
+        staging.new(_REPORT).write_text(json.dumps(report, indent=1, default=str))
         for name in (_INDEX, _LABELS, _FINGERPRINT, _REPORT):
             path = staging.files[name][0]
             files[name] = {"bytes": path.stat().st_size, "blake2b": hash_file(path)}

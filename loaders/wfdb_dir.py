@@ -252,6 +252,7 @@ def _read_plain(hea: Path, header) -> np.ndarray | None:
 def _read_multisegment(hea: Path):
     """Header and joined ``[C,T]`` physical signal of a multi-segment record (every segment checked first)."""
     lines = _header_lines(hea)
+    spf: dict[str, int] = {}
     for ln in lines[1:]:
         seg = ln.split()[0]
         if seg == "~":
@@ -259,7 +260,9 @@ def _read_multisegment(hea: Path):
         seg_hea = hea.parent / f"{seg}.hea"
         if not seg_hea.exists():
             raise LoaderError(seg_hea, f"segment listed in {hea.name} not found")
-        check_wfdb_header(seg_hea)
+        seg_header = check_wfdb_header(seg_hea)
+        for name, n in zip(seg_header.sig_name, seg_header.samps_per_frame):
+            spf[name] = max(spf.get(name, 1), int(n or 1))
     fields = lines[0].split()
     try:
         fs = float(fields[2].split("/")[0]) if len(fields) > 2 else 250.0
@@ -271,6 +274,7 @@ def _read_multisegment(hea: Path):
         rec = wfdb.rdrecord(str(hea.with_suffix("")), m2s=True)
     except Exception as err:
         raise LoaderError(hea, f"cannot read multi-segment record: {type(err).__name__}: {err}") from err
+    rec.samps_per_frame = [spf.get(name, 1) for name in rec.sig_name]
     return rec, rec.p_signal.T
 
 
@@ -285,7 +289,10 @@ def read_wfdb(path: str | Path, *, channels=None, allow_nan: bool = False, patie
     ``channels`` picks and orders channels by (normalised) name; a missing one is an error.
     Voltages are converted to mV. Invalid (NaN) samples follow ``nan_policy`` (see
     :func:`apply_nan_policy`); without one, they raise unless ``allow_nan`` (then they are kept).
-    What the policy did is recorded in ``Recording.quality``.
+    What the policy did is recorded in ``Recording.quality``. A channel stored at several
+    samples per frame (e.g. MIMIC's 500 Hz ECG in 125 Hz frames) is averaged down to the frame
+    rate, as ``wfdb.rdrecord`` does; ``quality["frame_averaged"]`` names it with its own rate
+    (and the cache's report lists it).
     """
     path = Path(path)
     hea = path.with_suffix(".hea") if path.suffix != ".hea" else path
@@ -307,12 +314,17 @@ def read_wfdb(path: str | Path, *, channels=None, allow_nan: bool = False, patie
             raise LoaderError(hea, "record has no physical signal")
         physical = rec.p_signal.T
     names = tuple(normalise_lead_name(n) for n in header.sig_name)
+    # wfdb averages the samples of a channel stored at k samples per frame down to the frame rate
+    averaged = {n: int(k) for n, k in zip(names, getattr(header, "samps_per_frame", None) or []) if (k or 1) > 1}
     signal = np.ascontiguousarray(physical, dtype=np.float32)
     signal, units = to_millivolts(signal, header.units, hea)
     if channels is not None:
         signal, names, units = _pick_channels(signal, names, units, channels, hea)
     policy = nan_policy or ("keep" if allow_nan else "fail")
     signal, quality = apply_nan_policy(signal, policy, hea, names, max_gap=int(round(max_gap_s * header.fs)))
+    averaged = {n: {"samples_per_frame": k, "rate_hz": k * float(header.fs)} for n, k in averaged.items() if n in names}
+    if averaged:
+        quality = {**quality, "frame_averaged": averaged}
     if start_time is None and header.base_date is not None and header.base_time is not None:
         start_time = datetime.combine(header.base_date, header.base_time)
     return Recording(

@@ -555,3 +555,22 @@ def test_meds_codes_absent_from_codes_parquet_are_reported(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         scan_meds(known).collect()
+
+
+# --- channels averaged down to the frame rate ---------------------------------------------------------
+
+@needs_physionet
+def test_multi_rate_mimic_record_averaged_to_the_frame_rate_is_recorded(tmp_path):
+    from tscl.loaders import read_wfdb
+
+    base = PHYSIONET / "mimicdb" / "03700181"  # MCL1 at 4 samples per frame (500 Hz), ABP and RESP at 125 Hz
+    rec = read_wfdb(base, allow_nan=True)
+    assert rec.fs == 125.0 and rec.signal.shape == (3, 75000)
+    assert rec.quality["frame_averaged"] == {"MCL1": {"samples_per_frame": 4, "rate_hz": 500.0}}
+    assert "frame_averaged" not in read_wfdb(base, channels=["ABP"], allow_nan=True).quality
+    root = _copy_record(base, tmp_path / "mimicdb", exts=("hea", "dat"))
+    write_csv(root.parent / "metadata.csv", "patient_id,record_id,path\np,r,03700181\n")
+    with pytest.warns(UserWarning, match=r"1 recording.*frame rate, averaged.*MCL1 \(500 Hz\) read at 125 Hz"):
+        cache = load_wfdb_cohort(root.parent, cache_dir=tmp_path / "c", progress=False, nan_policy="interpolate")
+    assert cache.report["quality"]["frame_averaged"] == [
+        {"source": str(root) + ".hea", "value": {"MCL1": {"samples_per_frame": 4, "rate_hz": 500.0}}}]
