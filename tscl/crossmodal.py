@@ -24,7 +24,8 @@ from torch import Tensor, nn
 
 from tscl.kernels import info_nce
 
-__all__ = ["TwoTower", "retrieval_recall", "fit_two_tower", "cohort_ecg_lab_pairs", "ecg_lab_demo"]
+__all__ = ["TwoTower", "retrieval_recall", "retrieval_ranks", "retrieval_report", "fit_two_tower",
+           "cohort_ecg_lab_pairs", "ecg_lab_demo"]
 
 
 class TwoTower(nn.Module):
@@ -78,6 +79,63 @@ def retrieval_recall(za: Tensor, zb: Tensor, ks: Sequence[int] = (1, 10)) -> dic
         rank = (sim >= true).sum(dim=1) - 1  # rows at least as similar, minus the partner itself
         for k in ks:
             out[f"{name}@{k}"] = float((rank < k).float().mean())
+    for k in ks:
+        out[f"chance@{k}"] = min(k, n) / n
+    return out
+
+
+@torch.no_grad()
+def retrieval_ranks(za: Tensor, zb: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Rank of each item's partner, a->b and b->a (0 = retrieved first), ties counted against it as in
+    :func:`retrieval_recall`: ``rank_i`` = rows at least as similar as the partner, minus the partner."""
+    s = F.normalize(za.float(), dim=-1) @ F.normalize(zb.float(), dim=-1).T
+    return tuple(((m >= m.diagonal()[:, None]).sum(dim=1) - 1).cpu().numpy() for m in (s, s.T))
+
+
+@torch.no_grad()
+def retrieval_report(run_dir, dataset, ks: Sequence[int] = (1, 5, 10), n_boot: int = 1000, seed: int = 0,
+                     batch_size: int = 256, device: str = "cpu", allow_pretrain_patients: bool = False) -> dict:
+    """Held-out paired retrieval of a ``clip`` run on ``dataset`` (e.g. its ``test`` split): recall@k both
+    ways with 95 % CIs from a patient-level bootstrap (whole patients resampled, the gallery fixed), and
+    chance k / N.
+
+    Refuses a dataset that shares a patient with pretraining (the run's ``patients.json``) unless
+    ``allow_pretrain_patients``. Returns ``{"n", "n_patients", "temperature", "a_to_b@k": {"recall",
+    "ci_low", "ci_high"}, "b_to_a@k": ..., "chance@k"}``.
+    """
+    import json
+    from pathlib import Path
+
+    from tscl.methods.clip import load_clip
+    from tscl.probes.linear import _bootstrap_weights
+
+    run_dir = Path(run_dir)
+    pids = np.asarray(dataset.index["patient_id"].to_list())
+    seen_path = run_dir / "patients.json"
+    if seen_path.exists() and not allow_pretrain_patients:
+        shared = set(pids) & set(json.loads(seen_path.read_text())["patients"])
+        if shared:
+            raise ValueError(f"{len(shared)} patient(s) of this dataset were in pretraining (e.g. {sorted(shared)[0]!r}); "
+                             "report retrieval on a held-out split")
+    if len(dataset) < 2:
+        raise ValueError("retrieval needs at least two pairs")
+    clip = load_clip(run_dir, device)
+    za, zb = [], []
+    for start in range(0, len(dataset), batch_size):
+        rows = np.arange(start, min(start + batch_size, len(dataset)))
+        za.append(clip.embed_a(dataset.fetch(rows).to(device)))
+    zb = clip.embed_b(clip.tabular_inputs(dataset.index).to(device))
+    ranks = retrieval_ranks(torch.cat(za), zb)
+    n = len(dataset)
+    W = _bootstrap_weights(pids, n_boot, seed)  # [n_boot, n]: each record weighted by its patient's count
+    out = {"n": n, "n_patients": int(len(set(pids))), "n_boot": n_boot,
+           "temperature": float(clip.temperature.detach())}
+    for name, rank in zip(("a_to_b", "b_to_a"), ranks):
+        for k in ks:
+            hit = (rank < k).astype(np.float64)
+            boot = (W @ hit) / W.sum(axis=1)
+            lo, hi = np.quantile(boot, [0.025, 0.975])
+            out[f"{name}@{k}"] = {"recall": float(hit.mean()), "ci_low": float(lo), "ci_high": float(hi)}
     for k in ks:
         out[f"chance@{k}"] = min(k, n) / n
     return out

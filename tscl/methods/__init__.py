@@ -33,8 +33,10 @@ name               paper                       positives (ids) / bank
 ``clocs-cmlc``     Kiyasseh et al. 2021        different leads, same segment / same patient
 ``clocs-cmsmlc``   Kiyasseh et al. 2021        different segment and lead / same patient
 ``comet``          Wang et al. 2023            observation, sample, trial, patient levels
+``clip``           Radford et al. 2021         the visit's other modality (tabular columns), symmetric
 =================  ==========================  ================================================
 """
+from .clip import CLIP
 from .clocs import CLOCS, CLOCS_CMLC, CLOCS_CMSC, CLOCS_CMSMLC
 from .comet import COMET
 from .moco import MoCo
@@ -55,6 +57,7 @@ METHODS = {
     "clocs-cmlc": CLOCS_CMLC,
     "clocs-cmsmlc": CLOCS_CMSMLC,
     "comet": COMET,
+    "clip": CLIP,
 }
 
 
@@ -64,4 +67,4 @@ def build_method(name: str, encoder, **kwargs):
     return METHODS[name](encoder, **kwargs)
 
 
-__all__ = ["METHODS", "build_method", "PCLR", "SimCLR", "MoCo", "SupCon", "PolyWindow", "PMQ", "CLOCS", "COMET"]
+__all__ = ["METHODS", "build_method", "PCLR", "SimCLR", "MoCo", "SupCon", "PolyWindow", "PMQ", "CLOCS", "COMET", "CLIP"]
