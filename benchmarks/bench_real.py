@@ -63,6 +63,7 @@ FRACTIONS = (0.01, 0.1, 1.0)
 C_GRID = (0.001, 0.01, 0.1, 1.0)
 TASKS = {"superdiagnostic": "super", "subdiagnostic": "sub", "form": "form", "rhythm": "rhythm"}
 SUPCON_LABEL = "train_labels"
+TWO_MODALITY = ("clip",)  # pairs a recording with tabular columns of its visit; PTB-XL and EEGMAT hold none
 REPO = Path(__file__).resolve().parents[1]
 
 # Full-dataset figures (21,837 ECGs); not comparable in size with the shared sample.
@@ -603,7 +604,7 @@ def main(argv=None) -> int:
     from tscl.cli import _kwargs
 
     args.encoder_kwargs = _kwargs(args.encoder_kwargs)
-    default_methods = (list(METHODS) if args.dataset == "ptbxl" and not args.cv else
+    default_methods = ([m for m in METHODS if m not in TWO_MODALITY] if args.dataset == "ptbxl" and not args.cv else
                        ["simclr", "pclr", "polywindow"])
     args.methods = [m for m in args.methods.split(",") if m] if args.methods else default_methods
     if args.epochs is None:
