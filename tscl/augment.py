@@ -11,7 +11,13 @@ Spec grammar: ops separated by commas, ``name`` or ``name:key=value[:key=value]`
 is the identity. ``fs`` (Hz) matters for wander, powerline and band-pass jitter.
 
 EHR event-sequence augmentations act on ``(codes [B, L] int, values [B, L] float,
-times [B, L] float, mask [B, L] bool)`` (True = real event) and return the same tuple.
+times [B, L] float, mask [B, L] bool)`` (True = real event) and return the same tuple. As the
+``"ehr"`` modality they apply to an :class:`~tscl.datasets.Events` payload, each op named after
+the field it perturbs: ``events:p`` (event dropout), ``times:std`` (time jitter, hours),
+``codes:p`` (code masking to the [MASK] id 2) and ``values:std`` (multiplicative numeric noise)::
+
+    aug = build_augment(EHR_AUGMENT, modality="ehr", seed=0)   # "events:p=0.1,times:std=1,codes:p=0.15,values:std=0.1"
+    v1, v2 = aug(events), aug(events)
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ from torch import Tensor
 __all__ = [
     "gaussian_noise", "amplitude_scale", "baseline_wander", "powerline", "random_crop", "time_shift",
     "time_mask", "lead_dropout", "bandpass_jitter", "event_dropout", "time_jitter", "code_mask",
-    "numeric_noise", "Augment", "build_augment", "AUGMENTS",
+    "numeric_noise", "Augment", "build_augment", "AUGMENTS", "EHR_OPS", "EHR_AUGMENT",
 ]
 
 
@@ -242,3 +248,32 @@ def build_augment(spec, fs: float = 100.0, seed: int = 0, modality: str = "wavef
             except ValueError:
                 ops[-1][1][key.strip()] = value
     return Augment(ops, fs, seed, modality)
+
+
+# ---- EHR: the "ehr" op table, acting on an Events payload ----------------------------------------
+
+EHR_OPS = {"events": event_dropout, "times": time_jitter, "codes": code_mask, "values": numeric_noise,
+           # the functions' own names, as aliases
+           "event_dropout": event_dropout, "time_jitter": time_jitter, "code_mask": code_mask,
+           "numeric_noise": numeric_noise}
+
+# drop 10 % of events, jitter times by N(0, 1 h²), mask 15 % of codes, scale values by 1 + N(0, 0.1²)
+EHR_AUGMENT = "events:p=0.1,times:std=1,codes:p=0.15,values:std=0.1"
+
+EHR_MASK_ID = 2  # tscl.datasets.ehr.MASK_ID: the [MASK] code id that ``codes`` writes
+
+
+def _apply_ehr(op, x, g, fs: float = 0.0, **kw):
+    """``op(codes, values, times, mask, g, **kw)`` on an :class:`~tscl.datasets.Events` payload.
+
+    Every draw comes from ``g``, the pipeline's seeded generator (checkpointed with the run), so
+    a resumed run draws the same events, jitters and masks step for step. Code masking writes
+    :data:`EHR_MASK_ID` unless the spec gives ``mask_code``."""
+    from tscl.datasets import Events
+
+    if op is code_mask:
+        kw = {"mask_code": EHR_MASK_ID, **kw}
+    return Events(*op(x.codes, x.values, x.times, x.mask, g, **kw))
+
+
+register_modality_ops("ehr", EHR_OPS, _apply_ehr)

@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tscl.datasets import Events
+
 from .registry import register_encoder
 from .transformer import Block
 
@@ -64,7 +66,10 @@ class EHRSequenceEncoder(nn.Module):
     through ``F.scaled_dot_product_attention``). Padding events are excluded by the key
     mask. ``in_channels`` of ``build_encoder`` is the code vocabulary size (id 0 = padding).
 
-    Forward (a different signature from the time-series encoders):
+    Forward (a different signature from the time-series encoders): ``encoder(events)`` with an
+    :class:`~tscl.datasets.Events` payload (codes, values, times, mask; what an EHR dataset's
+    ``fetch`` returns and what the trainer hands a method), optionally ``prediction_time=``; or
+    the tensors one by one:
         codes ``[B, L]`` int64, 0 = padding;
         values ``[B, L]`` float, numeric values (normalised per code, e.g. z-scores);
         value_mask ``[B, L]`` bool, True where the value is observed (others, NaN included,
@@ -103,13 +108,18 @@ class EHRSequenceEncoder(nn.Module):
 
     def forward(
         self,
-        codes: Tensor,
+        codes,
         values: Tensor | None = None,
         value_mask: Tensor | None = None,
         times: Tensor | None = None,
         prediction_time: Tensor | None = None,
         padding_mask: Tensor | None = None,
     ) -> Tensor:
+        if isinstance(codes, Events):  # encoder(events): the payload of an EHR dataset (tscl.datasets.ehr)
+            if values is not None or times is not None or padding_mask is not None or value_mask is not None:
+                raise TypeError("encoder(events) takes the codes, values, times and mask from the Events payload; "
+                                "pass only prediction_time beside it")
+            codes, values, times, padding_mask = codes.codes, codes.values, codes.times, codes.mask
         b, length = codes.shape
         if codes.numel() and (int(codes.max()) >= self.vocab_size or int(codes.min()) < 0):
             raise ValueError(f"code ids must lie in [0, {self.vocab_size}), got [{int(codes.min())}, {int(codes.max())}]")

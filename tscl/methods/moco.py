@@ -29,7 +29,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from tscl.augment import build_augment
+from tscl.augment import EHR_AUGMENT, build_augment
 from tscl.augment_image import IMAGE_AUGMENT, spec_modality
 from tscl.distributed import gather_embeddings
 from tscl.encoders import ProjectionHead
@@ -70,8 +70,8 @@ def enqueue(queue: Tensor, ptr: Tensor, filled: Tensor, keys: Tensor, queue_ids:
 
 
 class MoCo(Method):
-    modalities = ("waveform", "image")
-    default_augment = {"waveform": MOCO_AUGMENT, "image": IMAGE_AUGMENT}
+    modalities = ("waveform", "image", "ehr")
+    default_augment = {"waveform": MOCO_AUGMENT, "ehr": EHR_AUGMENT, "image": IMAGE_AUGMENT}
 
     def __init__(self, encoder: nn.Module, proj_dim: int = 128, temperature: float = 0.2,
                  queue_size: int = 4096, momentum: float = 0.99, batch_size: int = 64, augment=MOCO_AUGMENT):

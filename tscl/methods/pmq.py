@@ -28,6 +28,10 @@ entries); here each anchor averages over all its same-patient keys, its own key 
 in-encoder frequency/time masking are replaced by EMA from the online weights and the
 ``augment`` pipeline (default: band-pass jitter + time masking).
 
+EHR items (:class:`~tscl.datasets.Events`): the neighbour views are the first and second half
+of each item's events by count (2·S consecutive chunks for S segments), then the EHR
+augmentation (``default_augment["ehr"]``); the patient queue is unchanged.
+
 Data parallel: queries (with gradient), keys and patient ids are gathered across ranks before
 the loss, and the gathered keys enter the queue, so every rank holds the same queue.
 """
@@ -38,7 +42,8 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from tscl.augment import build_augment
+from tscl.augment import EHR_AUGMENT, build_augment
+from tscl.datasets import Events
 from tscl.distributed import gather_embeddings
 from tscl.encoders import ProjectionHead
 from tscl.kernels import info_nce
@@ -52,6 +57,9 @@ __all__ = ["PMQ"]
 
 
 class PMQ(Method):
+    modalities = ("waveform", "ehr")
+    default_augment = {"waveform": "bandpass,mask:frac=0.05:n=4", "ehr": EHR_AUGMENT}
+
     def __init__(self, encoder: nn.Module, proj_dim: int = 128, temperature: float = 0.1, queue_size: int = 16384,
                  momentum: float = 0.999, segments_per_record: int = 2, bank_same_id: str = "positive",
                  predictor: bool = True, batch_size: int = 64, augment="bandpass,mask:frac=0.05:n=4"):
@@ -78,7 +86,14 @@ class PMQ(Method):
         return TrialShuffleSampler(encode_ids(index["patient_id"].to_list()), batch_size=self.batch_size, seed=seed)
 
     def neighbour_views(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``x [N, C, T]`` -> query halves, key halves ``[N·S, C, L/2]`` (S adjacent segments of length L = T/S)."""
+        """``x [N, C, T]`` -> query halves, key halves ``[N·S, C, L/2]`` (S adjacent segments of length L = T/S).
+
+        EHR :class:`~tscl.datasets.Events`: each item's events in 2·S consecutive chunks of equal count,
+        chunk 2s the query and chunk 2s + 1 its key (:func:`tscl.datasets.ehr.neighbour_events`)."""
+        if isinstance(x, Events):
+            from tscl.datasets.ehr import neighbour_events
+
+            return neighbour_events(x, self.segments_per_record)
         n, c, t = x.shape
         seg = t // self.segments_per_record
         s = cut_windows(x, self.segments_per_record, seg, seg).reshape(n * self.segments_per_record, c, seg)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from tscl.augment import build_augment
+from tscl.augment import EHR_AUGMENT, build_augment
 from tscl.augment_image import IMAGE_AUGMENT, spec_modality
 from tscl.datasets import cat_payloads
 from tscl.encoders import ProjectionHead
@@ -32,8 +32,8 @@ ECG_AUGMENT = "crop:len=0.8,scale,noise:snr=20,wander,dropout:p=0.1"
 
 
 class SimCLR(Method):
-    modalities = ("waveform", "image")
-    default_augment = {"waveform": ECG_AUGMENT, "image": IMAGE_AUGMENT}
+    modalities = ("waveform", "image", "ehr")
+    default_augment = {"waveform": ECG_AUGMENT, "ehr": EHR_AUGMENT, "image": IMAGE_AUGMENT}
 
     def __init__(self, encoder: nn.Module, proj_dim: int = 128, temperature: float = 0.1,
                  batch_size: int = 64, augment=ECG_AUGMENT):

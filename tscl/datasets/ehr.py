@@ -1,0 +1,642 @@
+"""EHR sources (MEDS, MIMIC-IV): event streams cut into items of one patient and one time window.
+
+=============  ===========================================================================
+``meds``       a MEDS folder: ``data/<split>/*.parquet`` (+ ``metadata/codes.parquet``,
+               ``metadata/subject_splits.parquet`` when present)
+``mimic-iv``   MIMIC-IV as PhysioNet publishes it (``hosp/``, ``icu/`` ``*.csv.gz``), converted to
+               MEDS on first use (:func:`tscl.loaders.mimic_meds.mimic_iv_to_meds`) into the cache
+               and reused
+=============  ===========================================================================
+
+**Items.** Patient-aware methods (PCLR, PMQ, ...) need several items of one patient, so an
+item is one (subject, time window), not one subject:
+
+- ``window="admission"`` (the ``mimic-iv`` default): a new item starts at every event whose code
+  starts with ``admission_prefix`` (``HOSPITAL_ADMISSION//``) and lasts until the next one (discharge
+  diagnoses, outpatient labs and an ED stay before the next admission included); events before a
+  subject's first admission belong to its first item; a subject without any admission event is one item.
+- ``window="30d"`` (the ``meds`` default; also ``"12h"`` or a plain number of days): consecutive
+  windows of that length from the subject's first timed event; empty windows are skipped.
+
+Index columns: ``patient_id`` (subject_id as text), ``record_id`` (``"<subject>:<k>"``, k the
+item's 0-based rank within the subject), ``visit_time`` (the item's first timed event),
+``window_start`` / ``window_end`` (first / last timed event), ``split`` and ``item`` (k).
+``split`` comes from ``metadata/subject_splits.parquet`` when present (train -> train, tuning -> val,
+held_out -> test; a subject missing there, or a source without the file, gets :func:`hash_split`).
+
+**Payload.** ``fetch(rows)`` returns :class:`~tscl.datasets.Events` ``[B, L]``, L the longest item
+of the batch (at most ``max_len``), oldest event first:
+
+- static rows (null time: ``GENDER//F``, ``HEIGHT``...) and the birth event (``birth_codes``) come
+  first, at time 0, in every item of the subject; the birth event carries the subject's age in
+  years at the item's first timed event as its value, so no item is a lone birth date decades away;
+- then the item's timed events in time order; ``times`` are hours since the item's first timed event;
+- an item with more than ``max_len`` events keeps its static rows and its most recent timed events;
+- ``values`` are z-scored per code (mean and std of that code's values over the *training* items;
+  std 1 where it is 0 or undefined); NaN where an event has no value, or its code has no value
+  in the training items.
+
+**Vocabulary.** Fixed for the run and stored in the cache (``vocabulary.parquet``): every code of
+the whole source (all splits: codes are not labels, and a fixed vocabulary keeps every split's
+ids the same), most frequent first, ids from 3; codes seen fewer than ``min_count`` times share
+id 1. Id 0 is padding, 1 unknown, 2 the ``[MASK]`` id that code masking (``codes`` augmentation)
+writes. ``in_channels`` is the vocabulary size (for ``build_encoder("ehr_sequence", ...)``);
+``info`` records ``vocab_size``, ``max_len``, ``window`` and ``mask_id``.
+
+**Bad input** raises, naming the file or subject: a root without ``data/`` or without shards, a
+shard missing a MEDS column or of the wrong type (:func:`~tscl.loaders.meds.validate_meds_shard`),
+a subject with no timed event (``on_empty="raise"``, default; ``"skip"`` leaves them out and
+records their count in ``info["empty_subjects"]``), an unknown split name in ``subject_splits``.
+
+:func:`ehr_embed` embeds items with a run's encoder; :func:`mimic_probe` is the MIMIC-IV
+admission probe (in-hospital mortality, long stay, readmission at admission + 24 h).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from . import Dataset, Events, default_cache_root, hash_split, register_source
+
+__all__ = ["EHRDataset", "PAD_ID", "UNKNOWN_ID", "MASK_ID", "build_ehr_items", "open_meds_items", "mimic_meds_root",
+           "split_events", "neighbour_events", "ehr_embed", "mimic_probe", "MIMIC_PROBE_LABELS"]
+
+PAD_ID, UNKNOWN_ID, MASK_ID = 0, 1, 2
+_FIRST_CODE_ID = 3
+_SPLIT_NAMES = {"train": "train", "tuning": "val", "held_out": "test", "val": "val", "test": "test"}
+_FORMAT = "tscl-ehr-items-v1"
+
+
+# ---- the dataset -------------------------------------------------------------------------------------
+
+class EHRDataset(Dataset):
+    """Items of an EHR event stream as :class:`~tscl.datasets.Events` batches (see the module docstring).
+
+    ``index`` has one row per item; the events of all items live in flat arrays (``codes`` int64,
+    ``values`` / ``times`` float32), item i's being ``[start[i], start[i] + length[i])``."""
+
+    modality = "ehr"
+
+    def __init__(self, index: pl.DataFrame, codes: np.ndarray, values: np.ndarray, times: np.ndarray,
+                 start: np.ndarray, length: np.ndarray, *, vocab: pl.DataFrame, meta: dict, source: dict | None = None):
+        super().__init__(index, source=source)
+        self._codes, self._values, self._times = codes, values, times
+        self._start, self._length = np.asarray(start, np.int64), np.asarray(length, np.int64)
+        self.vocab, self.meta = vocab, dict(meta)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.meta["vocab_size"])
+
+    @property
+    def in_channels(self) -> int:
+        return self.vocab_size
+
+    @property
+    def max_len(self) -> int:
+        return int(self.meta["max_len"])
+
+    @property
+    def info(self) -> dict:
+        keep = ("vocab_size", "max_len", "window", "mask_id", "min_count", "empty_subjects", "truncated_items",
+                "value_stats")
+        return {**super().info, **{k: self.meta[k] for k in keep if k in self.meta}}
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.meta.get("fingerprint", ""))
+
+    def lengths(self) -> np.ndarray:
+        """Events per item (after truncation to ``max_len``)."""
+        return self._length.copy()
+
+    def fetch(self, rows) -> Events:
+        rows = np.asarray(rows, dtype=np.int64)
+        n = len(rows)
+        lens = self._length[rows]
+        width = int(lens.max()) if n else 0
+        codes = np.zeros((n, width), np.int64)
+        values = np.full((n, width), np.nan, np.float32)
+        times = np.zeros((n, width), np.float32)
+        mask = np.arange(width)[None, :] < lens[:, None]
+        if n and width:
+            src = (self._start[rows][:, None] + np.arange(width)[None, :])[mask]
+            codes[mask], values[mask], times[mask] = self._codes[src], self._values[src], self._times[src]
+        return Events(torch.from_numpy(codes), torch.from_numpy(values), torch.from_numpy(times),
+                      torch.from_numpy(mask))
+
+    def _take(self, rows):
+        index = self.index[rows.tolist()] if len(rows) else self.index.clear()
+        return EHRDataset(index, self._codes, self._values, self._times, self._start[rows], self._length[rows],
+                          vocab=self.vocab, meta=self.meta, source=self.source)
+
+
+# ---- building items ----------------------------------------------------------------------------------
+
+def _parse_window(window) -> tuple[str, float]:
+    """``"admission"`` -> ("admission", 0); ``"30d"`` / ``"12h"`` / ``30`` (days) -> ("hours", h)."""
+    if isinstance(window, str) and window.strip().lower() == "admission":
+        return "admission", 0.0
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([dh]?)\s*", str(window).lower())
+    if not m or float(m.group(1)) <= 0:
+        raise ValueError(f"window must be 'admission' or a positive length such as 30d, 12h or 30 (days), got {window!r}")
+    return "hours", float(m.group(1)) * (1.0 if m.group(2) == "h" else 24.0)
+
+
+def _subject_splits(meds_root: Path, subjects: list[int]) -> dict[int, str]:
+    path = meds_root / "metadata" / "subject_splits.parquet"
+    given: dict[int, str] = {}
+    if path.exists():
+        from tscl.loaders.meds import read_subject_splits
+
+        table = read_subject_splits(meds_root)
+        bad = sorted(set(table["split"].to_list()) - set(_SPLIT_NAMES))
+        if bad:
+            raise ValueError(f"{path}: unknown split name(s) {bad}; MEDS uses train, tuning and held_out")
+        given = {int(s): _SPLIT_NAMES[v] for s, v in table.select("subject_id", "split").iter_rows()}
+    missing = [s for s in subjects if s not in given]
+    return {**given, **dict(zip(missing, hash_split([str(s) for s in missing])))}
+
+
+def build_ehr_items(events: pl.DataFrame, splits: dict[int, str], *, window="30d", max_len: int = 256,
+                    min_count: int = 1, birth_codes=("MEDS_BIRTH", "DOB"), admission_prefix: str = "HOSPITAL_ADMISSION//",
+                    on_empty: str = "raise", extra_subjects=(), cutoffs: pl.DataFrame | None = None,
+                    vocab: pl.DataFrame | None = None, where: str = "the MEDS data"):
+    """Cut MEDS ``events`` (subject_id, time, code, numeric_value) into items (module docstring).
+
+    Returns ``(index, flat, vocab, meta)``: the item index, a frame of the kept events in item
+    order (``item_row``, ``code_id``, ``value`` z-scored, ``time_h``), the vocabulary
+    (code, id, count, value_mean, value_std) and counts. ``extra_subjects`` are subjects known
+    to the source (e.g. listed in ``subject_splits``) that may have no event at all.
+
+    ``cutoffs`` (subject_id, ``item_start`` nullable, ``prediction_time``) builds one item per row
+    instead of windows: the subject's events in ``[item_start, prediction_time)`` (strictly before
+    the prediction time; a null start: from the subject's first event), with the given ``vocab``
+    (the run's, so ids and value statistics match pretraining). Used by :func:`mimic_probe`."""
+    if on_empty not in ("raise", "skip"):
+        raise ValueError(f"on_empty must be 'raise' or 'skip', got {on_empty!r}")
+    if max_len < 1:
+        raise ValueError(f"max_len must be >= 1, got {max_len}")
+    kind, hours = _parse_window(window)
+    ev = events.select(pl.col("subject_id").cast(pl.Int64), pl.col("time").cast(pl.Datetime("us")), "code",
+                       pl.col("numeric_value").cast(pl.Float64)).with_row_index("_row").with_columns(pl.col("_row").cast(pl.Int64))
+    is_birth = pl.col("code").is_in(list(birth_codes))
+    static = ev.filter(pl.col("time").is_null() & ~is_birth)
+    birth = (ev.filter(is_birth & pl.col("time").is_not_null()).sort("_row").group_by("subject_id", maintain_order=True)
+             .agg(pl.col("code").first(), pl.col("time").first().alias("birth")))
+    timed = ev.filter(pl.col("time").is_not_null() & ~is_birth).sort(["subject_id", "time", "_row"])
+
+    subjects = sorted(set(ev["subject_id"].to_list()) | {int(s) for s in extra_subjects})
+    with_events = set(timed["subject_id"].unique().to_list())
+    empty = [s for s in subjects if s not in with_events]
+    if cutoffs is None and empty and on_empty == "raise":
+        raise ValueError(f"{where}: {len(empty)} subject(s) have no timed event (only static rows, a birth date, or "
+                         f"nothing at all), so they form no item: e.g. subject_id {empty[:5]}; pass on_empty='skip' to "
+                         "leave them out")
+
+    if cutoffs is not None:  # one item per (subject, prediction time)
+        cut = cutoffs.select(pl.col("subject_id").cast(pl.Int64), pl.col("item_start").cast(pl.Datetime("us")),
+                             pl.col("prediction_time").cast(pl.Datetime("us"))).with_row_index("item_row")
+        timed = (timed.join(cut, on="subject_id", how="inner")
+                 .filter((pl.col("time") < pl.col("prediction_time"))
+                         & (pl.col("item_start").is_null() | (pl.col("time") >= pl.col("item_start"))))
+                 .drop("item_start", "prediction_time").sort(["item_row", "time", "_row"]))
+        items = cut.join(timed.group_by("item_row").agg(pl.col("time").min().alias("window_start"),
+                                                        pl.col("time").max().alias("window_end")),
+                         on="item_row", how="left").sort("item_row")
+        items = items.with_columns(pl.int_range(pl.len()).over("subject_id").alias("item"))
+    else:
+        if kind == "admission":
+            bounds = (timed.filter(pl.col("code").str.starts_with(admission_prefix))
+                      .select("subject_id", pl.col("time").alias("bound")).unique().sort(["subject_id", "bound"]))
+            with warnings.catch_warnings():  # both sides are sorted by time; polars cannot check it per group
+                warnings.filterwarnings("ignore", message=".*Sortedness.*")
+                timed = (timed.sort("time").join_asof(bounds.sort("bound"), left_on="time", right_on="bound",
+                                                      by="subject_id", strategy="backward")
+                         .sort(["subject_id", "time", "_row"]))
+            # before the first admission: the first item (a subject without admissions is one item)
+            key = pl.col("bound").fill_null(pl.col("bound").min().over("subject_id")).fill_null(
+                pl.col("time").min().over("subject_id"))
+        else:
+            first = pl.col("time").min().over("subject_id")
+            key = ((pl.col("time") - first).dt.total_seconds() / 3600.0 // hours).cast(pl.Int64)
+        timed = timed.with_columns(key.alias("_key"))
+        timed = timed.with_columns((pl.col("_key").rank("dense").over("subject_id") - 1).cast(pl.Int64).alias("item"))
+        timed = timed.sort(["subject_id", "item", "time", "_row"])
+        items = (timed.group_by(["subject_id", "item"], maintain_order=True)
+                 .agg(pl.col("time").min().alias("window_start"), pl.col("time").max().alias("window_end"))
+                 .with_row_index("item_row"))
+        timed = timed.join(items.select("subject_id", "item", "item_row"), on=["subject_id", "item"], how="left")
+    items = items.with_columns(pl.col("item_row").cast(pl.Int64))
+    timed = timed.with_columns(pl.col("item_row").cast(pl.Int64))
+
+    # static rows (and the birth event, valued as age at the item's start) of every item of the subject, at time 0
+    statics = static.join(items.select("subject_id", "item_row"), on="subject_id", how="inner")
+    ages = (items.join(birth, on="subject_id", how="inner")
+            .with_columns(pl.coalesce("window_start", "prediction_time" if cutoffs is not None else "window_start")
+                          .alias("_at"))
+            .select("subject_id", "item_row", "code",
+                    ((pl.col("_at") - pl.col("birth")).dt.total_days() / 365.25).alias("numeric_value"),
+                    pl.lit(-1, dtype=pl.Int64).alias("_row")))
+    head = pl.concat([ages.select("item_row", "_row", "code", "numeric_value"),
+                      statics.select("item_row", "_row", "code", "numeric_value")])
+    head = head.with_columns(pl.lit(0.0).alias("time_h"), pl.lit(True).alias("_static"))
+    start = items.select("item_row", "window_start")
+    body = (timed.join(start, on="item_row", how="left")
+            .select("item_row", "_row", "code", "numeric_value",
+                    ((pl.col("time") - pl.col("window_start")).dt.total_seconds() / 3600.0).alias("time_h"),
+                    pl.lit(False).alias("_static")))
+    long = pl.concat([head, body]).sort(["item_row", pl.col("_static").not_(), "time_h", "_row"])
+
+    # keep static rows and the most recent timed events, max_len in all
+    long = long.with_columns(pl.col("_static").sum().over("item_row").cast(pl.Int64).alias("_n_static"),
+                             pl.len().over("item_row").cast(pl.Int64).alias("_n"),
+                             pl.int_range(pl.len()).over("item_row").cast(pl.Int64).alias("_pos"))
+    n_timed_kept = (pl.lit(max_len) - pl.col("_n_static")).clip(0)
+    keep = (pl.col("_static") & (pl.col("_pos") < max_len)) | (
+        ~pl.col("_static") & (pl.col("_pos") >= pl.col("_n") - n_timed_kept))
+    truncated = int((long.group_by("item_row").agg(pl.len().alias("n"))["n"] > max_len).sum())
+    long = long.filter(keep)
+
+    missing = sorted(set(items["subject_id"].to_list()) - set(splits))
+    splits = {**splits, **dict(zip(missing, hash_split([str(m) for m in missing])))}
+    split_of = pl.DataFrame({"subject_id": list(splits), "split": list(splits.values())},
+                            schema={"subject_id": pl.Int64, "split": pl.Utf8})
+    items = items.join(split_of, on="subject_id", how="left", maintain_order="left")
+
+    value_stats = "train"
+    if vocab is None:
+        counts = ev.group_by("code").agg(pl.len().alias("count"))
+        train_rows = items.filter(pl.col("split") == "train")["item_row"]
+        if not len(train_rows):
+            value_stats = "all"  # no training item: statistics over every item
+            warnings.warn(f"{where}: no item in the train split; value statistics use every item", stacklevel=2)
+        src = long if value_stats == "all" else long.filter(pl.col("item_row").is_in(train_rows.to_list()))
+        stats = src.group_by("code").agg(pl.col("numeric_value").mean().alias("value_mean"),
+                                         pl.col("numeric_value").std().alias("value_std"))
+        table = (counts.filter(pl.col("count") >= min_count).sort(["count", "code"], descending=[True, False])
+                 .with_columns((pl.int_range(pl.len()) + _FIRST_CODE_ID).cast(pl.Int64).alias("id")))
+        vocab = (table.join(stats, on="code", how="left", maintain_order="left")
+                 .select("code", "id", pl.col("count").cast(pl.Int64), "value_mean", "value_std"))
+    flat = (long.join(vocab.select("code", "id", "value_mean", "value_std"), on="code", how="left", maintain_order="left")
+            .select("item_row", pl.col("id").fill_null(UNKNOWN_ID).alias("code_id"),
+                    ((pl.col("numeric_value") - pl.col("value_mean"))
+                     / pl.when(pl.col("value_std") > 0).then(pl.col("value_std")).otherwise(1.0))
+                    .cast(pl.Float32).fill_null(float("nan")).alias("value"),
+                    pl.col("time_h").cast(pl.Float32)))
+
+    index = items.select(
+        pl.col("subject_id").cast(pl.Utf8).alias("patient_id"),
+        (pl.col("subject_id").cast(pl.Utf8) + ":" + pl.col("item").cast(pl.Utf8)).alias("record_id"),
+        pl.col("window_start").alias("visit_time"), "window_start", "window_end", "split",
+        pl.col("item").cast(pl.Int64), "item_row", *(["prediction_time"] if cutoffs is not None else []))
+    meta = {"vocab_size": int(vocab["id"].max() or _FIRST_CODE_ID - 1) + 1 if vocab.height else _FIRST_CODE_ID,
+            "max_len": int(max_len), "window": str(window), "mask_id": MASK_ID, "min_count": int(min_count),
+            "empty_subjects": len(empty), "truncated_items": truncated, "value_stats": value_stats,
+            "n_items": index.height, "n_events": flat.height}
+    return index, flat, vocab, meta
+
+
+def _dataset(index: pl.DataFrame, flat: pl.DataFrame, vocab: pl.DataFrame, meta: dict) -> EHRDataset:
+    lengths = (index.select("item_row").join(flat.group_by("item_row").agg(pl.len().alias("n")), on="item_row",
+                                             how="left", maintain_order="left")["n"].fill_null(0).to_numpy())
+    flat = flat.sort("item_row", maintain_order=True)
+    counts = flat.group_by("item_row", maintain_order=True).agg(pl.len().alias("n"))
+    offsets = dict(zip(counts["item_row"].to_list(), np.concatenate([[0], np.cumsum(counts["n"].to_numpy())[:-1]])))
+    start = np.array([offsets.get(r, 0) for r in index["item_row"].to_list()], np.int64)
+    return EHRDataset(index.drop("item_row"), flat["code_id"].to_numpy().astype(np.int64),
+                      flat["value"].to_numpy().astype(np.float32), flat["time_h"].to_numpy().astype(np.float32),
+                      start, lengths.astype(np.int64), vocab=vocab, meta=meta)
+
+
+def _meds_files(meds_root: Path) -> list[Path]:
+    data = meds_root / "data"
+    if not data.is_dir():
+        raise FileNotFoundError(f"{meds_root}: not a MEDS folder (no data/ directory with data/<split>/*.parquet shards)")
+    shards = sorted(data.rglob("*.parquet"))
+    if not shards:
+        raise FileNotFoundError(f"{data}: no MEDS parquet shard (expected data/<split>/*.parquet)")
+    meta = [meds_root / "metadata" / n for n in ("codes.parquet", "subject_splits.parquet")]
+    return shards + [p for p in meta if p.exists()]
+
+
+def open_meds_items(meds_root: Path, cache_dir: Path, *, progress: bool = False, **options) -> EHRDataset:
+    """Items of the MEDS folder ``meds_root`` (module docstring), built once into ``cache_dir/items-<key>``
+    (``items.parquet``, ``events.parquet``, ``vocabulary.parquet``, ``meta.json``) and reused while the
+    source files and the options are unchanged."""
+    from tscl.loaders.cache import fingerprint_files
+    from tscl.loaders.meds import scan_meds
+
+    meds_root = Path(meds_root)
+    files = _meds_files(meds_root)
+    opts = json.dumps({k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(options.items())}, sort_keys=True)
+    fp = fingerprint_files(files, extra=f"{_FORMAT};{opts}", root=meds_root)
+    folder = Path(cache_dir) / f"items-{fp[:16]}"
+    if (folder / "meta.json").exists():
+        meta = json.loads((folder / "meta.json").read_text())
+        if meta.get("fingerprint") == fp:
+            return _dataset(pl.read_parquet(folder / "items.parquet"), pl.read_parquet(folder / "events.parquet"),
+                            pl.read_parquet(folder / "vocabulary.parquet"), meta)
+    events = scan_meds(meds_root).select("subject_id", "time", "code", "numeric_value").collect()
+    known = []
+    if (meds_root / "metadata" / "subject_splits.parquet").exists():
+        from tscl.loaders.meds import read_subject_splits
+
+        known = read_subject_splits(meds_root)["subject_id"].to_list()
+    subjects = sorted(set(events["subject_id"].to_list()) | set(known))
+    index, flat, vocab, meta = build_ehr_items(events, _subject_splits(meds_root, subjects), extra_subjects=known,
+                                               where=str(meds_root), **options)
+    if not index.height:
+        raise ValueError(f"{meds_root}: no item (every subject is empty)")
+    meta["fingerprint"] = fp
+    tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    index.write_parquet(tmp / "items.parquet")
+    flat.write_parquet(tmp / "events.parquet")
+    vocab.write_parquet(tmp / "vocabulary.parquet")
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    if folder.exists():
+        shutil.rmtree(folder, ignore_errors=True)
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another process wrote it first: use theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _dataset(index, flat, vocab, meta)
+
+
+# ---- sources -----------------------------------------------------------------------------------------
+
+_OPTIONS = {
+    "window": "admission | a window length such as 30d, 12h or 30 (days): one item per admission or per window",
+    "max_len": "events per item at most (static rows + the most recent events); default 256",
+    "min_count": "codes seen fewer times share the unknown id (default 1)",
+    "on_empty": "raise | skip: a subject with no timed event stops the load, or is left out (counted in info)",
+    "admission_prefix": "code prefix that starts an admission item (default HOSPITAL_ADMISSION//)",
+}
+
+
+def _options(window, max_len, min_count, on_empty, admission_prefix) -> dict:
+    return {"window": str(window), "max_len": int(max_len), "min_count": int(min_count), "on_empty": on_empty,
+            "admission_prefix": admission_prefix}
+
+
+@register_source("meds", "ehr", "a MEDS folder: data/<split>/*.parquet (subject_id, time, code, numeric_value), "
+                 "metadata/codes.parquet, metadata/subject_splits.parquet (train/tuning/held_out -> train/val/test; "
+                 "else hash split)", options=_OPTIONS)
+def _meds(root: Path, *, cache=None, progress=True, window="30d", max_len=256, min_count=1, on_empty="raise",
+          admission_prefix="HOSPITAL_ADMISSION//"):
+    _meds_files(root)  # a clear error before any cache folder is made
+    base = Path(cache) if cache else default_cache_root()
+    key = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:16]
+    return open_meds_items(root, base / "meds" / key, progress=progress,
+                           **_options(window, max_len, min_count, on_empty, admission_prefix))
+
+
+def mimic_meds_root(root: str | Path, cache: str | Path | None = None) -> Path:
+    """The MEDS conversion of the MIMIC-IV folder ``root`` in the cache (made on first use with
+    :func:`~tscl.loaders.mimic_meds.mimic_iv_to_meds`, never inside ``root``), keyed by the content of
+    its CSVs: ``<cache or default_cache_root()>/mimic-iv/<fingerprint>/meds``."""
+    from tscl.loaders.cache import fingerprint_files
+    from tscl.loaders.mimic_meds import MIMIC_TABLES, mimic_iv_to_meds
+
+    root = Path(root)
+    if not (root / "hosp").is_dir():
+        raise FileNotFoundError(f"{root}: not a MIMIC-IV folder (no hosp/ with *.csv.gz tables)")
+    files = [root / f"{t}.csv.gz" for t in MIMIC_TABLES] + [root / "hosp" / "d_labitems.csv.gz"]
+    fp = fingerprint_files([f for f in files if f.exists()], extra="mimic-iv-meds;" + ",".join(MIMIC_TABLES), root=root)
+    out = (Path(cache) if cache else default_cache_root()) / "mimic-iv" / fp[:16] / "meds"
+    if not (out / "metadata" / "dataset.json").exists():
+        tmp = out.with_name(f"meds.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*table not found.*")  # the demo has no chartevents
+            mimic_iv_to_meds(root, tmp)
+        try:
+            os.replace(tmp, out)
+        except OSError:  # another process converted it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+@register_source("mimic-iv", "ehr", "MIMIC-IV as PhysioNet publishes it: hosp/*.csv.gz (patients, admissions, "
+                 "diagnoses_icd, labevents, prescriptions, transfers) and icu/*.csv.gz (icustays, chartevents), "
+                 "converted to MEDS in the cache on first use", options=_OPTIONS)
+def _mimic_iv(root: Path, *, cache=None, progress=True, window="admission", max_len=256, min_count=1,
+              on_empty="raise", admission_prefix="HOSPITAL_ADMISSION//"):
+    meds = mimic_meds_root(root, cache)
+    return open_meds_items(meds, meds.parent, progress=progress,
+                           **_options(window, max_len, min_count, on_empty, admission_prefix))
+
+
+# ---- views -------------------------------------------------------------------------------------------
+
+def split_events(x: Events, parts: int) -> list[Events]:
+    """Each row's real events cut into ``parts`` consecutive chunks of (nearly) equal count, oldest first.
+
+    Chunk j of a row with n real events holds its events of rank ``[⌊j·n/parts⌋, ⌊(j+1)·n/parts⌋)``
+    (rank = position among the row's real events, whatever the padding layout); a row with fewer
+    events than ``parts`` gives chunk j its event of rank ``min(⌊j·n/parts⌋, n − 1)``, so no chunk of
+    a non-empty row is empty. Chunks keep the row's width and times (only ``mask`` changes)."""
+    if parts < 1:
+        raise ValueError(f"parts must be >= 1, got {parts}")
+    real = x.mask.bool()
+    n = real.sum(dim=1, keepdim=True)
+    rank = real.long().cumsum(dim=1) - 1
+    chunk = torch.div(rank * parts, n.clamp(min=1), rounding_mode="floor")
+    out = []
+    for j in range(parts):
+        mask = real & (chunk == j)
+        fallback = real & (rank == torch.minimum(torch.div(j * n, parts, rounding_mode="floor"), n - 1))
+        mask = torch.where(mask.any(dim=1, keepdim=True), mask, fallback)
+        out.append(Events(x.codes, x.values, x.times, mask))
+    return out
+
+
+def neighbour_events(x: Events, segments: int = 1) -> tuple[Events, Events]:
+    """PMQ's "neighbour" views on EHR: each row's events cut into ``2·segments`` consecutive chunks
+    (:func:`split_events`); segment s's first chunk is a query view and the chunk right after it
+    its key. Returns ``(queries, keys)`` of ``[N·segments, L]``, row ``i·segments + s`` from item i
+    (the order of ``patient_ids.repeat_interleave(segments)``), as the waveform halves are."""
+    chunks = split_events(x, 2 * segments)
+    n, width = x.codes.shape
+
+    def stack(views: list[Events]) -> Events:
+        return Events(*(torch.stack([getattr(v, f) for v in views], dim=1).reshape(n * segments, width)
+                        for f in ("codes", "values", "times", "mask")))
+
+    return stack(chunks[0::2]), stack(chunks[1::2])
+
+
+# ---- embedding and the MIMIC-IV probe ----------------------------------------------------------------
+
+@torch.no_grad()
+def ehr_embed(encoder: torch.nn.Module, dataset: EHRDataset, batch_size: int = 64, device="cpu") -> np.ndarray:
+    """Every item of ``dataset`` through ``encoder(events)`` (eval mode): float32 ``[N, embed_dim]``."""
+    encoder = encoder.to(device).eval()
+    out = np.empty((len(dataset), encoder.embed_dim), dtype=np.float32)
+    for s in range(0, len(dataset), batch_size):
+        rows = np.arange(s, min(s + batch_size, len(dataset)))
+        out[rows] = encoder(dataset.fetch(rows).to(device)).float().cpu().numpy()
+    if not np.isfinite(out).all():
+        raise FloatingPointError("the EHR encoder produced non-finite features; check the weights and the input")
+    return out
+
+
+MIMIC_PROBE_LABELS = ("mortality", "long_stay", "readmission")
+
+
+class EHRProbeReport:
+    """What :func:`mimic_probe` measured: ``results[label]`` a :class:`~tscl.probes.ProbeResult`
+    (encoders × 100 % labels, patient-level bootstrap CI), ``counts[label]`` rows / positives per
+    side, ``notes``."""
+
+    def __init__(self):
+        self.results: dict = {}
+        self.counts: dict = {}
+        self.notes: list[str] = []
+
+    def to_markdown(self) -> str:
+        parts = []
+        for label, res in self.results.items():
+            c = self.counts[label]
+            parts += [f"### {label}", "", f"train {c['train_rows']} admissions / {c['train_patients']} patients, "
+                      f"{c['train_pos']} positive; test {c['test_rows']} / {c['test_patients']}, {c['test_pos']} "
+                      "positive", "", res.to_markdown(), ""]
+        return "\n".join(parts + [f"- {n}" for n in self.notes])
+
+
+def mimic_probe(mimic_root: str | Path, run: str | Path | None = None, *, labels=MIMIC_PROBE_LABELS,
+                cache: str | Path | None = None, horizon_h: float = 24.0, long_stay_days: float = 7.0,
+                split: str = "source", n_boot: int = 500, seed: int = 0, allow_test_overlap: bool = False,
+                encoder_kwargs: dict | None = None, tabular: bool = True) -> EHRProbeReport:
+    """Linear probe of MIMIC-IV admissions at admission + ``horizon_h`` with a run's EHR encoder.
+
+    Cohort (:func:`tscl.tasks.mimic_admissions`): admissions still in hospital and alive at the
+    prediction time ``admittime + horizon_h``. One item per admission, built as the ``mimic-iv``
+    source builds its pretraining items and with the run's vocabulary (same ids, same value
+    statistics) but only from events **strictly before the prediction time**: the admission's
+    events from its admission time (a subject's first admission: its whole earlier history), the
+    subject's static rows and age; ``MEDS_DEATH`` is never an input (MIMIC's date of death is a
+    date, its midnight can precede the prediction time).
+
+    Labels: ``mortality`` (in-hospital death), ``long_stay`` (discharge more than ``long_stay_days``
+    after admission) and ``readmission`` (another admission within 30 days of discharge; cohort
+    restricted to admissions discharged alive). A label whose test side holds one class is skipped
+    with a note.
+
+    Encoders compared on the same split and bootstrap resamples (:func:`tscl.probes.run_probe`,
+    100 % of training labels, patient-level CI, paired difference to ``random-init``): the run's
+    encoder, its random-init twin, and with ``tabular`` the tabular baseline
+    (:func:`tscl.tasks.ehr_features`: counts and last values of the 200 commonest codes before the
+    prediction time, age, sex). Without ``run`` only a random-init ``ehr_sequence`` (``encoder_kwargs``)
+    and the tabular baseline.
+
+    ``split="source"`` (default): training rows are subjects of the source's ``train`` split, test rows
+    those of ``val`` and ``test``, so no test patient reached pretraining on ``split="train"``; the run's
+    ``patients.json`` is checked (``PretrainingOverlapError`` unless ``allow_test_overlap``).
+    ``split="stratified"``: :func:`tscl.tasks.stratified_patient_split` (30 % of patients, both classes
+    on both sides when possible), the split of the ``mimic-*`` tasks; it overlaps a ``train`` pretraining,
+    so it needs ``allow_test_overlap=True`` with a run.
+    """
+    from tscl.loaders.meds import scan_meds
+    from tscl.probes import run_probe
+    from tscl.probes.linear import check_pretraining_overlap, pretrained_patients
+    from tscl.tasks import ehr_features, mimic_admissions, stratified_patient_split
+
+    from . import open_dataset
+
+    mimic_root = Path(mimic_root)
+    bad = sorted(set(labels) - set(MIMIC_PROBE_LABELS))
+    if bad:
+        raise ValueError(f"unknown label(s) {bad}; known: {list(MIMIC_PROBE_LABELS)}")
+    if split not in ("source", "stratified"):
+        raise ValueError(f"split must be 'source' or 'stratified', got {split!r}")
+    cfg = None
+    if run is not None:
+        cfg = json.loads((Path(run) / "config.json").read_text())
+        if cfg.get("data_info", {}).get("modality") != "ehr":
+            raise ValueError(f"{run}: not an EHR run (data_info {cfg.get('data_info')})")
+    options = dict((cfg or {}).get("dataset", {}).get("options", {}))
+    ds = open_dataset("mimic-iv", mimic_root, cache=cache, progress=False, **options)
+    if cfg is not None and cfg["in_channels"] != ds.vocab_size:
+        raise ValueError(f"{run}: its encoder has {cfg['in_channels']} code ids, this MIMIC-IV folder's vocabulary "
+                         f"{ds.vocab_size}; probe it on the data it was pretrained on")
+
+    meds = mimic_meds_root(mimic_root, cache)
+    events = scan_meds(meds).select("subject_id", "time", "code", "numeric_value").collect()
+    events = events.filter(pl.col("code") != "MEDS_DEATH")
+    adm = pl.read_csv(mimic_root / "hosp" / "admissions.csv.gz", infer_schema_length=0).select(
+        pl.col("subject_id").cast(pl.Int64), pl.col("hadm_id").cast(pl.Int64),
+        pl.col("admittime").str.to_datetime(), pl.col("dischtime").str.to_datetime())
+    first = adm.group_by("subject_id").agg(pl.col("admittime").min().alias("first_admit"))
+    cohort = (mimic_admissions(mimic_root, horizon_h=horizon_h).join(adm.drop("subject_id"), on="hadm_id", how="left")
+              .join(first, on="subject_id", how="left")
+              .with_columns(pl.when(pl.col("admittime") > pl.col("first_admit")).then(pl.col("admittime"))
+                            .otherwise(None).alias("item_start"),
+                            ((pl.col("dischtime") - pl.col("admittime")).dt.total_hours() / 24 > long_stay_days)
+                            .cast(pl.Int8).alias("long_stay"),
+                            pl.col("subject_id").cast(pl.Utf8).alias("patient_id")))
+    splits = dict(zip(ds.index["patient_id"].cast(pl.Int64).to_list(), ds.index["split"].to_list()))
+    index, flat, _, meta = build_ehr_items(events, splits, cutoffs=cohort, vocab=ds.vocab, max_len=ds.max_len,
+                                           where=str(mimic_root))
+    items = _dataset(index, flat, ds.vocab, {**ds.meta, **{k: meta[k] for k in ("n_items", "n_events")}})
+
+    from tscl.encoders import build_encoder
+    from tscl.train import load_encoder
+
+    features: dict = {}
+    if run is not None:
+        features[Path(run).name] = ehr_embed(load_encoder(run), items)
+        features["random-init"] = ehr_embed(load_encoder(run, random_init=True, seed=seed), items)
+    else:
+        torch.manual_seed(seed)
+        features["random-init"] = ehr_embed(build_encoder("ehr_sequence", ds.vocab_size, **(encoder_kwargs or {})), items)
+
+    report = EHRProbeReport()
+    report.notes.append(f"{cohort.height} admissions of {cohort['subject_id'].n_unique()} subjects in hospital at "
+                        f"admission + {horizon_h:g} h; items from events strictly before it (max_len {ds.max_len}, "
+                        f"median {int(np.median(items.lengths()))} events)")
+    pids = np.asarray(cohort["patient_id"].to_list())
+    for label in labels:
+        rows = (np.flatnonzero(cohort["discharged_alive"].to_numpy()) if label == "readmission"
+                else np.arange(cohort.height))
+        Y = cohort[label].to_numpy()[rows].astype(np.float64)[:, None]
+        if split == "source":
+            side = np.asarray([splits.get(int(p), "test") for p in pids[rows]])
+            train, test = np.flatnonzero(side == "train"), np.flatnonzero(side != "train")
+        else:
+            train, test = stratified_patient_split(pids[rows], Y, 0.3, seed)
+        if run is not None:
+            check_pretraining_overlap(pretrained_patients(run), pids[rows][test], allow=allow_test_overlap,
+                                      what=f"the encoder of {run}")
+        count = {"train_rows": len(train), "train_patients": len(np.unique(pids[rows][train])),
+                 "train_pos": int(Y[train].sum()), "test_rows": len(test),
+                 "test_patients": len(np.unique(pids[rows][test])), "test_pos": int(Y[test].sum())}
+        report.counts[label] = count
+        if not 0 < count["test_pos"] < len(test) or not 0 < count["train_pos"] < len(train):
+            report.notes.append(f"{label}: skipped, a side holds a single class ({count})")
+            continue
+        feats = {k: v[rows] for k, v in features.items()}
+        if tabular:
+            sub = cohort[rows.tolist()]
+            train_subjects = set(sub["subject_id"].to_numpy()[train].tolist())
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                feats["tabular"], _ = ehr_features(events.lazy(), sub, train_subjects)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            report.results[label] = run_probe(feats, Y.astype(int), [label], pids[rows], fractions=(1.0,),
+                                              n_boot=n_boot, seed=seed, split=(train, test), reference="random-init")
+        if count["test_pos"] < 5:
+            report.notes.append(f"{label}: only {count['test_pos']} positive test admission(s); its AUROC and CI rest "
+                                "on them alone")
+    return report
