@@ -13,29 +13,181 @@ import numpy as np
 DEFAULT_LABELS = ("lvh", "bbb", "af", "tachy", "brady", "mace")
 
 
+class UsageError(Exception):
+    """A bad command-line value: printed as one line naming the option, exit status 2."""
+
+
 def _floats(text: str) -> list[float]:
-    return [float(v) for v in text.split(",") if v]
+    try:
+        return [float(v) for v in text.split(",") if v]
+    except ValueError:
+        raise UsageError(f"expected comma-separated numbers, got {text!r}") from None
 
 
-def _kwargs(text: str) -> dict:
-    """``width=0.25,widths=[8,16]`` -> {'width': 0.25, 'widths': [8, 16]} (values parsed as JSON when possible)."""
+def _kwargs(text: str, option: str = "--kwargs") -> dict:
+    """``width=0.25,widths=[8,16],name=abc`` -> {'width': 0.25, 'widths': [8, 16], 'name': 'abc'}.
+
+    Values are JSON where they parse as JSON (numbers, lists, true/false/null, quoted strings) and
+    plain text otherwise; an unbalanced bracket or an item without ``=`` is a :class:`UsageError`."""
     import re
 
     out = {}
-    for item in filter(None, re.split(r",(?![^\[]*\])", text)):
-        key, _, value = item.partition("=")
+    if text is None or not text.strip():
+        return out
+    if text.count("[") != text.count("]") or text.count("{") != text.count("}"):
+        raise UsageError(f"{option} {text!r}: unbalanced brackets")
+    for item in filter(None, re.split(r",(?![^\[\{]*[\]\}])", text)):
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or not key or not key.isidentifier():
+            raise UsageError(f"{option} {text!r}: {item!r} is not key=value")
         try:
-            out[key.strip()] = json.loads(value)
+            out[key] = json.loads(value)
         except json.JSONDecodeError:
-            out[key.strip()] = value
+            if value.strip().startswith(("[", "{", '"')):
+                raise UsageError(f"{option}: {key}={value!r} is not valid JSON") from None
+            out[key] = value.strip()
     return out
+
+
+def _check_kwargs(factory, kwargs: dict, what: str, option: str, skip=()) -> None:
+    """Refuse keywords ``factory`` does not take, and values whose type contradicts its default."""
+    import inspect
+
+    params = {n: p for n, p in inspect.signature(factory).parameters.items()
+              if n not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    for key, value in kwargs.items():
+        if key not in params:
+            raise UsageError(f"{option}: {what} takes no option {key!r}; its options: {', '.join(sorted(params))}")
+        default = params[key].default
+        if default is inspect.Parameter.empty or default is None or value is None:
+            continue
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool) if isinstance(default, float) else
+              isinstance(value, int) and not isinstance(value, bool) if isinstance(default, int) and not isinstance(default, bool) else
+              isinstance(value, bool) if isinstance(default, bool) else
+              isinstance(value, (list, tuple)) if isinstance(default, (list, tuple)) else True)
+        if not ok:
+            kind = "list" if isinstance(default, (list, tuple)) else type(default).__name__
+            raise UsageError(f"{option}: {key}={value!r} should be a {kind} like its default {default!r}")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return v
+
+
+def _device(text: str) -> str:
+    import torch
+
+    if text in ("auto", "cpu"):
+        return text
+    if text.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError("CUDA is not available on this machine; use --device cpu or auto")
+        return text
+    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
 
 
 def _encoder_kwargs(args) -> dict:
     """``--encoder-kwargs`` parsed; unset, the CPU-sized resnet1d (width 0.25) or the encoder's defaults."""
     if args.encoder_kwargs is None:
-        return {"width": 0.25} if args.encoder == "resnet1d" else {}
-    return _kwargs(args.encoder_kwargs)
+        from tscl.encoders.resnet1d import CPU_WIDTH
+
+        return {"width": CPU_WIDTH} if args.encoder == "resnet1d" else {}
+    return _kwargs(args.encoder_kwargs, "--encoder-kwargs")
+
+
+def _check_augment(spec: str | None) -> None:
+    import inspect
+
+    from tscl.augment import OPS_BY_MODALITY, build_augment
+
+    if spec is None:
+        return
+    try:
+        aug = build_augment(spec)
+    except ValueError as err:
+        raise UsageError(f"--augment: {err}") from None
+    table = OPS_BY_MODALITY[aug.modality]
+    for name, kw in aug.ops:
+        params = inspect.signature(table[name]).parameters
+        for key, value in kw.items():
+            if key not in params or key in ("x", "g", "fs"):
+                raise UsageError(f"--augment: {name} takes no parameter {key!r}; its parameters: "
+                                 f"{', '.join(p for p in params if p not in ('x', 'g', 'fs'))}")
+            if not isinstance(value, (int, float)) or value < 0:
+                raise UsageError(f"--augment: {name}:{key}={value!r} must be a number >= 0")
+
+
+def _validate_training(method: str, encoder: str, encoder_kwargs: dict, method_kwargs: dict, augment=None) -> None:
+    """Every name and keyword checked before any data loads."""
+    from tscl.encoders import ENCODERS, list_encoders
+    from tscl.methods import METHODS
+
+    if method not in METHODS:
+        raise UsageError(f"--method: unknown method {method!r}; choose from {', '.join(sorted(METHODS))}")
+    if encoder not in ENCODERS:
+        raise UsageError(f"--encoder: unknown encoder {encoder!r}; choose from {', '.join(list_encoders())}")
+    _check_kwargs(ENCODERS[encoder], encoder_kwargs, f"encoder {encoder}", "--encoder-kwargs", skip=("in_channels",))
+    _check_kwargs(METHODS[method], method_kwargs, f"method {method}", "--method-kwargs", skip=("encoder",))
+    _check_augment(augment)
+
+
+def _dataset_spec(args, split: str | None) -> dict:
+    """The source the command reads: ``--dataset NAME --root PATH`` (``--data PATH`` is ``--dataset wfdb``)."""
+    from tscl.datasets import get_source
+
+    name = args.dataset or "wfdb"
+    root = args.root or args.data
+    if root is None:
+        raise UsageError("give the data: --dataset NAME --root PATH (or --data FOLDER for a WFDB folder)")
+    try:
+        src = get_source(name)
+    except ValueError as err:
+        raise UsageError(f"--dataset: {err}") from None
+    options = _kwargs(getattr(args, "dataset_kwargs", None), "--dataset-kwargs")
+    if getattr(args, "metadata", None):
+        options["metadata"] = args.metadata
+    unknown = sorted(set(options) - set(src.options))
+    if unknown:
+        raise UsageError(f"--dataset-kwargs: dataset {name!r} takes no option {unknown[0]!r}; its options: "
+                         f"{', '.join(sorted(src.options)) or 'none'}")
+    return {"dataset": name, "root": str(Path(root).resolve()), "split": split, "options": options,
+            "cache": getattr(args, "cache", None)}
+
+
+def _open(spec: dict, progress: bool):
+    from tscl.datasets import open_dataset
+
+    return open_dataset(spec["dataset"], spec["root"], split=spec.get("split"), cache=spec.get("cache"),
+                        progress=progress, **spec.get("options", {}))
 
 
 def cmd_simulate(args) -> Path:
@@ -46,62 +198,119 @@ def cmd_simulate(args) -> Path:
     return meta
 
 
-def _load(args):
-    from tscl.loaders import load_wfdb_cohort
+def _run_folder(out: Path, overwrite: bool) -> None:
+    """A run folder is never overwritten silently: --resume continues it, --overwrite replaces it."""
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not (out / "config.json").exists():
+        raise UsageError(f"--out {out}: folder exists and is not a tscl run; choose another folder")
+    if not overwrite:
+        raise UsageError(f"--out {out}: a run is already there; --resume {out} continues it, --overwrite replaces it")
+    import shutil
 
-    return load_wfdb_cohort(args.data, args.metadata, progress=not args.quiet)
+    shutil.rmtree(out)
 
 
 def cmd_pretrain(args) -> Path:
-    from tscl.distributed import init_distributed, rank, rank_zero_first
-    from tscl.train import PretrainConfig, load_config, pretrain
+    from dataclasses import replace
 
-    if not (args.out or args.resume):
-        raise SystemExit("tscl pretrain: give --out RUN_DIR (new run) or --resume RUN_DIR")
-    init_distributed(args.device)  # under torchrun: join the other ranks before touching the cache
-    with rank_zero_first():
-        cache = _load(args)
-    if args.resume:  # the saved config, so the schedule and the data order match the killed run
-        cfg = load_config(args.resume)
-        cfg.out_dir, cfg.resume, cfg.device, cfg.progress = args.resume, True, args.device, not args.quiet
+    from tscl.datasets import get_source
+    from tscl.distributed import init_distributed, rank, rank_zero_first
+    from tscl.train import PretrainConfig, load_config
+
+    if sum(bool(v) for v in (args.resume, args.config)) > 1:
+        raise UsageError("give either --resume RUN_DIR or --config FILE, not both")
+    if args.resume or args.config:  # the saved config: same schedule, same data, same order
+        path = Path(args.resume or args.config)
+        run_dir = path if path.is_dir() else path.parent
+        cfg = load_config(run_dir)
+        if not cfg.dataset:
+            cfg = replace(cfg, dataset=_dataset_spec(args, None))  # runs made before config.json named their data
+        out = Path(args.resume) if args.resume else Path(args.out or cfg.out_dir)
+        cfg = replace(cfg, out_dir=str(out), resume=bool(args.resume), device=args.device, progress=not args.quiet)
+        if args.config:
+            _run_folder(out, args.overwrite)
     else:
-        cfg = PretrainConfig(
-            out_dir=args.out, method=args.method, encoder=args.encoder, encoder_kwargs=_encoder_kwargs(args),
-            method_kwargs={**_kwargs(args.method_kwargs), **({"augment": args.augment} if args.augment else {})}, epochs=args.epochs, lr=args.lr, seed=args.seed,
-            device=args.device, progress=not args.quiet, compile=args.compile,
-        )
+        if not args.out:
+            raise UsageError("give --out RUN_DIR (a new run), --resume RUN_DIR or --config RUN_DIR/config.json")
+        method_kwargs = {**_kwargs(args.method_kwargs, "--method-kwargs"),
+                         **({"augment": args.augment} if args.augment else {})}
+        encoder_kwargs = _encoder_kwargs(args)
+        _validate_training(args.method, args.encoder, encoder_kwargs, method_kwargs, args.augment)
+        spec = _dataset_spec(args, None)
+        split = args.split or get_source(spec["dataset"]).default_split
+        spec["split"] = split
+        _run_folder(Path(args.out), args.overwrite)
+        cfg = PretrainConfig(out_dir=args.out, method=args.method, encoder=args.encoder, encoder_kwargs=encoder_kwargs,
+                             method_kwargs=method_kwargs, epochs=args.epochs, lr=args.lr, seed=args.seed,
+                             device=args.device, progress=not args.quiet, compile=args.compile, dataset=spec)
     if args.ckpt_every is not None:
-        cfg.ckpt_every = args.ckpt_every
-    run = pretrain(cache, cfg)
+        cfg = replace(cfg, ckpt_every=args.ckpt_every)
+    _validate_training(cfg.method, cfg.encoder, cfg.encoder_kwargs, cfg.method_kwargs)
+    init_distributed(cfg.device)  # under torchrun: join the other ranks before touching the cache
+    with rank_zero_first():
+        data = _open(cfg.dataset, progress=not args.quiet)
+    from tscl.train import pretrain
+
+    if rank() == 0:
+        print(f"pretraining {cfg.method}/{cfg.encoder} on {cfg.dataset['dataset']} split "
+              f"{cfg.dataset.get('split') or 'all'}: {data.describe()}")
+    run = pretrain(data, cfg)
     if rank() == 0:  # under torchrun the other ranks trained the same run folder
         print(f"pretrained encoder in {run}")
     return run
 
 
+def _run_dataset_spec(args, run: Path | None, split: str | None) -> dict:
+    """The command's data: its own --dataset/--root, else the run's (config.json), read at ``split``."""
+    if args.root or args.data or run is None:
+        spec = _dataset_spec(args, split)
+    else:
+        saved = json.loads((run / "config.json").read_text()).get("dataset") or {}
+        if not saved:
+            raise UsageError(f"{run}/config.json names no dataset; give --dataset NAME --root PATH")
+        spec = {**saved, "split": split, "cache": getattr(args, "cache", None) or saved.get("cache")}
+    return spec
+
+
 def cmd_embed(args) -> Path:
-    from tscl.embed import embed_signals
+    from tscl.embed import embed_dataset
     from tscl.train import load_encoder
 
-    cache = _load(args)
-    encoder = load_encoder(args.run, random_init=args.random_init, seed=args.seed)
-    feats = embed_signals(encoder, cache.stack(), progress=not args.quiet)
+    run = Path(args.run)
+    if not (run / "config.json").exists():
+        raise UsageError(f"--run {run}: not a tscl run folder (config.json missing)")
+    data = _open(_run_dataset_spec(args, run, args.split), progress=not args.quiet)
+    if args.tower:
+        from tscl.methods.clip import load_tower
+
+        encoder = load_tower(run, args.tower, random_init=args.random_init, seed=args.seed)
+    else:
+        encoder = load_encoder(run, random_init=args.random_init, seed=args.seed)
+    feats = embed_dataset(encoder, data, progress=not args.quiet)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, features=feats, record_id=np.array(cache.index["record_id"].to_list()))
+    from tscl.probes.linear import pretrained_patients
+
+    seen = [] if args.random_init else sorted(pretrained_patients(run) or [])
+    np.savez(out, features=feats, record_id=np.array(data.index["record_id"].to_list()),
+             patient_id=np.array(data.index["patient_id"].to_list()), run=str(run.resolve()),
+             pretrained_patients=np.array(seen, dtype=str))
     print(f"wrote {feats.shape} features to {out}")
     return out
 
 
-def _probe_report(cache, features: dict, labels, out: Path, fractions, reference, n_boot, seed, quiet=False):
+def _probe_report(index, features: dict, labels, out: Path, fractions, reference, n_boot, seed, split=None):
     from tscl.plots import plot_label_efficiency
     from tscl.probes import run_probe
 
-    missing = [lab for lab in labels if lab not in cache.index.columns]
+    label_cols = [c for c in index.columns if c not in ("patient_id", "record_id", "split")]
+    missing = [lab for lab in labels if lab not in index.columns]
     if missing:
-        raise SystemExit(f"label column(s) {missing} not in the cohort metadata; available: {cache.label_columns}")
-    Y = cache.index.select(labels).to_numpy()
-    result = run_probe(features, Y, list(labels), cache.index["patient_id"].to_numpy(), fractions=fractions,
-                       reference=reference, n_boot=n_boot, seed=seed)
+        raise SystemExit(f"label column(s) {missing} not in the cohort metadata; available: {label_cols}")
+    Y = index.select(labels).to_numpy()
+    result = run_probe(features, Y, list(labels), index["patient_id"].to_numpy(), fractions=fractions,
+                       reference=reference, n_boot=n_boot, seed=seed, split=split)
     out.mkdir(parents=True, exist_ok=True)
     (out / "probe.json").write_text(result.to_json())
     table = result.to_markdown()
@@ -111,23 +320,73 @@ def _probe_report(cache, features: dict, labels, out: Path, fractions, reference
 
 
 def cmd_probe(args):
-    cache = _load(args)
-    ids = cache.index["record_id"].to_list()
+    from tscl.probes.linear import check_pretraining_overlap
+
+    data = _open(_dataset_spec(args, "all"), progress=not args.quiet)
+    index = data.index
+    ids = index["record_id"].to_list()
+    if args.split == "random":  # a sample too small for its own split to have a test side
+        from tscl.probes.linear import patient_split
+
+        train_rows, test_rows = patient_split(index["patient_id"].to_numpy(), 0.3, args.seed)
+        side = np.full(len(index), "train", dtype=object)
+        side[test_rows] = "test"
+        print(f"--split random: {len(np.unique(index['patient_id'].to_numpy()[test_rows]))} test patients drawn at "
+              "random instead of the dataset's split")
+    elif args.split in (None, "dataset"):
+        side = index["split"].to_numpy()
+    else:
+        raise UsageError(f"--split: the probe takes 'dataset' (the source's test split) or 'random', got {args.split!r}")
+    train, test = np.flatnonzero(side != "test"), np.flatnonzero(side == "test")
+    if not len(test) or not len(train):
+        raise UsageError(f"the dataset's split column gives {len(train)} training and {len(test)} test rows; "
+                         "both sides need rows (--split random draws a patient-level split)")
     features = {}
     for path in args.embeddings:
         z = np.load(path)
         if z["record_id"].tolist() != ids:
             raise SystemExit(f"{path}: embeddings are not aligned with the cohort's records (re-run tscl embed)")
+        seen = z["pretrained_patients"].tolist() if "pretrained_patients" in z.files else []
+        check_pretraining_overlap(seen, index["patient_id"].to_numpy()[test], allow=args.allow_test_overlap,
+                                  what=f"the encoder behind {path}")
         features[Path(path).stem] = z["features"]
-    result, table = _probe_report(cache, features, args.labels.split(","), Path(args.out), _floats(args.fractions),
-                                  args.reference, args.bootstrap, args.seed)
+    labels = args.labels.split(",")
+    missing = [lab for lab in labels if lab not in index.columns]
+    if missing:
+        raise SystemExit(f"label column(s) {missing} not in the cohort metadata; available: {data.label_columns}")
+    keep = np.flatnonzero(index.select(labels).with_columns(_nulls()).to_numpy().all(axis=1))
+    if len(keep) < len(index):  # e.g. PTB-XL rows a task's label table leaves out: not negatives, not probed
+        print(f"{len(index) - len(keep)} of {len(index)} rows have no value for {', '.join(labels)} and are left "
+              "out of the probe")
+        side = side[keep]
+        train, test = np.flatnonzero(side != "test"), np.flatnonzero(side == "test")
+        index, features = index[keep.tolist()], {k: v[keep] for k, v in features.items()}
+    result, table = _probe_report(index, features, labels, Path(args.out), _floats(args.fractions),
+                                  args.reference, args.bootstrap, args.seed, split=(train, test))
     print(table)
     return result
 
 
+def _nulls():
+    import polars as pl
+
+    return pl.all().is_not_null() & pl.all().cast(pl.Float64, strict=False).is_not_nan().fill_null(True)
+
+
+def cmd_datasets(args):
+    """List the dataset sources and what each needs on disk."""
+    from tscl.datasets import get_source, list_sources
+
+    for name in list_sources():
+        src = get_source(name)
+        print(f"{name} ({src.modality}; pretraining reads split '{src.default_split}' by default)\n  needs: {src.needs}")
+        for opt, text in src.options.items():
+            print(f"  --dataset-kwargs {opt}=...  {text}")
+    return None
+
+
 def cmd_demo(args):
     """Simulate the default cohort, pretrain PCLR, report it against random-init and supervised baselines."""
-    from tscl.loaders import load_wfdb_cohort
     from tscl.simulate import CohortConfig, write_cohort
     from tscl.tasks import write_report
     from tscl.train import PretrainConfig, pretrain
@@ -137,16 +396,19 @@ def cmd_demo(args):
     data = out / "cohort"
     if not (data / "metadata.csv").exists():
         write_cohort(data, CohortConfig(n_patients=args.patients, seed=args.seed), progress=not args.quiet)
-    cache = load_wfdb_cohort(data, progress=not args.quiet)
-    n_pat = cache.index["patient_id"].n_unique()
-    print(f"cohort: {len(cache)} recordings of {n_pat} patients, {cache.index['n_channels'][0]} leads, "
-          f"{cache.index['fs'][0]:g} Hz  ({data})")
+    from tscl.datasets import open_dataset
+
+    cohort = open_dataset("wfdb", data, progress=not args.quiet)
+    train = cohort.split("train")  # test patients are never pretrained on: the probes test on them
+    print(f"cohort: {len(cohort)} recordings of {cohort.index['patient_id'].n_unique()} patients, "
+          f"{cohort.in_channels} leads, {cohort.info['fs']:g} Hz  ({data}); pretraining on the training split: "
+          f"{len(train)} recordings of {train.index['patient_id'].n_unique()} patients")
     cfg = PretrainConfig(out_dir=str(out / "pclr"), method="pclr", encoder=args.encoder,
                          encoder_kwargs=_encoder_kwargs(args),
                          method_kwargs={"patients_per_batch": args.batch_patients}, epochs=args.epochs, lr=args.lr,
                          seed=args.seed, device=args.device, progress=not args.quiet)
     t_pre = time.time()
-    run = pretrain(cache, cfg)
+    run = pretrain(train, cfg)
     print(f"pretrained {run} in {time.time() - t_pre:.0f} s")
     t_rep = time.time()
     print("\nprobing: PCLR and random-init (frozen features, linear probe) and the same encoder trained "
@@ -182,7 +444,8 @@ def cmd_task(args):
     if not args.name or not args.data:
         raise SystemExit("tscl task run: give NAME and --data ROOT")
     tr = run_task(args.name, args.data, run=args.run, cache_dir=args.cache, probe=args.probe, n_boot=args.bootstrap,
-                  seed=args.seed, supervised=not args.no_supervised, progress=not args.quiet)
+                  seed=args.seed, supervised=not args.no_supervised, progress=not args.quiet,
+                  allow_test_overlap=args.allow_test_overlap)
     text = tr.to_markdown()
     print(text)
     if args.out:
@@ -199,115 +462,153 @@ def cmd_report(args):
 
     out = write_report(args.tasks.split(","), args.data, args.out, run=args.run, cache_dir=args.cache,
                        probe=args.probe, fractions=_floats(args.fractions), n_boot=args.bootstrap, seed=args.seed,
-                       supervised=not args.no_supervised, progress=not args.quiet)
+                       supervised=not args.no_supervised, progress=not args.quiet,
+                       allow_test_overlap=args.allow_test_overlap)
     print(f"report: {out / 'summary.md'}")
     return out
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tscl", description=__doc__)
+    from tscl.encoders import list_encoders
+    from tscl.methods import METHODS
+
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = argparse.ArgumentParser(prog="tscl", description=__doc__, formatter_class=fmt)
     sub = p.add_subparsers(dest="command", required=True)
 
-    def common(sp, data=True):
-        if data:
-            sp.add_argument("--data", required=True, help="cohort folder (WFDB records + metadata table)")
-            sp.add_argument("--metadata", default=None, help="metadata table (default: <data>/metadata.csv)")
+    def common(sp):
         sp.add_argument("--seed", type=int, default=0)
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    def data(sp, split_help):
+        sp.add_argument("--dataset", default=None, metavar="NAME",
+                        help="dataset source (tscl datasets lists them); default wfdb when --data is given")
+        sp.add_argument("--root", default=None, help="the dataset's folder, as its publisher lays it out")
+        sp.add_argument("--data", default=None, help="shorthand for --dataset wfdb --root FOLDER (WFDB records + "
+                                                     "metadata table)")
+        sp.add_argument("--metadata", default=None, help="wfdb: metadata table (default: <root>/metadata.csv)")
+        sp.add_argument("--dataset-kwargs", default=None, metavar="K=V,...", help="source options (tscl datasets)")
+        sp.add_argument("--split", default=None, help=split_help)
+        sp.add_argument("--cache", default=None, help="cache folder (default: $TSCL_CACHE or ~/.cache/tscl)")
+
     def training(sp):
-        sp.add_argument("--encoder", default="resnet1d")
+        sp.add_argument("--encoder", default="resnet1d", help=f"one of {', '.join(list_encoders())}")
         sp.add_argument("--encoder-kwargs", default=None,
                         help="e.g. width=0.5 (default: width=0.25 for resnet1d, the encoder's own defaults otherwise)")
-        sp.add_argument("--epochs", type=int, default=40)
-        sp.add_argument("--lr", type=float, default=3e-3)
-        sp.add_argument("--device", default="auto")
+        sp.add_argument("--epochs", type=_positive_int, default=40)
+        sp.add_argument("--lr", type=_positive_float, default=3e-3)
+        sp.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or cuda:N")
 
-    sp = sub.add_parser("simulate", help="write the simulated ECG cohort as WFDB records")
+    sp = sub.add_parser("simulate", help="write the simulated ECG cohort as WFDB records", formatter_class=fmt)
     sp.add_argument("--out", required=True)
-    sp.add_argument("--patients", type=int, default=500)
-    common(sp, data=False)
+    sp.add_argument("--patients", type=_positive_int, default=500)
+    common(sp)
     sp.set_defaults(func=cmd_simulate)
 
-    sp = sub.add_parser("pretrain", help="contrastive pretraining on a cohort")
+    sp = sub.add_parser("datasets", help="list the dataset sources and what each needs on disk", formatter_class=fmt)
+    sp.set_defaults(func=cmd_datasets)
+
+    sp = sub.add_parser("pretrain", help="contrastive pretraining on a dataset", formatter_class=fmt)
+    data(sp, "rows to pretrain on: train (the source's default), train+val, all, folds:1-8")
     common(sp)
     training(sp)
-    sp.add_argument("--method", default="pclr")
+    sp.add_argument("--method", default="pclr", help=f"one of {', '.join(sorted(METHODS))}")
     sp.add_argument("--method-kwargs", default="", help="e.g. patients_per_batch=64,temperature=0.1")
     sp.add_argument("--augment", default=None,
                     help='augmentation pipeline, e.g. "noise:snr=20,scale,wander,crop:len=800" or "none" '
-                         "(default: the method's own)")
+                         "(default: the method's own for the dataset's modality)")
     sp.add_argument("--out", default=None, help="run folder")
     sp.add_argument("--resume", default=None, metavar="RUN_DIR",
                     help="continue a run from its checkpoint (its config.json; training options are ignored)")
+    sp.add_argument("--config", default=None, metavar="RUN_DIR/config.json",
+                    help="re-make a run from its config.json (into --out, default the run's own folder)")
+    sp.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     sp.add_argument("--compile", action="store_true", help="torch.compile the encoder")
-    sp.add_argument("--ckpt-every", type=int, default=None, help="steps between checkpoints (default 500; 0: end only)")
+    sp.add_argument("--ckpt-every", type=_nonneg_int, default=None,
+                    help="steps between checkpoints (default 500; 0: end only)")
     sp.set_defaults(func=cmd_pretrain)
 
-    sp = sub.add_parser("embed", help="frozen features of a run's encoder")
+    sp = sub.add_parser("embed", help="frozen features of a run's encoder", formatter_class=fmt)
+    data(sp, "rows to embed (default all)")
     common(sp)
     sp.add_argument("--run", required=True)
+    sp.add_argument("--tower", default=None, help="clip runs: the tower to embed with (a or b, or its modality)")
     sp.add_argument("--random-init", action="store_true", help="same architecture, untrained weights")
     sp.add_argument("--out", required=True, help=".npz file")
     sp.set_defaults(func=cmd_embed)
 
-    sp = sub.add_parser("probe", help="linear probes with patient-level splits and bootstrap CIs")
+    sp = sub.add_parser("probe", help="linear probes with patient-level splits and bootstrap CIs", formatter_class=fmt)
+    data(sp, "dataset: test on the source's test split, train on the rest; random: a random patient-level split "
+             "(30 %% test patients), for samples whose split has no test side")
     common(sp)
     sp.add_argument("--embeddings", nargs="+", required=True, help=".npz files from tscl embed")
     sp.add_argument("--labels", default=",".join(DEFAULT_LABELS))
     sp.add_argument("--fractions", default="0.01,0.1,1")
     sp.add_argument("--reference", default=None, help="embedding name the others are compared against")
-    sp.add_argument("--bootstrap", type=int, default=1000)
+    sp.add_argument("--bootstrap", type=_positive_int, default=1000)
+    sp.add_argument("--allow-test-overlap", action="store_true",
+                    help="probe even when an encoder was pretrained on some of the test patients")
     sp.add_argument("--out", required=True)
     sp.set_defaults(func=cmd_probe)
 
-    sp = sub.add_parser("demo", help="simulate -> PCLR pretraining -> report vs random-init and supervised baselines")
-    common(sp, data=False)
+    sp = sub.add_parser("demo", help="simulate -> PCLR pretraining -> report vs random-init and supervised baselines",
+                        formatter_class=fmt)
+    common(sp)
     training(sp)
     sp.add_argument("--out", default="runs/demo")
-    sp.add_argument("--patients", type=int, default=500)
-    sp.add_argument("--batch-patients", type=int, default=32)
+    sp.add_argument("--patients", type=_positive_int, default=500)
+    sp.add_argument("--batch-patients", type=_positive_int, default=32)
     sp.add_argument("--no-supervised", action="store_true", help="skip the supervised-from-scratch baseline")
     sp.add_argument("--fractions", default="0.01,0.1,1")
-    sp.add_argument("--bootstrap", type=int, default=1000)
+    sp.add_argument("--bootstrap", type=_positive_int, default=1000)
     sp.set_defaults(func=cmd_demo)
 
-    sp = sub.add_parser("task", help="named downstream tasks on real data: list, or run NAME (probe + audit)")
+    sp = sub.add_parser("task", help="named downstream tasks on real data: list, or run NAME (probe + audit)",
+                        formatter_class=fmt)
     sp.add_argument("action", choices=["list", "run"])
     sp.add_argument("name", nargs="?", default=None)
     sp.add_argument("--data", default=None, help="data root holding ptbxl/, physionet/, meds_demo/")
     sp.add_argument("--run", default=None, help="run folder whose encoder embeds waveforms (default: random-init resnet1d)")
     sp.add_argument("--probe", default="linear", choices=["linear", "knn", "mlp"])
-    sp.add_argument("--bootstrap", type=int, default=1000)
+    sp.add_argument("--bootstrap", type=_positive_int, default=1000)
     sp.add_argument("--cache", default=None, help="cache folder (default ~/.cache/tscl/tasks)")
     sp.add_argument("--out", default=None, help="folder for <task>.md and <task>.json")
     sp.add_argument("--no-supervised", action="store_true", help="skip the supervised-from-scratch baseline")
-    common(sp, data=False)
+    sp.add_argument("--allow-test-overlap", action="store_true",
+                    help="evaluate even when the run was pretrained on some of the task's test patients")
+    common(sp)
     sp.set_defaults(func=cmd_task)
 
-    sp = sub.add_parser("report", help="run named tasks; write summary.md, report.json and figures")
+    sp = sub.add_parser("report", help="run named tasks; write summary.md, report.json and figures", formatter_class=fmt)
     sp.add_argument("--tasks", required=True, help="comma-separated task names (tscl task list)")
     sp.add_argument("--data", required=True, help="data root holding ptbxl/, physionet/, meds_demo/")
     sp.add_argument("--run", default=None, help="run folder whose encoder embeds waveforms (default: random-init resnet1d)")
     sp.add_argument("--probe", default="linear", choices=["linear", "knn", "mlp"])
     sp.add_argument("--fractions", default="0.1,0.5,1")
-    sp.add_argument("--bootstrap", type=int, default=500)
+    sp.add_argument("--bootstrap", type=_positive_int, default=500)
     sp.add_argument("--cache", default=None, help="cache folder (default ~/.cache/tscl/tasks)")
     sp.add_argument("--no-supervised", action="store_true", help="skip the supervised-from-scratch baseline")
+    sp.add_argument("--allow-test-overlap", action="store_true",
+                    help="evaluate even when the run was pretrained on some of the tasks' test patients")
     sp.add_argument("--out", required=True)
-    common(sp, data=False)
+    common(sp)
     sp.set_defaults(func=cmd_report)
     return p
 
 
 def main(argv=None) -> int:
+    import os
+
     args = build_parser().parse_args(argv)
     from tscl.loaders import LoaderError
 
     try:
         args.func(args)
-    except LoaderError as err:
-        print(f"tscl: error: {err}", file=sys.stderr)
+    except (UsageError, LoaderError, ValueError, FileNotFoundError, KeyError, FloatingPointError) as err:
+        if os.environ.get("TSCL_DEBUG"):
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"tscl {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0
 

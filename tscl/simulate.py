@@ -179,12 +179,17 @@ def synthesize_ecg(patient: dict, visit: int, rng: np.random.Generator, fs: floa
     return signal, int(af_now), labs
 
 
+SIM_SPLIT = (0.7, 0.0, 0.3)  # train / val / test fractions of patients
+
+
 def write_cohort(out_dir: str | Path, cfg: CohortConfig | None = None, progress: bool = True) -> Path:
     """Write the cohort as WFDB records under ``out_dir/records`` and ``out_dir/metadata.csv``.
 
     Labels per record: ``lvh``, ``bbb``, ``tachy``, ``brady``, ``mace`` (patient-level),
     ``af`` (this recording shows AF), ``age`` (at the visit), ``sex`` (1 = male); plus
-    ``lab_*`` per-visit covariates. ``truth.json`` records the configuration.
+    ``lab_*`` per-visit covariates. ``split`` is the patient's side, ``train`` (70 %) or ``test``
+    (30 %), from a hash of the patient id (:func:`tscl.datasets.hash_split`): pretraining reads
+    ``train`` and the probes test on ``test``. ``truth.json`` records the configuration.
     Returns the path of the metadata table.
     """
     import json
@@ -198,7 +203,11 @@ def write_cohort(out_dir: str | Path, cfg: CohortConfig | None = None, progress:
     out_dir = Path(out_dir)
     rec_dir = out_dir / "records"
     rec_dir.mkdir(parents=True, exist_ok=True)
+    from tscl.datasets import hash_split
+
     patients = simulate_patients(cfg)
+    sides = dict(zip([p["patient_id"] for p in patients],
+                     hash_split([p["patient_id"] for p in patients], SIM_SPLIT)))
     rng = np.random.default_rng(cfg.seed + 1)
     rows = []
     total = sum(len(p["visit_dates"]) for p in patients)
@@ -215,6 +224,7 @@ def write_cohort(out_dir: str | Path, cfg: CohortConfig | None = None, progress:
                         record_id=record_id,
                         path=f"records/{record_id}",
                         visit_time=date,
+                        split=sides[p["patient_id"]],
                         age=round(age, 2),
                         sex=p["sex"],
                         lvh=p["lvh"],

@@ -118,6 +118,17 @@ def _patient_rule(index, Y, seed):
     return stratified_patient_split(index["patient_id"].cast(pl.Utf8).to_numpy(), Y, 0.3, seed)
 
 
+def _split_column_rule(index, Y, seed):
+    """The source's own ``split`` column: ``test`` rows against every other row (as pretraining reads it)."""
+    side = index["split"].to_numpy()
+    return np.flatnonzero(side != "test"), np.flatnonzero(side == "test")
+
+
+def _sim_rule(index, Y, seed):
+    """The cohort's ``split`` column where it has one (cohorts written by ``tscl simulate``), else a patient split."""
+    return _split_column_rule(index, Y, seed) if "split" in index.columns else _patient_rule(index, Y, seed)
+
+
 def _strat_fold_rule(index, Y, seed):
     fold = index["strat_fold"].to_numpy()
     return np.flatnonzero(fold <= 8), np.flatnonzero(fold == 10)
@@ -316,9 +327,10 @@ def _mimic(label: str):
 
 
 TASKS: dict[str, Task] = {t.name: t for t in [
-    Task("sim-risk", _sim_cohort, ("lvh", "bbb", "af", "tachy", "brady", "mace"), _patient_rule, "multilabel",
+    Task("sim-risk", _sim_cohort, ("lvh", "bbb", "af", "tachy", "brady", "mace"), _sim_rule, "multilabel",
          description="simulated cohort (tscl simulate/demo; --data is the cohort folder): the six risk labels, "
-                     "multi-label, split by patient"),
+                     "multi-label, split by patient (the cohort's split column: test patients are never "
+                     "pretrained on)"),
     Task("ptbxl-superclass", _ptbxl, ("NORM", "MI", "STTC", "CD", "HYP"), _strat_fold_rule, "multilabel",
          description="PTB-XL diagnostic superclasses, multi-label; strat_fold 1-8 train, 10 test",
          source_column="device"),
@@ -370,9 +382,10 @@ def embed_task(data: TaskData, run: str | Path | None = None, seed: int = 0) -> 
         return {Path(run).name: embed_signals(load_encoder(run), X, progress=False),
                 "random-init": embed_signals(load_encoder(run, random_init=True, seed=seed), X, progress=False)}
     from tscl.encoders import build_encoder
+    from tscl.encoders.resnet1d import CPU_WIDTH
 
     torch.manual_seed(seed)
-    enc = build_encoder("resnet1d", X.shape[1], width=0.25).eval()
+    enc = build_encoder("resnet1d", X.shape[1], width=CPU_WIDTH).eval()
     return {"random-init resnet1d": embed_signals(enc, X, progress=False)}
 
 
@@ -410,7 +423,7 @@ def supervised_baseline(data: TaskData, run: str | Path | None = None, progress:
 
 def run_task(name: str, root: str | Path, *, run: str | Path | None = None, cache_dir: str | Path | None = None,
              probe: str = "linear", n_boot: int = 500, seed: int = 0, supervised: bool = True,
-             progress: bool = False) -> TaskRun:
+             progress: bool = False, allow_test_overlap: bool = False) -> TaskRun:
     """Load task ``name`` from ``root``, embed, probe and audit it; with ``supervised`` the encoder
     architecture is also trained from scratch on the task's training labels (:func:`supervised_baseline`)."""
     from tscl.probes.audit import audit_embeddings
@@ -419,6 +432,14 @@ def run_task(name: str, root: str | Path, *, run: str | Path | None = None, cach
     task = get_task(name)
     cache_dir = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "tscl" / "tasks"
     data = task.load(root, cache_dir, seed)
+    if run is not None:
+        from tscl.probes.linear import check_pretraining_overlap, pretrained_patients
+
+        overlap = check_pretraining_overlap(pretrained_patients(run), data.patient_ids[data.test],
+                                            allow=allow_test_overlap, what=f"the encoder of {run}")
+        if overlap:
+            data.notes.append(f"the encoder was pretrained on {len(overlap)} of the test patients (allowed by "
+                              "--allow-test-overlap): its test numbers are optimistic")
     features = embed_task(data, run, seed)
     predictors = {SUPERVISED: supervised_baseline(data, run, progress)} if supervised else {}
     result = evaluate_probe(features, data.Y, data.labels, data.patient_ids, (data.train, data.test), kind=data.kind,
@@ -440,7 +461,8 @@ def run_task(name: str, root: str | Path, *, run: str | Path | None = None, cach
 
 def write_report(names, root: str | Path, out: str | Path, *, run: str | Path | None = None,
                  cache_dir: str | Path | None = None, probe: str = "linear", fractions=(0.1, 0.5, 1.0),
-                 n_boot: int = 500, seed: int = 0, supervised: bool = True, progress: bool = False) -> Path:
+                 n_boot: int = 500, seed: int = 0, supervised: bool = True, progress: bool = False,
+                 allow_test_overlap: bool = False) -> Path:
     """Run tasks ``names`` and write ``out/``: ``summary.md`` (probe and audit tables per task),
     ``report.json``, and per task ``<task>_label_efficiency.png`` (linear probe, macro AUROC with 95 % CI
     bands against the fraction of training patients), ``<task>_reliability.png`` and
@@ -455,7 +477,7 @@ def write_report(names, root: str | Path, out: str | Path, *, run: str | Path | 
     parts, payload, efficiency = ["# Downstream evaluation", ""], {}, {}
     for name in names:
         tr = run_task(name, root, run=run, cache_dir=cache_dir, probe=probe, n_boot=n_boot, seed=seed,
-                      supervised=supervised, progress=progress)
+                      supervised=supervised, progress=progress, allow_test_overlap=allow_test_overlap)
         d = tr.data
         slug = lambda s: re.sub(r"[^A-Za-z0-9_.-]+", "_", s)  # noqa: E731
         figures = []

@@ -55,6 +55,7 @@ from tqdm.auto import tqdm
 from tscl import distributed
 from tscl.datasets import payload_len, pin_payload, to_device
 from tscl.encoders import build_encoder
+from tscl.encoders.resnet1d import CPU_WIDTH
 from tscl.methods import build_method
 from tscl.samplers import RankBatches, encode_ids
 
@@ -69,7 +70,7 @@ class PretrainConfig:
     out_dir: str = "runs/pretrain"
     method: str = "pclr"
     encoder: str = "resnet1d"
-    encoder_kwargs: dict = field(default_factory=lambda: {"width": 0.25})
+    encoder_kwargs: dict = field(default_factory=lambda: {"width": CPU_WIDTH})
     method_kwargs: dict = field(default_factory=dict)
     epochs: int = 20
     lr: float = 3e-3

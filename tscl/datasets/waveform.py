@@ -160,8 +160,8 @@ def _eegmat(root: Path, *, cache=None, progress=True, epoch_s=30.0, normalize="z
     return WaveformDataset(c, normalize=normalize)
 
 
-@register_source("edf", "waveform", "a folder of EDF(+) files (any names; patient = file stem, or the "
-                 "patient_id column of an optional metadata.csv with a 'file' column)",
+@register_source("edf", "waveform", "a folder of EDF(+) files (any names; patient = file stem), or with a "
+                 "metadata.csv of 'file', 'patient_id' and label columns",
                  options={**_COMMON, "epoch_s": "epoch length in s (30)",
                           "channels": "comma-separated channel names to keep (default: the 19 10-20 EEG channels)"})
 def _edf(root: Path, *, cache=None, progress=True, epoch_s=30.0, normalize="zscore", on_error="raise",
@@ -175,20 +175,23 @@ def _edf(root: Path, *, cache=None, progress=True, epoch_s=30.0, normalize="zsco
     files = sorted(root.rglob("*.edf"))
     if not files:
         raise FileNotFoundError(f"{root}: no .edf file")
-    patients = {}
+    patients, labels = {}, {}
     meta = root / "metadata.csv"
     if meta.exists():
-        table = pl.read_csv(meta, infer_schema=False)
+        table = pl.read_csv(meta, infer_schema=False)  # ids stay text
         if not {"file", "patient_id"} <= set(table.columns):
             raise ValueError(f"{meta}: needs 'file' and 'patient_id' columns")
         patients = dict(zip(table["file"], table["patient_id"]))
+        extra = [c for c in table.columns if c not in ("file", "patient_id")]
+        labels = {r["file"]: {c: _number(r[c]) for c in extra} for r in table.iter_rows(named=True)}
     chans = tuple(channels.split(",")) if isinstance(channels, str) else tuple(channels or EEG_1020)
     cache_dir = _cache_dir(cache, "edf", root, epoch_s=epoch_s, channels=chans, on_error=on_error)
     fp = fingerprint_files(files + ([meta] if meta.exists() else []), extra=f"edf;{epoch_s};{chans};{on_error}")
     c = open_fresh_cache(cache_dir, fp)
     if c is None:
         report: dict = {"skipped": [], "records": []}
-        items = [(f, patients.get(f.name, patients.get(str(f.relative_to(root)), f.stem))) for f in files]
+        key = {f: f.name if f.name in patients else str(f.relative_to(root)) for f in files}
+        items = [(f, patients.get(key[f], f.stem), labels.get(key[f], {})) for f in files]
         recs = read_all(partial(_edf_file, float(epoch_s), chans, report["records"]), items, progress=progress,
                         desc=f"reading {root.name}", on_error=on_error, skipped=report["skipped"])
         c = build_cache(recs, cache_dir, fingerprint=fp, report=report)
@@ -198,5 +201,12 @@ def _edf(root: Path, *, cache=None, progress=True, epoch_s=30.0, normalize="zsco
 def _edf_file(epoch_s, channels, counts, item):
     from tscl.loaders import edf_epochs
 
-    path, patient = item
-    return edf_epochs(path, epoch_s=epoch_s, channels=channels, patient_id=str(patient), report=counts)
+    path, patient, labels = item
+    return edf_epochs(path, epoch_s=epoch_s, channels=channels, patient_id=str(patient), labels=labels, report=counts)
+
+
+def _number(text):
+    try:
+        return float(text) if any(c in text for c in ".eE") else int(text)
+    except (TypeError, ValueError):
+        return text

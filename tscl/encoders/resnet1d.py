@@ -8,7 +8,9 @@ from torch import Tensor, nn
 
 from .registry import mask_channels, register_encoder
 
-__all__ = ["ResNet1d", "same_pad"]
+__all__ = ["CPU_WIDTH", "ResNet1d", "same_pad"]
+
+CPU_WIDTH = 0.25  # the width multiplier tscl uses by default on CPU (fast, still the full depth)
 
 
 def same_pad(x: Tensor, kernel_size: int, stride: int = 1) -> Tensor:

@@ -42,6 +42,32 @@ def assert_no_patient_leakage(patient_ids, *row_sets) -> None:
             seen[p] = side
 
 
+class PretrainingOverlapError(ValueError):
+    """The encoder under evaluation was pretrained on some of the probe's test patients."""
+
+
+def pretrained_patients(run_dir) -> set[str] | None:
+    """The patients a run folder's encoder was pretrained on (its ``patients.json``), or None if not recorded."""
+    import json
+    from pathlib import Path
+
+    path = Path(run_dir) / "patients.json"
+    return set(json.loads(path.read_text())["patients"]) if path.exists() else None
+
+
+def check_pretraining_overlap(pretrained, test_patient_ids, *, allow: bool = False, what: str = "the encoder") -> list:
+    """Refuse (:class:`PretrainingOverlapError`) when ``test_patient_ids`` share a patient with ``pretrained``
+    (an iterable of patient ids, e.g. :func:`pretrained_patients`); ``allow`` returns the overlap instead."""
+    if pretrained is None:
+        return []
+    overlap = sorted(set(map(str, np.unique(np.asarray(test_patient_ids).astype(str)))) & set(map(str, pretrained)))
+    if overlap and not allow:
+        raise PretrainingOverlapError(
+            f"{what} was pretrained on {len(overlap)} of the probe's test patients (e.g. {overlap[:5]}); pretrain on "
+            "the training split (tscl pretrain --split train) or pass --allow-test-overlap if you mean it")
+    return overlap
+
+
 def patient_split(patient_ids, test_fraction: float = 0.3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Rows of a random patient-level split: ``(train_rows, test_rows)``."""
     patient_ids = np.asarray(patient_ids)

@@ -35,6 +35,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from tscl.encoders.resnet1d import CPU_WIDTH
+
 from .linear import macro_auroc, patient_split
 
 __all__ = ["SupervisedBaseline"]
@@ -77,7 +79,7 @@ class SupervisedBaseline:
             raise ValueError(f"X must be [N, C, T] waveforms or [N, F] tabular features, got shape {np.shape(X)}")
         self.X, self.kind = X, kind
         self.encoder = "tabular" if np.ndim(X) == 2 else encoder
-        self.encoder_kwargs = dict(encoder_kwargs or ({"width": 0.25} if self.encoder == "resnet1d" else {}))
+        self.encoder_kwargs = dict(encoder_kwargs or ({"width": CPU_WIDTH} if self.encoder == "resnet1d" else {}))
         self.epochs, self.max_steps, self.batch_size = epochs, max_steps, batch_size
         self.lr, self.weight_decay, self.eval_every = lr, weight_decay, eval_every
         self.device, self.progress = torch.device(device), progress
