@@ -29,6 +29,7 @@ backward adds ``dS'_ij = g'_j (p'_ji - [i in P'(j)] / npos'_j)`` to the same rec
 so both directions share two backward kernels. Products run on the tensor cores in the
 input dtype (fp32 inputs use full-precision ``ieee`` dots); every accumulator is float32.
 """
+import functools
 import os
 from typing import Optional, Tuple
 
@@ -67,24 +68,53 @@ def _configs(kind):
 
 
 def _prune(configs, named_args, **kwargs):
-    """Keep tiles whose operands fit in registers: the resident tile is [BLOCK_M, BLOCK_D];
-    fp32 inputs (``ieee`` dots on the CUDA cores) get small tiles only."""
+    """Keep tiles that compile for sm_90 without spilling (measured with
+    ``benchmarks/aot_kernels.py``, table in docs/kernels.md):
+
+    - the fp32 score tile per thread, BLOCK_M * BLOCK_N / (32 * warps), at most 32
+      (64 spilled in every kernel at every D);
+    - dq and dk also hold a [BLOCK_M, BLOCK_D] fp32 accumulator and several live score-sized
+      tiles (s, p, dS): score + accumulator elements per thread at most 96, and BLOCK_N at
+      most 64 (a 64 x 128 tile spilled on 4 and on 8 warps at D = 64);
+    - the resident operand tile within the earlier budget (BLOCK_M * BLOCK_D <= 128 * 128,
+      64 * 256 past D = 128); fp32 inputs (``ieee`` dots on the CUDA cores) small tiles only.
+    """
     block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 128))
     budget = 128 * 128 if block_d <= 128 else 64 * 256
-    kept = [c for c in configs
-            if c.kwargs["BLOCK_M"] * block_d <= budget and c.kwargs["BLOCK_N"] * block_d <= 2 * budget]
+    kind = kwargs.get("KIND", named_args.get("KIND"))
+
+    def fits(c):
+        bm, bn, threads = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], 32 * c.num_warps
+        score, acc = bm * bn / threads, bm * block_d / threads
+        if bm * block_d > budget or bn * block_d > 2 * budget or score > 32:
+            return False
+        return kind == "fwd" or (score + acc <= 96 and bn <= 64)
+
+    kept = [c for c in configs if fits(c)]
     q = named_args.get("Q")
     if q is not None and q.dtype == torch.float32:
         kept = [c for c in kept if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 32 * 64]
     return kept or configs[-1:]
 
 
+def _bucket(x):
+    """log2 size bucket: sizes up to 1024 share one, then one per power of two up to 2**17."""
+    return min(max((max(int(x), 1) - 1).bit_length(), 10), 17)
+
+
+def _size_key(n, m, b=0):
+    """One int for the autotune key from the (N, M, bank) size buckets: the best tile depends
+    on how many programs the grid has and how long each sweeps, not only on D. A multiple
+    of 16, so that every key value gets the same integer specialisation."""
+    return 16 * (_bucket(n) * 400 + _bucket(m) * 20 + (_bucket(b) if b else 0))
+
+
 def _autotune(kind):
-    key = ["D", "HAS_BANK", "EXCLUDE_SELF"] + ([] if kind == "fwd" else ["SYMMETRIC"])
+    key = ["D", "SIZE_KEY", "HAS_BANK", "EXCLUDE_SELF"] + ([] if kind == "fwd" else ["SYMMETRIC"])
     return triton.autotune(
         configs=_configs(kind),
         key=key,  # the tensors' dtypes are part of the key too
-        prune_configs_by=None if _INTERPRET else {"early_config_prune": _prune},
+        prune_configs_by=None if _INTERPRET else {"early_config_prune": functools.partial(_prune, KIND=kind)},
     )
 
 
@@ -181,7 +211,7 @@ def _fwd_sweep(
 @triton.jit
 def _info_nce_fwd(
     Q, K, BANK, QID, KID, BID, TAU, LOSS, NPOS, LSE,
-    N, M, B, D,
+    N, M, B, D, SIZE_KEY,
     stride_qn, stride_qd, stride_kn, stride_kd, stride_bn, stride_bd,
     EXCLUDE_SELF: tl.constexpr, HAS_BANK: tl.constexpr, BANK_IDS: tl.constexpr,
     BANK_POSITIVE: tl.constexpr, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, IDX64: tl.constexpr,
@@ -261,7 +291,7 @@ def _dq_sweep(
 @triton.jit
 def _info_nce_bwd_dq(
     Q, K, BANK, QID, KID, BID, TAU, LSE, NPOS, GRAD, LSE_C, NPOS_C, GRAD_C, DQ, DTS,
-    N, M, B, D,
+    N, M, B, D, SIZE_KEY,
     stride_qn, stride_qd, stride_kn, stride_kd, stride_bn, stride_bd,
     EXCLUDE_SELF: tl.constexpr, HAS_BANK: tl.constexpr, BANK_IDS: tl.constexpr,
     BANK_POSITIVE: tl.constexpr, SYMMETRIC: tl.constexpr, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
@@ -298,7 +328,7 @@ def _info_nce_bwd_dq(
 @triton.jit
 def _info_nce_bwd_dk(
     Q, K, QID, KID, TAU, LSE, NPOS, GRAD, LSE_C, NPOS_C, GRAD_C, DK,
-    N, M, D,
+    N, M, D, SIZE_KEY,
     stride_qn, stride_qd, stride_kn, stride_kd,
     EXCLUDE_SELF: tl.constexpr, HAS_BANK: tl.constexpr, SYMMETRIC: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, IDX64: tl.constexpr,
@@ -412,13 +442,13 @@ def _forward(q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask
     bank_t, bids, b, bstride, flags = _bank_args(q, bank, bank_ids, mask_bank_same_id)
     _info_nce_fwd[_grid(n, "BLOCK_M")](
         q, k, bank_t, q_ids, k_ids, bids, tau, loss[:n], npos[:n], lse[:n],
-        n, m, b, d, *q.stride(), *k.stride(), *bstride, **consts, **flags,
+        n, m, b, d, _size_key(n, m, b), *q.stride(), *k.stride(), *bstride, **consts, **flags,
     )
     if symmetric:
         _, _, _, _, flags = _bank_args(k, None, None, False)
         _info_nce_fwd[_grid(m, "BLOCK_M")](
             k, q, k, k_ids, q_ids, k_ids, tau, loss[n:], npos[n:], lse[n:],
-            m, n, 0, d, *k.stride(), *q.stride(), 0, 0, **consts, **flags,
+            m, n, 0, d, _size_key(m, n), *k.stride(), *q.stride(), 0, 0, **consts, **flags,
         )
     return loss, npos, lse
 
@@ -443,13 +473,13 @@ def _backward(grad, q, k, q_ids, k_ids, temperature, lse, npos, exclude_self, ba
     bank_t, bids, b, bstride, flags = _bank_args(q, bank, bank_ids, mask_bank_same_id)
     _info_nce_bwd_dq[_grid(n, "BLOCK_M")](
         q, k, bank_t, q_ids, k_ids, bids, tau, *rows, *cols, dq, dts,
-        n, m, b, d, *q.stride(), *k.stride(), *bstride, **consts, **flags,
+        n, m, b, d, _size_key(n, m, b), *q.stride(), *k.stride(), *bstride, **consts, **flags,
     )
     if need_dk:
         dk = _new((m, d), k.dtype, k.device, float("nan"))
         _info_nce_bwd_dk[_grid(m, "BLOCK_M")](
             q, k, q_ids, k_ids, tau, *rows, *cols, dk,
-            n, m, d, *q.stride(), *k.stride(), HAS_BANK=flags["HAS_BANK"], **consts,
+            n, m, d, _size_key(m, n), *q.stride(), *k.stride(), HAS_BANK=flags["HAS_BANK"], **consts,
         )
     else:
         dk = k.new_empty(0)

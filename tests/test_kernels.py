@@ -396,10 +396,17 @@ def test_block_configs():
     if tn._INTERPRET:
         assert len(tn._configs("fwd")) == len(tn._configs("dq")) == len(tn._configs("dk")) == 1
     assert tn._block_d(19) == 32 and tn._block_d(8) == 16 and tn._block_d(512) == 512
-    many = [triton.Config({"BLOCK_M": bm, "BLOCK_N": 64}) for bm in (32, 64, 128)]
-    assert [c.kwargs["BLOCK_M"] for c in tn._prune(many, {}, BLOCK_D=512)] == [32]
-    assert len(tn._prune(many, {}, BLOCK_D=128)) == 3
+    many = [triton.Config({"BLOCK_M": bm, "BLOCK_N": 64}, num_warps=8) for bm in (32, 64, 128)]
+    assert [c.kwargs["BLOCK_M"] for c in tn._prune(many, {}, BLOCK_D=512, KIND="fwd")] == [32]
+    assert len(tn._prune(many, {}, BLOCK_D=128, KIND="fwd")) == 3
     assert [c.kwargs["BLOCK_M"] for c in tn._prune(many, {"Q": torch.empty(1)}, BLOCK_D=128)] == [32]
+    # a 128 x 64 score tile on 4 warps (64 fp32 per thread) spilled on sm_90: never admitted
+    four = [triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4)]
+    assert tn._prune(four + many, {}, BLOCK_D=128, KIND="fwd") == many
+    # dq/dk add a [BLOCK_M, BLOCK_D] accumulator: 128 rows x D 128 on 8 warps is 32 + 64 per thread
+    assert len(tn._prune(many, {}, BLOCK_D=128, KIND="dq")) == 3
+    assert tn._size_key(256, 256, 65536) != tn._size_key(4096, 4096, 65536) and tn._size_key(10, 20) % 16 == 0
+    assert tn._size_key(100, 1000) == tn._size_key(1024, 1)
 
 
 # ----------------------------------------------------------------------------- non-finite inputs
