@@ -80,6 +80,8 @@ def test_every_method_hands_bf16_to_the_kernel_under_autocast(spy, name):
         kw["queue_size"] = 64
     if name in ("clocs-cmlc", "clocs-cmsmlc"):
         kw["leads"] = [1, 7, 9]
+    if name == "clip":  # two towers: the tabular side takes 5 columns per row
+        kw["b_channels"] = 5
     torch.manual_seed(0)
     method = methods[name](build_encoder("cnn1d", 12, widths=[8, 16]), **kw)
     if hasattr(method, "queue_filled"):  # a full fp32 queue: the bank must be cast, not promote q and k
@@ -88,6 +90,7 @@ def test_every_method_hands_bf16_to_the_kernel_under_autocast(spy, name):
             method.queue_ids.copy_(torch.arange(method.queue.shape[0]) % 4)
         assert method.queue.dtype == torch.float32
     x, batch = _batch()
+    batch["tabular"] = torch.randn(x.shape[0], 5, generator=torch.Generator().manual_seed(1))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = method(x, batch)
     loss.backward()
