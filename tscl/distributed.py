@@ -28,7 +28,25 @@ import torch.distributed as dist
 from torch import Tensor
 
 __all__ = ["init_distributed", "is_distributed", "rank", "world_size", "all_gather", "gather_embeddings",
-           "rank_zero_first", "barrier", "shutdown"]
+           "rank_zero_first", "barrier", "shutdown", "check_ranks", "pg_timeout", "SilentRankError"]
+
+_MONITOR = None  # a gloo group for monitored barriers (names the ranks that do not answer)
+
+
+class SilentRankError(RuntimeError):
+    """Some ranks did not reach a synchronisation point within the process-group timeout."""
+
+
+def pg_timeout() -> float:
+    """Seconds a rank waits for the others: ``$TSCL_PG_TIMEOUT`` (default 600; PyTorch's own is 1800)."""
+    text = os.environ.get("TSCL_PG_TIMEOUT", "600")
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"TSCL_PG_TIMEOUT must be a number of seconds, got {text!r}") from None
+    if value <= 0:
+        raise ValueError(f"TSCL_PG_TIMEOUT must be > 0, got {value}")
+    return value
 
 
 def is_distributed() -> bool:
@@ -58,9 +76,31 @@ def init_distributed(device: str = "auto") -> torch.device:
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if n > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", device_id=dev if dev.type == "cuda" else None)
+        from datetime import timedelta
+
+        global _MONITOR
+        timeout = timedelta(seconds=pg_timeout())
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", device_id=dev if dev.type == "cuda" else None,
+                                timeout=timeout)
+        _MONITOR = dist.new_group(backend="gloo", timeout=timeout) if dev.type == "cuda" else None
         atexit.register(shutdown)
     return dev
+
+
+def check_ranks(where: str, timeout_s: float | None = None) -> None:
+    """Wait until every rank reaches ``where``; a rank that stays silent (frozen, stopped) for
+    ``timeout_s`` (default :func:`pg_timeout`) raises :class:`SilentRankError` naming it, instead
+    of blocking the others until the collective's own timeout. Identity in one process."""
+    if not is_distributed():
+        return
+    from datetime import timedelta
+
+    seconds = timeout_s if timeout_s is not None else pg_timeout()
+    try:
+        dist.monitored_barrier(group=_MONITOR, timeout=timedelta(seconds=seconds), wait_all_ranks=True)
+    except RuntimeError as err:
+        raise SilentRankError(f"rank {rank()}: not every rank reached {where} within {seconds:g} s "
+                              f"(TSCL_PG_TIMEOUT): {err}") from err
 
 
 def shutdown() -> None:

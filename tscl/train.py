@@ -453,6 +453,7 @@ def pretrain(data, config: PretrainConfig) -> Path:
     def checkpoint() -> None:
         states = [_rng_state(method, device)] * world
         if world > 1:
+            distributed.check_ranks(f"the checkpoint of step {step}")  # a frozen rank is named, not waited on
             dist.all_gather_object(states, states[rank])
         if main:
             log.file.flush()
