@@ -4,7 +4,7 @@ A cache folder holds ``signals.f32`` (every recording's ``[C,T]`` samples back t
 ``index.parquet`` (one row per recording: patient_id, record_id, fs, n_channels,
 n_samples, offset, channels, visit_time, label columns), ``labels.json``, ``fingerprint.txt``,
 ``report.json`` and ``manifest.json`` (the source fingerprint and every other file's size and
-BLAKE2b hash). Opening it parses no header; reading a recording is a slice of the memory map.
+SHA-256 hash). Opening it parses no header; reading a recording is a slice of the memory map.
 
 Integrity: every open checks each file's size against the manifest and the shard's size
 against the index (cheap: no data is read), so a truncated or partly copied cache is refused
@@ -54,13 +54,13 @@ _REPORT = "report.json"
 _MANIFEST = "manifest.json"
 _LOCK = ".lock"
 _FILES = (_SIGNALS, _INDEX, _LABELS, _FINGERPRINT, _REPORT)
-_MANIFEST_VERSION = 1
+_MANIFEST_VERSION = 2
 _CHUNK = 1 << 22
 
 
 def hash_file(path: str | Path) -> str:
-    """BLAKE2b (32-byte digest, hex) of a file's bytes, read in 4 MiB chunks."""
-    h = hashlib.blake2b(digest_size=32)
+    """SHA-256 (hex) of a file's bytes, read in 4 MiB chunks (SHA-256 runs in hardware on current x86 and ARM CPUs)."""
+    h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
@@ -97,7 +97,7 @@ def _read_manifest(cache_dir: Path) -> dict | None:
 
 
 def _check_files(cache_dir: Path, manifest: dict, hashes: bool) -> None:
-    """Sizes (and with ``hashes`` the BLAKE2b hashes) of the cache files against the manifest."""
+    """Sizes (and with ``hashes`` the SHA-256 hashes) of the cache files against the manifest."""
     for name in _FILES:
         path = cache_dir / name
         want = manifest["files"].get(name)
@@ -110,7 +110,7 @@ def _check_files(cache_dir: Path, manifest: dict, hashes: bool) -> None:
         if size != want["bytes"]:
             raise LoaderError(path, f"{'truncated' if size < want['bytes'] else 'grown'}: {size} bytes, the manifest "
                                     f"records {want['bytes']}; rebuild the cache")
-        if hashes and hash_file(path) != want["blake2b"]:
+        if hashes and hash_file(path) != want["sha256"]:
             raise LoaderError(path, f"content differs from the hash in {_MANIFEST} (corrupted); rebuild the cache")
 
 
@@ -132,44 +132,78 @@ def open_fresh_cache(cache_dir: str | Path, fingerprint: str, *, verify: bool = 
         return None
 
 
-_HASH_MEMO: dict[tuple, str] = {}
+_HASH_MEMO: dict[str, str] = {}
+_MEMO_FILE = "file-hashes.json"
+_MEMO_MAX = 200_000  # entries (~200 bytes each); past it the memo starts again
 
 
-def _content_hash(path: str) -> str:
-    """A file's BLAKE2b, remembered in this process while its inode, size, mtime and ctime stay the same.
+def _memo_key(path: str) -> str:
+    """A file's identity for the hash memo: path, device, inode, size, mtime and ctime.
 
-    ctime cannot be set back by a user (``touch``/``utime`` restore mtime only), so a rewritten
-    file whose mtime was restored still misses the memo and is hashed again."""
+    ctime cannot be set back by a user (``touch``/``utime`` restore mtime only, and update
+    ctime), so a file rewritten with its mtime restored misses the memo and is hashed again."""
     st = os.stat(path)
-    key = (os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    digest = _HASH_MEMO.get(key)
-    if digest is None:
-        digest = _HASH_MEMO[key] = hash_file(path)
-    return digest
+    return f"{path}\0{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}"
+
+
+def _load_memo() -> dict[str, str]:
+    try:
+        memo = json.loads((cache_root() / _MEMO_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return memo if isinstance(memo, dict) else {}
+
+
+def _save_memo(new: dict[str, str]) -> None:
+    """Merge ``new`` into the per-user memo (atomic rename; a lost race only costs a re-hash)."""
+    path = cache_root() / _MEMO_FILE
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        memo = {**_load_memo(), **new}
+        if len(memo) > _MEMO_MAX:
+            memo = dict(new)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{_MEMO_FILE}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(memo, f)
+        os.replace(tmp, path)
+    except OSError:  # an unwritable cache root: hashes are simply recomputed next time
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def fingerprint_files(paths: Iterable[str | Path], extra: str = "", *, root: str | Path | None = None) -> str:
     """Content fingerprint of source files: each file's name relative to ``root``, its size and
-    the BLAKE2b of its bytes, plus ``extra`` (the loader's options).
+    the SHA-256 of its bytes, plus ``extra`` (the loader's options).
 
     ``root`` defaults to the deepest folder holding every path, so a dataset that is moved,
     copied or mounted elsewhere (read-only included) keeps its fingerprint and reuses its cache,
     while any change of content rebuilds it, whatever the files' modification times say.
-    Hashing reads every byte once per process (a file's hash is remembered while its inode,
-    size, mtime and ctime are unchanged).
+    Hashing reads each file's bytes once: its hash is remembered (in the process and in
+    ``cache_root()/file-hashes.json``) while its path, inode, size, mtime and ctime are unchanged.
     """
     files = [os.path.abspath(p) for p in paths]
     if root is None:
         root = os.path.commonpath([os.path.dirname(f) for f in files]) if files else ""
     root = os.path.abspath(root) if root else ""
     h = hashlib.sha256(f"tscl-fingerprint-v2\0{extra}\0".encode())
+    new: dict[str, str] = {}
+    loaded = False
     for rel, f in sorted({(os.path.relpath(f, root) if root else f, f) for f in files}):
         try:
-            size = os.stat(f).st_size
-            digest = _content_hash(f)
+            key = _memo_key(f)
+            if key not in _HASH_MEMO and not loaded:
+                _HASH_MEMO.update(_load_memo())
+                loaded = True
+            digest = _HASH_MEMO.get(key)
+            if digest is None:
+                digest = _HASH_MEMO[key] = new[key] = hash_file(f)
         except OSError as err:
             raise LoaderError(f, f"cannot read source file for the cache fingerprint: {err}") from err
+        size = key.split("\0")[3]
         h.update(f"{Path(rel).as_posix()}\0{size}\0{digest}\n".encode())
+    if new:
+        _save_memo(new)
     return h.hexdigest()
 
 
@@ -455,7 +489,7 @@ def build_cache(recordings: Iterable[Recording], cache_dir: str | Path, fingerpr
     staging = _Staging(cache_dir)
     try:
         rows, offset, label_cols = [], 0, []
-        h = hashlib.blake2b(digest_size=32)
+        h = hashlib.sha256()
         tmp_sig = staging.new(_SIGNALS)
         first, notes = None, {}
         with open(tmp_sig, "wb") as f:
@@ -477,10 +511,10 @@ def build_cache(recordings: Iterable[Recording], cache_dir: str | Path, fingerpr
                 offset += rec.signal.size
         if not rows:
             raise LoaderError(cache_dir, f"no recordings to cache{_skipped_note(report)}")
-        files = {_SIGNALS: {"bytes": offset * 4, "blake2b": h.hexdigest()}}
+        files = {_SIGNALS: {"bytes": offset * 4, "sha256": h.hexdigest()}}
         if tmp_sig.stat().st_size != offset * 4:
             raise LoaderError(tmp_sig, f"wrote {tmp_sig.stat().st_size} bytes of {offset * 4}; the disk may be full")
-        if verify and hash_file(tmp_sig) != files[_SIGNALS]["blake2b"]:
+        if verify and hash_file(tmp_sig) != files[_SIGNALS]["sha256"]:
             raise LoaderError(tmp_sig, "the shard read back differs from what was written; not committing it")
         index = pl.DataFrame(rows, infer_schema_length=None)
         index = index.rename({c: c.removeprefix("label:") for c in index.columns if c.startswith("label:")})
@@ -496,7 +530,7 @@ def build_cache(recordings: Iterable[Recording], cache_dir: str | Path, fingerpr
         staging.new(_REPORT).write_text(json.dumps(report, indent=1, default=str))
         for name in (_INDEX, _LABELS, _FINGERPRINT, _REPORT):
             path = staging.files[name][0]
-            files[name] = {"bytes": path.stat().st_size, "blake2b": hash_file(path)}
+            files[name] = {"bytes": path.stat().st_size, "sha256": hash_file(path)}
         manifest = {"version": _MANIFEST_VERSION, "fingerprint": fingerprint, "recordings": len(rows),
                     "files": files}
         staging.new(_MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))

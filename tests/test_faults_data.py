@@ -574,3 +574,24 @@ def test_multi_rate_mimic_record_averaged_to_the_frame_rate_is_recorded(tmp_path
         cache = load_wfdb_cohort(root.parent, cache_dir=tmp_path / "c", progress=False, nan_policy="interpolate")
     assert cache.report["quality"]["frame_averaged"] == [
         {"source": str(root) + ".hea", "value": {"MCL1": {"samples_per_frame": 4, "rate_hz": 500.0}}}]
+
+
+def test_source_hashes_are_remembered_across_processes_until_a_file_changes(tmp_path, monkeypatch):
+    from tscl.loaders import cache as cache_mod
+    from tscl.loaders import fingerprint_files
+
+    monkeypatch.setenv("TSCL_CACHE", str(tmp_path / "user_cache"))
+    root = _cohort(tmp_path / "cohort", n=2)
+    files = sorted(root.iterdir())
+    first = fingerprint_files(files)
+    monkeypatch.setattr(cache_mod, "_HASH_MEMO", {})  # a new process
+
+    def no_hashing(path):
+        raise AssertionError(f"{path} hashed again")
+
+    monkeypatch.setattr(cache_mod, "hash_file", no_hashing)
+    assert fingerprint_files(files) == first
+    monkeypatch.undo()
+    monkeypatch.setenv("TSCL_CACHE", str(tmp_path / "user_cache"))
+    write_record(root, "r1", seed=5)
+    assert fingerprint_files(files) != first
