@@ -121,3 +121,36 @@ def test_pg_timeout_is_configurable_and_checked(monkeypatch):
         monkeypatch.setenv("TSCL_PG_TIMEOUT", bad)
         with pytest.raises(ValueError, match="TSCL_PG_TIMEOUT"):
             distributed.pg_timeout()
+
+
+def test_a_nan_in_the_bank_stops_training_at_that_step_naming_the_queue(cohorts, tmp_path, monkeypatch):
+    a, _ = cohorts
+    from tscl.methods.moco import MoCo
+
+    calls, after = [], MoCo.after_step
+
+    def nan_into_the_queue_after_step_2(self):
+        after(self)
+        calls.append(1)
+        if len(calls) == 2:
+            self.queue[3] = float("nan")  # a bad key among the negatives only
+
+    monkeypatch.setattr(MoCo, "after_step", nan_into_the_queue_after_step_2)
+    cfg = _cfg(tmp_path / "run", "moco")
+    cfg.method_kwargs["queue_size"] = 16
+    with pytest.raises(FloatingPointError, match=r"non-finite loss nan at step 2: queue holds NaN/inf"):
+        pretrain(a, cfg)
+
+
+def test_a_nan_input_item_is_named(cohorts, tmp_path, monkeypatch):
+    a, _ = cohorts
+    fetch = type(a).fetch
+
+    def poisoned(self, rows):
+        x = fetch(self, rows)
+        x[1, 0, 5] = float("nan")
+        return x
+
+    monkeypatch.setattr(type(a), "fetch", poisoned)
+    with pytest.raises(FloatingPointError, match=r"at step 0: the input batch holds NaN/inf in 1 item\(s\)"):
+        pretrain(a, _cfg(tmp_path / "run", "pclr"))

@@ -376,8 +376,19 @@ def _prepare_out(out: Path, config: "PretrainConfig", resuming: bool, device, wo
                                                    "patients": dataset.patients()}))
 
 
-def _nonfinite_message(loss, step: int) -> str:
-    return f"non-finite loss {loss.item()} at step {step}; lower the lr or check the data"
+def _nonfinite_message(loss, step: int, method, x) -> str:
+    """Why the loss of ``step`` is not finite: a non-finite input item, parameter or buffer (a queue: the
+    kernel's bank), or, when all of those are finite, the forward pass itself (embeddings that overflowed)."""
+    bad_items = []  # EHR payloads are NaN where an event has no value: only tensors are checked
+    if torch.is_tensor(x) and x.is_floating_point():
+        bad_items = torch.nonzero(~torch.isfinite(x.reshape(len(x), -1)).all(dim=1)).flatten().tolist()
+    if bad_items:
+        where = f"the input batch holds NaN/inf in {len(bad_items)} item(s) (batch rows {bad_items[:5]})"
+    else:
+        bad = _finite_state(method)
+        where = (f"{bad} holds NaN/inf" if bad is not None else
+                 "inputs, weights and queues are finite, so the forward pass overflowed (embeddings or logits)")
+    return f"non-finite loss {loss.item()} at step {step}: {where}; lower the lr or check the data"
 
 
 def pretrain(data, config: PretrainConfig) -> Path:
@@ -440,7 +451,7 @@ def pretrain(data, config: PretrainConfig) -> Path:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             loss = model(x, batch)
         if not torch.isfinite(loss):
-            raise FloatingPointError(_nonfinite_message(loss, step))
+            raise FloatingPointError(_nonfinite_message(loss, step, method, x))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip:
