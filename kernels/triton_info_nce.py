@@ -75,7 +75,10 @@ def _prune(configs, named_args, **kwargs):
       (64 spilled in every kernel at every D);
     - dq and dk also hold a [BLOCK_M, BLOCK_D] fp32 accumulator and several live score-sized
       tiles (s, p, dS): score + accumulator elements per thread at most 96, and BLOCK_N at
-      most 64 (a 64 x 128 tile spilled on 4 and on 8 warps at D = 64);
+      most 64 (a 64 x 128 tile spilled on 4 and on 8 warps at D = 64), and at least 8 score
+      elements per thread (32 x 32 on 8 warps was capped at 128 registers and spilled at
+      D = 256). Where nothing fits (dq/dk at D = 512) the last config, 32 x 32 on 8 warps,
+      runs: measured without spills there.
     - the resident operand tile within the earlier budget (BLOCK_M * BLOCK_D <= 128 * 128,
       64 * 256 past D = 128); fp32 inputs (``ieee`` dots on the CUDA cores) small tiles only.
     """
@@ -88,7 +91,7 @@ def _prune(configs, named_args, **kwargs):
         score, acc = bm * bn / threads, bm * block_d / threads
         if bm * block_d > budget or bn * block_d > 2 * budget or score > 32:
             return False
-        return kind == "fwd" or (score + acc <= 96 and bn <= 64)
+        return kind == "fwd" or (score + acc <= 96 and bn <= 64 and score >= 8)
 
     kept = [c for c in configs if fits(c)]
     q = named_args.get("Q")
