@@ -147,9 +147,9 @@ def select_split(index: pl.DataFrame, split: str | None) -> np.ndarray:
 
 def default_cache_root() -> Path:
     """``$TSCL_CACHE`` or ``~/.cache/tscl``: where sources keep their caches (never the data folder)."""
-    import os
+    from tscl.loaders.cache import cache_root
 
-    return Path(os.environ.get("TSCL_CACHE") or Path.home() / ".cache" / "tscl")
+    return cache_root()
 
 
 # ---- the dataset -------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from . import Dataset, default_cache_root, hash_split, register_source
+from . import Dataset, hash_split, register_source
 
 __all__ = ["WaveformDataset", "NORMALIZE"]
 
@@ -84,9 +84,13 @@ def zscore(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return (x - mean) / (std + eps)
 
 
-def _cache_dir(cache: Path | None, name: str, root: Path, **options) -> Path:
+def _cache_dir(cache: Path | None, name: str, root: Path, **options) -> Path | None:
+    """``None`` (the loader's own per-user folder, keyed by the sources' content) unless ``--cache`` names a
+    folder; there, one sub-folder per source, root and options."""
+    if cache is None:
+        return None
     key = hashlib.sha256(f"{root.resolve()}|{sorted(options.items())}".encode()).hexdigest()[:16]
-    return (cache or default_cache_root()) / f"{name}-{key}"
+    return Path(cache) / f"{name}-{key}"
 
 
 _COMMON = {"normalize": "none | zscore: per-channel standardisation of each item (default: none for ECG, "
@@ -169,7 +173,7 @@ def _edf(root: Path, *, cache=None, progress=True, epoch_s=30.0, normalize="zsco
     from functools import partial
 
     from tscl.loaders import edf_epochs
-    from tscl.loaders.cache import build_cache, fingerprint_files, open_fresh_cache, read_all
+    from tscl.loaders.cache import build_cache, default_cache_dir, fingerprint_files, open_fresh_cache, read_all
     from tscl.loaders.edf import EEG_1020
 
     files = sorted(root.rglob("*.edf"))
@@ -185,8 +189,9 @@ def _edf(root: Path, *, cache=None, progress=True, epoch_s=30.0, normalize="zsco
         extra = [c for c in table.columns if c not in ("file", "patient_id")]
         labels = {r["file"]: {c: _number(r[c]) for c in extra} for r in table.iter_rows(named=True)}
     chans = tuple(channels.split(",")) if isinstance(channels, str) else tuple(channels or EEG_1020)
-    cache_dir = _cache_dir(cache, "edf", root, epoch_s=epoch_s, channels=chans, on_error=on_error)
     fp = fingerprint_files(files + ([meta] if meta.exists() else []), extra=f"edf;{epoch_s};{chans};{on_error}")
+    cache_dir = _cache_dir(cache, "edf", root, epoch_s=epoch_s, channels=chans, on_error=on_error) or \
+        default_cache_dir("edf", fp)
     c = open_fresh_cache(cache_dir, fp)
     if c is None:
         report: dict = {"skipped": [], "records": []}
