@@ -391,11 +391,10 @@ def pooled(Y, preds: dict, groups, args, refs=("random-init",)) -> dict:
         boots[n] = bootstrap_macro_auroc(Y, P[None], groups, n_boot=args.bootstrap, seed=args.seed + 1)
         rows.append({"encoder": n, "auroc": float(macro_auroc(Y, P)), "ci_low": float(np.nanpercentile(boots[n], 2.5)),
                      "ci_high": float(np.nanpercentile(boots[n], 97.5))})
-    for ref in refs:
-        if ref not in preds:
-            continue
+    refs = [r for r in refs if r in preds]
+    for i, ref in enumerate(refs):
         for n in preds:
-            if n != ref:
+            if n != ref and n not in refs[:i]:  # each pair once
                 d = boots[n] - boots[ref]
                 comps.append({"encoder": n, "reference": ref, "delta": rows[list(preds).index(n)]["auroc"] -
                               rows[list(preds).index(ref)]["auroc"], "ci_low": float(np.nanpercentile(d, 2.5)),
