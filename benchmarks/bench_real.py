@@ -551,7 +551,9 @@ def header(args, results: dict, command: str) -> list[str]:
     env, code = results["environment"], results["code"]
     dirty = f"; uncommitted changes: {', '.join(code['uncommitted'])}" if code["uncommitted"] else ""
     return [f"Command: `{command}`", "",
-            f"Measured wall time: {results['wall_s'] / 60:.1f} min on {env.get('gpu', env['device'])} "
+            f"Measured wall time: {results['wall_s'] / 60:.1f} min ({results['cpu_s'] / 60:.1f} CPU-min of this process; "
+            f"load average at the end {results['load_average_at_end'][1]:.1f} on a machine shared with other work) "
+            f"on {env.get('gpu', env['device'])} "
             f"(torch {env['torch']}, {env['cpu_capability']} CPU kernels, {env['threads']} threads); "
             f"code at commit {code['commit']}{dirty}.", ""]
 
@@ -639,6 +641,11 @@ def main(argv=None) -> int:
         rec, tag = bench_eegmat(args, out), "eegmat"
     results.update(rec)
     results["wall_s"] = time.time() - t0
+    import resource
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    results["cpu_s"] = ru.ru_utime + ru.ru_stime  # the machine is shared: CPU seconds say what the run itself cost
+    import os
+    results["load_average_at_end"] = os.getloadavg()
     results["code_at_end"] = code_state()
     md = header(args, results, command) + [f"- {n}" for n in rec["notes"]] + [""]
     if tag == "ptbxl":
