@@ -118,6 +118,18 @@ def test_meds_example_source():
     assert len(train) == 4 and train.in_channels == ds.in_channels  # one vocabulary whatever the split
 
 
+def test_meds_cache_is_keyed_by_content(tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(MEDS, copy)
+    a = open_dataset("meds", MEDS, cache=tmp_path / "c")
+    b = open_dataset("meds", copy, cache=tmp_path / "c")  # moved/copied data: the same cache folder
+    assert a.fingerprint == b.fingerprint and len(list((tmp_path / "c" / "meds").glob("items-*"))) == 1
+    c = open_dataset("meds", copy, cache=tmp_path / "c", max_len=4)  # other options: another folder
+    assert c.fingerprint != a.fingerprint and c.lengths().max() == 4
+
+
 def test_windows_option_cuts_long_histories(cache):
     day = open_dataset("mimic-iv", MIMIC, cache=cache, window="1d", max_len=32)
     assert len(day) > 275 and day.info["window"] == "1d"

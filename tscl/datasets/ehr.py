@@ -53,7 +53,6 @@ admission probe (in-hospital mortality, long stay, readmission at admission + 24
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -395,9 +394,8 @@ def _options(window, max_len, min_count, on_empty, admission_prefix) -> dict:
 def _meds(root: Path, *, cache=None, progress=True, window="30d", max_len=256, min_count=1, on_empty="raise",
           admission_prefix="HOSPITAL_ADMISSION//"):
     _meds_files(root)  # a clear error before any cache folder is made
-    base = Path(cache) if cache else default_cache_root()
-    key = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:16]
-    return open_meds_items(root, base / "meds" / key, progress=progress,
+    base = Path(cache) if cache else default_cache_root()  # items-<content fingerprint>: a moved copy reuses it
+    return open_meds_items(root, base / "meds", progress=progress,
                            **_options(window, max_len, min_count, on_empty, admission_prefix))
 
 
