@@ -77,15 +77,15 @@ class ResNet2d(nn.Module):
 
 
 @register_encoder("resnet2d18")
-def resnet2d18(in_channels: int, **kwargs) -> ResNet2d:
-    """ResNet-18: basic blocks (2, 2, 2, 2), 512-d. See :class:`ResNet2d`."""
-    return ResNet2d(in_channels, (2, 2, 2, 2), 1, **kwargs)
+def resnet2d18(in_channels: int, width: float = 1.0, small_input: bool = False) -> ResNet2d:
+    """ResNet-18: basic blocks (2, 2, 2, 2), 512-d (x width). See :class:`ResNet2d`."""
+    return ResNet2d(in_channels, (2, 2, 2, 2), 1, width=width, small_input=small_input)
 
 
 @register_encoder("resnet2d50")
-def resnet2d50(in_channels: int, **kwargs) -> ResNet2d:
-    """ResNet-50: bottleneck blocks (3, 4, 6, 3), 2048-d. See :class:`ResNet2d`."""
-    return ResNet2d(in_channels, (3, 4, 6, 3), 4, **kwargs)
+def resnet2d50(in_channels: int, width: float = 1.0, small_input: bool = False) -> ResNet2d:
+    """ResNet-50: bottleneck blocks (3, 4, 6, 3), 2048-d (x width). See :class:`ResNet2d`."""
+    return ResNet2d(in_channels, (3, 4, 6, 3), 4, width=width, small_input=small_input)
 
 
 def sincos_2d(h: int, w: int, dim: int, device=None) -> Tensor:

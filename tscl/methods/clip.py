@@ -92,7 +92,7 @@ class CLIP(Method):
     modalities = ("waveform", "image", "ehr")
     augment_names = ("augment",)
 
-    def __init__(self, encoder: nn.Module, columns="lab_*", log=(), b_channels: int | None = None,
+    def __init__(self, encoder: nn.Module, columns: str = "lab_*", log: str = "", b_channels: int | None = None,
                  b_encoder: str = "tabular", b_encoder_kwargs: dict | None = None, proj_dim: int = 128,
                  temperature: float = 0.07, learn_temperature: bool = True, max_logit_scale: float = 100.0,
                  batch_size: int = 64, positives: str = "pair", augment=None):
