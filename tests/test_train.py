@@ -234,7 +234,7 @@ def test_torchrun_two_processes_cpu(cohort, tmp_path):
     data, _ = cohort
     run = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "tscl",
-           "pretrain", "--data", str(data), "--out", str(run), "--epochs", "2", "--encoder", "cnn1d",
+           "pretrain", "--data", str(data), "--split", "all", "--out", str(run), "--epochs", "2", "--encoder", "cnn1d",
            "--encoder-kwargs", "widths=[8,16]", "--method-kwargs", "patients_per_batch=2", "--device", "cpu",
            "--ckpt-every", "2", "--quiet"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -1,68 +1,63 @@
 """Pretraining loop: one config per run, saved beside the weights; one process or torchrun's W.
 
-``pretrain(cache, config)`` trains ``config.method`` with ``config.encoder`` on a
-:class:`~tscl.loaders.WaveformCache` and writes to ``config.out_dir``:
+``pretrain(dataset, config)`` trains ``config.method`` with ``config.encoder`` on a
+:class:`~tscl.datasets.Dataset` of any modality (or a ``WaveformCache``) and writes to
+``config.out_dir``:
 
-- ``config.json``   the full :class:`PretrainConfig` (re-run the folder from it);
+- ``config.json``   the full :class:`PretrainConfig`, the data source included (``tscl pretrain
+  --config`` re-makes the run from it);
+- ``patients.json`` the patients pretraining saw, so probes refuse a test side that shares one;
 - ``environment.json`` one entry per start (fresh or resumed): versions, device, CPU vector
   ISA and threads. The same seed gives bit-identical runs only on the same kind of machine:
   PyTorch's CPU kernels differ between AVX2 and AVX-512, and the rounding differences grow
   over training;
 - ``metrics.jsonl`` one JSON line per step (loss, lr, samples/s, data_wait_frac) and per epoch;
-- ``checkpoint.safetensors``  everything needed to continue (``resume=True``), see below;
+- ``checkpoint.safetensors``  everything needed to continue (``resume=True``, see
+  :mod:`tscl.checkpoint`): written every ``ckpt_every`` steps and at the end;
 - ``encoder.safetensors`` / ``method.safetensors``  weights (no pickle on load);
 - ``loss.png``      the loss curve; ``tb/`` TensorBoard events when tensorboard is installed.
 
-Step: rows gathered from the memmap by a background thread (pinned memory on CUDA, copied
-with ``non_blocking``), bf16 autocast on CUDA (fp32 on CPU), backward, gradient clipping,
-AdamW, linear warm-up + cosine LR, the method's ``after_step`` (EMA encoders, queues).
-``data_wait_frac`` is the share of the step spent waiting for that thread.
+Step (:func:`pretrain`'s ``train_step``): a batch fetched by a background thread
+(:mod:`tscl.prefetch`; pinned memory on CUDA, copied with ``non_blocking``), bf16 autocast on
+CUDA (fp32 on CPU), backward, gradient clipping, AdamW, linear warm-up + cosine LR, the
+method's ``after_step`` (EMA encoders, queues). ``data_wait_frac`` is the share of the step
+spent waiting for that thread. A non-finite loss stops the run at its step, naming the cause.
 
 Data parallel: under ``torchrun`` every rank joins the process group (:mod:`tscl.distributed`),
 the method is wrapped in DistributedDataParallel (BatchNorm → SyncBatchNorm on CUDA), each
 rank gets its own rows of every global batch (disjoint patients for the patient sampler,
 :class:`~tscl.samplers.RankBatches` for other samplers), and augmentation generators are
 seeded per rank. Methods gather embeddings across ranks, so the loss is the global-batch loss.
-
-Checkpoint: ``checkpoint.safetensors`` holds the method's state_dict (queues and EMA encoders
-included) and the optimizer's tensors; its metadata holds, as JSON, the step, the optimizer's
-param groups, the LR scheduler and every rank's random states (python, numpy, torch, CUDA,
-augmentation generators). The sampler position is the step (epoch, step within epoch). It is
-written to a temporary name then renamed, every ``ckpt_every`` steps and at the end; loading
-it unpickles nothing. ``resume=True`` continues from it step for step.
 """
 from __future__ import annotations
 
 import itertools
 import json
 import math
-import os
-import queue
 import random
-import threading
 import time
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from tscl import distributed
-from tscl.datasets import payload_len, pin_payload, to_device
+from tscl.checkpoint import (CHECKPOINT, check_identity, environment, load_checkpoint, nonfinite_state,
+                             record_environment, rng_state, run_identity, save_checkpoint, set_rng_state)
+from tscl.datasets import payload_len, to_device
 from tscl.encoders import build_encoder
 from tscl.encoders.resnet1d import CPU_WIDTH
 from tscl.methods import build_method
+from tscl.prefetch import Prefetcher
 from tscl.samplers import RankBatches, encode_ids
 
+# environment, save_checkpoint, load_checkpoint and CHECKPOINT live in tscl.checkpoint; re-exported here
 __all__ = ["PretrainConfig", "pretrain", "load_encoder", "load_config", "seed_everything", "cosine_with_warmup",
-           "save_checkpoint", "load_checkpoint", "CHECKPOINT"]
-
-CHECKPOINT = "checkpoint.safetensors"
+           "save_checkpoint", "load_checkpoint", "CHECKPOINT", "environment"]
 
 
 @dataclass
@@ -116,161 +111,6 @@ def cosine_with_warmup(total_steps: int, warmup_steps: int):
     return factor
 
 
-class Prefetcher:
-    """Batches ``(payload, {name: [B]})`` fetched from a dataset in a background thread, ``depth`` ahead.
-
-    ``payload`` is whatever ``dataset.fetch(rows)`` returns for its modality (a waveform tensor,
-    EHR :class:`~tscl.datasets.Events`, images); ``wait`` is how long the last ``next`` blocked."""
-
-    def __init__(self, batches, fetch, columns: dict, pin: bool, depth: int = 2):
-        self.fetch, self.columns, self.pin = fetch, columns, pin
-        self.queue: queue.Queue = queue.Queue(max(1, depth))
-        self.stop, self.wait = threading.Event(), 0.0
-        self.thread = threading.Thread(target=self._fill, args=(batches,), daemon=True)
-        self.thread.start()
-
-    def _load(self, rows):
-        rows = np.asarray(rows)
-        x = self.fetch(rows)
-        batch = {name: col[rows] for name, col in self.columns.items()}
-        if self.pin:
-            x, batch = pin_payload(x), {k: v.pin_memory() for k, v in batch.items()}
-        return x, batch
-
-    def _put(self, item) -> bool:
-        while not self.stop.is_set():
-            try:
-                self.queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                pass
-        return False
-
-    def _fill(self, batches):
-        try:
-            for rows in batches:
-                if not self._put(self._load(rows)):
-                    return
-            self._put(None)
-        except BaseException as err:  # handed to the training thread
-            self._put(err)
-
-    def __iter__(self):
-        while True:
-            t0 = time.perf_counter()
-            item = self.queue.get()
-            self.wait = time.perf_counter() - t0
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join()
-
-
-def _rng_state(method, device) -> dict:
-    """This process's random states as JSON-able lists (python, numpy, torch, CUDA, the method's own)."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    state = {
-        "python": [py_state[0], list(py_state[1]), py_state[2]],
-        "numpy": [np_state[0], np_state[1].tolist(), *map(float, np_state[2:])],
-        "torch": torch.get_rng_state().tolist(),
-        "method": method.rng_state(device),
-    }
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device).tolist()
-    return state
-
-
-def _set_rng_state(state: dict, method, device) -> None:
-    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), int(pos), int(has_gauss), cached))
-    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-    method.set_rng_state(state["method"], device)
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8), device)
-
-
-# what a run is: a checkpoint resumes only into the same identity
-_NOT_IDENTITY = ("out_dir", "resume", "device", "progress", "ckpt_every", "max_steps", "prefetch", "compile")
-
-
-def run_identity(config: "PretrainConfig", data_fingerprint: str) -> dict:
-    """Method, encoder, a digest of every option that changes the computation, and the data's fingerprint."""
-    import hashlib
-
-    options = {k: v for k, v in asdict(config).items() if k not in _NOT_IDENTITY}
-    digest = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return {"method": config.method, "encoder": config.encoder, "config_digest": digest, "data": data_fingerprint}
-
-
-def check_identity(path: Path, saved: dict | None, current: dict) -> None:
-    """Refuse to resume ``path`` into another run, naming what differs on both sides."""
-    if saved is None:
-        raise ValueError(f"{path} records no run identity (written by an older tscl); start a new run or "
-                         "--overwrite this one")
-    diff = [f"{k}: checkpoint {saved.get(k)!r}, this run {current[k]!r}" for k in current if saved.get(k) != current[k]]
-    if diff:
-        raise ValueError(f"{path} belongs to another run ({'; '.join(diff)}); resume it with its own config "
-                         "(tscl pretrain --resume RUN_DIR) or start a new run with --overwrite")
-
-
-def _finite_state(module) -> str | None:
-    """The first non-finite parameter or buffer of ``module`` (its name), or None."""
-    for name, t in itertools.chain(module.named_parameters(), module.named_buffers()):
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            return name
-    return None
-
-
-def save_checkpoint(path: Path, method, opt, sched, step: int, rng_states: list[dict], identity: dict | None = None) -> None:
-    """Write the training state to ``path`` atomically (temporary name, then ``os.replace``).
-
-    Refuses (``FloatingPointError`` naming the step and tensor) to write non-finite weights: the
-    previous checkpoint stays the one to resume from."""
-    bad = _finite_state(method)
-    if bad is not None:
-        raise FloatingPointError(f"step {step}: {bad} holds NaN/inf; the checkpoint was not written (the last "
-                                 f"finite one in {path} is kept); lower the lr or check the data")
-    tensors = {f"model.{k}": v for k, v in method.state_dict().items()}
-    opt_state = opt.state_dict()
-    extra = defaultdict(dict)
-    for i, state in opt_state["state"].items():
-        for name, v in state.items():
-            if torch.is_tensor(v):
-                tensors[f"optim.{i}.{name}"] = v
-            else:
-                extra[i][name] = v
-    meta = {"step": step, "world_size": len(rng_states), "param_groups": opt_state["param_groups"],
-            "optim_extra": extra, "scheduler": sched.state_dict(), "rng": rng_states, "identity": identity}
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}, tmp,
-              metadata={"tscl": json.dumps(meta)})
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path, method, opt=None, sched=None) -> dict:
-    """Load weights (and optimizer/scheduler when given) from ``path``; returns its metadata."""
-    with safe_open(path, framework="pt", device="cpu") as f:
-        meta = json.loads(f.metadata()["tscl"])
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    method.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-    if opt is not None:
-        state = defaultdict(dict, {int(i): dict(s) for i, s in meta["optim_extra"].items()})
-        for k, v in tensors.items():
-            if k.startswith("optim."):
-                _, i, name = k.split(".", 2)
-                state[int(i)][name] = v
-        opt.load_state_dict({"state": dict(state), "param_groups": meta["param_groups"]})
-    if sched is not None:
-        sched.load_state_dict(meta["scheduler"])
-    return meta
-
-
 def _restart_metrics(path: Path, start: int, steps_per_epoch: int) -> list[dict]:
     """Rewrite ``path`` keeping the lines of the steps before ``start`` and of the epochs finished
     by then (a killed run may have logged past its last checkpoint); returns the kept lines."""
@@ -284,32 +124,6 @@ def _restart_metrics(path: Path, start: int, steps_per_epoch: int) -> list[dict]
     kept = [r for r in lines if (r["step"] < start if "step" in r else (r["epoch"] + 1) * steps_per_epoch <= start)]
     path.write_text("".join(json.dumps(r) + "\n" for r in kept))
     return kept
-
-
-def environment(device: torch.device, world: int = 1) -> dict:
-    """What decides the numbers of a run besides its config: versions, device, CPU ISA, threads."""
-    import platform
-
-    import tscl
-
-    try:
-        import triton
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
-    env = {"tscl": tscl.__version__, "torch": torch.__version__, "triton": triton_version,
-           "python": platform.python_version(), "device": str(device), "world_size": world,
-           "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
-           "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
-    return env
-
-
-def _record_environment(path: Path, device: torch.device, world: int, resumed: bool) -> None:
-    entries = json.loads(path.read_text()) if resumed and path.exists() else []
-    entries.append({**environment(device, world), "resumed": resumed})
-    path.write_text(json.dumps(entries, indent=2))
 
 
 def as_dataset(data):
@@ -370,7 +184,7 @@ class _Log:
 def _prepare_out(out: Path, config: "PretrainConfig", resuming: bool, device, world: int, dataset) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
-    _record_environment(out / "environment.json", device, world, resumed=resuming)
+    record_environment(out / "environment.json", device, world, resumed=resuming)
     # who pretraining saw: probes refuse a test side that shares a patient with it
     (out / "patients.json").write_text(json.dumps({"split": config.dataset.get("split", "all"),
                                                    "patients": dataset.patients()}))
@@ -385,7 +199,7 @@ def _nonfinite_message(loss, step: int, method, x) -> str:
     if bad_items:
         where = f"the input batch holds NaN/inf in {len(bad_items)} item(s) (batch rows {bad_items[:5]})"
     else:
-        bad = _finite_state(method)
+        bad = nonfinite_state(method)
         where = (f"{bad} holds NaN/inf" if bad is not None else
                  "inputs, weights and queues are finite, so the forward pass overflowed (embeddings or logits)")
     return f"non-finite loss {loss.item()} at step {step}: {where}; lower the lr or check the data"
@@ -443,7 +257,7 @@ def pretrain(data, config: PretrainConfig) -> Path:
         if meta["world_size"] != world:
             raise ValueError(f"{out / CHECKPOINT} was written by {meta['world_size']} rank(s); resume it with as many")
         step = meta["step"]
-        _set_rng_state(meta["rng"][rank], method, device)
+        set_rng_state(meta["rng"][rank], method, device)
 
     use_amp = config.amp and device.type == "cuda"
 
@@ -462,7 +276,7 @@ def pretrain(data, config: PretrainConfig) -> Path:
         return loss.item()
 
     def checkpoint() -> None:
-        states = [_rng_state(method, device)] * world
+        states = [rng_state(method, device)] * world
         if world > 1:
             distributed.check_ranks(f"the checkpoint of step {step}")  # a frozen rank is named, not waited on
             dist.all_gather_object(states, states[rank])
@@ -473,37 +287,27 @@ def pretrain(data, config: PretrainConfig) -> Path:
     log = _Log(out, step, steps_per_epoch, main)
     bar = tqdm(total=stop, initial=step, desc=f"pretrain {config.method}/{config.encoder}",
                disable=not config.progress or not main)
+    loader = Prefetcher(_schedule(sampler, step, steps_per_epoch, stop), dataset.fetch, columns,
+                        pin=device.type == "cuda", depth=config.prefetch)
     method.train()
+    t_prev = time.perf_counter()
     try:
-        for epoch in range(step // steps_per_epoch, config.epochs):
-            if step >= stop:
-                break
-            sampler.set_epoch(epoch)
-            skip = step - epoch * steps_per_epoch  # sampler position when resuming mid-epoch
-            loader = Prefetcher(itertools.islice(iter(sampler), skip, None), dataset.fetch, columns,
-                                pin=device.type == "cuda", depth=config.prefetch)
-            t_prev = time.perf_counter()
-            try:
-                for x, batch in loader:
-                    x = to_device(x, device, non_blocking=True)
-                    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                    value = train_step(x, batch)
-                    now = time.perf_counter()
-                    dt, t_prev = now - t_prev, now
-                    log.step({"step": step, "epoch": epoch, "loss": value, "lr": sched.get_last_lr()[0],
-                              "samples_per_s": payload_len(x) * world / dt, "data_wait_frac": min(1.0, loader.wait / dt)})
-                    step += 1
-                    bar.set_postfix(loss=f"{value:.3f}")
-                    bar.update()
-                    if step == stop or (config.ckpt_every and step % config.ckpt_every == 0):
-                        checkpoint()
-                    if step >= stop:
-                        break
-            finally:
-                loader.close()
-            if step == (epoch + 1) * steps_per_epoch:
-                log.epoch(epoch, epoch * steps_per_epoch, step)
+        for epoch, x, batch in loader:
+            value = train_step(to_device(x, device, non_blocking=True),
+                               {k: v.to(device, non_blocking=True) for k, v in batch.items()})
+            now = time.perf_counter()
+            dt, t_prev = now - t_prev, now
+            log.step({"step": step, "epoch": epoch, "loss": value, "lr": sched.get_last_lr()[0],
+                      "samples_per_s": payload_len(x) * world / dt, "data_wait_frac": min(1.0, loader.wait / dt)})
+            step += 1
+            bar.set_postfix(loss=f"{value:.3f}")
+            bar.update()
+            if step == stop or (config.ckpt_every and step % config.ckpt_every == 0):
+                checkpoint()
+            if step % steps_per_epoch == 0:
+                log.epoch(epoch, step - steps_per_epoch, step)
     finally:
+        loader.close()
         bar.close()
         log.close()
     if main:
@@ -512,8 +316,18 @@ def pretrain(data, config: PretrainConfig) -> Path:
     return out
 
 
+def _schedule(sampler, step: int, steps_per_epoch: int, stop: int):
+    """``(epoch, rows)`` for steps ``step .. stop - 1``: each epoch's sampler order (``set_epoch``), entered
+    mid-epoch when resuming (the sampler position is the step)."""
+    for epoch in range(step // steps_per_epoch, -(-stop // steps_per_epoch)):
+        sampler.set_epoch(epoch)
+        first = epoch * steps_per_epoch
+        for rows in itertools.islice(iter(sampler), max(0, step - first), stop - first):
+            yield epoch, rows
+
+
 def _save_weights(out: Path, method, losses, config) -> None:
-    bad = _finite_state(method)
+    bad = nonfinite_state(method)
     if bad is not None:
         raise FloatingPointError(f"{bad} holds NaN/inf at the end of training; no weights were written")
     save_file({k: v.detach().cpu().clone().contiguous() for k, v in method.encoder.state_dict().items()},

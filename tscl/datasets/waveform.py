@@ -172,7 +172,6 @@ def _edf(root: Path, *, cache=None, progress=True, epoch_s=30.0, normalize="zsco
          channels=None):
     from functools import partial
 
-    from tscl.loaders import edf_epochs
     from tscl.loaders.cache import build_cache, default_cache_dir, fingerprint_files, open_fresh_cache, read_all
     from tscl.loaders.edf import EEG_1020
 

@@ -18,7 +18,6 @@ recordings per patient the anchor averages over its same-patient recordings (Sup
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from tscl.augment import build_augment

@@ -14,7 +14,6 @@ In kernel terms: q = k = z, ids = recording index (repeated for the two views), 
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from tscl.augment import EHR_AUGMENT, build_augment
