@@ -117,8 +117,8 @@ class CLIP(Method):
         device = next(self.encoder.parameters()).device
         self.tower_b = build_encoder(self.b_encoder, n_features, **self.b_encoder_kwargs).to(device)
         self.proj_b = nn.Linear(self.tower_b.embed_dim, self.proj_dim, bias=False).to(device)
-        self.register_buffer("b_mean", torch.zeros(n_features, dtype=torch.float64, device=device))
-        self.register_buffer("b_std", torch.ones(n_features, dtype=torch.float64, device=device))
+        self.register_buffer("b_mean", torch.zeros(n_features, device=device))  # float32: every device has it
+        self.register_buffer("b_std", torch.ones(n_features, device=device))
 
     @property
     def b_channels(self) -> int | None:
@@ -139,8 +139,8 @@ class CLIP(Method):
             mean, std = np.nanmean(table, axis=0), np.nanstd(table, axis=0)
         mean = np.where(np.isfinite(mean), mean, 0.0)
         std = np.where(np.isfinite(std) & (std > 1e-12), std, 1.0)
-        self.b_mean.copy_(torch.from_numpy(mean))
-        self.b_std.copy_(torch.from_numpy(std))
+        self.b_mean.copy_(torch.from_numpy(mean.astype(np.float32)))
+        self.b_std.copy_(torch.from_numpy(std.astype(np.float32)))
         self.b_columns = cols
 
     def tabular_inputs(self, index) -> Tensor:
@@ -153,7 +153,7 @@ class CLIP(Method):
         if len(cols) != self.b_channels:
             raise ValueError(f"CLIP tower B takes {self.b_channels} features; this index gives {len(cols)} ({cols})")
         table = torch.from_numpy(tabular_table(index, cols, self.log))
-        return ((table - self.b_mean.cpu()) / self.b_std.cpu()).float()
+        return ((table - self.b_mean.cpu().double()) / self.b_std.cpu().double()).float()
 
     # ---- the method protocol ---------------------------------------------------------------------------
     def make_sampler(self, index, seed: int = 0) -> RecordBatchSampler:
