@@ -175,3 +175,35 @@ def test_runs_are_never_overwritten_silently_and_remake_from_config(outside):
     a = json.loads((outside / "run" / "config.json").read_text())
     b = json.loads((outside / "again" / "config.json").read_text())
     assert {k: v for k, v in a.items() if k != "out_dir"} == {k: v for k, v in b.items() if k != "out_dir"}
+
+
+EHR_TINY = ["--encoder", "ehr_sequence", "--encoder-kwargs", "dim=16,depth=1,heads=2,max_len=64", "--epochs", "1",
+            "--quiet"]
+
+
+@needs_data
+def test_mimic_iv_ehr_pretraining_and_the_admission_probe(outside):
+    root = DATA / "meds_demo" / "mimic-iv-clinical-database-demo-2.2"
+    tscl("pretrain", "--dataset", "mimic-iv", "--root", root, "--dataset-kwargs", "max_len=64", "--method", "pclr",
+         "--method-kwargs", "patients_per_batch=16", *EHR_TINY, "--out", "run", cwd=outside)
+    cfg = json.loads((outside / "run" / "config.json").read_text())
+    assert cfg["data_info"]["modality"] == "ehr" and cfg["dataset"]["split"] == "train"
+    tscl("embed", "--run", "run", "--out", "run.npz", "--quiet", cwd=outside)
+    tscl("mimic-probe", "--root", root, "--run", "run", "--labels", "long_stay", "--bootstrap", "50", "--out", "probe",
+         "--quiet", cwd=outside)
+    report = json.loads((outside / "probe" / "mimic_probe.json").read_text())
+    rows = report["labels"]["long_stay"]["rows"]
+    assert {r["encoder"] for r in rows} >= {"random-init", "tabular"} and len(rows) == 3
+    assert all(r["ci_low"] <= r["auroc"] <= r["ci_high"] for r in rows)
+
+
+@needs_data
+def test_meds_ehr_pretraining(outside):
+    root = DATA / "meds_demo" / "meds_example"
+    tscl("pretrain", "--dataset", "meds", "--root", root, "--split", "all", "--method", "simclr", "--method-kwargs",
+         "batch_size=8", *EHR_TINY, "--out", "run", cwd=outside)
+    tscl("embed", "--run", "run", "--out", "run.npz", "--quiet", cwd=outside)
+    import numpy as np
+
+    z = np.load(outside / "run.npz")
+    assert z["features"].shape == (len(z["record_id"]), 16) and np.isfinite(z["features"]).all()
