@@ -27,7 +27,7 @@ KWARGS = {
     "pmq": {"augment": "none", "queue_size": 32, "momentum": 0.9},
     "polywindow": {"augment": "none", "n_windows": 4, "window_len": 32, "stride": 32},
     "clocs-cmsc": {}, "clocs-cmlc": {"leads": [0, 1]}, "clocs-cmsmlc": {"leads": [0, 1]},
-    "comet": {"augment": "none"},
+    "comet": {"augment": "none"}, "clip": {"b_channels": 3},
 }
 assert set(KWARGS) == set(METHODS), "every method is checked under DDP"
 
@@ -39,7 +39,8 @@ def _method(name):
 
 def _batch(rows=slice(None)):
     x = torch.randn(N, C, T, generator=torch.Generator().manual_seed(1))
-    batch = {"patient_ids": PIDS, "record_ids": torch.arange(N) + 100, "labels": PIDS % 2}
+    batch = {"patient_ids": PIDS, "record_ids": torch.arange(N) + 100, "labels": PIDS % 2,
+             "tabular": torch.randn(N, 3, generator=torch.Generator().manual_seed(2))}
     return x[rows], {k: v[rows] for k, v in batch.items()}
 
 

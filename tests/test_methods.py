@@ -37,7 +37,7 @@ def make_batch():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(N, C, T, generator=g)
     return x, {"patient_ids": PIDS.clone(), "record_ids": torch.arange(N) + 100,
-               "labels": torch.tensor([0, 1, 0, 1, 1, 1, 0, 2])}
+               "labels": torch.tensor([0, 1, 0, 1, 1, 1, 0, 2]), "tabular": torch.randn(N, 3, generator=g)}
 
 
 class Spy:
@@ -451,6 +451,8 @@ def test_loss_decreases_on_a_fixed_batch(name):
         kw.update(momentum=0.99, queue_size=64)
     if name in ("clocs-cmlc", "clocs-cmsmlc"):
         kw["leads"] = [1, 7, 9]
+    if name == "clip":
+        kw["b_channels"] = 3
     m = build_method(name, enc(), **kw)
 
     def evaluate():
