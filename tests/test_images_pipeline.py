@@ -223,8 +223,7 @@ def test_cli_pretrains_on_images(films, tmp_path):
     assert cfg["data_info"]["modality"] == "image" and load_encoder(out).in_channels == 1
 
 
-@pytest.mark.xfail(reason="tscl.cli._check_augment parses --augment as a waveform spec whatever the dataset's modality")
-def test_cli_takes_an_image_augment_spec(films, tmp_path):
+def test_cli_takes_an_image_augment_spec_and_refuses_a_waveform_one(films, tmp_path, capsys):
     from tscl.cli import main
 
     out = tmp_path / "cli"
@@ -233,3 +232,22 @@ def test_cli_takes_an_image_augment_spec(films, tmp_path):
                  "--method-kwargs", "batch_size=8,proj_dim=16", "--augment", "rrc:scale=0.6,flip,blur:p=0.3",
                  "--epochs", "1", "--quiet"]) == 0
     assert json.loads((out / "config.json").read_text())["method_kwargs"]["augment"] == "rrc:scale=0.6,flip,blur:p=0.3"
+    code = main(["pretrain", "--dataset", "images", "--root", str(films), "--out", str(tmp_path / "bad"), "--method",
+                 "simclr", "--encoder", "resnet2d18", "--augment", "noise:snr=20,wander", "--quiet"])
+    assert code == 2 and "holds waveform ops; this dataset is image data" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_pclr_on_images_keeps_an_explicit_no_augmentation(films):
+    from tscl.datasets import open_dataset
+    from tscl.encoders import build_encoder
+    from tscl.methods import build_method
+
+    enc = build_encoder("resnet2d18", 1, width=0.0625, small_input=True)
+    chosen = build_method("pclr", enc, augment="none")
+    chosen.set_modality("image")
+    assert not chosen.augment  # "none" stays none
+    default = build_method("pclr", enc)
+    default.set_modality("image")
+    assert default.augment and default.augment.modality == "image"  # MICLe's default image ops
+    assert open_dataset("images", films).modality == "image"

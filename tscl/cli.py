@@ -123,17 +123,21 @@ def _encoder_kwargs(args) -> dict:
     return _kwargs(args.encoder_kwargs, "--encoder-kwargs")
 
 
-def _check_augment(spec: str | None) -> None:
+def _check_augment(spec: str | None, modality: str = "waveform") -> None:
     import inspect
 
     from tscl.augment import OPS_BY_MODALITY, build_augment
+    from tscl.augment_image import spec_modality
 
     if spec is None:
         return
     try:
-        aug = build_augment(spec)
+        aug = build_augment(spec, modality=spec_modality(spec, default=modality))
     except ValueError as err:
         raise UsageError(f"--augment: {err}") from None
+    if aug.ops and aug.modality != modality:
+        raise UsageError(f"--augment {spec!r} holds {aug.modality} ops; this dataset is {modality} data "
+                         f"(its ops: {', '.join(sorted(OPS_BY_MODALITY[modality]))})")
     table = OPS_BY_MODALITY[aug.modality]
     for name, kw in aug.ops:
         params = inspect.signature(table[name]).parameters
@@ -145,7 +149,8 @@ def _check_augment(spec: str | None) -> None:
                 raise UsageError(f"--augment: {name}:{key}={value!r} must be a number >= 0")
 
 
-def _validate_training(method: str, encoder: str, encoder_kwargs: dict, method_kwargs: dict, augment=None) -> None:
+def _validate_training(method: str, encoder: str, encoder_kwargs: dict, method_kwargs: dict, augment=None,
+                       modality: str = "waveform") -> None:
     """Every name and keyword checked before any data loads."""
     from tscl.encoders import ENCODERS, list_encoders
     from tscl.methods import METHODS
@@ -156,7 +161,10 @@ def _validate_training(method: str, encoder: str, encoder_kwargs: dict, method_k
         raise UsageError(f"--encoder: unknown encoder {encoder!r}; choose from {', '.join(list_encoders())}")
     _check_kwargs(ENCODERS[encoder], encoder_kwargs, f"encoder {encoder}", "--encoder-kwargs", skip=("in_channels",))
     _check_kwargs(METHODS[method], method_kwargs, f"method {method}", "--method-kwargs", skip=("encoder",))
-    _check_augment(augment)
+    _check_augment(augment, modality)
+    if modality not in getattr(METHODS[method], "func", METHODS[method]).modalities:
+        cls = getattr(METHODS[method], "func", METHODS[method])
+        raise UsageError(f"--method {method} trains on {', '.join(cls.modalities)} data; this dataset is {modality}")
 
 
 def _dataset_spec(args, split: str | None) -> dict:
@@ -235,8 +243,9 @@ def cmd_pretrain(args) -> Path:
         method_kwargs = {**_kwargs(args.method_kwargs, "--method-kwargs"),
                          **({"augment": args.augment} if args.augment else {})}
         encoder_kwargs = _encoder_kwargs(args)
-        _validate_training(args.method, args.encoder, encoder_kwargs, method_kwargs, args.augment)
         spec = _dataset_spec(args, None)
+        _validate_training(args.method, args.encoder, encoder_kwargs, method_kwargs, args.augment,
+                           get_source(spec["dataset"]).modality)
         split = args.split or get_source(spec["dataset"]).default_split
         spec["split"] = split
         _run_folder(Path(args.out), args.overwrite)
@@ -245,7 +254,8 @@ def cmd_pretrain(args) -> Path:
                              device=args.device, progress=not args.quiet, compile=args.compile, dataset=spec)
     if args.ckpt_every is not None:
         cfg = replace(cfg, ckpt_every=args.ckpt_every)
-    _validate_training(cfg.method, cfg.encoder, cfg.encoder_kwargs, cfg.method_kwargs)
+    _validate_training(cfg.method, cfg.encoder, cfg.encoder_kwargs, cfg.method_kwargs,
+                       modality=get_source(cfg.dataset["dataset"]).modality)
     init_distributed(cfg.device)  # under torchrun: join the other ranks before touching the cache
     with rank_zero_first():
         data = _open(cfg.dataset, progress=not args.quiet)
@@ -281,12 +291,12 @@ def cmd_embed(args) -> Path:
         raise UsageError(f"--run {run}: not a tscl run folder (config.json missing)")
     data = _open(_run_dataset_spec(args, run, args.split), progress=not args.quiet)
     if args.tower:
-        from tscl.methods.clip import load_tower
-
-        encoder = load_tower(run, args.tower, random_init=args.random_init, seed=args.seed)
+        if args.random_init:
+            raise UsageError("--tower embeds a trained clip tower; --random-init applies to the run's encoder only")
+        feats = _embed_tower(run, args.tower, data, progress=not args.quiet)
     else:
-        encoder = load_encoder(run, random_init=args.random_init, seed=args.seed)
-    feats = embed_dataset(encoder, data, progress=not args.quiet)
+        feats = embed_dataset(load_encoder(run, random_init=args.random_init, seed=args.seed), data,
+                              progress=not args.quiet)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     from tscl.probes.linear import pretrained_patients
@@ -297,6 +307,47 @@ def cmd_embed(args) -> Path:
              pretrained_patients=np.array(seen, dtype=str))
     print(f"wrote {feats.shape} features to {out}")
     return out
+
+
+def _embed_tower(run: Path, name: str, data, progress: bool, batch_size: int = 256) -> np.ndarray:
+    """Features of tower ``name`` of a clip run for every row of ``data`` (its payload, or its tabular columns)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from tscl.methods.clip import load_tower
+
+    tower = load_tower(run, name)
+    out = np.empty((len(data), tower.embed_dim), dtype=np.float32)
+    with torch.no_grad():
+        for start in tqdm(range(0, len(data), batch_size), desc=f"embedding (tower {name})", disable=not progress):
+            rows = np.arange(start, min(start + batch_size, len(data)))
+            out[rows] = tower(tower.inputs(data, rows)).float().numpy()
+    return out
+
+
+def cmd_retrieval(args):
+    """Held-out paired retrieval of a clip run: recall@k both ways with patient-level bootstrap CIs."""
+    from tscl.crossmodal import retrieval_report
+
+    run = Path(args.run)
+    data = _open(_run_dataset_spec(args, run, args.split or "test"), progress=not args.quiet)
+    ks = [int(k) for k in _floats(args.k)]
+    report = retrieval_report(run, data, ks=ks, n_boot=args.bootstrap, seed=args.seed,
+                              allow_pretrain_patients=args.allow_test_overlap)
+    lines = [f"# Retrieval, {run.name} on {report['n']} held-out pairs of {report['n_patients']} patients", "",
+             "| k | A→B recall@k [95 % CI] | B→A recall@k [95 % CI] | chance |", "|---|---|---|---|"]
+    for k in ks:
+        a, b = report[f"a_to_b@{k}"], report[f"b_to_a@{k}"]
+        lines.append(f"| {k} | {a['recall']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}] | {b['recall']:.3f} "
+                     f"[{b['ci_low']:.3f}, {b['ci_high']:.3f}] | {report[f'chance@{k}']:.3f} |")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "retrieval.md").write_text(text + "\n")
+        (out / "retrieval.json").write_text(json.dumps(report, indent=1, default=float))
+    return report
 
 
 def _probe_report(index, features: dict, labels, out: Path, fractions, reference, n_boot, seed, split=None):
@@ -570,6 +621,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="probe even when an encoder was pretrained on some of the test patients")
     sp.add_argument("--out", required=True)
     sp.set_defaults(func=cmd_probe)
+
+    sp = sub.add_parser("retrieval", help="held-out recall@k of a clip run, both ways, with patient-level CIs",
+                        formatter_class=fmt)
+    data(sp, "rows to retrieve among (default test)")
+    common(sp)
+    sp.add_argument("--run", required=True, help="a clip run folder")
+    sp.add_argument("--k", default="1,5,10")
+    sp.add_argument("--bootstrap", type=_positive_int, default=1000)
+    sp.add_argument("--allow-test-overlap", action="store_true")
+    sp.add_argument("--out", default=None, help="folder for retrieval.md and retrieval.json")
+    sp.set_defaults(func=cmd_retrieval)
 
     sp = sub.add_parser("mimic-probe", help="probe a run's EHR encoder on MIMIC-IV admissions (mortality, long stay, "
                         "readmission at admission + 24 h) beside random init and the tabular baseline",

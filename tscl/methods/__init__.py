@@ -64,7 +64,9 @@ METHODS = {
 def build_method(name: str, encoder, **kwargs):
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; known: {sorted(METHODS)}")
-    return METHODS[name](encoder, **kwargs)
+    method = METHODS[name](encoder, **kwargs)
+    method.augment_given = "augment" in kwargs  # set_modality keeps a chosen augmentation, "none" included
+    return method
 
 
 __all__ = ["METHODS", "build_method", "PCLR", "SimCLR", "MoCo", "SupCon", "PolyWindow", "PMQ", "CLOCS", "COMET", "CLIP"]

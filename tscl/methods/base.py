@@ -81,10 +81,13 @@ class Method(nn.Module):
         from tscl.augment import build_augment
 
         self.check_modality(modality)
-        if modality == "waveform" or modality not in self.default_augment:
-            return
-        waveform_default = repr(build_augment(self.default_augment.get("waveform")))
+        given = getattr(self, "augment_given", False)  # set by build_method when the caller chose one
+        if modality != "waveform" and modality in self.default_augment and not given:
+            for name in self.augment_names:
+                if getattr(self, name, None) is not None:
+                    setattr(self, name, build_augment(self.default_augment[modality], modality=modality))
         for name in self.augment_names:
-            current = getattr(self, name, None)
-            if current is not None and repr(current) == waveform_default:
-                setattr(self, name, build_augment(self.default_augment[modality], modality=modality))
+            aug = getattr(self, name, None)
+            if aug is not None and aug.ops and aug.modality != modality:
+                raise ValueError(f"{type(self).__name__}: augmentation {aug!r} is for {aug.modality} data; the "
+                                 f"dataset is {modality} data")
