@@ -39,9 +39,10 @@ def outside(tmp_path):
     return tmp_path
 
 
-def _pipeline(cwd: Path, data_args: list, method_args: list, labels: str, probe_extra=(), pretrain_split=None):
+def _pipeline(cwd: Path, data_args: list, method_args: list, labels: str, probe_extra=(), pretrain_split=None,
+              model=TINY):
     split = ["--split", pretrain_split] if pretrain_split else []
-    tscl("pretrain", *data_args, *split, *method_args, *TINY, "--out", "run", cwd=cwd)
+    tscl("pretrain", *data_args, *split, *method_args, *model, "--out", "run", cwd=cwd)
     for name in ("config.json", "encoder.safetensors", "metrics.jsonl", "patients.json", "environment.json"):
         assert (cwd / "run" / name).exists(), name
     cfg = json.loads((cwd / "run" / "config.json").read_text())
@@ -141,6 +142,7 @@ def test_bad_inputs_are_one_line_errors_before_any_data_loads(outside):
         (["--lr", "inf"], "--lr"),
         (["--dataset", "ptbx"], "unknown dataset 'ptbx'"),
         (["--dataset-kwargs", "rate=100"], "takes no option 'rate'"),
+        (["--encoder", "resnet2d18"], "encodes image data; this dataset is waveform data"),
     ]
     for extra, message in cases:
         args = ["pretrain", "--data", "cohort", "--out", "bad", *extra]
@@ -207,3 +209,29 @@ def test_meds_ehr_pretraining(outside):
 
     z = np.load(outside / "run.npz")
     assert z["features"].shape == (len(z["record_id"]), 16) and np.isfinite(z["features"]).all()
+
+
+def test_images_micle_pretraining(outside):
+    tscl("simulate", "--kind", "images", "--out", "films", "--patients", "40", "--quiet", cwd=outside)
+    cfg = _pipeline(outside, ["--dataset", "images", "--root", "films"],
+                    ["--method", "pclr", "--method-kwargs", "patients_per_batch=8"], "cardiomegaly",
+                    model=["--encoder", "resnet2d18", "--encoder-kwargs", "width=0.0625,small_input=true", "--epochs",
+                           "1", "--quiet"])
+    assert cfg["data_info"]["modality"] == "image" and cfg["method_kwargs"] == {"patients_per_batch": 8}
+
+
+def test_clip_two_towers_and_retrieval(outside):
+    tscl("simulate", "--out", "cohort", "--patients", "40", "--quiet", cwd=outside)
+    tscl("pretrain", "--data", "cohort", "--method", "clip", "--method-kwargs", "batch_size=16,log=lab_bnp", *TINY,
+         "--out", "run", cwd=outside)
+    for tower, width in (("waveform", 16), ("tabular", None)):
+        tscl("embed", "--run", "run", "--tower", tower, "--out", f"{tower}.npz", "--quiet", cwd=outside)
+        import numpy as np
+
+        z = np.load(outside / f"{tower}.npz")
+        assert np.isfinite(z["features"]).all() and (width is None or z["features"].shape[1] == width)
+    tscl("retrieval", "--run", "run", "--k", "1,10", "--bootstrap", "50", "--out", "retrieval", "--quiet", cwd=outside)
+    report = json.loads((outside / "retrieval" / "retrieval.json").read_text())
+    assert report["n"] > 10 and 0 <= report["a_to_b@10"]["ci_low"] <= report["a_to_b@10"]["recall"] <= 1
+    proc = tscl("retrieval", "--run", "run", "--split", "train", "--out", "r2", "--quiet", cwd=outside, ok=False)
+    assert proc.returncode == 2 and "pretrain" in proc.stderr  # the training patients are refused

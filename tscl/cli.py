@@ -152,7 +152,7 @@ def _check_augment(spec: str | None, modality: str = "waveform") -> None:
 def _validate_training(method: str, encoder: str, encoder_kwargs: dict, method_kwargs: dict, augment=None,
                        modality: str = "waveform") -> None:
     """Every name and keyword checked before any data loads."""
-    from tscl.encoders import ENCODERS, list_encoders
+    from tscl.encoders import ENCODER_MODALITY, ENCODERS, list_encoders
     from tscl.methods import METHODS
 
     if method not in METHODS:
@@ -162,6 +162,10 @@ def _validate_training(method: str, encoder: str, encoder_kwargs: dict, method_k
     _check_kwargs(ENCODERS[encoder], encoder_kwargs, f"encoder {encoder}", "--encoder-kwargs", skip=("in_channels",))
     _check_kwargs(METHODS[method], method_kwargs, f"method {method}", "--method-kwargs", skip=("encoder",))
     _check_augment(augment, modality)
+    if ENCODER_MODALITY[encoder] != modality:
+        fits = [n for n in list_encoders() if ENCODER_MODALITY[n] == modality]
+        raise UsageError(f"--encoder {encoder} encodes {ENCODER_MODALITY[encoder]} data; this dataset is {modality} "
+                         f"data (its encoders: {', '.join(fits)})")
     if modality not in getattr(METHODS[method], "func", METHODS[method]).modalities:
         cls = getattr(METHODS[method], "func", METHODS[method])
         raise UsageError(f"--method {method} trains on {', '.join(cls.modalities)} data; this dataset is {modality}")
@@ -198,9 +202,15 @@ def _open(spec: dict, progress: bool):
 
 
 def cmd_simulate(args) -> Path:
-    from tscl.simulate import CohortConfig, write_cohort
+    """Write a simulated, patient-structured cohort: 12-lead ECGs as WFDB records (default) or chest-like films."""
+    if args.kind == "images":
+        from tscl.simulate_images import ImageSetConfig, write_image_set
 
-    meta = write_cohort(args.out, CohortConfig(n_patients=args.patients, seed=args.seed), progress=not args.quiet)
+        meta = write_image_set(args.out, ImageSetConfig(n_patients=args.patients, seed=args.seed))
+    else:
+        from tscl.simulate import CohortConfig, write_cohort
+
+        meta = write_cohort(args.out, CohortConfig(n_patients=args.patients, seed=args.seed), progress=not args.quiet)
     print(f"wrote {meta}")
     return meta
 
@@ -570,8 +580,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--lr", type=_positive_float, default=3e-3)
         sp.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or cuda:N")
 
-    sp = sub.add_parser("simulate", help="write the simulated ECG cohort as WFDB records", formatter_class=fmt)
+    sp = sub.add_parser("simulate", help="write a simulated patient-structured cohort: ECGs (WFDB) or images",
+                        formatter_class=fmt)
     sp.add_argument("--out", required=True)
+    sp.add_argument("--kind", default="ecg", choices=["ecg", "images"],
+                    help="ecg: 12-lead WFDB records + metadata.csv (--dataset wfdb); images: 64x64 films + labels.csv "
+                         "(--dataset images)")
     sp.add_argument("--patients", type=_positive_int, default=500)
     common(sp)
     sp.set_defaults(func=cmd_simulate)

@@ -9,7 +9,7 @@ Build any of them by name::
 Time-series encoders take ``(x [B, C, T], channel_mask=None)``; see :mod:`.registry` for
 the mask convention (True = channel present). Other modalities document their own inputs.
 """
-from .registry import ENCODERS, build_encoder, check_channel_mask, list_encoders, mask_channels, register_encoder
+from .registry import ENCODER_MODALITY, ENCODERS, build_encoder, check_channel_mask, list_encoders, mask_channels, register_encoder
 from .heads import ProjectionHead
 from .resnet1d import ResNet1d
 from .cnn1d import CNN1d
@@ -20,7 +20,7 @@ from .tabular import TabularEncoder
 from .images import ResNet2d, ViT
 
 __all__ = [
-    "ENCODERS", "register_encoder", "build_encoder", "list_encoders", "mask_channels", "check_channel_mask",
+    "ENCODERS", "ENCODER_MODALITY", "register_encoder", "build_encoder", "list_encoders", "mask_channels", "check_channel_mask",
     "ProjectionHead", "ResNet1d", "CNN1d", "XResNet1d", "Transformer1d",
     "EHRSequenceEncoder", "truncate_recent", "TabularEncoder", "ResNet2d", "ViT",
 ]

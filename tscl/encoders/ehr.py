@@ -51,7 +51,7 @@ class ContinuousTime(nn.Module):
         return torch.cat([h[..., :1], torch.sin(h[..., 1:])], dim=-1)
 
 
-@register_encoder("ehr_sequence")
+@register_encoder("ehr_sequence", modality="ehr")
 class EHRSequenceEncoder(nn.Module):
     """Transformer over an EHR event stream (one event = one MEDS row: code, time, value),
     in the spirit of BEHRT (Li et al., Sci Rep 2020) and of time-aware EHR transformers.

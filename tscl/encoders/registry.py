@@ -19,18 +19,23 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ENCODERS", "register_encoder", "build_encoder", "list_encoders", "mask_channels", "check_channel_mask"]
+__all__ = ["ENCODERS", "ENCODER_MODALITY", "register_encoder", "build_encoder", "list_encoders", "mask_channels",
+           "check_channel_mask"]
 
 ENCODERS: dict[str, Callable[..., nn.Module]] = {}
+ENCODER_MODALITY: dict[str, str] = {}  # name -> the payload it encodes: waveform, ehr, image or tabular
 
 
-def register_encoder(name: str):
-    """Decorator: make ``build_encoder(name, in_channels, **kwargs)`` call the decorated class or function."""
+def register_encoder(name: str, modality: str = "waveform"):
+    """Decorator: make ``build_encoder(name, in_channels, **kwargs)`` call the decorated class or function,
+    an encoder of ``modality`` payloads (``waveform`` [B, C, T], ``ehr`` Events, ``image`` [B, C, H, W],
+    ``tabular`` [B, F])."""
 
     def wrap(factory):
         if name in ENCODERS and ENCODERS[name] is not factory:
             raise ValueError(f"encoder {name!r} is already registered to {ENCODERS[name]!r}")
         ENCODERS[name] = factory
+        ENCODER_MODALITY[name] = modality
         return factory
 
     return wrap

@@ -10,7 +10,7 @@ from .transformer import Block
 __all__ = ["TabularEncoder"]
 
 
-@register_encoder("tabular")
+@register_encoder("tabular", modality="tabular")
 class TabularEncoder(nn.Module):
     """Per-feature embeddings, then an MLP or an FT-Transformer.
 
