@@ -438,7 +438,7 @@ def bench_eegmat(args, out: Path) -> dict:
     fold_of = {s: i % args.folds for i, s in enumerate(perm)}
     sfold = np.array([fold_of[p] for p in pids])
     encoders = {"cnn1d": {"widths": [16, 32, 64]},
-                "transformer1d": {"patch_len": 50, "dim": 64, "depth": 2, "heads": 4}}
+                "transformer1d": {"patch_len": 100, "dim": 32, "depth": 2, "heads": 4}}  # 1 s patches: 19 x 10 tokens
     if args.encoder_list:
         encoders = {e: encoders[e] for e in args.encoder_list}
     names = [(e, n) for e in encoders for n in ("random-init", "supervised", *args.methods)]
@@ -588,7 +588,7 @@ def main(argv=None) -> int:
     p.add_argument("--sup-steps", type=int, default=200)
     p.add_argument("--sup-lr", type=float, default=3e-3)
     p.add_argument("--ft-lr", type=float, default=1e-3)
-    p.add_argument("--folds", type=int, default=5, help="EEGMAT: groups of subjects for cross-validation")
+    p.add_argument("--folds", type=int, default=4, help="EEGMAT: groups of subjects for cross-validation")
     p.add_argument("--epoch-s", type=float, default=10.0)
     p.add_argument("--fs", type=float, default=100.0)
     p.add_argument("--cpu", action="store_true", help="pretrain on the CPU even where a GPU is present")
@@ -609,7 +609,7 @@ def main(argv=None) -> int:
                        ["simclr", "pclr", "polywindow"])
     args.methods = [m for m in args.methods.split(",") if m] if args.methods else default_methods
     if args.epochs is None:
-        args.epochs = {"ptbxl": 20, "eegmat": 10}[args.dataset]
+        args.epochs = {"ptbxl": 20, "eegmat": 8}[args.dataset]
     args.tasks = [t for t in args.tasks.split(",") if t]
     args.fractions = FRACTIONS
     if args.encoder_list:
