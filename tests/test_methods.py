@@ -21,7 +21,7 @@ from tscl.methods import pmq as pmq_mod
 from tscl.methods import polywindow as poly_mod
 from tscl.methods import simclr as simclr_mod
 from tscl.methods import supcon as supcon_mod
-from tscl.methods.moco import enqueue
+from tscl.methods.queue import enqueue
 from tscl.methods.polywindow import cut_windows
 from tscl.methods.sampling import RecordBatchSampler, TrialShuffleSampler
 

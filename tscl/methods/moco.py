@@ -24,8 +24,6 @@ enqueued, so all ranks hold the same queue. No shuffled BN (BN statistics stay p
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import Tensor, nn
 
@@ -35,38 +33,11 @@ from tscl.distributed import gather_embeddings
 from tscl.encoders import ProjectionHead
 from tscl.kernels import info_nce
 from tscl.methods.base import Method
+from tscl.methods.queue import enqueue_keys, key_copy, momentum_update, queue_bank, register_queue
 from tscl.methods.sampling import RecordBatchSampler
+from tscl.methods.simclr import ECG_AUGMENT as MOCO_AUGMENT  # the v2 recipe's strong augmentation: SimCLR's
 
-__all__ = ["MoCo", "momentum_update", "enqueue"]
-
-MOCO_AUGMENT = "crop:len=0.8,scale,noise:snr=20,wander,dropout:p=0.1"
-
-
-@torch.no_grad()
-def momentum_update(key: nn.Module, query: nn.Module, m: float) -> None:
-    """θ_k ← m θ_k + (1 − m) θ_q for every parameter (buffers such as BN statistics are the key branch's own)."""
-    for pk, pq in zip(key.parameters(), query.parameters()):
-        pk.mul_(m).add_(pq.detach(), alpha=1 - m)
-
-
-@torch.no_grad()
-def enqueue(queue: Tensor, ptr: Tensor, filled: Tensor, keys: Tensor, queue_ids: Tensor | None = None,
-            ids: Tensor | None = None) -> None:
-    """Write ``keys [B, D]`` (and their ``ids [B]``) into the ring buffer ``queue [K, D]`` at ``ptr``.
-
-    ``ptr ← (ptr + B) mod K`` and ``filled ← min(filled + B, K)``; until the first wrap the
-    valid entries are ``queue[:filled]``. More than K keys: only the last K are kept."""
-    size = queue.shape[0]
-    if keys.shape[0] > size:
-        keys = keys[-size:]
-        ids = ids[-size:] if ids is not None else None
-    b = keys.shape[0]
-    rows = (int(ptr) + torch.arange(b, device=queue.device)) % size
-    queue[rows] = keys.to(queue.dtype)
-    if queue_ids is not None:
-        queue_ids[rows] = ids.to(queue_ids.dtype)
-    ptr.fill_((int(ptr) + b) % size)
-    filled.fill_(min(int(filled) + b, size))
+__all__ = ["MoCo"]
 
 
 class MoCo(Method):
@@ -78,14 +49,10 @@ class MoCo(Method):
         super().__init__()
         self.encoder = encoder
         self.head = ProjectionHead(encoder.embed_dim, encoder.embed_dim, proj_dim)
-        self.key_encoder, self.key_head = copy.deepcopy(encoder), copy.deepcopy(self.head)
-        for p in [*self.key_encoder.parameters(), *self.key_head.parameters()]:
-            p.requires_grad_(False)
+        self.key_encoder, self.key_head = key_copy(encoder, self.head)
         self.temperature, self.momentum, self.batch_size = temperature, momentum, batch_size
         self.augment = build_augment(augment, modality=spec_modality(augment))  # "rrc,flip": an image pipeline
-        self.register_buffer("queue", nn.functional.normalize(torch.randn(queue_size, proj_dim), dim=1))
-        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
-        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
+        register_queue(self, queue_size, proj_dim)  # buffers queue, queue_ptr, queue_filled
         self._pending: Tensor | None = None
 
     def make_sampler(self, index, seed: int = 0) -> RecordBatchSampler:
@@ -93,8 +60,7 @@ class MoCo(Method):
         return RecordBatchSampler(len(index), batch_size=self.batch_size, seed=seed)
 
     def bank(self) -> Tensor | None:
-        n = int(self.queue_filled)
-        return self.queue[:n].clone() if n else None
+        return queue_bank(self)[0]
 
     def forward(self, x: Tensor, batch: dict) -> Tensor:
         q = self.head(self.encoder(self.augment(x)))  # [N, D]
@@ -109,5 +75,5 @@ class MoCo(Method):
         momentum_update(self.key_encoder, self.encoder, self.momentum)
         momentum_update(self.key_head, self.head, self.momentum)
         if self._pending is not None:
-            enqueue(self.queue, self.queue_ptr, self.queue_filled, self._pending)
+            enqueue_keys(self, self._pending)
             self._pending = None

@@ -37,8 +37,6 @@ the loss, and the gathered keys enter the queue, so every rank holds the same qu
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import Tensor, nn
 
@@ -48,8 +46,8 @@ from tscl.distributed import gather_embeddings
 from tscl.encoders import ProjectionHead
 from tscl.kernels import info_nce
 from tscl.methods.base import Method
-from tscl.methods.moco import enqueue, momentum_update
 from tscl.methods.polywindow import cut_windows
+from tscl.methods.queue import enqueue_keys, key_copy, momentum_update, queue_bank, register_queue
 from tscl.methods.sampling import TrialShuffleSampler
 from tscl.samplers import encode_ids
 
@@ -69,16 +67,11 @@ class PMQ(Method):
         self.encoder = encoder
         self.head = ProjectionHead(encoder.embed_dim, encoder.embed_dim, proj_dim)
         self.predictor = ProjectionHead(proj_dim, proj_dim, proj_dim) if predictor else nn.Identity()
-        self.key_encoder, self.key_head = copy.deepcopy(encoder), copy.deepcopy(self.head)
-        for p in [*self.key_encoder.parameters(), *self.key_head.parameters()]:
-            p.requires_grad_(False)
+        self.key_encoder, self.key_head = key_copy(encoder, self.head)
         self.temperature, self.momentum, self.bank_same_id = temperature, momentum, bank_same_id
         self.segments_per_record, self.batch_size = segments_per_record, batch_size
         self.augment = build_augment(augment)
-        self.register_buffer("queue", nn.functional.normalize(torch.randn(queue_size, proj_dim), dim=1))
-        self.register_buffer("queue_ids", torch.full((queue_size,), -1, dtype=torch.long))
-        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
-        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
+        register_queue(self, queue_size, proj_dim, ids=True)  # buffers queue, queue_ids, queue_ptr, queue_filled
         self._pending: tuple[Tensor, Tensor] | None = None
 
     def make_sampler(self, index, seed: int = 0) -> TrialShuffleSampler:
@@ -109,9 +102,7 @@ class PMQ(Method):
         q, _ = gather_embeddings(q)
         k, pids = gather_embeddings(k, pids)  # global batch under DDP (patient ids are global codes)
         self._pending = (k, pids)
-        filled = int(self.queue_filled)
-        bank = self.queue[:filled].clone() if filled else None
-        bank_ids = self.queue_ids[:filled].clone() if filled else None
+        bank, bank_ids = queue_bank(self)
         l_pat = info_nce(q, k, pids, pids, temperature=self.temperature, bank=bank, bank_ids=bank_ids,
                          bank_same_id=self.bank_same_id)
         if self.bank_same_id == "mask":
@@ -124,6 +115,5 @@ class PMQ(Method):
         momentum_update(self.key_encoder, self.encoder, self.momentum)
         momentum_update(self.key_head, self.head, self.momentum)
         if self._pending is not None:
-            keys, pids = self._pending
-            enqueue(self.queue, self.queue_ptr, self.queue_filled, keys, self.queue_ids, pids)
+            enqueue_keys(self, *self._pending)
             self._pending = None
