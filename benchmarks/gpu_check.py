@@ -69,7 +69,11 @@ def environment(device: str) -> dict:
 
 # ----------------------------------------------------------------------------- correctness
 def _cases(dry: bool):
-    """(name, N, M, D, bank, options, dtype): the methods' call shapes at real sizes."""
+    """(name, N, M, D, bank, options, dtype): the methods' call shapes at real sizes.
+
+    ``positives`` / ``split`` in the options force the kernel's path (``tn.POSITIVES``) and its
+    column split count (``tn.FORCE_SPLIT``); otherwise the sizes choose (at these sizes: the
+    positives out of the loop, split-K where the row programs do not fill the SMs, e.g. MoCo)."""
     if dry:
         return [
             ("clip", 40, 40, 16, 0, dict(symmetric=True, ids=None), torch.bfloat16),
@@ -77,6 +81,11 @@ def _cases(dry: bool):
             ("moco", 24, 24, 16, 80, dict(ids=None), torch.bfloat16),
             ("pmq-mask", 32, 32, 16, 40, dict(ids="patients", bank_ids=True, bank_same_id="mask"), torch.bfloat16),
             ("multipos-fp32", 33, 33, 24, 0, dict(ids="patients"), torch.float32),
+            ("moco-separable-split3", 24, 24, 16, 80, dict(ids=None, positives="separable", split=3), torch.bfloat16),
+            ("pmq-positive-loop-split2", 32, 32, 16, 40, dict(ids="patients", bank_ids=True, positives="loop",
+                                                            split=2), torch.bfloat16),
+            ("sym-ntxent-separable-split2", 30, 30, 16, 0, dict(symmetric=True, exclude_self=True, ids="pairs",
+                                                              positives="separable", split=2), torch.float32),
         ]
     return [
         ("clip", 8192, 8192, 128, 0, dict(symmetric=True, ids=None), torch.bfloat16),
@@ -89,7 +98,24 @@ def _cases(dry: bool):
         ("symmetric-ntxent-d512", 2048, 2048, 512, 0, dict(symmetric=True, exclude_self=True, ids="pairs"),
          torch.bfloat16),
         ("multipos-fp32", 2048, 2048, 128, 4096, dict(ids="patients"), torch.float32),
+        # the same shapes on the other paths: positives in the loop, and split-K off / forced
+        ("moco-loop-nosplit", 256, 256, 128, 65536, dict(ids=None, positives="loop", split=1), torch.bfloat16),
+        ("multipos-split16", 4096, 4096, 128, 0, dict(ids="patients", split=16), torch.bfloat16),
+        ("symmetric-ntxent-split8", 2048, 2048, 256, 0, dict(symmetric=True, exclude_self=True, ids="pairs",
+                                                             split=8), torch.bfloat16),
     ]
+
+
+def _kernel_path(n, m, d, nb, opts, device):
+    """Force (and report) the fused kernel's path for one case; returns the previous settings."""
+    from tscl.kernels import triton_info_nce as tn
+
+    saved = (tn.POSITIVES, tn.FORCE_SPLIT)
+    tn.POSITIVES = opts.get("positives", "auto")
+    tn.FORCE_SPLIT = opts.get("split")
+    info = dict(positives="separable" if tn._separable(n, m, nb) else "loop",
+                split=tn._split(n, m + nb, d, torch.device(device)))
+    return saved, info
 
 
 def _inputs(n, m, d, nb, opts, dtype, device, seed=0):
@@ -145,7 +171,13 @@ def correctness(args) -> int:
         q, k, q_ids, k_ids, bank, bank_ids = _inputs(n, m, d, nb, opts, dtype, device)
         total = n + m if opts.get("symmetric") else n
         weight = torch.randn(total, generator=torch.Generator().manual_seed(1)).to(device)
-        got, got_g = _run("triton", q, k, q_ids, k_ids, bank, bank_ids, opts, weight)
+        saved, path = _kernel_path(n, m, d, nb, opts, device)
+        try:
+            got, got_g = _run("triton", q, k, q_ids, k_ids, bank, bank_ids, opts, weight)
+        finally:
+            from tscl.kernels import triton_info_nce as tn
+
+            tn.POSITIVES, tn.FORCE_SPLIT = saved
         as64 = [t.double() if t is not None else None for t in (q, k, bank)]
         want, want_g = _run("reference", as64[0], as64[1], q_ids, k_ids, as64[2], bank_ids, opts, weight.double())
         # tolerances: fp32 accumulation against float64; gradients are stored in the input dtype
@@ -153,7 +185,7 @@ def correctness(args) -> int:
         errs = {g: _rel(a, b) for g, a, b in zip(("dq", "dk", "dtau"), got_g, want_g)}
         grad_tol = 1e-2 if dtype == torch.bfloat16 else 1e-4
         ok = loss_err < 2e-3 and all(e < grad_tol for e in errs.values()) and bool(torch.isfinite(got).all())
-        row = dict(case=name, N=n, M=m, D=d, bank=nb, dtype=str(dtype).replace("torch.", ""),
+        row = dict(case=name, N=n, M=m, D=d, bank=nb, dtype=str(dtype).replace("torch.", ""), **path,
                    loss_max_abs_err=loss_err, **{f"{g}_rel_err": e for g, e in errs.items()},
                    ok=ok, seconds=time.perf_counter() - t0)
         failed += not ok

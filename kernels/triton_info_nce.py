@@ -79,19 +79,24 @@ def _prune(configs, named_args, **kwargs):
       elements per thread (32 x 32 on 8 warps was capped at 128 registers and spilled at
       D = 256). Where nothing fits (dq/dk at D = 512) the last config, 32 x 32 on 8 warps,
       runs: measured without spills there.
+    - the forward with the positives in the loop (small problems): BLOCK_N at most 64 (64 x 128
+      on 8 warps spilled at D = 128 once the id compares share the loop with the split range);
     - the resident operand tile within the earlier budget (BLOCK_M * BLOCK_D <= 128 * 128,
       64 * 256 past D = 128); fp32 inputs (``ieee`` dots on the CUDA cores) small tiles only.
     """
     block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 128))
     budget = 128 * 128 if block_d <= 128 else 64 * 256
     kind = kwargs.get("KIND", named_args.get("KIND"))
+    in_loop = bool(kwargs.get("POS_IN_LOOP", named_args.get("POS_IN_LOOP", True)))
 
     def fits(c):
         bm, bn, threads = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], 32 * c.num_warps
         score, acc = bm * bn / threads, bm * block_d / threads
         if bm * block_d > budget or bn * block_d > 2 * budget or score > 32:
             return False
-        return kind == "fwd" or (score + acc <= 96 and bn <= 64 and score >= 8)
+        if kind == "fwd":  # in-loop positives: 64 x 128 on 8 warps spilled at D = 128
+            return not (in_loop and bn > 64)
+        return score + acc <= 96 and bn <= 64 and score >= 8
 
     kept = [c for c in configs if fits(c)]
     q = named_args.get("Q")
@@ -113,7 +118,8 @@ def _size_key(n, m, b=0):
 
 
 def _autotune(kind):
-    key = ["D", "SIZE_KEY", "HAS_BANK", "EXCLUDE_SELF"] + ([] if kind == "fwd" else ["SYMMETRIC"])
+    key = ["D", "SIZE_KEY", "HAS_BANK", "EXCLUDE_SELF", "POS_IN_LOOP"] + ([] if kind == "dk" else ["BANK_MODE"])
+    key += [] if kind == "fwd" else ["SYMMETRIC"]
     return triton.autotune(
         configs=_configs(kind),
         key=key,  # the tensors' dtypes are part of the key too
@@ -155,54 +161,67 @@ def _load_rows(PTR, idx, ok, dims, D, stride_n, stride_d, IDX64: tl.constexpr):
 
 
 @triton.jit
-def _key_tile(
-    q, qid, rows, cols, scale, K, KID, n_cols, D, stride_kn, stride_kd,
-    EXCLUDE_DIAG: tl.constexpr, USE_IDS: tl.constexpr, IDS_POSITIVE: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, BLOCK_D: tl.constexpr, IDX64: tl.constexpr,
-):
-    """Recompute one tile of keys ``cols`` against the anchor block.
-
-    Returns ``col_ok`` (in range), the key tile ``k``, the base-2 logits ``s2`` (s * log2 e),
-    ``valid`` (columns in the denominator V(i): in range, not the anchor itself under
-    EXCLUDE_DIAG, and not a same-id key when ids mask instead of marking positives) and
-    ``same`` (same id as the anchor; all false without ids).
-    """
-    col_ok = cols < n_cols
-    k = _load_rows(K, cols, col_ok, tl.arange(0, BLOCK_D), D, stride_kn, stride_kd, IDX64)
-    s2 = _mma(q, tl.trans(k), PRECISION, UPCAST_DOT) * scale
-    valid = col_ok[None, :] & (rows[:, None] >= 0)
+def _tile_valid(rows, cols, n_cols, EXCLUDE_DIAG: tl.constexpr):
+    """Columns of a tile in the denominator by position only: in range, and not the anchor
+    itself under EXCLUDE_DIAG. A [len(rows), len(cols)] boolean."""
+    valid = (cols[None, :] < n_cols) & (rows[:, None] >= 0)
     if EXCLUDE_DIAG:
         valid = valid & (rows[:, None] != cols[None, :])
-    same = valid ^ valid
-    if USE_IDS:
-        kid = tl.load(KID + cols, mask=col_ok, other=0)
-        same = (qid[:, None] == kid[None, :]) & valid
-        if not IDS_POSITIVE:
-            valid = valid & (same == 0)
-    return col_ok, k, s2, valid, same
+    return valid
+
+
+@triton.jit
+def _needs_mask(start, row0, n_cols, EXCLUDE_DIAG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """True for the tiles that need a position mask: the last (partial) tile, and under
+    EXCLUDE_DIAG the tiles that cross the diagonal of the row block starting at ``row0``."""
+    edge = start + BLOCK_N > n_cols
+    if EXCLUDE_DIAG:
+        edge = edge | ((start < row0 + BLOCK_M) & (row0 < start + BLOCK_N))
+    return edge
+
+
+@triton.jit
+def _split_range(n_cols, BLOCK_N: tl.constexpr):
+    """Column range ``[lo, hi)`` of this program's split (grid axis 1), in whole BLOCK_N tiles."""
+    chunk = tl.cdiv(tl.cdiv(n_cols, tl.num_programs(1)), BLOCK_N) * BLOCK_N
+    lo = tl.program_id(1) * chunk
+    return lo, tl.minimum(n_cols, lo + chunk)
 
 
 @triton.jit
 def _fwd_sweep(
-    q, qid, rows, m_i, l_i, pos_sum, pos_cnt, scale,
+    q, qid, rows, row0, m_i, l_i, pos_sum, pos_cnt, scale,
     K, KID, n_cols, D, stride_kn, stride_kd,
-    EXCLUDE_DIAG: tl.constexpr, USE_IDS: tl.constexpr, IDS_POSITIVE: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    IDX64: tl.constexpr,
+    EXCLUDE_DIAG: tl.constexpr, IDS_MODE: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, IDX64: tl.constexpr,
 ):
-    """Fold one key set (the keys, or the bank) into the running row statistics.
+    """Fold this split's share of one key set (the keys, or the bank) into the running row statistics.
 
     ``s2`` is the logit in base 2 (s * log2 e); columns outside V(i) are -inf.
+    IDS_MODE 0: no ids in the loop (positives handled outside), position masks only on the
+    tiles that need them; 1: positives found in the loop (id compare per element); 2: same-id
+    columns leave the denominator (bank_same_id="mask"), a per-element mask on every tile.
     """
-    for start in range(0, n_cols, BLOCK_N):
+    lo, hi = _split_range(n_cols, BLOCK_N)
+    for start in range(lo, hi, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
-        col_ok, k, s2, valid, same = _key_tile(q, qid, rows, cols, scale, K, KID, n_cols, D, stride_kn, stride_kd,
-                                               EXCLUDE_DIAG, USE_IDS, IDS_POSITIVE, PRECISION, UPCAST_DOT, BLOCK_D,
-                                               IDX64)
-        if USE_IDS and IDS_POSITIVE:
-            pos_sum += tl.sum(tl.where(same, s2, 0.0), axis=1)
-            pos_cnt += tl.sum(same.to(tl.int32), axis=1)
-        s2 = tl.where(valid, s2, float("-inf"))
+        col_ok = cols < n_cols
+        k = _load_rows(K, cols, col_ok, tl.arange(0, BLOCK_D), D, stride_kn, stride_kd, IDX64)
+        s2 = _mma(q, tl.trans(k), PRECISION, UPCAST_DOT) * scale
+        if IDS_MODE == 0:
+            if _needs_mask(start, row0, n_cols, EXCLUDE_DIAG, BLOCK_M, BLOCK_N):
+                s2 = tl.where(_tile_valid(rows, cols, n_cols, EXCLUDE_DIAG), s2, float("-inf"))
+        else:
+            valid = _tile_valid(rows, cols, n_cols, EXCLUDE_DIAG)
+            kid = tl.load(KID + cols, mask=col_ok, other=0)
+            same = (qid[:, None] == kid[None, :]) & valid
+            if IDS_MODE == 1:
+                pos_sum += tl.sum(tl.where(same, s2, 0.0), axis=1)
+                pos_cnt += tl.sum(same.to(tl.int32), axis=1)
+            else:
+                valid = valid & (same == 0)
+            s2 = tl.where(valid, s2, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s2, axis=1))
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no column so far
         l_i = l_i * tl.exp2(m_i - m_ref) + tl.sum(tl.exp2(s2 - m_ref[:, None]), axis=1)
@@ -213,14 +232,18 @@ def _fwd_sweep(
 @_autotune("fwd")
 @triton.jit
 def _info_nce_fwd(
-    Q, K, BANK, QID, KID, BID, TAU, LOSS, NPOS, LSE,
+    Q, K, BANK, QID, KID, BID, TAU, PM, PL, PSUM, PCNT,
     N, M, B, D, SIZE_KEY,
     stride_qn, stride_qd, stride_kn, stride_kd, stride_bn, stride_bd,
-    EXCLUDE_SELF: tl.constexpr, HAS_BANK: tl.constexpr, BANK_IDS: tl.constexpr,
-    BANK_POSITIVE: tl.constexpr, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, IDX64: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    EXCLUDE_SELF: tl.constexpr, HAS_BANK: tl.constexpr, BANK_MODE: tl.constexpr,
+    POS_IN_LOOP: tl.constexpr, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    IDX64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    """Partial row statistics of split ``program_id(1)`` (its share of the keys and of the bank):
+    running max ``PM`` (base 2) and rescaled exp-sum ``PL``, both ``[splits, N]``; with
+    POS_IN_LOOP also the positives' logit sum ``PSUM`` (natural units) and count ``PCNT``."""
+    row0 = tl.program_id(0) * BLOCK_M
+    rows = row0 + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
     row_ok = rows < N
     q = _load_rows(Q, rows, row_ok, dims, D, stride_qn, stride_qd, IDX64)
@@ -232,21 +255,18 @@ def _info_nce_fwd(
     pos_sum = tl.zeros([BLOCK_M], tl.float32)
     pos_cnt = tl.zeros([BLOCK_M], tl.int32)
     m_i, l_i, pos_sum, pos_cnt = _fwd_sweep(
-        q, qid, rows, m_i, l_i, pos_sum, pos_cnt, scale, K, KID, M, D, stride_kn, stride_kd,
-        EXCLUDE_SELF, True, True, PRECISION, UPCAST_DOT, BLOCK_N, BLOCK_D, IDX64)
+        q, qid, rows, row0, m_i, l_i, pos_sum, pos_cnt, scale, K, KID, M, D, stride_kn, stride_kd,
+        EXCLUDE_SELF, POS_IN_LOOP, PRECISION, UPCAST_DOT, BLOCK_M, BLOCK_N, BLOCK_D, IDX64)
     if HAS_BANK:
         m_i, l_i, pos_sum, pos_cnt = _fwd_sweep(
-            q, qid, rows, m_i, l_i, pos_sum, pos_cnt, scale, BANK, BID, B, D, stride_bn, stride_bd,
-            False, BANK_IDS, BANK_POSITIVE, PRECISION, UPCAST_DOT, BLOCK_N, BLOCK_D, IDX64)
-
-    # no column at all: l_i == 0 exactly, lse := 0. A NaN anywhere in the row leaves l_i NaN,
-    # which must reach the loss (an ``l_i > 0`` test would take NaN for "no column").
-    lse = tl.where(l_i == 0.0, 0.0, m_i + tl.log2(tl.where(l_i == 0.0, 1.0, l_i))) * LN2
-    mean_pos = pos_sum * LN2 / tl.maximum(pos_cnt, 1).to(tl.float32)
-    loss = tl.where(pos_cnt > 0, lse - mean_pos, 0.0)
-    tl.store(LOSS + rows, loss, mask=row_ok)
-    tl.store(NPOS + rows, pos_cnt.to(tl.int64), mask=row_ok)
-    tl.store(LSE + rows, lse, mask=row_ok)
+            q, qid, rows, row0, m_i, l_i, pos_sum, pos_cnt, scale, BANK, BID, B, D, stride_bn, stride_bd,
+            False, BANK_MODE, PRECISION, UPCAST_DOT, BLOCK_M, BLOCK_N, BLOCK_D, IDX64)
+    out = tl.program_id(1) * N + rows
+    tl.store(PM + out, m_i, mask=row_ok)
+    tl.store(PL + out, l_i, mask=row_ok)
+    if POS_IN_LOOP:
+        tl.store(PSUM + out, pos_sum * LN2, mask=row_ok)
+        tl.store(PCNT + out, pos_cnt, mask=row_ok)
 
 
 # ----------------------------------------------------------------------------- backward
@@ -261,47 +281,70 @@ def _row_weights(LSE, NPOS, GRAD, idx, ok):
 
 @triton.jit
 def _dq_sweep(
-    q, qid, rows, lse2, g, w, dq, dts, scale,
+    q, qid, rows, row0, lse2, g, w, dq, dts, scale,
     K, KID, n_cols, D, stride_kn, stride_kd, LSE_C, NPOS_C, GRAD_C,
-    EXCLUDE_DIAG: tl.constexpr, USE_IDS: tl.constexpr, IDS_POSITIVE: tl.constexpr, SYMMETRIC: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    IDX64: tl.constexpr,
+    EXCLUDE_DIAG: tl.constexpr, IDS_MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, IDX64: tl.constexpr,
 ):
-    """Accumulate sum_j dS_ij k_j and sum_j dS_ij s2_ij over one key set.
+    """Accumulate sum_j dS_ij k_j and sum_j dS_ij s2_ij over this split's share of one key set.
 
-    SYMMETRIC adds the column loss's term g'_j (p'_ji - [i in P'(j)] / npos'_j), where
-    p'_ji = exp(s_ij - lse'_j): both losses share s_ij, so one recomputation serves both.
+    IDS_MODE as in :func:`_fwd_sweep` (0: the positives' term -[j in P(i)]/npos_i is added
+    outside the kernel). SYMMETRIC adds the column loss's term g'_j (p'_ji - [i in P'(j)] / npos'_j),
+    where p'_ji = exp(s_ij - lse'_j): both losses share s_ij, so one recomputation serves both.
     """
-    for start in range(0, n_cols, BLOCK_N):
+    lo, hi = _split_range(n_cols, BLOCK_N)
+    for start in range(lo, hi, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
-        col_ok, k, s2, valid, same = _key_tile(q, qid, rows, cols, scale, K, KID, n_cols, D, stride_kn, stride_kd,
-                                               EXCLUDE_DIAG, USE_IDS, IDS_POSITIVE, PRECISION, UPCAST_DOT, BLOCK_D,
-                                               IDX64)
+        col_ok = cols < n_cols
+        k = _load_rows(K, cols, col_ok, tl.arange(0, BLOCK_D), D, stride_kn, stride_kd, IDX64)
+        s2 = _mma(q, tl.trans(k), PRECISION, UPCAST_DOT) * scale
+        s2_in = s2  # -inf outside V(i): for the probabilities
+        s2_z = s2   # 0 outside V(i): for the dtau partials (a masked NaN must stay out)
         ds = tl.zeros_like(s2)
-        if USE_IDS and IDS_POSITIVE:
-            ds = tl.where(same, -w[:, None], 0.0)
-        s2_in = tl.where(valid, s2, float("-inf"))
+        if IDS_MODE == 0:
+            if _needs_mask(start, row0, n_cols, EXCLUDE_DIAG, BLOCK_M, BLOCK_N):
+                valid = _tile_valid(rows, cols, n_cols, EXCLUDE_DIAG)
+                s2_in = tl.where(valid, s2, float("-inf"))
+                s2_z = tl.where(valid, s2, 0.0)
+        else:
+            valid = _tile_valid(rows, cols, n_cols, EXCLUDE_DIAG)
+            kid = tl.load(KID + cols, mask=col_ok, other=0)
+            same = (qid[:, None] == kid[None, :]) & valid
+            if IDS_MODE == 1:
+                ds = tl.where(same, -w[:, None], 0.0)
+            else:
+                valid = valid & (same == 0)
+            s2_in = tl.where(valid, s2, float("-inf"))
+            s2_z = tl.where(valid, s2, 0.0)
         ds += g[:, None] * tl.exp2(s2_in - lse2[:, None])
-        if SYMMETRIC:  # keys sweep only, where USE_IDS and IDS_POSITIVE hold
+        if SYMMETRIC:  # keys sweep only
             lse2_c, g_c, w_c = _row_weights(LSE_C, NPOS_C, GRAD_C, cols, col_ok)
-            ds += g_c[None, :] * tl.exp2(s2_in - lse2_c[None, :]) - tl.where(same, w_c[None, :], 0.0)
+            ds += g_c[None, :] * tl.exp2(s2_in - lse2_c[None, :])
+            if IDS_MODE == 1:
+                ds -= tl.where(same, w_c[None, :], 0.0)
         dq += _mma(ds.to(k.dtype), k, PRECISION, UPCAST_DOT)
-        dts += tl.sum(ds * tl.where(valid, s2, 0.0), axis=1)
+        dts += tl.sum(ds * s2_z, axis=1)
     return dq, dts
 
 
 @_autotune("dq")
 @triton.jit
 def _info_nce_bwd_dq(
-    Q, K, BANK, QID, KID, BID, TAU, LSE, NPOS, GRAD, LSE_C, NPOS_C, GRAD_C, DQ, DTS,
+    Q, K, BANK, QID, KID, BID, TAU, LSE, NPOS, GRAD, LSE_C, NPOS_C, GRAD_C, DQ0, DQ, DTS,
     N, M, B, D, SIZE_KEY,
     stride_qn, stride_qd, stride_kn, stride_kd, stride_bn, stride_bd,
-    EXCLUDE_SELF: tl.constexpr, HAS_BANK: tl.constexpr, BANK_IDS: tl.constexpr,
-    BANK_POSITIVE: tl.constexpr, SYMMETRIC: tl.constexpr, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
-    IDX64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    EXCLUDE_SELF: tl.constexpr, HAS_BANK: tl.constexpr, BANK_MODE: tl.constexpr,
+    SYMMETRIC: tl.constexpr, POS_IN_LOOP: tl.constexpr, PRECISION: tl.constexpr,
+    UPCAST_DOT: tl.constexpr, IDX64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
-    """dq and the dtau row partials; ``*_C`` are the column losses' statistics (SYMMETRIC)."""
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    """dq and the dtau row partials of split ``program_id(1)``, written to ``DQ[split]`` and
+    ``DTS[split]`` (``[splits, N, D]`` and ``[splits, N]``; with one split DQ is the result in the
+    input dtype). ``*_C`` are the column losses' statistics (SYMMETRIC). Without POS_IN_LOOP the
+    positives' term arrives as ``DQ0 [N, D]`` (fp32, before the 1/tau), added by split 0."""
+    row0 = tl.program_id(0) * BLOCK_M
+    rows = row0 + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
     row_ok = rows < N
     q = _load_rows(Q, rows, row_ok, dims, D, stride_qn, stride_qd, IDX64)
@@ -312,33 +355,41 @@ def _info_nce_bwd_dq(
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     dts = tl.zeros([BLOCK_M], tl.float32)
-    dq, dts = _dq_sweep(q, qid, rows, lse2, g, w, dq, dts, scale, K, KID, M, D, stride_kn, stride_kd,
-                        LSE_C, NPOS_C, GRAD_C, EXCLUDE_SELF, True, True, SYMMETRIC,
-                        PRECISION, UPCAST_DOT, BLOCK_N, BLOCK_D, IDX64)
+    dq, dts = _dq_sweep(q, qid, rows, row0, lse2, g, w, dq, dts, scale, K, KID, M, D, stride_kn, stride_kd,
+                        LSE_C, NPOS_C, GRAD_C, EXCLUDE_SELF, POS_IN_LOOP, SYMMETRIC,
+                        PRECISION, UPCAST_DOT, BLOCK_M, BLOCK_N, BLOCK_D, IDX64)
     if HAS_BANK:
-        dq, dts = _dq_sweep(q, qid, rows, lse2, g, w, dq, dts, scale, BANK, BID, B, D, stride_bn, stride_bd,
-                            LSE_C, NPOS_C, GRAD_C, False, BANK_IDS, BANK_POSITIVE, False,
-                            PRECISION, UPCAST_DOT, BLOCK_N, BLOCK_D, IDX64)
-    dq = dq * inv_tau
+        dq, dts = _dq_sweep(q, qid, rows, row0, lse2, g, w, dq, dts, scale, BANK, BID, B, D, stride_bn, stride_bd,
+                            LSE_C, NPOS_C, GRAD_C, False, BANK_MODE, False,
+                            PRECISION, UPCAST_DOT, BLOCK_M, BLOCK_N, BLOCK_D, IDX64)
+    split = tl.program_id(1)
     if IDX64:
         rows = rows.to(tl.int64)
-    tl.store(DQ + rows[:, None] * D + dims[None, :], dq.to(DQ.dtype.element_ty),
-             mask=row_ok[:, None] & (dims[None, :] < D))
-    tl.store(DTS + rows, dts * LN2, mask=row_ok)
+        split = split.to(tl.int64)
+    offs = rows[:, None] * D + dims[None, :]
+    io = row_ok[:, None] & (dims[None, :] < D)
+    if not POS_IN_LOOP:
+        dq += tl.where(split == 0, tl.load(DQ0 + offs, mask=io, other=0.0), 0.0)
+    dq = dq * inv_tau
+    tl.store(DQ + split * N * D + offs, dq.to(DQ.dtype.element_ty), mask=io)
+    tl.store(DTS + split * N + rows, dts * LN2, mask=row_ok)
 
 
 @_autotune("dk")
 @triton.jit
 def _info_nce_bwd_dk(
-    Q, K, QID, KID, TAU, LSE, NPOS, GRAD, LSE_C, NPOS_C, GRAD_C, DK,
+    Q, K, QID, KID, TAU, LSE, NPOS, GRAD, LSE_C, NPOS_C, GRAD_C, DK0, DK,
     N, M, D, SIZE_KEY,
     stride_qn, stride_qd, stride_kn, stride_kd,
-    EXCLUDE_SELF: tl.constexpr, HAS_BANK: tl.constexpr, SYMMETRIC: tl.constexpr,
+    EXCLUDE_SELF: tl.constexpr, HAS_BANK: tl.constexpr, SYMMETRIC: tl.constexpr, POS_IN_LOOP: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, IDX64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """dk: one program per block of BLOCK_M keys, sweeping the anchors BLOCK_N at a time."""
-    cols = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    """dk: one program per block of BLOCK_M keys, sweeping the anchors BLOCK_N at a time.
+    Without POS_IN_LOOP the positives' term arrives as ``DK0 [M, D]`` (fp32, before the 1/tau)
+    and only the anchor-edge and diagonal tiles are masked."""
+    col0 = tl.program_id(0) * BLOCK_M
+    cols = col0 + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
     col_ok = cols < M
     k = _load_rows(K, cols, col_ok, dims, D, stride_kn, stride_kd, IDX64)
@@ -353,29 +404,37 @@ def _info_nce_bwd_dk(
         rows = start + tl.arange(0, BLOCK_N)
         row_ok = rows < N
         q = _load_rows(Q, rows, row_ok, dims, D, stride_qn, stride_qd, IDX64)
-        qid = tl.load(QID + rows, mask=row_ok, other=0)
         lse2, g, w = _row_weights(LSE, NPOS, GRAD, rows, row_ok)
         s2t = _mma(k, tl.trans(q), PRECISION, UPCAST_DOT) * scale  # [keys, anchors]
-        valid = row_ok[None, :] & col_ok[:, None]
-        if EXCLUDE_SELF:
-            valid = valid & (rows[None, :] != cols[:, None])
-        same = (kid[:, None] == qid[None, :]) & valid
-        s2t = tl.where(valid, s2t, float("-inf"))
-        dst = g[None, :] * tl.exp2(s2t - lse2[None, :]) - tl.where(same, w[None, :], 0.0)
-        if SYMMETRIC:
-            dst += g_c[:, None] * tl.exp2(s2t - lse2_c[:, None]) - tl.where(same, w_c[:, None], 0.0)
+        if POS_IN_LOOP:
+            qid = tl.load(QID + rows, mask=row_ok, other=0)
+            valid = _tile_valid(cols, rows, N, EXCLUDE_SELF) & col_ok[:, None]
+            same = (kid[:, None] == qid[None, :]) & valid
+            s2t = tl.where(valid, s2t, float("-inf"))
+            dst = g[None, :] * tl.exp2(s2t - lse2[None, :]) - tl.where(same, w[None, :], 0.0)
+            if SYMMETRIC:
+                dst += g_c[:, None] * tl.exp2(s2t - lse2_c[:, None]) - tl.where(same, w_c[:, None], 0.0)
+        else:
+            if _needs_mask(start, col0, N, EXCLUDE_SELF, BLOCK_M, BLOCK_N):
+                s2t = tl.where(_tile_valid(cols, rows, N, EXCLUDE_SELF), s2t, float("-inf"))
+            dst = g[None, :] * tl.exp2(s2t - lse2[None, :])
+            if SYMMETRIC:
+                dst += g_c[:, None] * tl.exp2(s2t - lse2_c[:, None])
         dk += _mma(dst.to(q.dtype), q, PRECISION, UPCAST_DOT)
-    dk = dk * inv_tau
     if IDX64:
         cols = cols.to(tl.int64)
-    tl.store(DK + cols[:, None] * D + dims[None, :], dk.to(DK.dtype.element_ty),
-             mask=col_ok[:, None] & (dims[None, :] < D))
+    offs = cols[:, None] * D + dims[None, :]
+    io = col_ok[:, None] & (dims[None, :] < D)
+    if not POS_IN_LOOP:
+        dk += tl.load(DK0 + offs, mask=io, other=0.0)
+    dk = dk * inv_tau
+    tl.store(DK + offs, dk.to(DK.dtype.element_ty), mask=io)
 
 
 # ----------------------------------------------------------------------------- launchers
-def _grid(n, block):
-    """Launch grid: one program per ``block``-sized slice of ``n`` rows."""
-    return lambda meta: (triton.cdiv(n, meta[block]),)
+def _grid(n, block, split=1):
+    """Launch grid: one program per ``block``-sized slice of ``n`` rows, times ``split`` column splits."""
+    return lambda meta: (triton.cdiv(n, meta[block]), split)
 
 
 def _new(shape, dtype, device, fill):
@@ -414,17 +473,147 @@ def _upcast(dtype):
     return _INTERPRET and dtype == torch.bfloat16
 
 
-def _bank_args(q, bank, bank_ids, mask_bank_same_id):
+# ----------------------------------------------------------------------------- what runs when
+# "auto": positives out of the loop (separable) from N * (M + B) >= SEPARABLE_MIN, in the loop below.
+# "loop" / "separable" force one path (tests; TSCL_INFO_NCE_POSITIVES for experiments).
+POSITIVES = os.environ.get("TSCL_INFO_NCE_POSITIVES", "auto")
+SEPARABLE_MIN = 1 << 20
+# Split-K: None picks the column split count from the sizes and the SM count; an int forces it (tests).
+FORCE_SPLIT: Optional[int] = int(os.environ["TSCL_INFO_NCE_SPLIT"]) if os.environ.get("TSCL_INFO_NCE_SPLIT") else None
+SPLIT_MIN_COLS = 1024   # each split sweeps at least this many columns (keys + bank)
+SPLIT_ROWS = 128        # rows per program assumed when counting row programs (the largest BLOCK_M)
+SPLIT_PARTIAL_BYTES = 1 << 27  # cap on the dq kernel's fp32 partials [splits, N, D]
+_DEFAULT_SMS = 132      # H100 SXM; the device's own count is read on CUDA
+
+
+def _separable(n, m, b):
+    """True: positives from per-id sums outside the N x (M+B) loop; False: found in the loop."""
+    if POSITIVES not in ("auto", "loop", "separable"):
+        raise ValueError(f"POSITIVES must be 'auto', 'loop' or 'separable', got {POSITIVES!r}")
+    if POSITIVES != "auto":
+        return POSITIVES == "separable"
+    return n * (m + b) >= SEPARABLE_MIN
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index):
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _sms(device):
+    if device.type == "cuda":
+        return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return _DEFAULT_SMS
+
+
+def _split(n, cols, d, device):
+    """Column splits for an anchor count ``n`` over ``cols`` columns (keys + bank): 1 when the
+    row programs alone fill the SMs, else enough splits to fill them, each sweeping at least
+    SPLIT_MIN_COLS columns, and the dq partials within SPLIT_PARTIAL_BYTES."""
+    if FORCE_SPLIT is not None:
+        return max(1, int(FORCE_SPLIT))
+    row_programs = triton.cdiv(n, SPLIT_ROWS)
+    sms = _sms(device)
+    if row_programs >= sms:
+        return 1
+    split = min(triton.cdiv(sms, row_programs), max(1, cols // SPLIT_MIN_COLS),
+                max(1, SPLIT_PARTIAL_BYTES // (4 * n * _block_d(d))))
+    return max(1, split)
+
+
+def _bank_args(q, bank, bank_ids, mask_bank_same_id, pos_in_loop):
+    """Bank operands and flags; BANK_MODE: 0 no ids in the bank sweep (no bank ids, or bank
+    positives summed outside), 1 bank positives found in the loop, 2 same-id entries masked."""
     has_bank = bank is not None and bank.shape[0] > 0
     if not has_bank:
-        return q, q, 0, (0, 0), dict(HAS_BANK=False, BANK_IDS=False, BANK_POSITIVE=True)
+        return q, q, 0, (0, 0), dict(HAS_BANK=False, BANK_MODE=0)
     bids = bank_ids if bank_ids is not None else q.new_empty(0, dtype=torch.int64)
-    flags = dict(HAS_BANK=True, BANK_IDS=bank_ids is not None, BANK_POSITIVE=not mask_bank_same_id)
-    return bank, bids, bank.shape[0], bank.stride(), flags
+    mode = 0 if bank_ids is None else (2 if mask_bank_same_id else int(pos_in_loop))
+    return bank, bids, bank.shape[0], bank.stride(), dict(HAS_BANK=True, BANK_MODE=mode)
 
 
 def _tau(temperature, device):
     return temperature.detach().to(device=device, dtype=torch.float32).reshape(())
+
+
+def _merge_lse(pm, pl):
+    """Exact log-sum-exp over column splits from per-split (max, rescaled sum) in base 2; a row
+    without any column gets 0, a NaN anywhere stays NaN."""
+    mx = pm.max(dim=0).values
+    ref = torch.where(mx == float("-inf"), torch.zeros_like(mx), mx)
+    l = (pl * torch.exp2(pm - ref)).sum(dim=0) if pm.shape[0] > 1 else pl[0]
+    lse = torch.where(l == 0, torch.zeros_like(l), ref + torch.log2(torch.where(l == 0, torch.ones_like(l), l)))
+    return lse * _LN2
+
+
+_LN2 = 0.6931471805599453
+
+
+def _codes(q_ids, k_side):
+    """Dense codes of the key-side ids (``k_side``: k_ids, then bank_ids where bank positives are
+    summed) and of the anchors' ids among them, without a host sync (no ``torch.unique``):
+    returns ``qc [N]``, ``kc [len(k_side)]`` and the number of code rows ``u`` (len + 1; the
+    last row collects anchors whose id no key has, and stays zero)."""
+    srt, perm = torch.sort(k_side)
+    new = torch.ones_like(srt, dtype=torch.bool)
+    new[1:] = srt[1:] != srt[:-1]
+    code_sorted = torch.cumsum(new, 0) - 1
+    kc = torch.empty_like(code_sorted)
+    kc[perm] = code_sorted
+    u = k_side.numel() + 1
+    pos = torch.searchsorted(srt, q_ids).clamp_max(k_side.numel() - 1)
+    qc = torch.where(srt[pos] == q_ids, code_sorted[pos], torch.full_like(pos, u - 1))
+    return qc, kc, u
+
+
+def _segment_sum(values, codes, u):
+    out = values.new_zeros((u,) + values.shape[1:])
+    return out.index_add_(0, codes, values)
+
+
+def _positives(q, k, q_ids, k_ids, tau, exclude_self, bank, bank_ids, mask_bank_same_id):
+    """Positives' logit sum and count per anchor from per-id sums of keys (separable path):
+    sum_{j in P(i)} s_ij = <q_i, sum_{j: id_j = id_i} k_j> / tau, minus the diagonal under
+    exclude_self, plus the same-id bank entries when they are positives."""
+    bank_pos = bank is not None and bank.shape[0] > 0 and bank_ids is not None and not mask_bank_same_id
+    m = k.shape[0]
+    k_side = torch.cat([k_ids, bank_ids]) if bank_pos else k_ids
+    qc, kc, u = _codes(q_ids, k_side)
+    kf = k.float()
+    keys = torch.cat([kf, bank.float()]) if bank_pos else kf
+    sums = _segment_sum(keys, kc, u)[qc]
+    cnt = _segment_sum(torch.ones_like(kc), kc, u)[qc]
+    qf = q.float()
+    if exclude_self:
+        diag = q_ids == k_ids[: q.shape[0]] if m == q.shape[0] else torch.zeros_like(q_ids, dtype=torch.bool)
+        sums = sums - torch.where(diag[:, None], kf, torch.zeros_like(kf))
+        cnt = cnt - diag.long()
+    return (qf * sums).sum(-1) / tau, cnt
+
+
+def _forward_pass(q, k, q_ids, k_ids, tau, exclude_self, bank, bank_ids, mask_bank_same_id, consts):
+    """One direction (anchors q, keys k, optional bank): ``lse [N]``, ``possum [N]``, ``npos [N]``."""
+    n, d = q.shape
+    m = k.shape[0]
+    b = 0 if bank is None else bank.shape[0]
+    pos_in_loop = not _separable(n, m, b)
+    split = _split(n, m + b, d, q.device)
+    bank_t, bids, b, bstride, flags = _bank_args(q, bank, bank_ids, mask_bank_same_id, pos_in_loop)
+    pm = _new((split, n), torch.float32, q.device, float("nan"))
+    pl = _new((split, n), torch.float32, q.device, float("nan"))
+    psum = _new((split, n), torch.float32, q.device, float("nan")) if pos_in_loop else pm
+    pcnt = _new((split, n), torch.int32, q.device, -1) if pos_in_loop else pm
+    _info_nce_fwd[_grid(n, "BLOCK_M", split)](
+        q, k, bank_t, q_ids, k_ids, bids, tau, pm, pl, psum, pcnt,
+        n, m, b, d, _size_key(n, m, b), *q.stride(), *k.stride(), *bstride,
+        POS_IN_LOOP=pos_in_loop, **consts, **flags,
+    )
+    lse = _merge_lse(pm, pl)
+    if pos_in_loop:
+        possum, npos = psum.sum(0), pcnt.sum(0).long()
+    else:
+        possum, npos = _positives(q, k, q_ids, k_ids, tau, exclude_self, bank, bank_ids, mask_bank_same_id)
+    return lse, possum, npos
 
 
 def _forward(q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank_same_id, symmetric,
@@ -433,27 +622,63 @@ def _forward(q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask
 
     Returns ``loss, npos, lse``, each ``[N]`` (or ``[N+M]``, rows then columns).
     """
-    n, d = q.shape
-    m = k.shape[0]
-    total = n + m if symmetric else n
-    loss = _new((total,), torch.float32, q.device, float("nan"))
-    npos = _new((total,), torch.int64, q.device, -1)
-    lse = _new((total,), torch.float32, q.device, float("nan"))
+    d = q.shape[1]
     tau = _tau(temperature, q.device)
     consts = dict(EXCLUDE_SELF=exclude_self, PRECISION=_precision(q.dtype, allow_tf32), UPCAST_DOT=_upcast(q.dtype),
                   BLOCK_D=_block_d(d), IDX64=_idx64(q, k, bank))
-    bank_t, bids, b, bstride, flags = _bank_args(q, bank, bank_ids, mask_bank_same_id)
-    _info_nce_fwd[_grid(n, "BLOCK_M")](
-        q, k, bank_t, q_ids, k_ids, bids, tau, loss[:n], npos[:n], lse[:n],
-        n, m, b, d, _size_key(n, m, b), *q.stride(), *k.stride(), *bstride, **consts, **flags,
-    )
+    parts = [_forward_pass(q, k, q_ids, k_ids, tau, exclude_self, bank, bank_ids, mask_bank_same_id, consts)]
     if symmetric:
-        _, _, _, _, flags = _bank_args(k, None, None, False)
-        _info_nce_fwd[_grid(m, "BLOCK_M")](
-            k, q, k, k_ids, q_ids, k_ids, tau, loss[n:], npos[n:], lse[n:],
-            m, n, 0, d, _size_key(m, n), *k.stride(), *q.stride(), 0, 0, **consts, **flags,
-        )
+        parts.append(_forward_pass(k, q, k_ids, q_ids, tau, exclude_self, None, None, False, consts))
+    lse, possum, npos = (torch.cat(t) if len(t) > 1 else t[0] for t in zip(*parts))
+    # npos == 0: no positive, loss 0 (npos < 0 only from a poisoned, unwritten count: stays NaN)
+    loss = torch.where(npos == 0, torch.zeros_like(lse), lse - possum / npos.clamp_min(1))
     return loss, npos, lse
+
+
+def _positive_grads(q, k, q_ids, k_ids, g, gc, npos, npos_c, exclude_self, bank, bank_ids, mask_bank_same_id,
+                    need_dk):
+    """The positives' terms of dq and dk (separable path), fp32 and before the 1/tau:
+    dq0_i = -[ w_i sum_{j in P(i)} k_j + sum_{j: i in P'(j)} w'_j k_j ],
+    dk0_j = -[ sum_{i: j in P(i)} w_i q_i + w'_j sum_{i in P'(j)} q_i ],
+    with w = g / npos (rows) and w' = g' / npos' (columns, symmetric; ``gc`` None otherwise),
+    all from per-id sums. Also returns the positives' share of the dtau partials,
+    sum_i <q_i, dq0_i> / ... (the caller divides by tau)."""
+    n = q.shape[0]
+    m = k.shape[0]
+    bank_pos = bank is not None and bank.shape[0] > 0 and bank_ids is not None and not mask_bank_same_id
+    qf, kf = q.float(), k.float()
+    k_side = torch.cat([k_ids, bank_ids]) if bank_pos else k_ids
+    qc, kc_all, u = _codes(q_ids, k_side)
+    kc = kc_all[:m]
+    w = torch.where(npos > 0, g / npos.clamp_min(1), torch.zeros_like(g))
+    keys = torch.cat([kf, bank.float()]) if bank_pos else kf
+    diag = None
+    if exclude_self and n == m:
+        diag = (q_ids == k_ids)[:, None]
+    zero_k, zero_q = torch.zeros_like(kf), torch.zeros_like(qf)
+    own = _segment_sum(keys, kc_all, u)[qc]
+    if diag is not None:
+        own = own - torch.where(diag, kf, zero_k)
+    dq0 = w[:, None] * own
+    dk0 = None
+    if need_dk:
+        dk0 = _segment_sum(w[:, None] * qf, qc, u)[kc]
+        if diag is not None:
+            dk0 = dk0 - torch.where(diag, w[:, None] * qf, zero_q)
+    if gc is not None:
+        wc = torch.where(npos_c > 0, gc / npos_c.clamp_min(1), torch.zeros_like(gc))
+        cross = _segment_sum(wc[:, None] * kf, kc, u)[qc]
+        if diag is not None:
+            cross = cross - torch.where(diag, wc[:, None] * kf, zero_k)
+        dq0 = dq0 + cross
+        if need_dk:
+            qs = _segment_sum(qf, qc, u)[kc]
+            if diag is not None:
+                qs = qs - torch.where(diag, qf, zero_q)
+            dk0 = dk0 + wc[:, None] * qs
+    dq0 = -dq0
+    dts = (qf * dq0).sum()
+    return dq0.contiguous(), (-dk0).contiguous() if need_dk else None, dts
 
 
 def _backward(grad, q, k, q_ids, k_ids, temperature, lse, npos, exclude_self, bank, bank_ids,
@@ -462,31 +687,55 @@ def _backward(grad, q, k, q_ids, k_ids, temperature, lse, npos, exclude_self, ba
 
     ``grad``, ``lse`` and ``npos`` are laid out as :func:`_forward` returns them; when
     ``symmetric`` both kernels add the column losses' terms to the same recomputed tiles.
+    The path (positives in the loop or separable) and the split count follow the same rules
+    as the forward's.
     """
     n, d = q.shape
     m = k.shape[0]
+    b = 0 if bank is None else bank.shape[0]
     grad = grad.float().contiguous()  # a reduction's gradient arrives expanded (stride 0)
     rows = (lse[:n], npos[:n], grad[:n])
     cols = (lse[n:], npos[n:], grad[n:]) if symmetric else rows  # unused unless symmetric
     tau = _tau(temperature, q.device)
+    pos_in_loop = not _separable(n, m, b)
+    if symmetric and pos_in_loop != (not _separable(m, n, 0)):
+        pos_in_loop = True  # both directions share the tiles: one path for both
     consts = dict(EXCLUDE_SELF=exclude_self, SYMMETRIC=symmetric, PRECISION=_precision(q.dtype, allow_tf32),
-                  UPCAST_DOT=_upcast(q.dtype), BLOCK_D=_block_d(d), IDX64=_idx64(q, k, bank))
-    dq = _new((n, d), q.dtype, q.device, float("nan"))
-    dts = _new((n,), torch.float32, q.device, float("nan"))
-    bank_t, bids, b, bstride, flags = _bank_args(q, bank, bank_ids, mask_bank_same_id)
-    _info_nce_bwd_dq[_grid(n, "BLOCK_M")](
-        q, k, bank_t, q_ids, k_ids, bids, tau, *rows, *cols, dq, dts,
+                  UPCAST_DOT=_upcast(q.dtype), BLOCK_D=_block_d(d), IDX64=_idx64(q, k, bank),
+                  POS_IN_LOOP=pos_in_loop)
+    dts_pos = None
+    dq0 = dk0 = q  # unused with positives in the loop
+    if not pos_in_loop:
+        g = torch.where(rows[1] > 0, rows[2], torch.zeros_like(rows[2]))
+        gc = torch.where(cols[1] > 0, cols[2], torch.zeros_like(cols[2])) if symmetric else None
+        dq0, dk0, dts_pos = _positive_grads(q, k, q_ids, k_ids, g, gc, rows[1], cols[1] if symmetric else None,
+                                            exclude_self, bank, bank_ids, mask_bank_same_id, need_dk)
+    split = _split(n, m + b, d, q.device)
+    bank_t, bids, b, bstride, flags = _bank_args(q, bank, bank_ids, mask_bank_same_id, pos_in_loop)
+    if split == 1:
+        dq = _new((n, d), q.dtype, q.device, float("nan"))
+        dq_out = dq
+    else:
+        dq_out = _new((split, n, d), torch.float32, q.device, float("nan"))
+    dts = _new((split, n), torch.float32, q.device, float("nan"))
+    _info_nce_bwd_dq[_grid(n, "BLOCK_M", split)](
+        q, k, bank_t, q_ids, k_ids, bids, tau, *rows, *cols, dq0, dq_out, dts,
         n, m, b, d, _size_key(n, m, b), *q.stride(), *k.stride(), *bstride, **consts, **flags,
     )
+    if split > 1:
+        dq = dq_out.sum(0).to(q.dtype)
     if need_dk:
         dk = _new((m, d), k.dtype, k.device, float("nan"))
         _info_nce_bwd_dk[_grid(m, "BLOCK_M")](
-            q, k, q_ids, k_ids, tau, *rows, *cols, dk,
+            q, k, q_ids, k_ids, tau, *rows, *cols, dk0, dk,
             n, m, d, _size_key(m, n), *q.stride(), *k.stride(), HAS_BANK=flags["HAS_BANK"], **consts,
         )
     else:
         dk = k.new_empty(0)
-    dtau = (-dts.sum() / tau).to(temperature.dtype).reshape(temperature.shape)
+    dts_sum = dts.sum()
+    if dts_pos is not None:
+        dts_sum = dts_sum + dts_pos / tau
+    dtau = (-dts_sum / tau).to(temperature.dtype).reshape(temperature.shape)
     return dq, dk, dtau
 
 

@@ -356,7 +356,7 @@ def test_poisoned_outputs_expose_a_skipped_tile(monkeypatch):
     assert torch.isfinite(loss).all() and (npos == 1).all()
 
     real_grid = tn._grid
-    monkeypatch.setattr(tn, "_grid", lambda n, block: lambda meta: (real_grid(n, block)(meta)[0] - 1,))
+    monkeypatch.setattr(tn, "_grid", lambda n, block, split=1: lambda meta: (real_grid(n, block)(meta)[0] - 1, split))
     loss, npos = tn.info_nce_rows_triton(q, k, ids, ids, torch.tensor(0.1))
     assert torch.isnan(loss[-5:]).all() and (npos[-5:] == -1).all() and torch.isfinite(loss[:32]).all()
     dq, dk = torch.autograd.grad(loss[:32].sum(), (q, k))
@@ -403,6 +403,10 @@ def test_block_configs():
     # a 128 x 64 score tile on 4 warps (64 fp32 per thread) spilled on sm_90: never admitted
     four = [triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4)]
     assert tn._prune(four + many, {}, BLOCK_D=128, KIND="fwd") == many
+    # 64 x 128 on 8 warps: admitted on the separable path, not with the positives in the loop (spilled)
+    wide = [triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=8)]
+    assert tn._prune(wide + many, {}, BLOCK_D=128, KIND="fwd", POS_IN_LOOP=False) == wide + many
+    assert tn._prune(wide + many, {}, BLOCK_D=128, KIND="fwd", POS_IN_LOOP=True) == many
     # dq/dk add a [BLOCK_M, BLOCK_D] accumulator: 128 rows x D 128 on 8 warps is 32 + 64 per thread
     assert len(tn._prune(many, {}, BLOCK_D=128, KIND="dq")) == 3
     assert tn._size_key(256, 256, 65536) != tn._size_key(4096, 4096, 65536) and tn._size_key(10, 20) % 16 == 0
@@ -555,3 +559,130 @@ def test_int64_offsets_are_chosen_past_int32_and_give_the_same_numbers(monkeypat
     got = _case("triton", bank=13, bank_ids=True, symmetric=True)
     for name in ("out", "dq", "dk", "dtau"):
         torch.testing.assert_close(got[name], want[name], rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- separable positives, split-K
+@pytest.fixture
+def positives(monkeypatch):
+    """Force where the positives are found: ``positives("separable")`` or ``positives("loop")``."""
+    def force(path, split=None):
+        monkeypatch.setattr(tn, "POSITIVES", path)
+        monkeypatch.setattr(tn, "FORCE_SPLIT", split)
+    return force
+
+
+@needs_triton
+@pytest.mark.parametrize("name", list(_OPTION_CASES))
+def test_separable_positives_match_reference_fp32(name, positives):
+    """Positives from per-id key sums and id histograms, outside the N x M loop: every option."""
+    positives("separable")
+    kw = _OPTION_CASES[name]
+    _assert_matches(_case("triton", **kw), _case("reference", **kw), torch.float32)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["exclude-self", "bank-ids-positive", "symmetric-exclude-self-bank",
+                                  "exclude-self-bank-mask"])
+def test_separable_positives_match_reference_half(dtype, name, positives):
+    positives("separable")
+    kw = _OPTION_CASES[name]
+    _assert_matches(_case("triton", dtype=dtype, **kw), _case("reference", dtype=dtype, **kw), dtype)
+
+
+@needs_triton
+@pytest.mark.parametrize("n,m,d", [(1, 3, 7), (33, 17, 64), (5, 40, 512)])
+def test_separable_positives_odd_shapes(n, m, d, positives):
+    positives("separable")
+    kw = dict(n=n, m=m, d=d, n_ids=3, bank=5 if d < 512 else 0, bank_ids=True)
+    _assert_matches(_case("triton", **kw), _case("reference", **kw), torch.float32)
+
+
+@needs_triton
+@pytest.mark.parametrize("path", ["separable", "loop"])
+@pytest.mark.parametrize("split", [2, 3, 7])
+@pytest.mark.parametrize("name,kw", [
+    ("moco", dict(n=20, m=20, ids=None, bank=150)),
+    ("pmq-positive", dict(n=24, m=24, bank=90, bank_ids=True, n_ids=6)),
+    ("pmq-mask", dict(n=24, m=24, bank=90, bank_ids=True, bank_same_id="mask", n_ids=6)),
+    ("ntxent-symmetric", dict(n=30, exclude_self=True, symmetric=True, bank=40, bank_ids=True, n_ids=8)),
+])
+def test_split_k_matches_reference(name, kw, split, path, positives):
+    """Column splits (forced; 7 leaves some splits without a tile) merge exactly: the
+    log-sum-exp from per-split (max, sum), dq and dtau from per-split partials."""
+    positives(path, split)
+    _assert_matches(_case("triton", **kw), _case("reference", **kw), torch.float32)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_split_k_half(dtype, positives):
+    positives("separable", 4)
+    kw = dict(n=19, m=19, ids=None, bank=130, dtype=dtype)
+    _assert_matches(_case("triton", **kw), _case("reference", **kw), dtype)
+
+
+@needs_triton
+def test_split_k_nan_in_bank_reaches_every_row(positives):
+    positives("separable", 3)
+    got, want = _nonfinite_case("triton", "bank"), _nonfinite_case("reference", "bank")
+    assert torch.isnan(got[0]).all() and torch.isnan(want[0]).all()
+    for g, w in zip(got[1:3], want[1:3]):
+        assert torch.equal(torch.isnan(g), torch.isnan(w))
+
+
+@needs_triton
+def test_split_k_and_separable_poison_exposes_a_skipped_program(monkeypatch, positives):
+    """Drop the last split of every launch: its rows' partials stay NaN, so loss and dq do too."""
+    positives("separable", 3)
+    q = _unit(37, 19, torch.Generator().manual_seed(0)).requires_grad_()
+    k = _unit(37, 19, torch.Generator().manual_seed(1)).requires_grad_()
+    bank = _unit(50, 19, torch.Generator().manual_seed(2))
+    ids = torch.arange(37)
+    loss, npos = tn.info_nce_rows_triton(q, k, ids, ids, torch.tensor(0.1), bank=bank)
+    assert torch.isfinite(loss).all() and (npos == 1).all()
+    real_grid = tn._grid
+    monkeypatch.setattr(tn, "_grid", lambda n, block, split=1: lambda meta: (real_grid(n, block)(meta)[0],
+                                                                           max(split - 1, 1)))
+    loss, _ = tn.info_nce_rows_triton(q, k, ids, ids, torch.tensor(0.1), bank=bank)
+    assert torch.isnan(loss).all()
+    monkeypatch.setattr(tn, "_grid", real_grid)
+    loss, _ = tn.info_nce_rows_triton(q, k, ids, ids, torch.tensor(0.1), bank=bank)
+    monkeypatch.setattr(tn, "_grid", lambda n, block, split=1: lambda meta: (real_grid(n, block)(meta)[0],
+                                                                           max(split - 1, 1)))
+    (dq,) = torch.autograd.grad(loss.sum(), (q,))
+    assert torch.isnan(dq).all()
+
+
+def test_split_count_rule():
+    if tn is None:
+        pytest.skip(_SKIP or "")
+    cpu = torch.device("cpu")
+    # MoCo: 256 anchors (2 row programs of 128) over 256 keys + a 65,536 queue: split to fill 132 SMs
+    s = tn._split(256, 256 + 65536, 128, cpu)
+    assert 32 <= s <= 66 and s * tn.triton.cdiv(256, 128) <= 2 * 132
+    assert tn._split(65536, 65536, 128, cpu) == 1            # rows alone fill the SMs
+    assert tn._split(256, 512, 128, cpu) == 1                 # too few columns to share
+    assert tn._split(4096, 4096, 128, cpu) == 4               # 32 row programs, 4 x 1024 columns
+    # the dq partials [split, N, D] fp32 stay within SPLIT_PARTIAL_BYTES
+    s = tn._split(8, 10**7, 4096, cpu)
+    assert s * 4 * 8 * 4096 <= tn.SPLIT_PARTIAL_BYTES and s >= 1
+
+
+def test_separable_rule_and_codes():
+    if tn is None:
+        pytest.skip(_SKIP or "")
+    assert tn._separable(1024, 1024, 0) and not tn._separable(37, 53, 29) and tn._separable(256, 256, 65536)
+    q_ids = torch.tensor([5, -3, 7, 5, 10**12, 8])
+    k_side = torch.tensor([7, 5, 5, 10**12, 2, -3, 7])
+    qc, kc, u = tn._codes(q_ids, k_side)
+    assert u == k_side.numel() + 1
+    for i in range(q_ids.numel()):
+        same = (k_side == q_ids[i]).nonzero().flatten()
+        if same.numel():
+            assert (kc[same] == qc[i]).all()
+            assert ((kc == qc[i]) == (k_side == q_ids[i])).all()
+        else:
+            assert qc[i] == u - 1  # id 8: no key has it
+    counts = tn._segment_sum(torch.ones_like(kc), kc, u)[qc]
+    assert counts.tolist() == [2, 1, 2, 2, 1, 0]
