@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.metrics import average_precision_score
 
-from .linear import _bootstrap_weights, assert_no_patient_leakage, choose_on_validation, weighted_auroc
+from .linear import weighted_auroc
 from .models import PROBE_GRIDS, make_probe
+from .protocol import check_names, choose_on_validation, paired_ci, percentile_ci, prepare_split
 
 __all__ = ["weighted_auprc", "brier_score", "expected_calibration_error", "reliability_curve", "mae", "r2",
            "classification_metrics", "regression_metrics", "evaluate_probe", "EvalResult"]
@@ -162,8 +163,8 @@ class EvalResult:
 
 
 def evaluate_probe(features: dict, Y, labels, patient_ids, split, *, kind: str = "binary", probe: str = "linear",
-                   n_boot: int = 500, seed: int = 0, reference: str | None = None,
-                   predictors: dict | None = None) -> EvalResult:
+                   n_boot: int = 500, random_state: int = 0, reference: str | None = None,
+                   predictors: dict | None = None, seed: int | None = None) -> EvalResult:
     """Fit probe ``probe`` per encoder on ``split[0]``, score ``split[1]`` with patient-bootstrap CIs.
 
     ``kind``: ``binary`` / ``multilabel`` (``Y [n, L]`` 0/1) or ``regression`` (``Y [n, L]``
@@ -172,60 +173,57 @@ def evaluate_probe(features: dict, Y, labels, patient_ids, split, *, kind: str =
     ``predictors``: further rows from models trained on the rows themselves, called as
     ``predictor(Y, train_rows, test_rows, patient_ids, seed) -> P`` (see
     :class:`~tscl.probes.supervised.SupervisedBaseline`); scored on the same test side and resamples.
+    ``seed`` is an alias of ``random_state``.
     """
-    predictors = dict(predictors or {})
-    clash = set(predictors) & set(features)
-    if clash:
-        raise ValueError(f"names used both as features and as predictors: {sorted(clash)}")
+    seed = random_state if seed is None else seed
+    predictors = check_names(features, predictors)
     Y = np.asarray(Y, dtype=np.float64)
     Y = Y[:, None] if Y.ndim == 1 else Y
     patient_ids = np.asarray(patient_ids)
     train, test = (np.asarray(s, dtype=np.int64) for s in split)
-    assert_no_patient_leakage(patient_ids, train, test)
+    W, summary = prepare_split(patient_ids, train, test, n_boot, seed)
     if kind == "regression":
         probe = "ridge"
     elif probe == "ridge":
         raise ValueError("the ridge probe is for regression targets")
-    W = _bootstrap_weights(patient_ids[test], n_boot, seed + 1)
-    result = EvalResult(labels=list(labels), kind=kind, probe=probe, y_test=Y[test], split={
-        "train_patients": int(len(np.unique(patient_ids[train]))), "test_patients": int(len(np.unique(patient_ids[test]))),
-        "train_records": int(len(train)), "test_records": int(len(test)), "bootstrap": n_boot})
+    result = EvalResult(labels=list(labels), kind=kind, probe=probe, y_test=Y[test], split=summary)
     metric_fn = regression_metrics if kind == "regression" else classification_metrics
-    all_boots = {}
+    boots = {}
     for name in [*features, *predictors]:
-        if name in predictors:
-            P = np.asarray(predictors[name](Y, train, test, patient_ids, seed))
-            info = dict(getattr(predictors[name], "last_info", {}))
-            untrainable = info.pop("untrainable_labels", [])
-            params = {"model": "trained on the labels", **info}
-        else:
-            X = np.asarray(features[name], dtype=np.float64)
-            params = _choose_params(probe, X, Y, train, patient_ids, kind, seed)
-            model = make_probe(probe, **params).fit(X[train], Y[train])
-            P = _predict(model, X[test], kind)
-            untrainable = getattr(model, "untrainable_", [])
+        P, params, untrainable = _fit_predict(name, features, predictors, probe, Y, train, test, patient_ids, kind,
+                                              seed)
         point = metric_fn(Y[test], P)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            boots = [metric_fn(Y[test], P, w) for w in W]
+            boots[name] = [metric_fn(Y[test], P, w) for w in W]
         row = {"encoder": name, "params": params, **point, "untrainable_labels": [labels[j] for j in untrainable]}
-        for m in point:
-            vals = np.array([b[m] for b in boots], dtype=np.float64)
-            ok = vals[np.isfinite(vals)]
-            row[f"{m}_ci"] = [float(np.percentile(ok, 2.5)), float(np.percentile(ok, 97.5))] if len(ok) else [np.nan] * 2
+        row.update({f"{m}_ci": percentile_ci([b[m] for b in boots[name]]) for m in point})
         result.rows.append(row)
         result.predictions[name] = P
-        all_boots[name] = boots
-    if reference is not None and reference in all_boots:
+    if reference in boots:
         ref = next(r for r in result.rows if r["encoder"] == reference)
-        for row in result.rows:
-            if row["encoder"] == reference:
-                continue
-            comp = {"encoder": row["encoder"], "reference": reference}
-            for m in result.metrics:
-                d = np.array([a[m] - b[m] for a, b in zip(all_boots[row["encoder"]], all_boots[reference])])
-                d = d[np.isfinite(d)]
-                comp[m] = row[m] - ref[m]
-                comp[f"{m}_ci"] = [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))] if len(d) else [np.nan] * 2
-            result.comparisons.append(comp)
+        result.comparisons += [_comparison(row, ref, boots, result.metrics) for row in result.rows
+                               if row["encoder"] != reference]
     return result
+
+
+def _fit_predict(name, features, predictors, probe, Y, train, test, patient_ids, kind, seed):
+    """``(P, params, untrainable)`` of encoder or predictor ``name`` trained on ``train``, predicting ``test``."""
+    if name in predictors:
+        P = np.asarray(predictors[name](Y, train, test, patient_ids, seed))
+        info = dict(getattr(predictors[name], "last_info", {}))
+        untrainable = info.pop("untrainable_labels", [])
+        return P, {"model": "trained on the labels", **info}, untrainable
+    X = np.asarray(features[name], dtype=np.float64)
+    params = _choose_params(probe, X, Y, train, patient_ids, kind, seed)
+    model = make_probe(probe, **params).fit(X[train], Y[train])
+    return _predict(model, X[test], kind), params, getattr(model, "untrainable_", [])
+
+
+def _comparison(row, ref, boots, metrics) -> dict:
+    """Differences of every metric between ``row`` and ``ref``, with paired-bootstrap CIs."""
+    comp = {"encoder": row["encoder"], "reference": ref["encoder"]}
+    for m in metrics:
+        comp[m] = row[m] - ref[m]
+        comp[f"{m}_ci"] = paired_ci([b[m] for b in boots[row["encoder"]]], [b[m] for b in boots[ref["encoder"]]])
+    return comp

@@ -1,0 +1,135 @@
+"""The evaluation protocol every probe shares: patient-level splits checked in code, label
+fractions that subsample patients, hyper-parameters chosen on a validation split carved out of
+the training side, and a patient-level bootstrap of the test side drawn once and shared by every
+encoder, so comparisons between encoders are paired (the CI of the difference on the same resamples).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "PatientLeakageError", "assert_no_patient_leakage", "PretrainingOverlapError", "pretrained_patients",
+    "check_pretraining_overlap", "patient_split", "subsample_patients", "bootstrap_weights", "choose_on_validation",
+    "check_names", "prepare_split", "percentile_ci", "paired_ci",
+]
+
+
+class PatientLeakageError(AssertionError):
+    """A patient has recordings on both sides of a split."""
+
+
+def assert_no_patient_leakage(patient_ids, *row_sets) -> None:
+    """Raise :class:`PatientLeakageError` if any patient appears in two of ``row_sets``."""
+    patient_ids = np.asarray(patient_ids)
+    seen: dict = {}
+    for side, rows in enumerate(row_sets):
+        for p in np.unique(patient_ids[np.asarray(rows, dtype=np.int64)]):
+            if p in seen and seen[p] != side:
+                name = p.item() if isinstance(p, np.generic) else p
+                raise PatientLeakageError(f"patient {name!r} is on both side {seen[p]} and side {side} of the split")
+            seen[p] = side
+
+
+class PretrainingOverlapError(ValueError):
+    """The encoder under evaluation was pretrained on some of the probe's test patients."""
+
+
+def pretrained_patients(run_dir) -> set[str] | None:
+    """The patients a run folder's encoder was pretrained on (its ``patients.json``), or None if not recorded."""
+    path = Path(run_dir) / "patients.json"
+    return set(json.loads(path.read_text())["patients"]) if path.exists() else None
+
+
+def check_pretraining_overlap(pretrained, test_patient_ids, *, allow: bool = False, what: str = "the encoder") -> list:
+    """Refuse (:class:`PretrainingOverlapError`) when ``test_patient_ids`` share a patient with ``pretrained``
+    (an iterable of patient ids, e.g. :func:`pretrained_patients`); ``allow`` returns the overlap instead."""
+    if pretrained is None:
+        return []
+    overlap = sorted(set(map(str, np.unique(np.asarray(test_patient_ids).astype(str)))) & set(map(str, pretrained)))
+    if overlap and not allow:
+        raise PretrainingOverlapError(
+            f"{what} was pretrained on {len(overlap)} of the probe's test patients (e.g. {overlap[:5]}); pretrain on "
+            "the training split (tscl pretrain --split train) or pass --allow-test-overlap if you mean it")
+    return overlap
+
+
+def patient_split(patient_ids, test_fraction: float = 0.3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of a random patient-level split: ``(train_rows, test_rows)``."""
+    patient_ids = np.asarray(patient_ids)
+    patients = np.unique(patient_ids)
+    if len(patients) < 2:
+        raise ValueError(f"a patient-level split needs at least 2 patients, got {len(patients)}")
+    rng = np.random.default_rng(seed)
+    n_test = min(len(patients) - 1, max(1, int(round(test_fraction * len(patients)))))
+    test_patients = rng.choice(patients, size=n_test, replace=False)
+    is_test = np.isin(patient_ids, test_patients)
+    train, test = np.flatnonzero(~is_test), np.flatnonzero(is_test)
+    assert_no_patient_leakage(patient_ids, train, test)
+    return train, test
+
+
+def subsample_patients(rows, patient_ids, fraction: float, seed: int = 0, min_patients: int = 2) -> np.ndarray:
+    """Keep all recordings of a random ``fraction`` of the patients in ``rows`` (at least ``min_patients``)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
+    rows = np.asarray(rows)
+    patient_ids = np.asarray(patient_ids)
+    patients = np.unique(patient_ids[rows])
+    if fraction == 1:
+        return rows
+    n = min(len(patients), max(min_patients, int(round(fraction * len(patients)))))
+    keep = np.random.default_rng(seed).choice(patients, size=n, replace=False)
+    return rows[np.isin(patient_ids[rows], keep)]
+
+
+def bootstrap_weights(groups, n_boot: int, seed: int) -> np.ndarray:
+    """Patient-level bootstrap ``[n_boot, n]``: whole patients are resampled; a record's weight is its patient's count."""
+    uniq, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    counts = np.random.default_rng(seed).multinomial(len(uniq), np.full(len(uniq), 1 / len(uniq)), size=n_boot)
+    return counts[:, inverse].astype(np.float64)
+
+
+def choose_on_validation(grid, score, rows, patient_ids, seed):
+    """The entry of ``grid`` whose ``score(entry, fit_rows, val_rows)`` is highest on a patient-level
+    validation split carved out of ``rows`` (never the test side); NaN scores never win. With
+    fewer than 10 patients there is no split to trust and the middle of the grid is returned."""
+    if len(np.unique(patient_ids[rows])) < 10:
+        return grid[len(grid) // 2]
+    fit_local, val_local = patient_split(patient_ids[rows], test_fraction=0.25, seed=seed)
+    fit_rows, val_rows = rows[fit_local], rows[val_local]
+    scores = np.array([score(entry, fit_rows, val_rows) for entry in grid], dtype=float)
+    return grid[int(np.argmax(np.nan_to_num(scores, nan=-np.inf)))]
+
+
+def check_names(features: dict, predictors: dict | None) -> dict:
+    """``predictors`` as a dict, refused when a name is both a feature set and a predictor."""
+    predictors = dict(predictors or {})
+    clash = set(predictors) & set(features)
+    if clash:
+        raise ValueError(f"names used both as features and as predictors: {sorted(clash)}")
+    return predictors
+
+
+def prepare_split(patient_ids, train, test, n_boot: int, seed: int) -> tuple[np.ndarray, dict]:
+    """Check ``(train, test)`` for leakage; the test side's bootstrap weights (drawn with ``seed + 1``, one
+    draw shared by every encoder) and the split's summary."""
+    assert_no_patient_leakage(patient_ids, train, test)
+    W = bootstrap_weights(patient_ids[test], n_boot, seed + 1)
+    return W, {"train_patients": int(len(np.unique(patient_ids[train]))),
+               "test_patients": int(len(np.unique(patient_ids[test]))),
+               "train_records": int(len(train)), "test_records": int(len(test)), "bootstrap": n_boot}
+
+
+def percentile_ci(values) -> list:
+    """The 95 % percentile interval of the finite ``values`` (``[nan, nan]`` when there are none)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if len(v) else [np.nan] * 2
+
+
+def paired_ci(boots, reference_boots) -> list:
+    """CI of a difference from the same bootstrap resamples of two encoders (a paired comparison)."""
+    return percentile_ci(np.asarray(boots, dtype=np.float64) - np.asarray(reference_boots, dtype=np.float64))
