@@ -39,11 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tscl import kernels
 from tscl.augment import build_augment
 from tscl.augment_image import spec_modality
 from tscl.distributed import gather_embeddings
 from tscl.encoders import build_encoder
-from tscl.kernels import info_nce
 from tscl.methods.base import Method
 from tscl.methods.sampling import RecordBatchSampler
 
@@ -185,7 +185,7 @@ class CLIP(Method):
         zb = self.embed_b(batch["tabular"])  # [N, D]
         ids = batch["record_ids"] if self.positives == "pair" else batch["patient_ids"]
         (za, gids), (zb, _) = gather_embeddings(za, ids), gather_embeddings(zb, ids)  # global batch under DDP
-        return info_nce(za, zb, gids, gids, temperature=self.temperature, symmetric=True, normalize=False)
+        return kernels.info_nce(za, zb, gids, gids, temperature=self.temperature, symmetric=True, normalize=False)
 
 
 # ---- rebuilding a run's towers ---------------------------------------------------------------------

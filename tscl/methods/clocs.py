@@ -51,10 +51,10 @@ from itertools import permutations
 import torch
 from torch import Tensor, nn
 
+from tscl import kernels
 from tscl.augment import build_augment
 from tscl.distributed import gather_embeddings
 from tscl.encoders import ProjectionHead
-from tscl.kernels import info_nce
 from tscl.methods.base import Method
 from tscl.methods.polywindow import cut_windows
 from tscl.methods.sampling import RecordBatchSampler
@@ -145,7 +145,8 @@ class CLOCS(Method):
         zs, pairs = self.views(x)
         zs[0], pid = gather_embeddings(zs[0], batch["patient_ids"])  # global batch under DDP
         zs[1:] = [gather_embeddings(z)[0] for z in zs[1:]]  # same row order in every view
-        losses = [info_nce(zs[a], zs[b], pid, pid, temperature=self.temperature, symmetric=True) for a, b in pairs]
+        losses = [kernels.info_nce(zs[a], zs[b], pid, pid, temperature=self.temperature, symmetric=True)
+                  for a, b in pairs]
         return torch.stack(losses).mean()
 
 

@@ -52,10 +52,10 @@ import warnings
 import torch
 from torch import Tensor, nn
 
+from tscl import kernels
 from tscl.augment import build_augment
 from tscl.distributed import all_gather, gather_embeddings, is_distributed
 from tscl.encoders import ProjectionHead
-from tscl.kernels import info_nce
 from tscl.methods.base import Method
 from tscl.methods.polywindow import cut_windows
 from tscl.methods.sampling import TrialShuffleSampler
@@ -100,12 +100,12 @@ class COMET(Method):
     def _unit_nce(self, z1: Tensor, z2: Tensor, ids: Tensor) -> Tensor:
         """Instance contrast of the (gathered) views: both stacked, a unit's positive is its other view."""
         z, ids = torch.cat([z1, z2]), all_gather(ids).repeat(2)
-        return info_nce(z, z, ids, ids, temperature=self.temperature, exclude_self=True)
+        return kernels.info_nce(z, z, ids, ids, temperature=self.temperature, exclude_self=True)
 
     def _id_nce(self, z1: Tensor, z2: Tensor, ids: Tensor) -> Tensor:
         """View 1 against view 2 (gathered, same row order); positives are the other samples with the same id."""
         ids = all_gather(ids)
-        return info_nce(z1, z2, ids, ids, temperature=self.temperature, exclude_self=True, symmetric=True)
+        return kernels.info_nce(z1, z2, ids, ids, temperature=self.temperature, exclude_self=True, symmetric=True)
 
     @staticmethod
     def _gathered_views(z: Tensor) -> tuple[Tensor, Tensor]:

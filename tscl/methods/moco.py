@@ -27,11 +27,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from tscl import kernels
 from tscl.augment import EHR_AUGMENT, build_augment
 from tscl.augment_image import IMAGE_AUGMENT, spec_modality
 from tscl.distributed import gather_embeddings
 from tscl.encoders import ProjectionHead
-from tscl.kernels import info_nce
 from tscl.methods.base import Method
 from tscl.methods.queue import enqueue_keys, key_copy, momentum_update, queue_bank, register_queue
 from tscl.methods.sampling import RecordBatchSampler
@@ -68,7 +68,7 @@ class MoCo(Method):
             k = nn.functional.normalize(self.key_head(self.key_encoder(self.augment(x))).float(), dim=1)  # [N, D]
         (q, _), (k, _) = gather_embeddings(q), gather_embeddings(k)  # global batch, same row order
         self._pending = k
-        return info_nce(q, k, temperature=self.temperature, bank=self.bank())
+        return kernels.info_nce(q, k, temperature=self.temperature, bank=self.bank())
 
     @torch.no_grad()
     def after_step(self) -> None:

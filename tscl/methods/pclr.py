@@ -20,11 +20,11 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from tscl import kernels
 from tscl.augment import build_augment
 from tscl.augment_image import IMAGE_AUGMENT, spec_modality
 from tscl.distributed import gather_embeddings
 from tscl.encoders import ProjectionHead
-from tscl.kernels import info_nce
 from tscl.methods.base import Method
 from tscl.samplers import PatientBatchSampler, encode_ids
 
@@ -58,4 +58,4 @@ class PCLR(Method):
     def forward(self, x: Tensor, batch: dict) -> Tensor:
         x = self.augment(x) if self.augment else x
         z, ids = gather_embeddings(self.head(self.encoder(x)), batch["patient_ids"])  # global batch under DDP
-        return info_nce(z, z, ids, ids, temperature=self.temperature, exclude_self=True)
+        return kernels.info_nce(z, z, ids, ids, temperature=self.temperature, exclude_self=True)

@@ -40,11 +40,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from tscl import kernels
 from tscl.augment import EHR_AUGMENT, build_augment
 from tscl.datasets import Events
 from tscl.distributed import gather_embeddings
 from tscl.encoders import ProjectionHead
-from tscl.kernels import info_nce
 from tscl.methods.base import Method
 from tscl.methods.polywindow import cut_windows
 from tscl.methods.queue import enqueue_keys, key_copy, momentum_update, queue_bank, register_queue
@@ -103,11 +103,11 @@ class PMQ(Method):
         k, pids = gather_embeddings(k, pids)  # global batch under DDP (patient ids are global codes)
         self._pending = (k, pids)
         bank, bank_ids = queue_bank(self)
-        l_pat = info_nce(q, k, pids, pids, temperature=self.temperature, bank=bank, bank_ids=bank_ids,
-                         bank_same_id=self.bank_same_id)
+        l_pat = kernels.info_nce(q, k, pids, pids, temperature=self.temperature, bank=bank, bank_ids=bank_ids,
+                                 bank_same_id=self.bank_same_id)
         if self.bank_same_id == "mask":
             return 2 * self.temperature * l_pat
-        l_inst = info_nce(q, k, temperature=self.temperature, bank=bank)
+        l_inst = kernels.info_nce(q, k, temperature=self.temperature, bank=bank)
         return self.temperature * (l_inst + l_pat)
 
     @torch.no_grad()

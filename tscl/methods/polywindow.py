@@ -39,10 +39,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from tscl import kernels
 from tscl.augment import build_augment
 from tscl.encoders import ProjectionHead
 from tscl.distributed import gather_embeddings
-from tscl.kernels import info_nce
 from tscl.methods.base import Method
 from tscl.methods.sampling import RecordBatchSampler
 from tscl.methods.simclr import ECG_AUGMENT
@@ -111,9 +111,9 @@ class PolyWindow(Method):
         ids = rec.repeat_interleave(self.n_windows)  # [N·K]
         if self.objective == "pairs":
             z, ids = gather_embeddings(z, ids)
-            return info_nce(z, z, ids, ids, temperature=self.temperature, exclude_self=True)
+            return kernels.info_nce(z, z, ids, ids, temperature=self.temperature, exclude_self=True)
         zn = nn.functional.normalize(z.float(), dim=1)
         centre = zn.reshape(n, self.n_windows, -1).mean(dim=1)  # [N, D]
         zn, ids = gather_embeddings(zn, ids)
         centre, rec = gather_embeddings(centre, rec)
-        return info_nce(zn, centre, ids, rec, temperature=self.temperature)
+        return kernels.info_nce(zn, centre, ids, rec, temperature=self.temperature)

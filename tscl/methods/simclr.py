@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from tscl import kernels
 from tscl.augment import EHR_AUGMENT, build_augment
 from tscl.augment_image import IMAGE_AUGMENT, spec_modality
 from tscl.datasets import cat_payloads
 from tscl.encoders import ProjectionHead
 from tscl.distributed import gather_embeddings
-from tscl.kernels import info_nce
 from tscl.methods.base import Method
 from tscl.methods.sampling import RecordBatchSampler
 
@@ -50,4 +50,4 @@ class SimCLR(Method):
         views = cat_payloads([self.augment(x), self.augment(x)])  # [2N, ...]: two views of each item
         # view i and i + N share their (global) record id; gathered across ranks under DDP
         z, ids = gather_embeddings(self.head(self.encoder(views)), batch["record_ids"].repeat(2))
-        return info_nce(z, z, ids, ids, temperature=self.temperature, exclude_self=True)
+        return kernels.info_nce(z, z, ids, ids, temperature=self.temperature, exclude_self=True)
