@@ -153,6 +153,10 @@ def test_bad_inputs_are_one_line_errors_before_any_data_loads(outside):
         assert message in proc.stderr, (extra, proc.stderr[-500:])
         assert "Traceback" not in proc.stderr, extra
         assert not (outside / "bad").exists(), extra  # nothing half-made
+    proc = tscl("pretrain", "--data", "cohort", "--out", "bad", "--method", "simclr", "--augment", "crop:len=99999",
+                "--encoder", "cnn1d", cwd=outside, ok=False)  # needs the data's length: after loading, before the run
+    assert proc.returncode == 2 and "crop:len=99999 is longer than the recordings (1000 samples)" in proc.stderr
+    assert not (outside / "bad").exists()
     proc = tscl("pretrain", "--data", "cohort", "--out", "bad", "--device", "cuda", cwd=outside, ok=False)
     if proc.returncode == 2:  # on a CPU host
         assert "CUDA is not available" in proc.stderr

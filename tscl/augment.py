@@ -204,6 +204,13 @@ class Augment:
         if "fs" in index.columns:
             self.fs = float(index["fs"][0])
         self.seed = seed
+        if self.modality == "waveform" and "n_samples" in index.columns and index.height:
+            t = int(index["n_samples"].min())
+            for name, kw in self.ops:
+                n = kw.get("len", 0)
+                if name == "crop" and n >= 1 and n > t:
+                    raise ValueError(f"augmentation crop:len={n} is longer than the recordings ({t} samples); "
+                                     f"give len < {t} or a fraction such as len=0.8")
 
     def __bool__(self) -> bool:
         return bool(self.ops)

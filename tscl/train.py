@@ -221,9 +221,9 @@ def pretrain(data, config: PretrainConfig) -> Path:
     resuming = bool(config.resume and (out / CHECKPOINT).exists())
 
     method = _build_method(config, dataset, device)
+    sampler = method.make_sampler(index, seed=config.seed)  # checks the augmentations against the data first
     if main:
         _prepare_out(out, config, resuming, device, world, dataset)
-    sampler = method.make_sampler(index, seed=config.seed)
     if world > 1:
         if hasattr(sampler, "world_size"):
             sampler.rank, sampler.world_size = rank, world
