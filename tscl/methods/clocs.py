@@ -8,9 +8,8 @@ Views of one recording, ``x [N, C, T]``, with segments of length L (default T/2)
 - CMSC (contrastive multi-segment coding): two *adjacent, non-overlapping* segments
   x[..., o:o+L] and x[..., o+L:o+2L] (random o) of all leads;
 - CMLC (multi-lead coding): the *same* segment seen through V different single leads
-  (``leads`` indices, or ``n_leads`` drawn at random per batch, the default: the CLOCS code's
-  fixed II, V2, aVL and aVR were not above random init on the benchmark, see the README); each
-  lead is a separate single-lead instance;
+  (``leads`` indices, or ``n_leads`` drawn at random per batch, the default; the CLOCS code uses
+  the fixed leads II, V2, aVL and aVR); each lead is a separate single-lead instance;
 - CMSMLC: both — view pairs differ in segment *and* lead: (segment 1, lead v) vs
   (segment 2, lead w), v ≠ w.
 
@@ -35,10 +34,9 @@ default depends on the mode: ``"minmax"`` where a positive pair crosses leads (C
 ``"none"`` for CMSC. Leads of one beat differ in gain and polarity; without the normalisation a
 cross-lead objective must make the encoder itself discard amplitude, which erases what
 amplitude-defined conditions (LVH's QRS voltage) are made of. CMSC's two views share their
-leads and gain, so there the normalisation only removes amplitude from the input. On the
-benchmark's simulated cohort (README, three seeds) the defaults were the settings above random
-init on every seed: CMLC raw +0.011 [−0.010, +0.031] on seed 0, CMSC min-max +0.002
-[−0.016, +0.020] on seed 2. The exported encoder reads raw records, as every method's does.
+leads and gain, so there the normalisation only removes amplitude from the input (measured
+results of both defaults: ``docs/methods_notes.md``). The exported encoder reads raw records, as
+every method's does.
 
 Data parallel: every view's embeddings and the patient ids are gathered across ranks before
 the loss.

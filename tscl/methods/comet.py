@@ -33,9 +33,8 @@ Weights: the code ships one configuration per dataset. The default is its genera
 configuration λ = (patient 0.1, trial 0.7, sample 0.1, observation 0.1); a dict overrides
 single levels of the default. The trial level's negatives include the other recordings of
 the same patient, so a heavy trial weight teaches the encoder what tells one visit from the
-next; where the downstream labels are patient traits that works against them (README,
-method benchmark: ``"ptb"`` against the default on the simulated cohort). Data parallel:
-every level's embeddings and ids are gathered across ranks before its loss.
+next (measured results: ``docs/methods_notes.md``). Data parallel: every level's embeddings and
+ids are gathered across ranks before its loss.
 
 Differences from the code: the code's observation and sample levels are TS2Vec losses on
 per-timestamp features with raw dot products (observation negatives: other timestamps of the

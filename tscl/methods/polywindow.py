@@ -28,11 +28,8 @@ without its crop (the windows are the crops): scaling, noise at 20 dB SNR, basel
 lead dropout, drawn independently per window. The windows of one record share everything
 that is constant within it — gain, noise level, baseline, which leads are present — so with
 no augmentation the cheapest way to match them is that record fingerprint, not the waveform.
-Measured with ``benchmarks/bench_methods.py`` (500 simulated patients, resnet1d width 0.25,
-20 epochs, seeds 1 and 2, macro AUROC at 10 % labels): with ``augment="none"`` poly-window is level with
-random init (+0.005 [−0.014, +0.024] and +0.006 [−0.013, +0.025]), with the default it is
-+0.107 [+0.089, +0.123] and +0.113 [+0.098, +0.131] above it. ``augment="none"`` gives the
-augmentation-free reading of the method.
+``augment="none"`` gives the augmentation-free reading of the method (measured results:
+``docs/methods_notes.md``).
 """
 from __future__ import annotations
 
