@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tscl.datasets import open_dataset
-from tscl.methods import METHODS, build_method
+from tscl.methods import build_method
 from tscl.train import PretrainConfig, pretrain
 
 
@@ -136,27 +136,6 @@ def test_clip_pairs_images_with_their_tabular_columns(tmp_path):
     assert all(np.isfinite(v) for _, v in _curve(run))
 
 
-def test_killed_clip_run_resumes_step_for_step(cohort, tmp_path, monkeypatch):
+def test_killed_clip_run_resumes_step_for_step(cohort, tmp_path, kill_and_resume):
     train = open_dataset("wfdb", cohort, split="train", progress=False)
-    full = pretrain(train, _config(tmp_path, "full", epochs=2, ckpt_every=0))
-    steps = _curve(full)
-    assert len(steps) >= 10
-    cls = METHODS["clip"]
-    forward, calls = cls.forward, []
-
-    def killed_at_step_7(self, x, batch):
-        calls.append(1)
-        if len(calls) == 8:
-            raise KeyboardInterrupt("killed")
-        return forward(self, x, batch)
-
-    monkeypatch.setattr(cls, "forward", killed_at_step_7)
-    with pytest.raises(KeyboardInterrupt):
-        pretrain(train, _config(tmp_path, "run", epochs=2, ckpt_every=4))
-    monkeypatch.setattr(cls, "forward", forward)
-    run = tmp_path / "run"
-    assert len(_curve(run)) == 7 and not (run / "method.safetensors").exists()
-    pretrain(train, _config(tmp_path, "run", epochs=2, ckpt_every=4, resume=True))
-    assert _curve(run) == steps  # the same losses, bit for bit
-    assert (run / "method.safetensors").read_bytes() == (full / "method.safetensors").read_bytes()
-    assert (run / "encoder.safetensors").read_bytes() == (full / "encoder.safetensors").read_bytes()
+    kill_and_resume(train, lambda name, **kw: _config(tmp_path, name, epochs=2, **kw), kill_at=7, ckpt_every=4)

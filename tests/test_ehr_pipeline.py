@@ -240,42 +240,12 @@ def _curve(run):
 
 
 @pytest.mark.parametrize("method", ["pmq"])
-def test_killed_ehr_run_resumes_step_for_step(mimic, tmp_path, monkeypatch, method):
+def test_killed_ehr_run_resumes_step_for_step(mimic, tmp_path, kill_and_resume, method):
     """Augmentation draws (seeded generator in the checkpoint), the EMA key encoder and the patient queue
     all continue exactly: the resumed run's losses and weights equal an uninterrupted run's, bit for bit."""
-    from tscl.methods import METHODS
-    from tscl.train import pretrain
-
-    data = mimic.split("train")
-    data = data.subset(np.arange(48))
+    data = mimic.split("train").subset(np.arange(48))
     cfg = dict(epochs=3, max_steps=0, method_kwargs={"batch_size": 12, "queue_size": 40, "segments_per_record": 1})
-    full = pretrain(data, _config(tmp_path / "full", method, ckpt_every=0, **cfg))
-    steps, epochs = _curve(full)
-    assert len(epochs) == 3 and len(steps) >= 9
-
-    cls = METHODS[method]
-    forward, calls = cls.forward, []
-
-    def killed_at_step_6(self, x, batch):
-        calls.append(1)
-        if len(calls) == 7:
-            raise KeyboardInterrupt("killed")
-        return forward(self, x, batch)
-
-    monkeypatch.setattr(cls, "forward", killed_at_step_6)
-    with pytest.raises(KeyboardInterrupt):
-        pretrain(data, _config(tmp_path / "run", method, ckpt_every=4, **cfg))
-    monkeypatch.setattr(cls, "forward", forward)
-    run = tmp_path / "run"
-    assert len(_curve(run)[0]) == 6 and not (run / "encoder.safetensors").exists()
-    pretrain(data, _config(tmp_path / "run", method, ckpt_every=4, resume=True, **{**cfg, "max_steps": 8}))
-    assert [s for s, _, _ in _curve(run)[0]] == list(range(8))
-    pretrain(data, _config(tmp_path / "run", method, ckpt_every=4, resume=True, **cfg))
-    got, got_epochs = _curve(run)
-    assert got == steps  # the same losses, bit for bit
-    assert [e["mean_loss"] for e in got_epochs] == [e["mean_loss"] for e in epochs]
-    assert (run / "method.safetensors").read_bytes() == (full / "method.safetensors").read_bytes()
-    assert (run / "encoder.safetensors").read_bytes() == (full / "encoder.safetensors").read_bytes()
+    kill_and_resume(data, lambda name, **kw: _config(tmp_path / name, method, **{**cfg, **kw}), kill_at=6, ckpt_every=4)
 
 
 # ---- bad input ---------------------------------------------------------------------------------------
@@ -336,7 +306,7 @@ def test_mimic_root_without_hosp(tmp_path):
 # ---- the MIMIC-IV probe ------------------------------------------------------------------------------
 
 def test_mimic_probe_with_a_pretrained_run(mimic, cache, tmp_path):
-    from tscl.datasets.ehr import build_ehr_items, mimic_probe
+    from tscl.datasets.ehr import mimic_probe
     from tscl.probes.linear import PretrainingOverlapError
     from tscl.train import pretrain
 

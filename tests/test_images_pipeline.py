@@ -12,7 +12,6 @@ import torch
 from tscl.augment import build_augment
 from tscl.datasets import open_dataset
 from tscl.loaders import LoaderError
-from tscl.methods import METHODS
 from tscl.simulate_images import ImageSetConfig, write_image_set
 from tscl.train import PretrainConfig, load_encoder, pretrain
 
@@ -183,31 +182,10 @@ def test_micle_positives_are_two_films_of_one_patient(films):
         assert (counts == 2).all() and len(set(rows)) == len(rows)
 
 
-def test_killed_image_run_resumes_step_for_step(films, tmp_path, monkeypatch):
+def test_killed_image_run_resumes_step_for_step(films, tmp_path, kill_and_resume):
     train = open_dataset("images", films, split="train")
-    method = "moco"  # augmentation draws, a momentum encoder and a queue: every kind of state
-    full = pretrain(train, _config(tmp_path, "full", method, epochs=3, ckpt_every=0))
-    steps = _curve(full)
-    assert len(steps) >= 6
-    cls = METHODS[method]
-    forward, calls = cls.forward, []
-
-    def killed_at_step_4(self, x, batch):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt("killed")
-        return forward(self, x, batch)
-
-    monkeypatch.setattr(cls, "forward", killed_at_step_4)
-    with pytest.raises(KeyboardInterrupt):
-        pretrain(train, _config(tmp_path, "run", method, epochs=3, ckpt_every=3))
-    monkeypatch.setattr(cls, "forward", forward)
-    run = tmp_path / "run"
-    assert not (run / "encoder.safetensors").exists()
-    pretrain(train, _config(tmp_path, "run", method, epochs=3, ckpt_every=3, resume=True))
-    assert _curve(run) == steps  # the same losses, bit for bit
-    assert (run / "method.safetensors").read_bytes() == (full / "method.safetensors").read_bytes()
-    assert (run / "encoder.safetensors").read_bytes() == (full / "encoder.safetensors").read_bytes()
+    # moco: augmentation draws, a momentum encoder and a queue: every kind of state
+    kill_and_resume(train, lambda name, **kw: _config(tmp_path, name, "moco", epochs=3, **kw), kill_at=4, ckpt_every=3)
 
 
 

@@ -165,42 +165,22 @@ def _curve(run):
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))  # every random stream a method owns is restored
-def test_killed_run_resumes_step_for_step(cohort, tmp_path, monkeypatch, method):
+def test_killed_run_resumes_step_for_step(cohort, tmp_path, kill_and_resume, method):
     _, cache = cohort
-    full = pretrain(cache, _config(tmp_path, "full", method, ckpt_every=0))
+    config = lambda name, **kw: _config(tmp_path, name, method, **kw)  # noqa: E731
+    full, run = kill_and_resume(cache, config, kill_at=6, ckpt_every=4)
     steps, epochs = _curve(full)
-    assert len(epochs) == 3 and len(steps) >= 9
+    assert len(epochs) == 3 and len(steps) >= 9 and _curve(run)[1] == epochs
     assert all(0 <= r["data_wait_frac"] <= 1 for r in map(json.loads, (full / "metrics.jsonl").read_text().splitlines())
                if "step" in r)
-
-    cls = getattr(METHODS[method], "func", METHODS[method])  # the CLOCS modes are partials of CLOCS
-    forward, calls = cls.forward, []
-
-    def killed_at_step_6(self, x, batch):
-        calls.append(1)
-        if len(calls) == 7:
-            raise KeyboardInterrupt("killed")
-        return forward(self, x, batch)
-
-    monkeypatch.setattr(cls, "forward", killed_at_step_6)
-    with pytest.raises(KeyboardInterrupt):
-        pretrain(cache, _config(tmp_path, "run", method, ckpt_every=4))
-    monkeypatch.setattr(cls, "forward", forward)
-    run = tmp_path / "run"
-    assert len(_curve(run)[0]) == 6  # steps 4 and 5 were logged after the last checkpoint (step 4)
-    assert not (run / "encoder.safetensors").exists()
-
-    pretrain(cache, _config(tmp_path, "run", method, ckpt_every=4, resume=True, max_steps=8))  # stops early
-    assert [s for s, _, _ in _curve(run)[0]] == list(range(8))
-    pretrain(cache, _config(tmp_path, "run", method, ckpt_every=4, resume=True))
-    got, got_epochs = _curve(run)
-    assert got == steps  # the same losses, bit for bit
-    assert [e["mean_loss"] for e in got_epochs] == [e["mean_loss"] for e in epochs]
-    assert (run / "method.safetensors").read_bytes() == (full / "method.safetensors").read_bytes()
-    assert (run / "encoder.safetensors").read_bytes() == (full / "encoder.safetensors").read_bytes()
-    # one environment entry per start: the killed run, then two resumes
+    # stopping early at max_steps and resuming again lands on the same run
+    pretrain(cache, config("run2", ckpt_every=4, max_steps=8))
+    assert [s for s, _, _ in _curve(tmp_path / "run2")[0]] == list(range(8))
+    pretrain(cache, config("run2", ckpt_every=4, resume=True))
+    assert (tmp_path / "run2" / "encoder.safetensors").read_bytes() == (full / "encoder.safetensors").read_bytes()
+    # one environment entry per start: the killed run, then its resume
     env = json.loads((run / "environment.json").read_text())
-    assert [e["resumed"] for e in env] == [False, True, True]
+    assert [e["resumed"] for e in env] == [False, True]
     assert env[0]["torch"] == torch.__version__ and env[0]["device"] == "cpu"
     assert env[0]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert len(json.loads((full / "environment.json").read_text())) == 1
