@@ -60,8 +60,8 @@ def _pipeline(cwd: Path, data_args: list, method_args: list, labels: str, probe_
 def test_simulated_cohort_as_a_wfdb_folder(outside):
     tscl("simulate", "--out", "cohort", "--patients", "30", "--quiet", cwd=outside)
     cfg = _pipeline(outside, ["--dataset", "wfdb", "--root", "cohort"], ["--method", "pclr", "--method-kwargs",
-                    "patients_per_batch=8"], "lvh,bbb")
-    assert cfg["dataset"]["split"] == "train"
+                    "patients_per_batch=8", "--augment", "none"], "lvh,bbb")
+    assert cfg["dataset"]["split"] == "train" and cfg["method_kwargs"]["augment"] == "none"
     seen = set(json.loads((outside / "run" / "patients.json").read_text())["patients"])
     tscl("report", "--tasks", "sim-risk", "--data", "cohort", "--run", "run", "--no-supervised", "--bootstrap", "20",
          "--fractions", "1", "--out", "report", "--quiet", cwd=outside)
