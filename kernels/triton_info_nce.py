@@ -9,10 +9,25 @@ the diagonal under ``exclude_self``, plus bank entries, minus same-id bank entri
                                             possum_i = sum_{p in P(i)} s_ip,  npos_i = |P(i)|
     l_i   = 0                               when npos_i == 0
 
-Forward (one program per block of BLOCK_M anchors): sweep the keys, then the bank, in tiles
-of BLOCK_N columns; keep a running max ``m_i`` and rescaled sum ``l_i`` (online
-log-sum-exp, base 2), the positives' logit sum and their count. Only ``lse [N]`` and
-``npos [N]`` are saved for the backward.
+Forward (one program per block of BLOCK_M anchors and per column split, grid axis 1): sweep
+this split's share of the keys, then of the bank, in tiles of BLOCK_N columns; keep a running
+max ``m_i`` and rescaled sum ``l_i`` (online log-sum-exp, base 2); the splits' partials are
+merged exactly in PyTorch. Only ``lse [N]`` and ``npos [N]`` are saved for the backward.
+
+What runs when (docs/kernels.md has the rules and the measurements):
+
+* positives, separable (``N * (M + B) >= SEPARABLE_MIN``): ``possum_i`` and ``npos_i`` from
+  per-id sums of the keys (and of the bank entries when they are positives) and id
+  histograms, outside the loop (:func:`_positives`); the backward's positives' terms
+  likewise (:func:`_positive_grads`, handed to the kernels as the initial accumulators
+  ``DQ0``/``DK0``). The loop then masks only the last partial tile and, under exclude_self,
+  the tiles crossing the diagonal.
+* positives in the loop (smaller problems, ``POS_IN_LOOP``): an id compare per element,
+  sums and counts per split.
+* ``bank_same_id="mask"`` keeps a per-element id mask on every bank tile on both paths
+  (``BANK_MODE=2``): subtracting masked columns from an online log-sum-exp is not safe.
+* split-K (:func:`_split`): when the row programs do not fill the SMs, the columns are split
+  over grid axis 1 (forward and dq; the dq partials are summed in PyTorch).
 
 Backward, with ``g_i`` the incoming gradient (0 where npos_i == 0),
 ``p_ij = exp(s_ij - lse_i)`` recomputed tile by tile and
