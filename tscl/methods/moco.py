@@ -24,7 +24,6 @@ enqueued, so all ranks hold the same queue. No shuffled BN (BN statistics stay p
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from tscl import kernels
@@ -33,7 +32,7 @@ from tscl.augment_image import IMAGE_AUGMENT, spec_modality
 from tscl.distributed import gather_embeddings
 from tscl.encoders import ProjectionHead
 from tscl.methods.base import Method
-from tscl.methods.queue import enqueue_keys, key_copy, momentum_update, queue_bank, register_queue
+from tscl.methods.queue import encode_keys, key_copy, queue_bank, register_queue, update_key_branch
 from tscl.methods.sampling import RecordBatchSampler
 from tscl.methods.simclr import ECG_AUGMENT as MOCO_AUGMENT  # the v2 recipe's strong augmentation: SimCLR's
 
@@ -53,7 +52,7 @@ class MoCo(Method):
         self.temperature, self.momentum, self.batch_size = temperature, momentum, batch_size
         self.augment = build_augment(augment, modality=spec_modality(augment))  # "rrc,flip": an image pipeline
         register_queue(self, queue_size, proj_dim)  # buffers queue, queue_ptr, queue_filled
-        self._pending: Tensor | None = None
+        self._pending: tuple[Tensor, None] | None = None
 
     def make_sampler(self, index, seed: int = 0) -> RecordBatchSampler:
         self.augment.bind(index, seed)
@@ -64,16 +63,10 @@ class MoCo(Method):
 
     def forward(self, x: Tensor, batch: dict) -> Tensor:
         q = self.head(self.encoder(self.augment(x)))  # [N, D]
-        with torch.no_grad():
-            k = nn.functional.normalize(self.key_head(self.key_encoder(self.augment(x))).float(), dim=1)  # [N, D]
+        k = encode_keys(self, self.augment(x))  # [N, D], no gradient
         (q, _), (k, _) = gather_embeddings(q), gather_embeddings(k)  # global batch, same row order
-        self._pending = k
+        self._pending = (k, None)
         return kernels.info_nce(q, k, temperature=self.temperature, bank=self.bank())
 
-    @torch.no_grad()
     def after_step(self) -> None:
-        momentum_update(self.key_encoder, self.encoder, self.momentum)
-        momentum_update(self.key_head, self.head, self.momentum)
-        if self._pending is not None:
-            enqueue_keys(self, self._pending)
-            self._pending = None
+        update_key_branch(self)  # EMA of the key branch, then this step's keys enter the queue

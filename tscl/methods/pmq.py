@@ -37,7 +37,6 @@ the loss, and the gathered keys enter the queue, so every rank holds the same qu
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from tscl import kernels
@@ -47,7 +46,7 @@ from tscl.distributed import gather_embeddings
 from tscl.encoders import ProjectionHead
 from tscl.methods.base import Method
 from tscl.methods.polywindow import cut_windows
-from tscl.methods.queue import enqueue_keys, key_copy, momentum_update, queue_bank, register_queue
+from tscl.methods.queue import encode_keys, key_copy, queue_bank, register_queue, update_key_branch
 from tscl.methods.sampling import TrialShuffleSampler
 from tscl.samplers import encode_ids
 
@@ -97,8 +96,7 @@ class PMQ(Method):
         xq, xk = self.neighbour_views(x)
         pids = batch["patient_ids"].repeat_interleave(self.segments_per_record)  # [B]
         q = self.predictor(self.head(self.encoder(self.augment(xq))))  # [B, D]
-        with torch.no_grad():
-            k = nn.functional.normalize(self.key_head(self.key_encoder(self.augment(xk))).float(), dim=1)  # [B, D]
+        k = encode_keys(self, self.augment(xk))  # [B, D], no gradient
         q, _ = gather_embeddings(q)
         k, pids = gather_embeddings(k, pids)  # global batch under DDP (patient ids are global codes)
         self._pending = (k, pids)
@@ -110,10 +108,5 @@ class PMQ(Method):
         l_inst = kernels.info_nce(q, k, temperature=self.temperature, bank=bank)
         return self.temperature * (l_inst + l_pat)
 
-    @torch.no_grad()
     def after_step(self) -> None:
-        momentum_update(self.key_encoder, self.encoder, self.momentum)
-        momentum_update(self.key_head, self.head, self.momentum)
-        if self._pending is not None:
-            enqueue_keys(self, *self._pending)
-            self._pending = None
+        update_key_branch(self)  # EMA of the key branch, then this step's keys and patient ids enter the queue

@@ -10,6 +10,10 @@ Queue: a ring buffer of the last K normalised keys ``queue [K, D]`` (optionally 
 are registered buffers of the method itself (no submodule), so a method's ``state_dict`` holds
 them under those names and checkpoints of earlier runs load unchanged. Until the first wrap the
 valid entries are ``queue[:queue_filled]``.
+
+A momentum method (MoCo, PMQ) holds ``encoder``, ``head``, their :func:`key_copy` ``key_encoder``,
+``key_head``, a ``momentum`` and, between its forward and the optimiser step, the keys to enqueue
+in ``_pending = (keys [B, D], ids [B] or None)``; its ``after_step`` is :func:`update_key_branch`.
 """
 from __future__ import annotations
 
@@ -18,7 +22,8 @@ import copy
 import torch
 from torch import Tensor, nn
 
-__all__ = ["key_copy", "momentum_update", "register_queue", "queue_bank", "enqueue", "enqueue_keys"]
+__all__ = ["key_copy", "encode_keys", "momentum_update", "update_key_branch", "register_queue", "queue_bank", "enqueue",
+           "enqueue_keys"]
 
 
 def key_copy(*modules: nn.Module) -> tuple[nn.Module, ...]:
@@ -28,6 +33,12 @@ def key_copy(*modules: nn.Module) -> tuple[nn.Module, ...]:
         for p in c.parameters():
             p.requires_grad_(False)
     return copies
+
+
+@torch.no_grad()
+def encode_keys(method: nn.Module, views) -> Tensor:
+    """The key branch's keys of ``views``: ``normalize(key_head(key_encoder(views)))`` in float32, ``[B, D]``."""
+    return nn.functional.normalize(method.key_head(method.key_encoder(views)).float(), dim=1)
 
 
 @torch.no_grad()
@@ -81,3 +92,14 @@ def enqueue(queue: Tensor, ptr: Tensor, filled: Tensor, keys: Tensor, queue_ids:
 def enqueue_keys(method: nn.Module, keys: Tensor, ids: Tensor | None = None) -> None:
     """:func:`enqueue` into ``method``'s registered queue buffers (``queue_ids`` where it has them)."""
     enqueue(method.queue, method.queue_ptr, method.queue_filled, keys, getattr(method, "queue_ids", None), ids)
+
+
+@torch.no_grad()
+def update_key_branch(method: nn.Module) -> None:
+    """A momentum method's ``after_step``: the key branch follows the query branch by EMA (``momentum``),
+    then the keys of the last forward (``_pending``) enter the queue."""
+    momentum_update(method.key_encoder, method.encoder, method.momentum)
+    momentum_update(method.key_head, method.head, method.momentum)
+    if method._pending is not None:
+        enqueue_keys(method, *method._pending)
+        method._pending = None

@@ -25,9 +25,19 @@ from tscl.distributed import gather_embeddings
 from tscl.methods.base import Method
 from tscl.methods.sampling import RecordBatchSampler
 
-__all__ = ["SimCLR", "ECG_AUGMENT"]
+__all__ = ["SimCLR", "ECG_AUGMENT", "two_view_nce"]
 
 ECG_AUGMENT = "crop:len=0.8,scale,noise:snr=20,wander,dropout:p=0.1"
+
+
+def two_view_nce(method: Method, x, ids: Tensor) -> Tensor:
+    """NT-Xent over two augmented views of each item (SimCLR, SupCon): ``x`` the items' payload,
+    ``ids [N]`` the id of each item, given to both its views. The views ``[2N, ...]`` go through
+    ``method.encoder`` and ``method.head`` in one pass; under DDP the embeddings and ids are
+    gathered across ranks before the loss."""
+    views = cat_payloads([method.augment(x), method.augment(x)])  # [2N, ...]: two views of each item
+    z, ids = gather_embeddings(method.head(method.encoder(views)), ids.repeat(2))  # [2N, D], [2N]
+    return kernels.info_nce(z, z, ids, ids, temperature=method.temperature, exclude_self=True)
 
 
 class SimCLR(Method):
@@ -47,7 +57,4 @@ class SimCLR(Method):
         return RecordBatchSampler(len(index), batch_size=self.batch_size, seed=seed)
 
     def forward(self, x: Tensor, batch: dict) -> Tensor:
-        views = cat_payloads([self.augment(x), self.augment(x)])  # [2N, ...]: two views of each item
-        # view i and i + N share their (global) record id; gathered across ranks under DDP
-        z, ids = gather_embeddings(self.head(self.encoder(views)), batch["record_ids"].repeat(2))
-        return kernels.info_nce(z, z, ids, ids, temperature=self.temperature, exclude_self=True)
+        return two_view_nce(self, x, batch["record_ids"])  # view i and i + N share their (global) record id

@@ -22,15 +22,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tscl import kernels
 from tscl.augment import build_augment
 from tscl.augment_image import IMAGE_AUGMENT, spec_modality
-from tscl.datasets import cat_payloads
 from tscl.encoders import ProjectionHead
-from tscl.distributed import gather_embeddings
 from tscl.methods.base import Method
 from tscl.methods.sampling import RecordBatchSampler
-from tscl.methods.simclr import ECG_AUGMENT
+from tscl.methods.simclr import ECG_AUGMENT, two_view_nce
 
 __all__ = ["SupCon", "class_ids"]
 
@@ -77,6 +74,4 @@ class SupCon(Method):
     def forward(self, x: Tensor, batch: dict) -> Tensor:
         if "labels" not in batch:
             raise KeyError("SupCon needs batch['labels'] (the trainer adds it from method.batch_extras(index))")
-        views = cat_payloads([self.augment(x), self.augment(x)])  # [2N, ...]: two views of each item
-        z, ids = gather_embeddings(self.head(self.encoder(views)), batch["labels"].repeat(2))  # [2N, D], [2N]
-        return kernels.info_nce(z, z, ids, ids, temperature=self.temperature, exclude_self=True)
+        return two_view_nce(self, x, batch["labels"])  # SimCLR's two views, ids = class labels
