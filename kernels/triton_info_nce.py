@@ -82,6 +82,11 @@ def _configs(kind):
     ]
 
 
+# Triton before 3.7 (3.6 measured) allocates dq's registers less tightly: at the 96-element budget with 3
+# pipeline stages, 128 x 64 / 8 warps and 64 x 64 / 4 warps spilled 4 bytes at D = 128 (none on 3.9)
+_OLD_TRITON = tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 7)
+
+
 def _prune(configs, named_args, **kwargs):
     """Keep tiles that compile for sm_90 without spilling (measured with
     ``benchmarks/aot_kernels.py``, table in docs/kernels.md):
@@ -96,6 +101,7 @@ def _prune(configs, named_args, **kwargs):
       runs: measured without spills there.
     - the forward with the positives in the loop (small problems): BLOCK_N at most 64 (64 x 128
       on 8 warps spilled at D = 128 once the id compares share the loop with the split range);
+    - on Triton < 3.7, dq at the full 96-element budget with 3 or more stages (4 bytes spilled on 3.6);
     - the resident operand tile within the earlier budget (BLOCK_M * BLOCK_D <= 128 * 128,
       64 * 256 past D = 128); fp32 inputs (``ieee`` dots on the CUDA cores) small tiles only.
     """
@@ -111,6 +117,8 @@ def _prune(configs, named_args, **kwargs):
             return False
         if kind == "fwd":  # in-loop positives: 64 x 128 on 8 warps spilled at D = 128
             return not (in_loop and bn > 64)
+        if _OLD_TRITON and kind == "dq" and c.num_stages >= 3 and score + acc >= 96:
+            return False
         return score + acc <= 96 and bn <= 64 and score >= 8
 
     kept = [c for c in configs if fits(c)]
