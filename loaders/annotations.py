@@ -18,8 +18,8 @@ import numpy as np
 import polars as pl
 import wfdb
 
-from .cache import (ON_ERROR, WaveformCache, build_cache, check_same_rate, default_cache_dir, fingerprint_files,
-                    open_fresh_cache, read_all)
+from .cache import ON_ERROR, WaveformCache, cached_load, check_same_rate, read_all
+from .filters import split_reports
 from .recording import LoaderError, Recording
 from .transforms import resample
 from .wfdb_dir import read_wfdb
@@ -273,34 +273,33 @@ def load_annotated(records, kind: str = "beats", cache_dir: str | Path | None = 
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     records = [Path(r) for r in records]
     sources = [f for r in records for f in sorted(r.parent.glob(r.name + ".*"))]
-    fp = fingerprint_files(sources, extra=f"{kind};{channels};{sorted(window_args.items())};{on_error}")
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(f"annotated_{kind}", fp)
-    cache = open_fresh_cache(cache_dir, fp)
-    if cache is not None:
-        return cache
-    report: dict = {"skipped": [], "records": []}
-    cut = beat_windows if kind == "beats" else rhythm_windows
-    read_one = partial(_windows_with_report, cut, channels, window_args)
-    results = []
-    for item in read_all(read_one, records, workers=workers, progress=progress, desc=f"{kind} windows",
-                         on_error=on_error, skipped=report["skipped"]):
-        results.append(item)
-    windows = []
-    for item in results:
-        if isinstance(item, dict):
-            report["records"].append(item)
-        else:
-            windows.append(item)
-    if kind == "rhythm" and report["records"]:
-        report["dropped"] = summary = summarise_rhythm_report(report["records"], window_args.get("window_s", 10.0))
-        lost = [f"{e['intervals']} {r} episode(s) ({e['seconds']:.1f} s) shorter than a window"
-                for r, e in summary["short_intervals"].items()]
-        if summary["unannotated_s"]:
-            lost.append(f"{summary['unannotated_s']:.1f} s before the first rhythm annotation (default_rhythm=None)")
-        if lost:
-            warnings.warn(f"rhythm windows left out {'; '.join(lost)}; see cache.report['dropped']", stacklevel=2)
-    return build_cache(check_same_rate(windows, on_error, report["skipped"]), cache_dir, fingerprint=fp,
-                       report=report)
+
+    def build():
+        report: dict = {"skipped": [], "records": []}
+        cut = beat_windows if kind == "beats" else rhythm_windows
+        read_one = partial(_windows_with_report, cut, channels, window_args)
+        windows = list(split_reports(read_all(read_one, records, workers=workers, progress=progress,
+                                              desc=f"{kind} windows", on_error=on_error, skipped=report["skipped"]),
+                                     report["records"]))
+        if kind == "rhythm" and report["records"]:
+            report["dropped"] = _warn_rhythm_losses(report["records"], window_args.get("window_s", 10.0))
+        return check_same_rate(windows, on_error, report["skipped"]), report
+
+    return cached_load(f"annotated_{kind}", sources, f"{kind};{channels};{sorted(window_args.items())};{on_error}",
+                       cache_dir, build)
+
+
+def _warn_rhythm_losses(records: list[dict], window_s: float) -> dict:
+    """:func:`summarise_rhythm_report`, with a warning when whole episodes or unannotated stretches were left out."""
+    summary = summarise_rhythm_report(records, window_s)
+    lost = [f"{e['intervals']} {r} episode(s) ({e['seconds']:.1f} s) shorter than a window"
+            for r, e in summary["short_intervals"].items()]
+    if summary["unannotated_s"]:
+        lost.append(f"{summary['unannotated_s']:.1f} s before the first rhythm annotation (default_rhythm=None)")
+    if lost:
+        warnings.warn(f"rhythm windows left out {'; '.join(lost)}; see cache.report['dropped']",
+                      stacklevel=5)  # the caller of load_annotated (through cached_load and its build)
+    return summary
 
 
 def _windows_with_report(cut, channels, window_args, record):

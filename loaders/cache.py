@@ -17,7 +17,6 @@ killed builder (their lock released) are removed by the next build.
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -42,7 +41,7 @@ except ImportError:  # not POSIX: no locking (unique temporary names still keep 
     fcntl = None
 
 __all__ = ["WaveformCache", "build_cache", "fingerprint_files", "open_fresh_cache", "read_all", "ON_ERROR",
-           "hash_file", "cache_root", "default_cache_dir", "check_same_rate"]
+           "hash_file", "cache_root", "default_cache_dir", "check_same_rate", "cached_load"]
 
 ON_ERROR = ("raise", "skip")
 
@@ -556,6 +555,23 @@ def build_cache(recordings: Iterable[Recording], cache_dir: str | Path, fingerpr
         staging.discard()
         raise
     return WaveformCache(cache_dir)
+
+
+def cached_load(kind: str, sources: Iterable[str | Path], extra: str, cache_dir: str | Path | None,
+                build: Callable[[], tuple[Iterable[Recording], dict[str, Any]]], *,
+                root: str | Path | None = None) -> WaveformCache:
+    """What every loader does around its reading: fingerprint the ``sources``' content (with ``extra``,
+    the loader's options; :func:`fingerprint_files`), open the cache in ``cache_dir`` (default
+    :func:`default_cache_dir` ``(kind, fingerprint)``) if it was built from them, else call
+    ``build() -> (recordings, report)`` and write them (:func:`build_cache`: locked, atomic, manifest last).
+    ``recordings`` may be a lazy stream: ``report`` is written after it is consumed."""
+    fp = fingerprint_files(sources, extra=extra, root=root)
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(kind, fp)
+    cache = open_fresh_cache(cache_dir, fp)
+    if cache is not None:
+        return cache
+    recordings, report = build()
+    return build_cache(recordings, cache_dir, fingerprint=fp, report=report)
 
 
 def _skipped_note(report) -> str:

@@ -13,11 +13,11 @@ import re
 from functools import partial
 from pathlib import Path
 
-from .cache import (ON_ERROR, WaveformCache, build_cache, check_same_rate, default_cache_dir, fingerprint_files,
-                    open_fresh_cache, read_all)
+from .cache import ON_ERROR, WaveformCache, cached_load, check_same_rate, read_all
+from .filters import check_same_channels
 from .recording import LoaderError, Recording
 from .transforms import prepare
-from .wfdb_dir import check_same_channels, read_wfdb
+from .wfdb_dir import read_wfdb
 
 __all__ = ["read_cinc", "read_cinc_header", "load_cinc", "CINC_LEADS", "CINC_DATABASES"]
 
@@ -130,14 +130,12 @@ def load_cinc(root: str | Path, cache_dir: str | Path | None = None, *, channels
     sources = [f for h in headers for f in sorted(h.parent.glob(h.stem + ".*"))]
     if leads is not None:
         channels = None
-    fp = fingerprint_files(sources, root=root, extra=f"cinc;channels={channels};dx={list(dx_codes)};"
-                                                     f"on_error={on_error};fs={fs};leads={leads}")
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir("cinc", fp)
-    cache = open_fresh_cache(cache_dir, fp)
-    if cache is not None:
-        return cache
-    report = {"skipped": skipped}
-    recs = read_all(partial(_read_prepared, channels, list(dx_codes), fs, leads), headers, workers=workers,
-                    progress=progress, desc=f"reading {root.name}", on_error=on_error, skipped=skipped)
-    recs = check_same_channels(recs, leads or channels, on_error, skipped)
-    return build_cache(check_same_rate(recs, on_error, skipped), cache_dir, fingerprint=fp, report=report)
+
+    def build():
+        recs = read_all(partial(_read_prepared, channels, list(dx_codes), fs, leads), headers, workers=workers,
+                        progress=progress, desc=f"reading {root.name}", on_error=on_error, skipped=skipped)
+        recs = check_same_channels(recs, leads or channels, on_error, skipped)
+        return check_same_rate(recs, on_error, skipped), {"skipped": skipped}
+
+    return cached_load("cinc", sources, f"cinc;channels={channels};dx={list(dx_codes)};on_error={on_error};fs={fs};"
+                       f"leads={leads}", cache_dir, build, root=root)

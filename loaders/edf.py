@@ -20,8 +20,8 @@ import numpy as np
 import polars as pl
 import pyedflib
 
-from .cache import (ON_ERROR, WaveformCache, build_cache, default_cache_dir, fingerprint_files, open_fresh_cache,
-                    read_all)
+from .cache import ON_ERROR, WaveformCache, cached_load, read_all
+from .filters import split_reports
 from .recording import LoaderError, Recording, apply_nan_policy
 from .transforms import resample
 from .windows import window_recording
@@ -177,18 +177,12 @@ def load_eegmat(root: str | Path, cache_dir: str | Path | None = None, *, epoch_
     files = sorted(root.glob("*.edf"))
     if not files:
         raise LoaderError(root, "no .edf files found")
-    fp = fingerprint_files(files, extra=f"eegmat;{epoch_s};{channels};{on_error}" + (f";fs={fs}" if fs else ""),
-                           root=root)
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir("eegmat", fp)
-    cache = open_fresh_cache(cache_dir, fp)
-    if cache is not None:
-        return cache
-    report: dict = {"skipped": [], "records": []}
-    epochs = []
-    for item in read_all(partial(_eegmat_file, epoch_s, channels, fs), files, workers=workers, progress=progress,
-                         desc="EEGMAT epochs", on_error=on_error, skipped=report["skipped"]):
-        if isinstance(item, dict):
-            report["records"].append(item)
-        else:
-            epochs.append(item)
-    return build_cache(epochs, cache_dir, fingerprint=fp, report=report)
+
+    def build():
+        report: dict = {"skipped": [], "records": []}
+        items = read_all(partial(_eegmat_file, epoch_s, channels, fs), files, workers=workers, progress=progress,
+                         desc="EEGMAT epochs", on_error=on_error, skipped=report["skipped"])
+        return list(split_reports(items, report["records"])), report
+
+    return cached_load("eegmat", files, f"eegmat;{epoch_s};{channels};{on_error}" + (f";fs={fs}" if fs else ""),
+                       cache_dir, build, root=root)

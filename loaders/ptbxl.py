@@ -42,10 +42,10 @@ from pathlib import Path
 
 import polars as pl
 
-from .cache import (ON_ERROR, WaveformCache, build_cache, default_cache_dir, fingerprint_files, open_fresh_cache,
-                    read_all)
+from .cache import ON_ERROR, WaveformCache, cached_load, read_all
+from .filters import check_same_channels
 from .recording import LoaderError, Recording
-from .wfdb_dir import check_same_channels, read_wfdb
+from .wfdb_dir import read_wfdb
 
 __all__ = ["load_ptbxl", "ptbxl_labels", "ptbxl_label_tables", "ptbxl_records", "SUPERCLASSES", "PTBXL_LEADS",
            "PTBXL_TASKS", "ptbxl_split", "task_columns"]
@@ -395,21 +395,20 @@ def load_ptbxl(root: str | Path, rate: int = 100, cache_dir: str | Path | None =
     if unlisted:
         warnings.warn(f"{root}: {len(unlisted)} record(s) on disk are listed in no label source and are left out "
                       f"(first: {unlisted[0]['path']}); see cache.report['unlisted']", stacklevel=2)
-    fp = fingerprint_files(sources, extra=f"ptbxl;rate={rate};channels={channels};on_error={on_error};"
-                                          f"min_likelihood={min_likelihood};labels={labels};v2", root=root)
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir("ptbxl", fp)
-    cache = open_fresh_cache(cache_dir, fp)
-    if cache is not None:
-        return cache
-    rows = table[present]
-    label_cols = [c for c in rows.columns if c not in ("patient_id", "recording_date", "filename_lr", "filename_hr",
-                                                       "_source")]
-    items = [(r[file_col], r["patient_id"], str(r["ecg_id"]), r["recording_date"], {c: r[c] for c in label_cols})
-             for r in rows.iter_rows(named=True)]
-    tasks = {c.removeprefix("has:"): int(rows[c].sum()) for c in rows.columns if c.startswith("has:")}
-    report = {"skipped": skipped, "unlisted": unlisted, "rows_in_table": table.height,
-              "sources": [str(s) for s in sources if s.suffix == ".csv"], "tasks": tasks,
-              "in_database": int(rows["in_database"].sum())}
-    recs = read_all(partial(_read_ptbxl_row, root, channels), items, workers=workers, progress=progress,
-                    desc=f"reading PTB-XL {rate} Hz", on_error=on_error, skipped=skipped)
-    return build_cache(check_same_channels(recs, channels, on_error, skipped), cache_dir, fingerprint=fp, report=report)
+
+    def build():
+        rows = table[present]
+        label_cols = [c for c in rows.columns if c not in ("patient_id", "recording_date", "filename_lr",
+                                                           "filename_hr", "_source")]
+        items = [(r[file_col], r["patient_id"], str(r["ecg_id"]), r["recording_date"], {c: r[c] for c in label_cols})
+                 for r in rows.iter_rows(named=True)]
+        tasks = {c.removeprefix("has:"): int(rows[c].sum()) for c in rows.columns if c.startswith("has:")}
+        report = {"skipped": skipped, "unlisted": unlisted, "rows_in_table": table.height,
+                  "sources": [str(s) for s in sources if s.suffix == ".csv"], "tasks": tasks,
+                  "in_database": int(rows["in_database"].sum())}
+        recs = read_all(partial(_read_ptbxl_row, root, channels), items, workers=workers, progress=progress,
+                        desc=f"reading PTB-XL {rate} Hz", on_error=on_error, skipped=skipped)
+        return check_same_channels(recs, channels, on_error, skipped), report
+
+    return cached_load("ptbxl", sources, f"ptbxl;rate={rate};channels={channels};on_error={on_error};"
+                       f"min_likelihood={min_likelihood};labels={labels};v2", cache_dir, build, root=root)
