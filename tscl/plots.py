@@ -1,11 +1,11 @@
-"""Plots people would rather look at than read: ECG grids, probe tables, training curves."""
+"""Plots people would rather look at than read: label-efficiency curves, reliability, embedding maps, training curves."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_ecg", "plot_label_efficiency", "plot_loss_curve", "plot_reliability", "plot_embedding_map"]
+__all__ = ["plot_label_efficiency", "plot_loss_curve", "plot_reliability", "plot_embedding_map"]
 
 
 def _pyplot():
@@ -23,28 +23,6 @@ def _save(fig, out: str | Path) -> Path:
     fig.savefig(out, dpi=110)
     _pyplot().close(fig)
     return Path(out)
-
-
-def plot_ecg(signal: np.ndarray, fs: float, leads, out: str | Path, title: str = "") -> Path:
-    """A 12-lead style grid (one panel per lead, mV vs s) written to ``out`` as PNG."""
-    plt = _pyplot()
-    c = signal.shape[0]
-    cols = 2 if c > 6 else 1
-    rows = int(np.ceil(c / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(7 * cols, 1.2 * rows), sharex=True, squeeze=False)
-    t = np.arange(signal.shape[1]) / fs
-    for i in range(rows * cols):
-        ax = axes[i % rows, i // rows]
-        if i >= c:
-            ax.axis("off")
-            continue
-        ax.plot(t, signal[i], lw=0.7, color="k")
-        ax.set_ylabel(leads[i], rotation=0, ha="right", va="center")
-        ax.grid(True, color="#f3b4b4", lw=0.4)
-    for ax in axes[-1]:
-        ax.set_xlabel("time (s)")
-    fig.suptitle(title)
-    return _save(fig, out)
 
 
 def plot_label_efficiency(results: list[dict], out: str | Path, title: str = "") -> Path:
