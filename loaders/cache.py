@@ -487,30 +487,11 @@ def build_cache(recordings: Iterable[Recording], cache_dir: str | Path, fingerpr
     _sweep_stale_tmp(cache_dir)
     staging = _Staging(cache_dir)
     try:
-        rows, offset, label_cols = [], 0, []
-        h = hashlib.sha256()
         tmp_sig = staging.new(_SIGNALS)
-        first, notes = None, {}
-        with open(tmp_sig, "wb") as f:
-            for rec in recordings:
-                for key in _QUALITY_NOTES:  # once per source file (its windows share the note)
-                    if key in rec.quality:
-                        notes.setdefault(key, {}).setdefault(rec.source or rec.record_id, rec.quality[key])
-                if first is None:
-                    first = rec
-                elif rec.fs != first.fs and not allow_mixed_rates:
-                    raise LoaderError(rec.source or rec.record_id, _rate_problem(rec, first))
-                data = np.ascontiguousarray(rec.signal, dtype="<f4").tobytes()
-                _write_bytes(f, data)
-                h.update(data)
-                for key in rec.labels:
-                    if key not in label_cols:
-                        label_cols.append(key)
-                rows.append(_index_row(rec, offset))
-                offset += rec.signal.size
+        rows, offset, label_cols, digest, first, notes = _write_shard(recordings, tmp_sig, allow_mixed_rates)
         if not rows:
             raise LoaderError(cache_dir, f"no recordings to cache{_skipped_note(report)}")
-        files = {_SIGNALS: {"bytes": offset * 4, "sha256": h.hexdigest()}}
+        files = {_SIGNALS: {"bytes": offset * 4, "sha256": digest}}
         if tmp_sig.stat().st_size != offset * 4:
             raise LoaderError(tmp_sig, f"wrote {tmp_sig.stat().st_size} bytes of {offset * 4}; the disk may be full")
         if verify and hash_file(tmp_sig) != files[_SIGNALS]["sha256"]:
@@ -533,28 +514,58 @@ def build_cache(recordings: Iterable[Recording], cache_dir: str | Path, fingerpr
         manifest = {"version": _MANIFEST_VERSION, "fingerprint": fingerprint, "recordings": len(rows),
                     "files": files}
         staging.new(_MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
-        with _locked(cache_dir, exclusive=True):
-            current = _read_manifest(cache_dir)
-            if current is not None and current.get("fingerprint") == fingerprint and fingerprint:
-                try:
-                    _check_files(cache_dir, current, hashes=True)
-                    committed = True  # another builder finished this cache first: keep theirs
-                except LoaderError:
-                    committed = False
-            else:
-                committed = False
-            if not committed:
-                (cache_dir / _MANIFEST).unlink(missing_ok=True)  # no manifest = not a cache, until the last rename
-                for name in (*_FILES, _MANIFEST):
-                    os.replace(staging.files[name][0], cache_dir / name)
-        if committed:
-            staging.discard()
-        else:
+        if _commit(cache_dir, staging, fingerprint):
             staging.close()
+        else:
+            staging.discard()
     except BaseException:
         staging.discard()
         raise
     return WaveformCache(cache_dir)
+
+
+def _write_shard(recordings: Iterable[Recording], path: Path, allow_mixed_rates: bool):
+    """Stream the recordings' signals into ``path``: ``(index rows, samples written, label columns, sha256 of
+    the bytes, first recording, quality notes once per source file)``."""
+    rows, offset, label_cols, first, notes = [], 0, [], None, {}
+    h = hashlib.sha256()
+    with open(path, "wb") as f:
+        for rec in recordings:
+            for key in (k for k in _QUALITY_NOTES if k in rec.quality):  # once per source file (its windows share it)
+                notes.setdefault(key, {}).setdefault(rec.source or rec.record_id, rec.quality[key])
+            if first is None:
+                first = rec
+            elif rec.fs != first.fs and not allow_mixed_rates:
+                raise LoaderError(rec.source or rec.record_id, _rate_problem(rec, first))
+            data = np.ascontiguousarray(rec.signal, dtype="<f4").tobytes()
+            _write_bytes(f, data)
+            h.update(data)
+            label_cols += [key for key in rec.labels if key not in label_cols]
+            rows.append(_index_row(rec, offset))
+            offset += rec.signal.size
+    return rows, offset, label_cols, h.hexdigest(), first, notes
+
+
+def _commit(cache_dir: Path, staging: _Staging, fingerprint: str) -> bool:
+    """Rename the staged files into place under the folder's exclusive lock, the manifest last; False (nothing
+    moved) when another builder committed an intact cache with this fingerprint first: keep theirs."""
+    with _locked(cache_dir, exclusive=True):
+        current = _read_manifest(cache_dir)
+        if (fingerprint and current is not None and current.get("fingerprint") == fingerprint
+                and _intact(cache_dir, current)):
+            return False
+        (cache_dir / _MANIFEST).unlink(missing_ok=True)  # no manifest = not a cache, until the last rename
+        for name in (*_FILES, _MANIFEST):
+            os.replace(staging.files[name][0], cache_dir / name)
+    return True
+
+
+def _intact(cache_dir: Path, manifest: dict) -> bool:
+    try:
+        _check_files(cache_dir, manifest, hashes=True)
+    except LoaderError:
+        return False
+    return True
 
 
 def cached_load(kind: str, sources: Iterable[str | Path], extra: str, cache_dir: str | Path | None,
@@ -586,6 +597,14 @@ def _attempt(read_one: Callable, item):
         return err
 
 
+def _raise_or_skip(err: LoaderError, on_error: str, skipped: list | None) -> None:
+    """Raise ``err`` (``on_error="raise"``), or list it as ``{"path", "problem"}`` in ``skipped``."""
+    if on_error == "raise":
+        raise err
+    if skipped is not None:
+        skipped.append({"path": err.path, "problem": err.problem})
+
+
 def read_all(read_one: Callable[[Any], Recording | list[Recording]], items: list, *, workers: int = 0,
              progress: bool = True, desc: str = "reading", on_error: str = "raise",
              skipped: list | None = None) -> Iterator[Recording]:
@@ -601,13 +620,11 @@ def read_all(read_one: Callable[[Any], Recording | list[Recording]], items: list
     attempt = partial(_attempt, read_one)
     pool = ProcessPoolExecutor(workers) if workers and workers > 0 else None
     try:
-        results = pool.map(attempt, items, chunksize=max(1, min(64, len(items) // (8 * workers)))) if pool else map(attempt, items)
+        results = (pool.map(attempt, items, chunksize=max(1, min(64, len(items) // (8 * workers)))) if pool
+                   else map(attempt, items))
         for result in tqdm(results, total=len(items), desc=desc, disable=not progress):
             if isinstance(result, LoaderError):
-                if on_error == "raise":
-                    raise result
-                if skipped is not None:
-                    skipped.append({"path": result.path, "problem": result.problem})
+                _raise_or_skip(result, on_error, skipped)
                 continue
             if isinstance(result, Recording):
                 yield result

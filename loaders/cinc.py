@@ -95,6 +95,19 @@ def _read_prepared(channels, dx_codes, fs, leads, path) -> Recording:
     return prepare(read_cinc(path, channels=channels, dx_codes=dx_codes), fs=fs, channels=leads)
 
 
+def _codes_seen(headers, on_error: str, skipped: list) -> list:
+    """Every Dx code in the headers, numerically sorted; an unreadable header raises or is listed in ``skipped``."""
+    seen = set()
+    for hea in headers:
+        try:
+            seen.update(read_cinc_header(hea)["dx"])
+        except LoaderError as err:
+            if on_error == "raise":
+                raise
+            skipped.append({"path": err.path, "problem": err.problem})
+    return sorted(seen, key=int)
+
+
 def load_cinc(root: str | Path, cache_dir: str | Path | None = None, *, channels=CINC_LEADS, dx_codes=None,
               on_error: str = "raise", progress: bool = True, workers: int = 0, fs: float | None = None,
               leads=None) -> WaveformCache:
@@ -117,15 +130,7 @@ def load_cinc(root: str | Path, cache_dir: str | Path | None = None, *, channels
         raise LoaderError(root, "no .hea files found")
     skipped: list = []
     if dx_codes is None:
-        seen = set()
-        for hea in headers:
-            try:
-                seen.update(read_cinc_header(hea)["dx"])
-            except LoaderError as err:
-                if on_error == "raise":
-                    raise
-                skipped.append({"path": err.path, "problem": err.problem})
-        dx_codes = sorted(seen, key=int)
+        dx_codes = _codes_seen(headers, on_error, skipped)
         headers = [h for h in headers if str(h) not in {s["path"] for s in skipped}]
     sources = [f for h in headers for f in sorted(h.parent.glob(h.stem + ".*"))]
     if leads is not None:

@@ -240,6 +240,16 @@ def _check_agree(a: pl.DataFrame, b: pl.DataFrame, what: str) -> None:
                                         f"{r['_source_b']} ({what}; {bad.height} ECG(s) disagree)")
 
 
+def _check_disjoint_parts(parts: list[pl.DataFrame]) -> None:
+    """One ECG in two parts of a task (e.g. train and test) is a leak: raise naming both tables."""
+    for i, a in enumerate(parts):
+        for b in parts[i + 1:]:
+            both = a.join(b, on="ecg_id", how="semi")
+            if both.height:
+                raise LoaderError(a["_source"][0], f"ecg_id {both['ecg_id'][0]} is also listed in "
+                                                   f"{b['_source'][0]} ({both.height} ECG(s) in both)")
+
+
 def ptbxl_label_tables(root: str | Path) -> tuple[pl.DataFrame, list[Path]]:
     """The label tables under ``root/labels`` merged to one row per ECG, and the files read.
 
@@ -256,12 +266,7 @@ def ptbxl_label_tables(root: str | Path) -> tuple[pl.DataFrame, list[Path]]:
         by_task.setdefault(task, []).append(_read_label_table(path, task))
     merged = None
     for task, parts in by_task.items():
-        for i, a in enumerate(parts):  # one ECG in two parts of a task (e.g. train and test) is a leak
-            for b in parts[i + 1:]:
-                both = a.join(b, on="ecg_id", how="semi")
-                if both.height:
-                    raise LoaderError(a["_source"][0], f"ecg_id {both['ecg_id'][0]} is also listed in "
-                                                       f"{b['_source'][0]} ({both.height} ECG(s) in both)")
+        _check_disjoint_parts(parts)
         frame = pl.concat(parts, how="diagonal")
         if merged is None:
             merged = frame

@@ -1,4 +1,4 @@
-"""Plots people would rather look at than read: label-efficiency curves, reliability, embedding maps, training curves."""
+"""Plots people would rather look at than read: label efficiency, reliability, embedding maps, loss curves."""
 from __future__ import annotations
 
 from pathlib import Path
