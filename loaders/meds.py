@@ -205,7 +205,9 @@ def tabular_features(events: pl.LazyFrame | pl.DataFrame, prediction_times: pl.D
     if codes is not None:
         lf = lf.filter(pl.col("code").is_in(codes))
     keys = ["subject_id", "prediction_time"]
-    agg = (lf.sort([*keys, "time"]).group_by([*keys, "code"])
+    # ties at one timestamp are ordered by value, so "last" is the same event on every run
+    agg = (lf.sort([*keys, "time", "numeric_value"], nulls_last=True, maintain_order=True)
+           .group_by([*keys, "code"], maintain_order=True)
            .agg(pl.len().alias("count"), pl.col("numeric_value").drop_nulls().last().alias("last"),
                 pl.col("numeric_value").mean().alias("mean")).collect())
     base = prediction_times.select("subject_id", pl.col("prediction_time").cast(pl.Datetime("us")))
