@@ -601,7 +601,8 @@ def main(argv=None) -> int:
     import os
     command = os.environ.get("TSCL_BENCH_COMMAND") or "python benchmarks/bench_real.py " + " ".join(argv)
     if args.dataset == "mimic":
-        sys.exit("--dataset mimic: not available; the trainer does not take EHR event streams in this benchmark yet")
+        sys.exit("--dataset mimic: not implemented in this benchmark yet; `tscl mimic-probe` probes a run's EHR "
+                 "encoder on the MIMIC-IV demo")
     from tscl.cli import _kwargs
 
     args.encoder_kwargs = _kwargs(args.encoder_kwargs)
