@@ -2,7 +2,8 @@
 
 For each dataset — (a) the simulated patient-structured cohort, (b) the PTB-XL sample in
 /work/shared/data/ptbxl (skipped with a message if absent) — every method pretrains the
-same encoder for the same number of epochs from the same seed; the frozen features are
+same encoder for the same number of epochs from the same seed on the probe's training
+patients only (checked against the run's patients.json); the frozen features are
 probed (``tscl.probes.run_probe``: patient-level split, label fractions 1/10/100 %,
 patient-level bootstrap CIs, paired differences against a random-init encoder of the same
 architecture). On the cohort the patient-aware methods are also compared with SimCLR.
@@ -31,6 +32,7 @@ from tscl.embed import embed_signals
 from tscl.methods import METHODS
 from tscl.plots import plot_label_efficiency
 from tscl.probes import patient_split, run_probe
+from tscl.probes.linear import check_pretraining_overlap, pretrained_patients
 from tscl.train import PretrainConfig, environment, load_encoder, pretrain
 
 COHORT_LABELS = ["lvh", "bbb", "af", "tachy", "brady", "mace"]
@@ -149,13 +151,15 @@ def run_dataset(tag: str, cache, labels: list[str], args, out: Path) -> dict:
     Y = cache.index.select(labels).to_numpy().astype(float)
     split = patient_split(pids, TEST_FRACTION, args.seed)  # (train rows, test rows) of every probe below
     cache.index = cache.index.with_columns(supcon_labels(cache.index, labels, split[0]))
+    train = cache.subset(split[0])  # pretraining sees the training patients only, never a test patient's signal
+    held_out = f"training patients of patient_split(test_fraction={TEST_FRACTION}, seed={args.seed})"
     features, timings = {}, {}
     for row, name, epochs, extra in args.runs:
         kw = {**method_kwargs(name, args.batch), **extra}
         run_dir = out / "runs" / tag / row
         cfg = PretrainConfig(out_dir=str(run_dir), method=name, encoder=args.encoder,
                              encoder_kwargs=args.encoder_kwargs, method_kwargs=kw, epochs=epochs, lr=args.lr,
-                             seed=args.seed, progress=False)
+                             seed=args.seed, progress=False, dataset={"pretrain_rows": held_out})
         t0 = time.time()
         done_s = finished_run(run_dir, cfg)
         if done_s is not None:  # finished earlier with these settings (an interrupted benchmark resumes here)
@@ -163,8 +167,9 @@ def run_dataset(tag: str, cache, labels: list[str], args, out: Path) -> dict:
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                run = pretrain(cache, cfg)
+                run = pretrain(train, cfg)
             timings[row] = time.time() - t0
+            check_pretraining_overlap(pretrained_patients(run), pids[split[1]], what=f"{row}")
             (run_dir / "done.json").write_text(json.dumps({"pretrain_s": timings[row], "code": code_digest(name, args.encoder)}))
         features[row] = embed_signals(load_encoder(run), signals, progress=False)
         print(f"[{tag}] {row:16s} pretrained in {timings[row]:6.1f} s", flush=True)
