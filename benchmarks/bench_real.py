@@ -494,6 +494,58 @@ def bench_eegmat(args, out: Path) -> dict:
 
 # --- output -----------------------------------------------------------------------------------------------
 
+MIMIC_ENCODER = "dim=64,depth=2,heads=4,max_len=128"
+
+
+def bench_mimic(args, out: Path) -> dict:
+    """MIMIC-IV demo: each method pretrains ``ehr_sequence`` on the ``mimic-iv`` source's train split
+    (admissions as items); :func:`tscl.datasets.ehr.mimic_probe` then probes admissions at admission + 24 h
+    (features strictly before it) beside the random-init twin and the tabular baseline, testing on the
+    subjects of the val and test splits (never pretrained on: checked against each run's patients.json)."""
+    from tscl.datasets import open_dataset
+    from tscl.datasets.ehr import mimic_probe
+
+    enc_kwargs = args.encoder_kwargs
+    train = open_dataset("mimic-iv", args.root, split="train", cache=args.cache, progress=False,
+                         max_len=int(enc_kwargs.get("max_len", 128)))
+    rec = {"notes": [f"pretraining: {train.describe()} (the mimic-iv source's train split)"], "methods": {}}
+    for method in args.methods:
+        extra = {"segments_per_record": 1} if method == "pmq" else {}
+        run, seconds = pretrain_once(train, out / "runs" / method, method, "ehr_sequence", enc_kwargs, extra, args)
+        report = mimic_probe(args.root, run, cache=args.cache, n_boot=args.bootstrap, seed=args.seed)
+        rec["methods"][method] = {"pretrain_s": seconds, "counts": report.counts, "notes": report.notes,
+                                  "labels": {k: json.loads(v.to_json()) for k, v in report.results.items()}}
+        print(f"[mimic] {method}: pretrained in {seconds:.0f} s", flush=True)
+    return rec
+
+
+def markdown_mimic(rec: dict) -> str:
+    parts = []
+    first = next(iter(rec["methods"].values()))
+    for label, counts in first["counts"].items():
+        parts += [f"### {label} (train {counts['train_rows']} admissions / {counts['train_patients']} patients, "
+                  f"{counts['train_pos']} positive; test {counts['test_rows']} / {counts['test_patients']}, "
+                  f"{counts['test_pos']} positive)", "", "| row | AUROC [95 % CI] | Δ vs random-init [95 % CI] | pretrain s |",
+                  "|---|---|---|---|"]
+        shown = set()
+        for method, m in rec["methods"].items():
+            res = m["labels"].get(label)
+            if res is None:
+                continue
+            deltas = {c["encoder"]: c for c in res["comparisons"]}
+            for r in res["rows"]:
+                name = method if r["encoder"] not in ("random-init", "tabular") else r["encoder"]
+                if name in shown:
+                    continue
+                shown.add(name)
+                d = deltas.get(r["encoder"])
+                dtext = f"{d['delta']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]" if d else "—"
+                secs = f"{m['pretrain_s']:.0f}" if name == method else "—"
+                parts.append(f"| {name} | {r['auroc']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] | {dtext} | {secs} |")
+        parts.append("")
+    return "\n".join(parts)
+
+
 def plot(rows, path: Path, title: str) -> None:
     try:
         from tscl.plots import plot_label_efficiency
@@ -600,17 +652,17 @@ def main(argv=None) -> int:
         return run_at_commit(args.at_commit, argv, args)
     import os
     command = os.environ.get("TSCL_BENCH_COMMAND") or "python benchmarks/bench_real.py " + " ".join(argv)
-    if args.dataset == "mimic":
-        sys.exit("--dataset mimic: not implemented in this benchmark yet; `tscl mimic-probe` probes a run's EHR "
-                 "encoder on the MIMIC-IV demo")
     from tscl.cli import _kwargs
 
+    if args.dataset == "mimic" and args.encoder_kwargs == p.get_default("encoder_kwargs"):
+        args.encoder_kwargs = MIMIC_ENCODER
     args.encoder_kwargs = _kwargs(args.encoder_kwargs)
     default_methods = ([m for m in METHODS if m not in TWO_MODALITY] if args.dataset == "ptbxl" and not args.cv else
+                       ["simclr", "pclr", "moco", "pmq"] if args.dataset == "mimic" else
                        ["simclr", "pclr", "polywindow"])
     args.methods = [m for m in args.methods.split(",") if m] if args.methods else default_methods
     if args.epochs is None:
-        args.epochs = {"ptbxl": 20, "eegmat": 8}[args.dataset]
+        args.epochs = {"ptbxl": 20, "eegmat": 8, "mimic": 20}[args.dataset]
     args.tasks = [t for t in args.tasks.split(",") if t]
     args.fractions = FRACTIONS
     if args.encoder_list:
@@ -638,6 +690,8 @@ def main(argv=None) -> int:
         rec, tag = bench_ptbxl_cv(args, out), "ptbxl_cv"
     elif args.dataset == "ptbxl":
         rec, tag = bench_ptbxl(args, out), "ptbxl"
+    elif args.dataset == "mimic":
+        rec, tag = bench_mimic(args, out), "mimic"
     else:
         rec, tag = bench_eegmat(args, out), "eegmat"
     results.update(rec)
@@ -653,6 +707,8 @@ def main(argv=None) -> int:
         md += [markdown_ptbxl(rec, args.fractions)]
     elif tag == "ptbxl_cv":
         md += [markdown_pooled(f"{t}: pooled out-of-fold, ten folds", r) for t, r in rec["tasks"].items()]
+    elif tag == "mimic":
+        md += [markdown_mimic(rec)]
     else:
         for level, encs in rec["levels"].items():
             md += [markdown_pooled(f"per {level}, encoder {enc}, leave-subjects-out ({args.folds} folds)", r)

@@ -664,7 +664,8 @@ def build_parser() -> argparse.ArgumentParser:
     training(sp)
     sp.add_argument("--out", default="runs/demo")
     sp.add_argument("--patients", type=_positive_int, default=500)
-    sp.add_argument("--batch-patients", type=_positive_int, default=32)
+    sp.add_argument("--batch-patients", type=_positive_int, default=64,
+                    help="patients per PCLR batch (two recordings each)")
     sp.add_argument("--no-supervised", action="store_true", help="skip the supervised-from-scratch baseline")
     sp.add_argument("--fractions", default="0.01,0.1,1")
     sp.add_argument("--bootstrap", type=_positive_int, default=1000)
