@@ -244,7 +244,7 @@ def train_step_bench(args) -> dict:
         ids = torch.arange(batch // 2, device=device).repeat(2)
         backend = "triton" if loss_impl == "fused" else "reference"
 
-        def step():
+        def step(head=head, run_encoder=run_encoder, x=x, opt=opt):  # bound now: the loop deletes them
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=not dry):
                 z = head(run_encoder(x))
                 loss = info_nce(z, z, ids, ids, temperature=0.1, exclude_self=True, backend=backend)

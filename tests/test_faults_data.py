@@ -5,7 +5,6 @@ and checks the loader refuses it, reports it, or repairs it.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
