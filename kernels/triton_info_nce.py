@@ -53,7 +53,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-__all__ = ["info_nce_rows_triton", "InfoNCERows"]
+__all__ = ["info_nce_rows_triton"]
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # Tests set this to fill every output with NaN / -1 before a launch, so an element that a
@@ -763,83 +763,61 @@ def _backward(grad, q, k, q_ids, k_ids, temperature, lse, npos, exclude_self, ba
 
 
 # ----------------------------------------------------------------------------- autograd
-class InfoNCERows(torch.autograd.Function):
-    """Autograd wrapper over the launchers (used where ``torch.library.custom_op`` is absent)."""
-
-    @staticmethod
-    def forward(ctx, q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank_same_id,
-                symmetric, allow_tf32=False):
-        loss, npos, lse = _forward(q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids,
-                                   mask_bank_same_id, symmetric, allow_tf32)
-        ctx.save_for_backward(q, k, q_ids, k_ids, temperature, lse, npos, bank, bank_ids)
-        ctx.flags = (exclude_self, mask_bank_same_id, symmetric, allow_tf32)
-        ctx.mark_non_differentiable(npos)
-        return loss, npos
-
-    @staticmethod
-    def backward(ctx, grad_loss, grad_npos):
-        q, k, q_ids, k_ids, temperature, lse, npos, bank, bank_ids = ctx.saved_tensors
-        exclude_self, mask_bank, symmetric, allow_tf32 = ctx.flags
-        dq, dk, dtau = _backward(grad_loss, q, k, q_ids, k_ids, temperature, lse, npos, exclude_self, bank,
-                                 bank_ids, mask_bank, symmetric, need_dk=ctx.needs_input_grad[1],
-                                 allow_tf32=allow_tf32)
-        needs = ctx.needs_input_grad
-        return (dq if needs[0] else None, dk if needs[1] else None, None, None,
-                dtau if needs[4] else None, None, None, None, None, None, None)
+# the one autograd path: a torch.library custom op (torch >= 2.4), traced by torch.compile without a break
+@torch.library.custom_op("tscl::info_nce_rows", mutates_args=())
+def _info_nce_rows_op(
+    q: Tensor, k: Tensor, q_ids: Tensor, k_ids: Tensor, temperature: Tensor, exclude_self: bool,
+    bank: Optional[Tensor], bank_ids: Optional[Tensor], mask_bank_same_id: bool, symmetric: bool,
+    allow_tf32: bool = False,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    return _forward(q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank_same_id,
+                    symmetric, allow_tf32)
 
 
-_HAS_CUSTOM_OP = hasattr(torch, "library") and hasattr(torch.library, "custom_op")
+@_info_nce_rows_op.register_fake
+def _(q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank_same_id, symmetric,
+      allow_tf32=False):
+    total = q.shape[0] + k.shape[0] if symmetric else q.shape[0]
+    return (q.new_empty(total, dtype=torch.float32), q.new_empty(total, dtype=torch.int64),
+            q.new_empty(total, dtype=torch.float32))
 
-if _HAS_CUSTOM_OP:
 
-    @torch.library.custom_op("tscl::info_nce_rows", mutates_args=())
-    def _info_nce_rows_op(
-        q: Tensor, k: Tensor, q_ids: Tensor, k_ids: Tensor, temperature: Tensor, exclude_self: bool,
-        bank: Optional[Tensor], bank_ids: Optional[Tensor], mask_bank_same_id: bool, symmetric: bool,
-        allow_tf32: bool = False,
-    ) -> Tuple[Tensor, Tensor, Tensor]:
-        return _forward(q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank_same_id,
-                        symmetric, allow_tf32)
+@torch.library.custom_op("tscl::info_nce_rows_backward", mutates_args=())
+def _info_nce_rows_backward_op(
+    grad: Tensor, q: Tensor, k: Tensor, q_ids: Tensor, k_ids: Tensor, temperature: Tensor,
+    lse: Tensor, npos: Tensor, exclude_self: bool, bank: Optional[Tensor],
+    bank_ids: Optional[Tensor], mask_bank_same_id: bool, symmetric: bool, need_dk: bool,
+    allow_tf32: bool = False,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    return _backward(grad, q, k, q_ids, k_ids, temperature, lse, npos, exclude_self, bank, bank_ids,
+                     mask_bank_same_id, symmetric, need_dk, allow_tf32)
 
-    @_info_nce_rows_op.register_fake
-    def _(q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank_same_id, symmetric,
-          allow_tf32=False):
-        total = q.shape[0] + k.shape[0] if symmetric else q.shape[0]
-        return (q.new_empty(total, dtype=torch.float32), q.new_empty(total, dtype=torch.int64),
-                q.new_empty(total, dtype=torch.float32))
 
-    @torch.library.custom_op("tscl::info_nce_rows_backward", mutates_args=())
-    def _info_nce_rows_backward_op(
-        grad: Tensor, q: Tensor, k: Tensor, q_ids: Tensor, k_ids: Tensor, temperature: Tensor,
-        lse: Tensor, npos: Tensor, exclude_self: bool, bank: Optional[Tensor],
-        bank_ids: Optional[Tensor], mask_bank_same_id: bool, symmetric: bool, need_dk: bool,
-        allow_tf32: bool = False,
-    ) -> Tuple[Tensor, Tensor, Tensor]:
-        return _backward(grad, q, k, q_ids, k_ids, temperature, lse, npos, exclude_self, bank, bank_ids,
-                         mask_bank_same_id, symmetric, need_dk, allow_tf32)
+@_info_nce_rows_backward_op.register_fake
+def _(grad, q, k, q_ids, k_ids, temperature, lse, npos, exclude_self, bank, bank_ids,
+      mask_bank_same_id, symmetric, need_dk, allow_tf32=False):
+    dk = torch.empty_like(k) if need_dk else k.new_empty(0)
+    return torch.empty_like(q), dk, torch.empty_like(temperature)
 
-    @_info_nce_rows_backward_op.register_fake
-    def _(grad, q, k, q_ids, k_ids, temperature, lse, npos, exclude_self, bank, bank_ids,
-          mask_bank_same_id, symmetric, need_dk, allow_tf32=False):
-        dk = torch.empty_like(k) if need_dk else k.new_empty(0)
-        return torch.empty_like(q), dk, torch.empty_like(temperature)
 
-    def _setup_context(ctx, inputs, output):
-        q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank, symmetric, *rest = inputs
-        _, npos, lse = output
-        ctx.save_for_backward(q, k, q_ids, k_ids, temperature, lse, npos, bank, bank_ids)
-        ctx.flags = (exclude_self, mask_bank, symmetric, bool(rest[0]) if rest else False)
-        ctx.mark_non_differentiable(npos, lse)
+def _setup_context(ctx, inputs, output):
+    q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank, symmetric, *rest = inputs
+    _, npos, lse = output
+    ctx.save_for_backward(q, k, q_ids, k_ids, temperature, lse, npos, bank, bank_ids)
+    ctx.flags = (exclude_self, mask_bank, symmetric, bool(rest[0]) if rest else False)
+    ctx.mark_non_differentiable(npos, lse)
 
-    def _op_backward(ctx, grad_loss, grad_npos, grad_lse):
-        q, k, q_ids, k_ids, temperature, lse, npos, bank, bank_ids = ctx.saved_tensors
-        exclude_self, mask_bank, symmetric, allow_tf32 = ctx.flags
-        dq, dk, dtau = _info_nce_rows_backward_op(
-            grad_loss, q, k, q_ids, k_ids, temperature, lse, npos, exclude_self, bank, bank_ids,
-            mask_bank, symmetric, ctx.needs_input_grad[1], allow_tf32)
-        return (dq, dk if ctx.needs_input_grad[1] else None, None, None, dtau, None, None, None, None, None, None)
 
-    _info_nce_rows_op.register_autograd(_op_backward, setup_context=_setup_context)
+def _op_backward(ctx, grad_loss, grad_npos, grad_lse):
+    q, k, q_ids, k_ids, temperature, lse, npos, bank, bank_ids = ctx.saved_tensors
+    exclude_self, mask_bank, symmetric, allow_tf32 = ctx.flags
+    dq, dk, dtau = _info_nce_rows_backward_op(
+        grad_loss, q, k, q_ids, k_ids, temperature, lse, npos, exclude_self, bank, bank_ids,
+        mask_bank, symmetric, ctx.needs_input_grad[1], allow_tf32)
+    return (dq, dk if ctx.needs_input_grad[1] else None, None, None, dtau, None, None, None, None, None, None)
+
+
+_info_nce_rows_op.register_autograd(_op_backward, setup_context=_setup_context)
 
 
 def info_nce_rows_triton(
@@ -853,7 +831,6 @@ def info_nce_rows_triton(
     bank_ids: Optional[Tensor] = None,
     mask_bank_same_id: bool = False,
     symmetric: bool = False,
-    use_custom_op: bool = True,
     allow_tf32: bool = False,
 ) -> Tuple[Tensor, Tensor]:
     """Per-anchor InfoNCE losses ``[N]`` (float32) and positive counts ``[N]`` (int64).
@@ -864,8 +841,7 @@ def info_nce_rows_triton(
     ``symmetric=True`` also computes the column losses (anchors k, keys q, no bank) and
     returns ``[N+M]`` rows-then-columns, sharing the backward's recomputed tiles between
     both directions.
-    ``use_custom_op=False`` runs the plain :class:`InfoNCERows` autograd.Function instead of
-    the ``tscl::info_nce_rows`` operator that ``torch.compile`` traces without a break.
+    It runs as the ``tscl::info_nce_rows`` operator, which ``torch.compile`` traces without a break.
     """
     if not (q.is_cuda or _INTERPRET):
         raise RuntimeError("the Triton InfoNCE kernel needs CUDA tensors (or TRITON_INTERPRET=1)")
@@ -881,9 +857,6 @@ def info_nce_rows_triton(
     bank_ids = bank_ids.to(torch.int64).contiguous() if bank_ids is not None else None
     if not isinstance(temperature, Tensor):
         temperature = torch.tensor(float(temperature), device=q.device)
-    if use_custom_op and _HAS_CUSTOM_OP:
-        loss, npos, _ = _info_nce_rows_op(q, k, q_ids, k_ids, temperature, bool(exclude_self), bank,
-                                          bank_ids, bool(mask_bank_same_id), bool(symmetric), bool(allow_tf32))
-        return loss, npos
-    return InfoNCERows.apply(q, k, q_ids, k_ids, temperature, bool(exclude_self), bank, bank_ids,
-                             bool(mask_bank_same_id), bool(symmetric), bool(allow_tf32))
+    loss, npos, _ = _info_nce_rows_op(q, k, q_ids, k_ids, temperature, bool(exclude_self), bank,
+                                      bank_ids, bool(mask_bank_same_id), bool(symmetric), bool(allow_tf32))
+    return loss, npos

@@ -15,13 +15,13 @@ from pathlib import Path
 
 from .cache import ON_ERROR, WaveformCache, cached_load, check_same_rate, read_all
 from .filters import check_same_channels
-from .recording import LoaderError, Recording
+from .recording import ECG_LEADS, LoaderError, Recording
 from .transforms import prepare
 from .wfdb_dir import read_wfdb
 
 __all__ = ["read_cinc", "read_cinc_header", "load_cinc", "CINC_LEADS", "CINC_DATABASES"]
 
-CINC_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+CINC_LEADS = ECG_LEADS
 CINC_DATABASES = {"A": "CPSC", "Q": "CPSC-Extra", "I": "INCART", "S": "PTB", "HR": "PTB-XL",
                   "E": "Georgia", "JS": "Chapman-Shaoxing-Ningbo"}
 

@@ -44,14 +44,14 @@ import polars as pl
 
 from .cache import ON_ERROR, WaveformCache, cached_load, read_all
 from .filters import check_same_channels
-from .recording import LoaderError, Recording
+from .recording import ECG_LEADS, LoaderError, Recording
 from .wfdb_dir import read_wfdb
 
 __all__ = ["load_ptbxl", "ptbxl_labels", "ptbxl_label_tables", "ptbxl_records", "SUPERCLASSES", "PTBXL_LEADS",
            "PTBXL_TASKS", "ptbxl_split", "task_columns"]
 
 SUPERCLASSES = ("NORM", "MI", "STTC", "CD", "HYP")
-PTBXL_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+PTBXL_LEADS = ECG_LEADS
 PTBXL_TASKS = ("super", "sub", "form", "rhythm")
 _TABLE_TASK = {"super_class": "super", "sub_class": "sub"}  # MERL's file names -> column prefixes
 _TABLE_NAME = re.compile(r"ptbxl_(?P<task>.+)_(?P<part>train|val|test)\.csv")

@@ -8,7 +8,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Recording", "LoaderError", "check_signal", "apply_nan_policy", "NAN_POLICIES"]
+__all__ = ["Recording", "LoaderError", "check_signal", "apply_nan_policy", "NAN_POLICIES", "ECG_LEADS"]
+
+# the standard 12-lead order (PTB-XL, CinC, the simulator); every module that names the leads imports it
+ECG_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 
 NAN_POLICIES = ("fail", "keep", "interpolate", "drop")
 

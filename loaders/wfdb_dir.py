@@ -18,7 +18,7 @@ import wfdb
 
 from .cache import WaveformCache, cached_load, check_same_rate, read_all
 from .filters import check_same_channels, drop_nan_recordings, split_reports
-from .recording import LoaderError, Recording, apply_nan_policy
+from .recording import ECG_LEADS, LoaderError, Recording, apply_nan_policy
 from .transforms import resample
 from .wfdb_header import WfdbHeader, _header_lines, check_wfdb_header, parse_wfdb_header
 from .windows import window_recording
@@ -31,7 +31,7 @@ REQUIRED_COLUMNS = ("patient_id", "record_id")
 _TEXT_COLUMNS = ("patient_id", "record_id", "path")  # identifiers: never type-inferred
 _RESERVED = {"fs", "n_channels", "n_samples", "offset", "channels", "source"}
 
-_LEAD_NAMES = {n.lower(): n for n in ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")}
+_LEAD_NAMES = {n.lower(): n for n in ECG_LEADS}
 _UNIT_SCALE = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3, "nv": 1e-6}
 
 

@@ -301,28 +301,6 @@ def test_triton_rows_non_contiguous_and_mixed_dtypes():
 
 
 @needs_triton
-def test_custom_op_and_autograd_function_agree():
-    gen = torch.Generator().manual_seed(2)
-    q = _unit(19, 32, gen).requires_grad_()
-    k = _unit(19, 32, gen).requires_grad_()
-    bank = _unit(9, 32, gen)
-    ids, bids = torch.randint(0, 4, (19,), generator=gen), torch.randint(0, 4, (9,), generator=gen)
-    tau = torch.tensor(0.2, requires_grad=True)
-    for symmetric in (False, True):
-        grads = []
-        for use_op in (True, False):
-            for t in (q, k, tau):
-                t.grad = None
-            loss, npos = tn.info_nce_rows_triton(q, k, ids, ids, tau, True, bank, bids, False,
-                                                 symmetric=symmetric, use_custom_op=use_op)
-            assert loss.shape == ((38,) if symmetric else (19,))
-            (loss * torch.arange(float(loss.numel()))).sum().backward()
-            grads.append([loss.detach(), npos, q.grad, k.grad, tau.grad])
-        for a, b in zip(*grads):
-            torch.testing.assert_close(a, b)
-
-
-@needs_triton
 def test_custom_op_opcheck_and_compile_without_graph_break():
     gen = torch.Generator().manual_seed(4)
     q = _unit(17, 16, gen).requires_grad_()

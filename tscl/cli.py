@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_LABELS = ("lvh", "bbb", "af", "tachy", "brady", "mace")
+from tscl.simulate import CONDITIONS as DEFAULT_LABELS  # the simulated cohort's labels (tscl demo, probe)
 
 
 class UsageError(Exception):

@@ -34,9 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
+from tscl.loaders.recording import ECG_LEADS
+
 __all__ = ["LEADS", "CONDITIONS", "CohortConfig", "simulate_patients", "synthesize_ecg", "write_cohort"]
 
-LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+LEADS = ECG_LEADS
 CONDITIONS = ("lvh", "bbb", "af", "tachy", "brady", "mace")
 # horizontal-plane angles of V1..V6 (degrees; 0 = patient's left, 90 = anterior)
 _PRECORDIAL_ANGLES = np.deg2rad([115.0, 95.0, 75.0, 55.0, 30.0, 0.0])

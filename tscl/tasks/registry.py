@@ -25,6 +25,7 @@ import numpy as np
 import polars as pl
 
 from tscl.probes.linear import assert_no_patient_leakage, patient_split
+from tscl.simulate import CONDITIONS
 
 from . import eegmat, mimic, physionet, ptbxl, sim
 
@@ -121,7 +122,7 @@ def _strat_fold_rule(index, Y, seed):
 
 
 TASKS: dict[str, Task] = {t.name: t for t in [
-    Task("sim-risk", sim.load, ("lvh", "bbb", "af", "tachy", "brady", "mace"), _sim_rule, "multilabel",
+    Task("sim-risk", sim.load, CONDITIONS, _sim_rule, "multilabel",
          description="simulated cohort (tscl simulate/demo; --data is the cohort folder): the six risk labels, "
                      "multi-label, split by patient (the cohort's split column: test patients are never "
                      "pretrained on)"),
