@@ -27,6 +27,16 @@ __all__ = ["read_image", "ImageTable", "load_image_table", "IMAGE_SUFFIXES"]
 IMAGE_SUFFIXES = (".npy", ".png")
 
 
+def _read_png(path: Path, drop_alpha: bool) -> np.ndarray:
+    """A PNG as matplotlib reads it (values in [0, 1]), planes first; RGBA loses its alpha with ``drop_alpha``."""
+    import matplotlib.image as mpimg
+
+    arr = mpimg.imread(path, format="png")
+    if arr.ndim == 3 and drop_alpha and arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    return np.moveaxis(arr, -1, 0) if arr.ndim == 3 else arr
+
+
 def read_image(path: str | Path, drop_alpha: bool = True) -> np.ndarray:
     """One image file -> float32 ``[C, H, W]``; :class:`LoaderError` for a missing, unreadable,
     badly shaped or non-finite image."""
@@ -37,16 +47,7 @@ def read_image(path: str | Path, drop_alpha: bool = True) -> np.ndarray:
     if not path.is_file():
         raise LoaderError(path, "image file not found")
     try:
-        if suffix == ".npy":
-            arr = np.load(path, allow_pickle=False)
-        else:
-            import matplotlib.image as mpimg
-
-            arr = mpimg.imread(path, format="png")
-            if arr.ndim == 3:
-                if drop_alpha and arr.shape[-1] == 4:
-                    arr = arr[..., :3]
-                arr = np.moveaxis(arr, -1, 0)
+        arr = np.load(path, allow_pickle=False) if suffix == ".npy" else _read_png(path, drop_alpha)
     except Exception as err:  # truncated file, wrong magic bytes, pickled object, ...
         raise LoaderError(path, f"could not read image ({type(err).__name__}: {err})") from err
     if arr.dtype.kind not in "biuf":
