@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 import tscl.train
+from tscl.benchmarks.profiling import gpu_busy
 from tscl.augment import build_augment
 from tscl.encoders import ProjectionHead, build_encoder
 from tscl.kernels import info_nce
@@ -49,22 +50,6 @@ def synthetic_cache(folder: Path, n: int, length: int):
     recs = (Recording(rng.standard_normal((12, length), dtype=np.float32), 100.0, LEADS, f"p{i // 2}", f"r{i}")
             for i in range(n))
     return build_cache(recs, folder)
-
-
-def gpu_busy(prof) -> float:
-    """Union of CUDA kernel intervals / span from the first kernel start to the last kernel end."""
-    spans = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
-                   if e.device_type == torch.autograd.DeviceType.CUDA)
-    if not spans:
-        return float("nan")
-    busy, (lo, hi) = 0.0, spans[0]
-    for s, e in spans[1:]:
-        if s > hi:
-            busy, lo, hi = busy + hi - lo, s, e
-        else:
-            hi = max(hi, e)
-    busy += hi - lo
-    return busy / (max(e for _, e in spans) - spans[0][0])
 
 
 def _profiler(device, warmup: int, active: int):

@@ -209,23 +209,8 @@ def correctness(args) -> int:
 
 
 # ----------------------------------------------------------------------------- train step
-def gpu_busy(prof) -> float:
-    """Union of device kernel intervals / span from the first kernel start to the last end."""
-    spans = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
-                   if e.device_type == torch.autograd.DeviceType.CUDA)
-    if not spans:
-        return float("nan")
-    busy, (lo, hi) = 0.0, spans[0]
-    for s, e in spans[1:]:
-        if s > hi:
-            busy, lo, hi = busy + hi - lo, s, e
-        else:
-            hi = max(hi, e)
-    busy += hi - lo
-    return busy / (max(e for _, e in spans) - spans[0][0])
-
-
 def train_step_bench(args) -> dict:
+    from tscl.benchmarks.profiling import gpu_busy
     from tscl.encoders import ProjectionHead, build_encoder
     from tscl.kernels import info_nce
 

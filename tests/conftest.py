@@ -55,3 +55,13 @@ def kill_and_resume(monkeypatch):
         return full, run
 
     return check
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): small models
+    train faster and bit-reproducibly without thread contention."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

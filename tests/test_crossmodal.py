@@ -8,12 +8,7 @@ from tscl.crossmodal import TwoTower, fit_two_tower, retrieval_recall
 from tscl.encoders import build_encoder
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_retrieval_recall_extremes():

@@ -16,12 +16,7 @@ from tscl.simulate_images import ImageSetConfig, write_image_set
 from tscl.train import PretrainConfig, load_encoder, pretrain
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
