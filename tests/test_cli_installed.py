@@ -90,8 +90,11 @@ def test_ptbxl_as_physionet_publishes_it(outside):
 
 @needs_data
 def test_eegmat_epochs(outside):
-    _pipeline(outside, ["--dataset", "eegmat", "--root", DATA / "physionet" / "eegmat", "--dataset-kwargs", "epoch_s=10"],
+    _pipeline(outside, ["--dataset", "eegmat", "--root", DATA / "physionet" / "eegmat", "--dataset-kwargs",
+                        "epoch_s=10,fs=100"],
               ["--method", "polywindow", "--method-kwargs", "batch_size=16"], "task", pretrain_split="train+val")
+    info = json.loads((outside / "run" / "config.json").read_text())["data_info"]
+    assert info["fs"] == 100 and info["n_samples"] == 1000 and info["normalize"] == "zscore"
 
 
 @needs_data

@@ -155,12 +155,15 @@ def _annotated(root: Path, *, cache=None, progress=True, kind="beats", normalize
 
 
 @register_source("eegmat", "waveform", "EEGMAT: SubjectNN_1.edf (rest) and SubjectNN_2.edf (mental arithmetic), "
-                 "EDF+, 19 10-20 channels; label 'task'", options={**_COMMON, "epoch_s": "epoch length in s (30)"})
-def _eegmat(root: Path, *, cache=None, progress=True, epoch_s=30.0, normalize="zscore", on_error="raise"):
+                 "EDF+, 19 10-20 channels; label 'task'",
+                 options={**_COMMON, "epoch_s": "epoch length in s (30)",
+                          "fs": "resample every file to this rate in Hz first (default: as recorded, 500)"})
+def _eegmat(root: Path, *, cache=None, progress=True, epoch_s=30.0, normalize="zscore", on_error="raise", fs=None):
     from tscl.loaders import load_eegmat
 
-    c = load_eegmat(root, cache_dir=_cache_dir(cache, "eegmat", root, epoch_s=epoch_s, on_error=on_error),
-                    epoch_s=float(epoch_s), on_error=on_error, progress=progress)
+    fs = float(fs) if fs is not None else None
+    c = load_eegmat(root, cache_dir=_cache_dir(cache, "eegmat", root, epoch_s=epoch_s, on_error=on_error, fs=fs),
+                    epoch_s=float(epoch_s), fs=fs, on_error=on_error, progress=progress)
     return WaveformDataset(c, normalize=normalize)
 
 
