@@ -499,11 +499,11 @@ MIMIC_ENCODER = "dim=64,depth=2,heads=4,max_len=128"
 
 def bench_mimic(args, out: Path) -> dict:
     """MIMIC-IV demo: each method pretrains ``ehr_sequence`` on the ``mimic-iv`` source's train split
-    (admissions as items); :func:`tscl.datasets.ehr.mimic_probe` then probes admissions at admission + 24 h
+    (admissions as items); :func:`tscl.tasks.mimic_ehr.mimic_probe` then probes admissions at admission + 24 h
     (features strictly before it) beside the random-init twin and the tabular baseline, testing on the
     subjects of the val and test splits (never pretrained on: checked against each run's patients.json)."""
     from tscl.datasets import open_dataset
-    from tscl.datasets.ehr import mimic_probe
+    from tscl.tasks.mimic_ehr import mimic_probe
 
     enc_kwargs = args.encoder_kwargs
     train = open_dataset("mimic-iv", args.root, split="train", cache=args.cache, progress=False,

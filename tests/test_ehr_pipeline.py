@@ -306,7 +306,7 @@ def test_mimic_root_without_hosp(tmp_path):
 # ---- the MIMIC-IV probe ------------------------------------------------------------------------------
 
 def test_mimic_probe_with_a_pretrained_run(mimic, cache, tmp_path):
-    from tscl.datasets.ehr import mimic_probe
+    from tscl.tasks.mimic_ehr import mimic_probe
     from tscl.probes.linear import PretrainingOverlapError
     from tscl.train import pretrain
 

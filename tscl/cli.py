@@ -427,7 +427,7 @@ def cmd_probe(args):
 
 def cmd_mimic_probe(args):
     """MIMIC-IV admissions at admission + 24 h: a run's EHR encoder vs random init vs the tabular baseline."""
-    from tscl.datasets.ehr import mimic_probe
+    from tscl.tasks.mimic_ehr import mimic_probe
 
     run = Path(args.run) if args.run else None
     if run is not None and not (run / "config.json").exists():
