@@ -283,7 +283,9 @@ def _run_dataset_spec(args, run: Path | None, split: str | None) -> dict:
     if args.root or args.data or run is None:
         spec = _dataset_spec(args, split)
     else:
-        saved = json.loads((run / "config.json").read_text()).get("dataset") or {}
+        from tscl.train import load_config
+
+        saved = load_config(run).dataset
         if not saved:
             raise UsageError(f"{run}/config.json names no dataset; give --dataset NAME --root PATH")
         spec = {**saved, "split": split, "cache": getattr(args, "cache", None) or saved.get("cache")}

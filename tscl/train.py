@@ -88,8 +88,11 @@ class PretrainConfig:
 
 
 def load_config(run_dir: str | Path) -> PretrainConfig:
-    """The :class:`PretrainConfig` saved in a run folder."""
-    saved = json.loads((Path(run_dir) / "config.json").read_text())
+    """The :class:`PretrainConfig` saved in a run folder (the one reader of ``config.json``)."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not a tscl run folder (config.json missing)")
+    saved = json.loads(path.read_text())
     return PretrainConfig(**{f.name: saved[f.name] for f in fields(PretrainConfig) if f.name in saved})
 
 
@@ -343,12 +346,9 @@ def _save_weights(out: Path, method, losses, config) -> None:
 def load_encoder(run_dir: str | Path, device: str = "cpu", random_init: bool = False, seed: int = 0):
     """Rebuild the encoder of a run folder from its config (and its weights unless ``random_init``)."""
     run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.json"
-    if not cfg_path.exists():
-        raise FileNotFoundError(f"{cfg_path}: not a tscl run folder (config.json missing)")
-    cfg = json.loads(cfg_path.read_text())
+    cfg = load_config(run_dir)
     torch.manual_seed(seed)
-    encoder = build_encoder(cfg["encoder"], cfg["in_channels"], **cfg["encoder_kwargs"])
+    encoder = build_encoder(cfg.encoder, cfg.in_channels, **cfg.encoder_kwargs)
     if not random_init:
         encoder.load_state_dict(load_file(run_dir / "encoder.safetensors", device=device))
     return encoder.to(device).eval()

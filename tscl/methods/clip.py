@@ -29,7 +29,6 @@ the index (F = number of selected columns) unless ``b_channels`` is given;
 """
 from __future__ import annotations
 
-import json
 import math
 from fnmatch import fnmatch
 from pathlib import Path
@@ -218,19 +217,18 @@ def load_clip(run_dir: str | Path, device: str = "cpu") -> CLIP:
     """The trained :class:`CLIP` of a run folder (both towers, standardisation, temperature), in eval mode."""
     from safetensors.torch import load_file
 
+    from tscl.train import load_config
+
     run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.json"
-    if not cfg_path.exists():
-        raise FileNotFoundError(f"{cfg_path}: not a tscl run folder (config.json missing)")
-    cfg = json.loads(cfg_path.read_text())
-    if cfg.get("method") != "clip":
-        raise ValueError(f"{run_dir} is a {cfg.get('method')!r} run, not clip: it has no second tower")
+    cfg = load_config(run_dir)
+    if cfg.method != "clip":
+        raise ValueError(f"{run_dir} is a {cfg.method!r} run, not clip: it has no second tower")
     weights = run_dir / "method.safetensors"
     if not weights.exists():
         raise FileNotFoundError(f"{weights}: the run has not finished (no method weights)")
     state = load_file(weights, device=device)
-    encoder = build_encoder(cfg["encoder"], cfg["in_channels"], **cfg["encoder_kwargs"])
-    kwargs = {**cfg["method_kwargs"], "b_channels": int(state["b_mean"].shape[0])}
+    encoder = build_encoder(cfg.encoder, cfg.in_channels, **cfg.encoder_kwargs)
+    kwargs = {**cfg.method_kwargs, "b_channels": int(state["b_mean"].shape[0])}
     clip = CLIP(encoder, **kwargs)
     clip.load_state_dict(state)
     return clip.to(device).eval()
@@ -240,9 +238,10 @@ def load_tower(run_dir: str | Path, name: str = "a", projected: bool = False, de
     """Tower ``name`` of a clip run: ``a`` (or the data's modality, e.g. ``waveform``, ``image``, or
     ``encoder``) / ``b`` (or ``tabular``), as features or (``projected``) joint-space embeddings —
     what ``tscl embed --tower NAME`` runs."""
+    from tscl.train import load_config
+
     clip = load_clip(run_dir, device)
-    cfg = json.loads((Path(run_dir) / "config.json").read_text())
-    a_names = {"a", "encoder", cfg.get("data_info", {}).get("modality", "a")}
+    a_names = {"a", "encoder", load_config(run_dir).data_info.get("modality", "a")}
     b_names = {"b", clip.b_encoder, "tabular"}
     if name in a_names:
         return Tower(clip, "a", projected).eval()

@@ -89,11 +89,10 @@ class SupervisedBaseline:
     @classmethod
     def like_run(cls, X, run_dir, kind: str = "multilabel", **kwargs) -> "SupervisedBaseline":
         """The architecture of a pretraining run's encoder (its ``config.json``), trained from scratch."""
-        import json
-        from pathlib import Path
+        from tscl.train import load_config
 
-        cfg = json.loads((Path(run_dir) / "config.json").read_text())
-        return cls(X, kind, cfg["encoder"], cfg["encoder_kwargs"], **kwargs)
+        cfg = load_config(run_dir)
+        return cls(X, kind, cfg.encoder, cfg.encoder_kwargs, **kwargs)
 
     # -- data ------------------------------------------------------------------------------------------
     def _inputs(self, rows, scale) -> torch.Tensor:

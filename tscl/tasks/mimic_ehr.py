@@ -6,7 +6,6 @@ features strictly before the prediction time, beside its random-init twin and th
 """
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
@@ -90,13 +89,15 @@ def mimic_probe(mimic_root: str | Path, run: str | Path | None = None, *, labels
         raise ValueError(f"split must be 'source' or 'stratified', got {split!r}")
     cfg = None
     if run is not None:
-        cfg = json.loads((Path(run) / "config.json").read_text())
-        if cfg.get("data_info", {}).get("modality") != "ehr":
-            raise ValueError(f"{run}: not an EHR run (data_info {cfg.get('data_info')})")
-    options = dict((cfg or {}).get("dataset", {}).get("options", {}))
+        from tscl.train import load_config
+
+        cfg = load_config(run)
+        if cfg.data_info.get("modality") != "ehr":
+            raise ValueError(f"{run}: not an EHR run (data_info {cfg.data_info})")
+    options = dict(cfg.dataset.get("options", {})) if cfg is not None else {}
     ds = open_dataset("mimic-iv", mimic_root, cache=cache, progress=False, **options)
-    if cfg is not None and cfg["in_channels"] != ds.vocab_size:
-        raise ValueError(f"{run}: its encoder has {cfg['in_channels']} code ids, this MIMIC-IV folder's vocabulary "
+    if cfg is not None and cfg.in_channels != ds.vocab_size:
+        raise ValueError(f"{run}: its encoder has {cfg.in_channels} code ids, this MIMIC-IV folder's vocabulary "
                          f"{ds.vocab_size}; probe it on the data it was pretrained on")
 
     meds = mimic_meds_root(mimic_root, cache)
