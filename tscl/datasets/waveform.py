@@ -34,12 +34,13 @@ class WaveformDataset(Dataset):
 
     modality = "waveform"
 
-    def __init__(self, cache, *, normalize: str = "none", source: dict | None = None):
+    def __init__(self, cache, *, normalize: str = "none", source: dict | None = None, index=None):
         if normalize not in NORMALIZE:
             raise ValueError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
-        index = cache.index
-        if "split" not in index.columns:
-            index = index.with_columns(pl.Series("split", hash_split(index["patient_id"].to_list())))
+        if index is None:  # a subset passes its rows of the parent's index, split column included
+            index = cache.index
+            if "split" not in index.columns:
+                index = index.with_columns(pl.Series("split", hash_split(index["patient_id"].to_list())))
         super().__init__(index, source=source)
         self.cache, self.normalize = cache, normalize
         self._signals = cache.stack()
@@ -72,9 +73,8 @@ class WaveformDataset(Dataset):
                                for s in range(0, len(self), 512)]) if len(self) else np.zeros((0, 0, 0), np.float32)
 
     def _take(self, rows):
-        out = WaveformDataset(self.cache.subset(rows), normalize=self.normalize, source=self.source)
-        out.index = self.index[rows.tolist()] if len(rows) else self.index.clear()
-        return out
+        return WaveformDataset(self.cache.subset(rows), normalize=self.normalize, source=self.source,
+                               index=self.index[rows.tolist()] if len(rows) else self.index.clear())
 
 
 def zscore(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -175,7 +175,7 @@ def _edf(root: Path, *, cache=None, progress=True, epoch_s=30.0, normalize="zsco
          channels=None):
     from functools import partial
 
-    from tscl.loaders.cache import build_cache, default_cache_dir, fingerprint_files, open_fresh_cache, read_all
+    from tscl.loaders.cache import cached_load, read_all
     from tscl.loaders.edf import EEG_1020
 
     files = sorted(root.rglob("*.edf"))
@@ -191,17 +191,17 @@ def _edf(root: Path, *, cache=None, progress=True, epoch_s=30.0, normalize="zsco
         extra = [c for c in table.columns if c not in ("file", "patient_id")]
         labels = {r["file"]: {c: _number(r[c]) for c in extra} for r in table.iter_rows(named=True)}
     chans = tuple(channels.split(",")) if isinstance(channels, str) else tuple(channels or EEG_1020)
-    fp = fingerprint_files(files + ([meta] if meta.exists() else []), extra=f"edf;{epoch_s};{chans};{on_error}")
-    cache_dir = _cache_dir(cache, "edf", root, epoch_s=epoch_s, channels=chans, on_error=on_error) or \
-        default_cache_dir("edf", fp)
-    c = open_fresh_cache(cache_dir, fp)
-    if c is None:
+    key = {f: f.name if f.name in patients else str(f.relative_to(root)) for f in files}
+
+    def build():
         report: dict = {"skipped": [], "records": []}
-        key = {f: f.name if f.name in patients else str(f.relative_to(root)) for f in files}
         items = [(f, patients.get(key[f], f.stem), labels.get(key[f], {})) for f in files]
         recs = read_all(partial(_edf_file, float(epoch_s), chans, report["records"]), items, progress=progress,
                         desc=f"reading {root.name}", on_error=on_error, skipped=report["skipped"])
-        c = build_cache(recs, cache_dir, fingerprint=fp, report=report)
+        return recs, report
+
+    c = cached_load("edf", files + ([meta] if meta.exists() else []), f"edf;{epoch_s};{chans};{on_error}",
+                    _cache_dir(cache, "edf", root, epoch_s=epoch_s, channels=chans, on_error=on_error), build)
     return WaveformDataset(c, normalize=normalize)
 
 
