@@ -364,11 +364,7 @@ def _probe_report(index, features: dict, labels, out: Path, fractions, reference
     from tscl.plots import plot_label_efficiency
     from tscl.probes import run_probe
 
-    label_cols = [c for c in index.columns if c not in ("patient_id", "record_id", "split")]
-    missing = [lab for lab in labels if lab not in index.columns]
-    if missing:
-        raise SystemExit(f"label column(s) {missing} not in the cohort metadata; available: {label_cols}")
-    Y = index.select(labels).to_numpy()
+    Y = index.select(labels).to_numpy()  # cmd_probe checked the columns exist and dropped rows without values
     result = run_probe(features, Y, list(labels), index["patient_id"].to_numpy(), fractions=fractions,
                        reference=reference, n_boot=n_boot, seed=seed, split=split)
     out.mkdir(parents=True, exist_ok=True)
@@ -414,7 +410,10 @@ def cmd_probe(args):
     missing = [lab for lab in labels if lab not in index.columns]
     if missing:
         raise SystemExit(f"label column(s) {missing} not in the cohort metadata; available: {data.label_columns}")
-    keep = np.flatnonzero(index.select(labels).with_columns(_nulls()).to_numpy().all(axis=1))
+    import polars as pl
+
+    present = pl.all().is_not_null() & pl.all().cast(pl.Float64, strict=False).is_not_nan().fill_null(True)
+    keep = np.flatnonzero(index.select(labels).with_columns(present).to_numpy().all(axis=1))
     if len(keep) < len(index):  # e.g. PTB-XL rows a task's label table leaves out: not negatives, not probed
         print(f"{len(index) - len(keep)} of {len(index)} rows have no value for {', '.join(labels)} and are left "
               "out of the probe")
@@ -446,12 +445,6 @@ def cmd_mimic_probe(args):
             {"labels": {k: json.loads(v.to_json()) for k, v in report.results.items()}, "counts": report.counts,
              "notes": report.notes}, indent=1, default=float))
     return report
-
-
-def _nulls():
-    import polars as pl
-
-    return pl.all().is_not_null() & pl.all().cast(pl.Float64, strict=False).is_not_nan().fill_null(True)
 
 
 def cmd_datasets(args):

@@ -39,6 +39,9 @@ import polars as pl
 import torch
 from torch import Tensor
 
+# $TSCL_CACHE or ~/.cache/tscl: where sources keep their caches (never the data folder); the loaders' own
+from tscl.loaders.cache import cache_root as default_cache_root
+
 __all__ = ["Dataset", "Events", "Source", "SOURCES", "register_source", "open_dataset", "list_sources",
            "to_device", "cat_payloads", "payload_len", "pin_payload", "hash_split", "SPLITS", "select_split",
            "default_cache_root"]
@@ -143,13 +146,6 @@ def select_split(index: pl.DataFrame, split: str | None) -> np.ndarray:
         raise ValueError(f"unknown split {bad[0]!r}; use all, {', '.join(SPLITS)}, a '+' of them (train+val) "
                          "or folds:1-8")
     return np.flatnonzero(np.isin(index["split"].to_numpy(), names))
-
-
-def default_cache_root() -> Path:
-    """``$TSCL_CACHE`` or ``~/.cache/tscl``: where sources keep their caches (never the data folder)."""
-    from tscl.loaders.cache import cache_root
-
-    return cache_root()
 
 
 # ---- the dataset -------------------------------------------------------------------------------------
