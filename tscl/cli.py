@@ -164,9 +164,10 @@ def _validate_training(method: str, encoder: str, encoder_kwargs: dict, method_k
         fits = [n for n in list_encoders() if ENCODER_MODALITY[n] == modality]
         raise UsageError(f"--encoder {encoder} encodes {ENCODER_MODALITY[encoder]} data; this dataset is {modality} "
                          f"data (its encoders: {', '.join(fits)})")
-    if modality not in getattr(METHODS[method], "func", METHODS[method]).modalities:
-        cls = getattr(METHODS[method], "func", METHODS[method])
-        raise UsageError(f"--method {method} trains on {', '.join(cls.modalities)} data; this dataset is {modality}")
+    try:
+        getattr(METHODS[method], "func", METHODS[method]).check_modality(modality)  # CLOCS modes are partials
+    except ValueError as err:
+        raise UsageError(f"--method {method}: {err}") from None
 
 
 def _dataset_spec(args, split: str | None) -> dict:

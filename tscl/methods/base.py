@@ -71,9 +71,11 @@ class Method(nn.Module):
         for g, s in zip(gens, saved_gen):
             g.set_state(torch.tensor(s, dtype=torch.uint8))
 
-    def check_modality(self, modality: str) -> None:
-        if modality not in self.modalities:
-            raise ValueError(f"{type(self).__name__} trains on {', '.join(self.modalities)} data, not {modality}")
+    @classmethod
+    def check_modality(cls, modality: str) -> None:
+        """Refuse a modality the method does not train on (a classmethod: the CLI asks before any data loads)."""
+        if modality not in cls.modalities:
+            raise ValueError(f"{cls.__name__} trains on {', '.join(cls.modalities)} data, not {modality}")
 
     def set_modality(self, modality: str) -> None:
         """Check ``modality`` and, where an augmentation is still the method's waveform default, swap in
