@@ -320,20 +320,14 @@ def cmd_embed(args) -> Path:
     return out
 
 
-def _embed_tower(run: Path, name: str, data, progress: bool, batch_size: int = 256) -> np.ndarray:
+def _embed_tower(run: Path, name: str, data, progress: bool) -> np.ndarray:
     """Features of tower ``name`` of a clip run for every row of ``data`` (its payload, or its tabular columns)."""
-    import torch
-    from tqdm.auto import tqdm
-
+    from tscl.embed import embed_rows
     from tscl.methods.clip import load_tower
 
     tower = load_tower(run, name)
-    out = np.empty((len(data), tower.embed_dim), dtype=np.float32)
-    with torch.no_grad():
-        for start in tqdm(range(0, len(data), batch_size), desc=f"embedding (tower {name})", disable=not progress):
-            rows = np.arange(start, min(start + batch_size, len(data)))
-            out[rows] = tower(tower.inputs(data, rows)).float().numpy()
-    return out
+    return embed_rows(tower, len(data), lambda rows: tower.inputs(data, rows), progress=progress,
+                      desc=f"embedding (tower {name})")
 
 
 def cmd_retrieval(args):
