@@ -24,6 +24,9 @@ class LoaderError(ValueError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self):  # raised in a worker process, re-raised intact in the parent
+        return LoaderError, (self.path, self.problem)
+
 
 @dataclass
 class Recording:
@@ -32,6 +35,9 @@ class Recording:
     ``patient_id`` is a string (PhysioNet ids vary in form); ``record_id`` is unique within a
     dataset. ``labels`` maps label names to values (binary 0/1, numbers or strings).
     ``quality`` records what a loader did to the samples (e.g. how many NaNs it interpolated).
+    ``adc`` (optional, from readers of integer formats) describes each channel as
+    ``(gain, baseline, unit)`` with ``signal = float32((digital - baseline) / gain) * unit``; the
+    cache then stores the int16 digital values when that gives back ``signal`` exactly.
     """
 
     signal: np.ndarray
@@ -44,6 +50,7 @@ class Recording:
     labels: dict[str, Any] = field(default_factory=dict)
     source: str = ""
     quality: dict[str, Any] = field(default_factory=dict)
+    adc: tuple | None = None
 
     def __post_init__(self):
         self.signal = np.ascontiguousarray(self.signal, dtype=np.float32)

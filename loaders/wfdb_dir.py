@@ -16,9 +16,10 @@ import numpy as np
 import polars as pl
 import wfdb
 
-from .cache import WaveformCache, cached_load, check_same_rate, read_all
-from .filters import check_same_channels, drop_nan_recordings, split_reports
+from .cache import ON_ERROR, Plan, WaveformCache, cached_load
+from .filters import check_same_channels, drop_nan_recordings
 from .recording import ECG_LEADS, LoaderError, Recording, apply_nan_policy
+from .sources import combine_stats, folder_files, stat_files, stat_records
 from .transforms import resample
 from .wfdb_header import WfdbHeader, _header_lines, check_wfdb_header, parse_wfdb_header
 from .windows import window_recording
@@ -129,11 +130,14 @@ def read_wfdb(path: str | Path, *, channels=None, allow_nan: bool = False, patie
     if not hea.exists():
         raise LoaderError(hea, "header file not found")
     lines = _header_lines(hea)
+    adc = None
     if lines and "/" in lines[0].split()[0]:
         header, physical = _read_multisegment(hea)
     else:
         header = check_wfdb_header(hea)
         physical = _read_plain(hea, header)
+        adc = [(float(g), float(b), _UNIT_SCALE.get((u or "").strip().lower(), 1.0))
+               for g, b, u in zip(header.adc_gain, header.baseline, header.units)]
     if physical is None:
         try:
             rec = wfdb.rdrecord(str(base))
@@ -148,7 +152,9 @@ def read_wfdb(path: str | Path, *, channels=None, allow_nan: bool = False, patie
     signal = np.ascontiguousarray(physical, dtype=np.float32)
     signal, units = to_millivolts(signal, header.units, hea)
     if channels is not None:
-        signal, names, units = _pick_channels(signal, names, units, channels, hea)
+        picked = _pick_channels(signal, names, units, channels, hea)
+        adc = [adc[names.index(n)] for n in picked[1]] if adc is not None else None
+        signal, names, units = picked
     policy = nan_policy or ("keep" if allow_nan else "fail")
     signal, quality = apply_nan_policy(signal, policy, hea, names, max_gap=int(round(max_gap_s * header.fs)))
     averaged = {n: {"samples_per_frame": k, "rate_hz": k * float(header.fs)} for n, k in averaged.items() if n in names}
@@ -167,6 +173,7 @@ def read_wfdb(path: str | Path, *, channels=None, allow_nan: bool = False, patie
         labels=dict(labels or {}),
         source=str(hea),
         quality=quality,
+        adc=tuple(adc) if adc is not None else None,
     )
 
 
@@ -218,58 +225,63 @@ def read_metadata(path: str | Path) -> pl.DataFrame:
     return table
 
 
-def _read_cohort_row(root: Path, channels, label_cols, nan_policy, fs, item) -> Recording:
-    path, row = item
-    rec = read_wfdb(root / path, channels=channels, patient_id=row["patient_id"], record_id=row["record_id"],
+def _read_cohort_row(root: Path, channels, label_cols, nan_policy, fs, row: dict) -> Recording:
+    rec = read_wfdb(root / row["path"], channels=channels, patient_id=row["patient_id"], record_id=row["record_id"],
                     labels={c: row[c] for c in label_cols}, start_time=row.get("visit_time"), nan_policy=nan_policy)
     return resample(rec, fs) if fs is not None else rec
 
 
+def _cohort_check(expected, drop_nan: bool, rec: Recording, first) -> tuple[str, str, bool] | None:
+    """Why ``rec`` stays out of the cohort (``drop`` NaN policy; channels other than ``expected`` or the first
+    recording's), as :class:`~loaders.shards.Plan` checks report it; None to keep it."""
+    if drop_nan and rec.quality.get("nan_samples"):
+        return "dropped_nan", f"{rec.quality['nan_samples']} invalid (NaN) samples", False
+    want = expected if expected is not None else (list(first.channels) if first is not None else None)
+    if want is not None and list(rec.channels) != want:
+        return "skipped", f"has {rec.n_channels} channels {list(rec.channels)}, the cohort has {len(want)} {want}", True
+    return None
+
+
 def load_wfdb_cohort(root: str | Path, metadata: str | Path | None = None, *, cache_dir: str | Path | None = None,
-                     channels=None, progress: bool = True, workers: int = 0, on_error: str = "raise",
+                     channels=None, progress: bool = True, workers: int | None = None, on_error: str = "raise",
                      nan_policy: str = "fail", fs: float | None = None) -> WaveformCache:
     """Load a folder of WFDB records described by a metadata table into a memory-mapped cache.
 
     Every record must have the same channel set (the first record's, or ``channels``). The
     cache (default :func:`default_cache_dir` ``("wfdb_cohort", fingerprint)``, never inside
     ``root``, which may be read-only) is rebuilt only when the content of the table or a record
-    file changes; a moved copy of the folder reuses it, and a second call parses no header. A record listed in the table whose header is
-    missing raises (naming the file) before anything is read. Unreadable records raise, or with
-    ``on_error="skip"`` are left out and listed in ``cache.report["skipped"]``. ``nan_policy``
+    file changes; a moved copy of the folder reuses it. Opening lists each record folder once and
+    stats each file (no per-record listing, no file read once the files' hashes are recorded; see
+    :mod:`~loaders.sources`); a second call parses no header. A record listed in the table whose
+    header is missing raises (naming the file) before anything is read. Unreadable records raise,
+    or with ``on_error="skip"`` are left out and listed in ``cache.report["skipped"]``. ``nan_policy``
     (see :func:`apply_nan_policy`): ``"drop"`` leaves out records holding NaN and lists them in
-    ``cache.report["dropped_nan"]``. ``workers`` reads records in that many processes.
+    ``cache.report["dropped_nan"]``. The cache is built in shards by ``workers`` processes (default:
+    the ``workers`` cache option, every core for 1,024 records or more; the same bytes whatever the
+    number) and a killed build resumes from its finished shards.
     Records must share one sampling rate: one at another rate raises naming both records and
     rates (or is skipped and listed), unless ``fs`` resamples every record to that rate
     (:func:`~loaders.transforms.resample`; ``quality`` and the index keep the rate read).
     """
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     root = Path(root)
     meta_path = Path(metadata) if metadata is not None else root / "metadata.csv"
     table = read_metadata(meta_path)
-    paths = table["path"].to_list() if "path" in table.columns else table["record_id"].to_list()
-    rec_files = []
-    for p in paths:
-        hea = root / f"{p}.hea"
-        if not hea.exists():
-            raise LoaderError(hea, f"listed in {meta_path.name} but not found")
-        rec_files.append(hea)
-        rec_files.extend(sorted(hea.parent.glob(f"{Path(p).name}.*")))
+    if "path" not in table.columns:
+        table = table.with_columns(path=pl.col("record_id"))
+    stats = combine_stats(stat_records(root, table["path"], listed_in=meta_path.name), stat_files([meta_path], root))
 
     def build():
         label_cols = [c for c in table.columns if c not in ("patient_id", "record_id", "path", "visit_time")]
-        report: dict = {"skipped": []}
-        read_one = partial(_read_cohort_row, root, channels, label_cols, nan_policy, fs)
-        items = list(zip(paths, table.iter_rows(named=True)))
-        recs = read_all(read_one, items, workers=workers, progress=progress, desc=f"reading {root.name}",
-                        on_error=on_error, skipped=report["skipped"])
-        if nan_policy == "drop":
-            report["dropped_nan"] = []
-            recs = drop_nan_recordings(recs, report["dropped_nan"])
-        recs = check_same_channels(recs, channels and [normalise_lead_name(c) for c in channels], on_error,
-                                   report["skipped"])
-        return check_same_rate(recs, on_error, report["skipped"]), report
+        report: dict = {"skipped": [], **({"dropped_nan": []} if nan_policy == "drop" else {})}
+        expected = [normalise_lead_name(c) for c in channels] if channels else None
+        return Plan(table, partial(_read_cohort_row, root, channels, label_cols, nan_policy, fs), report=report,
+                    on_error=on_error, check=partial(_cohort_check, expected, nan_policy == "drop"),
+                    desc=f"caching {root.name}", progress=progress)
 
-    return cached_load("wfdb_cohort", [meta_path, *rec_files],
-                       f"channels={channels};on_error={on_error};nan_policy={nan_policy};fs={fs}", cache_dir, build)
+    return cached_load("wfdb_cohort", stats, f"channels={channels};on_error={on_error};nan_policy={nan_policy};fs={fs}",
+                       cache_dir, build, workers=workers)
 
 
 def _windows_of_record(channels, window_s, stride_s, nan_policy, max_gap_s, patient_id_of, record):
@@ -281,7 +293,7 @@ def _windows_of_record(channels, window_s, stride_s, nan_policy, max_gap_s, pati
 
 def load_wfdb_windows(records, cache_dir: str | Path | None = None, *, window_s: float = 10.0, stride_s: float | None = None,
                       channels=None, nan_policy: str = "drop", max_gap_s: float = 0.1, patient_id_of=None,
-                      on_error: str = "raise", progress: bool = True, workers: int = 0) -> WaveformCache:
+                      on_error: str = "raise", progress: bool = True, workers: int | None = None) -> WaveformCache:
     """Fixed-length windows of long WFDB records (single- or multi-segment) in one cache.
 
     ``channels`` picks signals by name (e.g. ``["II", "ABP"]`` from a mixed ECG/pressure
@@ -290,17 +302,19 @@ def load_wfdb_windows(records, cache_dir: str | Path | None = None, *, window_s:
     ``max_gap_s``, or ``"fail"``). ``patient_id_of(path)`` gives each record's patient (default:
     the record name). The cache defaults to :func:`default_cache_dir` ``("wfdb_windows", fingerprint)``.
     ``cache.report["records"]`` counts kept and dropped windows per record;
-    ``cache.report["skipped"]`` lists records left out with ``on_error="skip"``.
+    ``cache.report["skipped"]`` lists records left out with ``on_error="skip"``. Every file in the
+    records' folders is a source (each folder listed once); ``workers`` as in :func:`load_wfdb_cohort`.
     """
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     records = [Path(r) for r in records]
-    sources = [f for r in records for f in sorted(r.parent.glob("*")) if f.is_file()]
+    stats = stat_files(folder_files(r.parent for r in records))
 
     def build():
-        report: dict = {"skipped": [], "records": []}
         read_one = partial(_windows_of_record, channels, window_s, stride_s, nan_policy, max_gap_s, patient_id_of)
-        windows = list(split_reports(read_all(read_one, records, workers=workers, progress=progress, desc="windows",
-                                              on_error=on_error, skipped=report["skipped"]), report["records"]))
-        return check_same_rate(windows, on_error, report["skipped"]), report
+        return Plan([str(r) for r in records], read_one, report={"skipped": [], "records": []}, on_error=on_error,
+                    desc="windows", progress=progress)
 
-    return cached_load("wfdb_windows", sorted(set(sources)), f"windows;{channels};{window_s};{stride_s};{nan_policy};"
-                       f"{max_gap_s};{on_error};{getattr(patient_id_of, '__name__', '')}", cache_dir, build)
+    return cached_load("wfdb_windows", stats, f"windows;{channels};{window_s};{stride_s};{nan_policy};"
+                       f"{max_gap_s};{on_error};{getattr(patient_id_of, '__name__', '')}", cache_dir, build,
+                       workers=workers)

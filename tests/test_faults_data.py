@@ -164,9 +164,9 @@ def test_truncated_shard_is_refused_naming_the_file_and_the_loader_rebuilds(tmp_
     from tscl.loaders import WaveformCache, build_cache
 
     build_cache(_tiny_recordings(0), tmp_path / "c", fingerprint="fp")
-    shard = tmp_path / "c" / "signals.f32"
+    (shard,) = (tmp_path / "c" / "shards").glob("*.bin")
     shard.write_bytes(shard.read_bytes()[:1000])
-    with pytest.raises(LoaderError, match=r"c/signals\.f32.*truncated: 1000 bytes.*14400"):
+    with pytest.raises(LoaderError, match=r"c/shards/\w+-00000\.bin.*truncated: 1000 bytes.*14400"):
         WaveformCache(tmp_path / "c")
 
     root = tmp_path / "cohort"
@@ -176,9 +176,9 @@ def test_truncated_shard_is_refused_naming_the_file_and_the_loader_rebuilds(tmp_
     first = load_wfdb_cohort(root, cache_dir=tmp_path / "k", progress=False)
     expected = np.array(first.stack())
     del first
-    shard = tmp_path / "k" / "signals.f32"
+    shard = sorted((tmp_path / "k" / "shards").glob("*.bin"))[-1]
     shard.write_bytes(shard.read_bytes()[:-4])
-    with pytest.warns(UserWarning, match=r"k/signals\.f32.*truncated.*rebuilding"):
+    with pytest.warns(UserWarning, match=r"k/shards/\w+-\d{5}\.bin.*truncated.*rebuilding"):
         again = load_wfdb_cohort(root, cache_dir=tmp_path / "k", progress=False)
     np.testing.assert_array_equal(again.stack(), expected)
 
@@ -187,14 +187,14 @@ def test_corrupted_shard_of_the_same_size_is_found_by_verify(tmp_path):
     from tscl.loaders import WaveformCache, build_cache, open_fresh_cache
 
     build_cache(_tiny_recordings(0), tmp_path / "c", fingerprint="fp")
-    shard = tmp_path / "c" / "signals.f32"
+    (shard,) = (tmp_path / "c" / "shards").glob("*.bin")
     data = bytearray(shard.read_bytes())
     data[4000:4400] = bytes(400)  # partly zeroed, size unchanged
     shard.write_bytes(bytes(data))
     WaveformCache(tmp_path / "c")  # the cheap open checks sizes only
-    with pytest.raises(LoaderError, match=r"c/signals\.f32.*differs from the hash"):
+    with pytest.raises(LoaderError, match=r"c/shards/\w+-00000\.bin.*differs from the hash"):
         WaveformCache(tmp_path / "c", verify=True)
-    with pytest.raises(LoaderError, match=r"signals\.f32.*differs from the hash"):
+    with pytest.raises(LoaderError, match=r"\.bin.*differs from the hash"):
         WaveformCache(tmp_path / "c").verify()
     with pytest.warns(UserWarning, match="rebuilding"):
         assert open_fresh_cache(tmp_path / "c", "fp", verify=True) is None
@@ -209,7 +209,7 @@ def test_temporary_files_removed_on_any_error_and_the_old_cache_kept(tmp_path, m
     import errno
 
     from tscl.loaders import WaveformCache, build_cache
-    from tscl.loaders import cache as cache_mod
+    from tscl.loaders import shards as shards_mod
 
     old = build_cache(_tiny_recordings(7), tmp_path / "c", fingerprint="old")
     before = _folder_bytes(tmp_path / "c")
@@ -225,8 +225,8 @@ def test_temporary_files_removed_on_any_error_and_the_old_cache_kept(tmp_path, m
             raise OSError(errno.ENOSPC, "No space left on device")
         f.write(data)
 
-    monkeypatch.setattr(cache_mod, "_write_bytes", disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    monkeypatch.setattr(shards_mod, "write_bytes", disk_full)
+    with pytest.raises(LoaderError, match=r"/c: no space left on device.*free space.*--cache"):
         build_cache(_tiny_recordings(1), tmp_path / "c", fingerprint="new")
     assert _folder_bytes(tmp_path / "c") == before
     monkeypatch.undo()
@@ -235,7 +235,7 @@ def test_temporary_files_removed_on_any_error_and_the_old_cache_kept(tmp_path, m
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(pl.DataFrame, "write_parquet", parquet_disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(LoaderError, match=r"c: no space left on device"):
         build_cache(_tiny_recordings(1), tmp_path / "c", fingerprint="new")
     monkeypatch.undo()
     assert _folder_bytes(tmp_path / "c") == before
@@ -414,7 +414,7 @@ def test_mixed_rates_in_one_cohort_refused_or_resampled(tmp_path):
     write_csv(root / "metadata.csv", "patient_id,record_id\np0,r0\np1,r1\n")
     with pytest.raises(LoaderError, match=r"r1\.hea.*250(\.0)? Hz.*r0.*100(\.0)? Hz"):
         load_wfdb_cohort(root, cache_dir=tmp_path / "c", progress=False)
-    assert not (tmp_path / "c" / "signals.f32").exists()
+    assert not (tmp_path / "c" / "manifest.json").exists()
     skipped = load_wfdb_cohort(root, cache_dir=tmp_path / "s", progress=False, on_error="skip")
     assert skipped.index["record_id"].to_list() == ["r0"] and "250" in skipped.report["skipped"][0]["problem"]
     same = load_wfdb_cohort(root, cache_dir=tmp_path / "r", progress=False, fs=100)
@@ -576,19 +576,18 @@ def test_multi_rate_mimic_record_averaged_to_the_frame_rate_is_recorded(tmp_path
 
 
 def test_source_hashes_are_remembered_across_processes_until_a_file_changes(tmp_path, monkeypatch):
-    from tscl.loaders import cache as cache_mod
     from tscl.loaders import fingerprint_files
+    from tscl.loaders import sources as sources_mod
 
     monkeypatch.setenv("TSCL_CACHE", str(tmp_path / "user_cache"))
     root = _cohort(tmp_path / "cohort", n=2)
     files = sorted(root.iterdir())
     first = fingerprint_files(files)
-    monkeypatch.setattr(cache_mod, "_HASH_MEMO", {})  # a new process
 
     def no_hashing(path):
         raise AssertionError(f"{path} hashed again")
 
-    monkeypatch.setattr(cache_mod, "hash_file", no_hashing)
+    monkeypatch.setattr(sources_mod, "hash_file", no_hashing)
     assert fingerprint_files(files) == first
     monkeypatch.undo()
     monkeypatch.setenv("TSCL_CACHE", str(tmp_path / "user_cache"))

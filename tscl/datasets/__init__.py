@@ -43,7 +43,8 @@ from torch import Tensor
 from tscl.loaders.cache import cache_root as default_cache_root
 
 __all__ = ["Dataset", "Events", "Source", "SOURCES", "register_source", "open_dataset", "list_sources",
-           "to_device", "cat_payloads", "payload_len", "pin_payload", "hash_split", "SPLITS", "select_split",
+           "to_device", "cat_payloads", "payload_len", "pin_payload", "hash_split", "hash_split_column", "SPLITS",
+           "select_split",
            "default_cache_root"]
 
 SPLITS = ("train", "val", "test")
@@ -121,6 +122,15 @@ def hash_split(patient_ids, fractions=(0.7, 0.15, 0.15)) -> list[str]:
         u = int.from_bytes(hashlib.sha256(str(pid).encode()).digest()[:8], "big") / 2**64
         out.append(SPLITS[min(len(SPLITS) - 1, int(np.searchsorted(edges, u, side="right")))])
     return out
+
+
+def hash_split_column(patient_ids: pl.Series, fractions=(0.7, 0.15, 0.15)) -> pl.Series:
+    """:func:`hash_split` of a column, as a ``split`` column: each distinct patient hashed once,
+    no Python object per row."""
+    ids = patient_ids.cast(pl.Utf8)
+    unique = ids.unique(maintain_order=True)
+    sides = pl.Series("split", hash_split(unique.to_list(), fractions), dtype=pl.Utf8)
+    return ids.replace_strict(unique, sides, return_dtype=pl.Utf8).alias("split")
 
 
 def select_split(index: pl.DataFrame, split: str | None) -> np.ndarray:
@@ -218,7 +228,7 @@ class Dataset:
 
 
 _ID_COLUMNS = {"patient_id", "record_id", "fs", "n_channels", "n_samples", "offset", "channels", "visit_time", "source",
-               "nan_samples", "missing_channels", "split", "window_start", "window_end", "item"}
+               "nan_samples", "missing_channels", "split", "window_start", "window_end", "item", "shard", "encoding"}
 
 
 # ---- the registry ------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from . import Dataset, hash_split, register_source
+from . import Dataset, hash_split_column, register_source
 
 __all__ = ["WaveformDataset", "NORMALIZE"]
 
@@ -40,7 +40,7 @@ class WaveformDataset(Dataset):
         if index is None:  # a subset passes its rows of the parent's index, split column included
             index = cache.index
             if "split" not in index.columns:
-                index = index.with_columns(pl.Series("split", hash_split(index["patient_id"].to_list())))
+                index = index.with_columns(hash_split_column(index["patient_id"]))
         super().__init__(index, source=source)
         self.cache, self.normalize = cache, normalize
         self._signals = cache.stack()
@@ -60,7 +60,7 @@ class WaveformDataset(Dataset):
 
     def fetch(self, rows) -> torch.Tensor:
         rows = np.asarray(rows)
-        order = np.argsort(rows, kind="stable")  # sorted reads are sequential in the memmap
+        order = np.argsort(rows, kind="stable")  # sorted reads are sequential in the shards
         x = np.ascontiguousarray(self._signals[rows[order]], dtype=np.float32)
         x = torch.from_numpy(x)[torch.from_numpy(np.argsort(order))]
         return zscore(x) if self.normalize == "zscore" else x
@@ -74,7 +74,7 @@ class WaveformDataset(Dataset):
 
     def _take(self, rows):
         return WaveformDataset(self.cache.subset(rows), normalize=self.normalize, source=self.source,
-                               index=self.index[rows.tolist()] if len(rows) else self.index.clear())
+                               index=self.index[rows] if len(rows) else self.index.clear())
 
 
 def zscore(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
