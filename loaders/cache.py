@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 from . import shards as _shards
 from .recording import LoaderError, Recording
 from .shards import Plan, RowBuffer, ShardWriter, concat_index, finish_index, index_row, rate_problem
-from .sources import content_fingerprint, files_key, hash_file, read_table, stat_files, write_table
+from .sources import content_fingerprint, files_key, hash_file, merge_tables, read_table, stat_files, write_table
 
 try:
     import fcntl
@@ -294,6 +294,18 @@ class WaveformCache:
     def __getitem__(self, i: int) -> np.ndarray:
         c, t = self._shapes[i]
         return _shards.decode_one(self._maps[self._shard[i]], int(self._offsets[i]), int(self._codes[i]), int(c), int(t))
+
+    def stored(self, i: int) -> dict:
+        """How recording ``i`` is stored: ``{"encoding"}``, and for ``i16`` also ``digital`` (the ``[C, T]`` int16
+        values) and per channel ``gain``, ``baseline`` and ``unit``."""
+        code, c, t = int(self._codes[i]), *(int(v) for v in self._shapes[i])
+        out: dict = {"encoding": _shards.ENCODINGS[code]}
+        if code == _shards.I16:
+            raw = self._maps[self._shard[i]][int(self._offsets[i]):]
+            out.update(gain=raw[: 8 * c].view("<f8").copy(), baseline=raw[8 * c: 16 * c].view("<f8").copy(),
+                       unit=raw[16 * c: 20 * c].view("<f4").copy(),
+                       digital=raw[20 * c: 20 * c + 2 * c * t].view("<i2").reshape(c, t).copy())
+        return out
 
     def read(self, rows) -> np.ndarray:
         """Recordings ``rows`` (all of one shape) as one float32 ``[B, C, T]`` array: one gather per shard and
@@ -850,10 +862,11 @@ def fingerprint_files(paths: Iterable[str | Path] | pl.DataFrame, extra: str = "
 def _fingerprint(paths, extra: str, root, verify: bool | None, cache_dir) -> tuple[str, pl.DataFrame]:
     stats = paths if isinstance(paths, pl.DataFrame) else stat_files(paths, root)
     memo = _memo_path(files_key(stats, extra))
-    known = [read_table(Path(cache_dir) / _SOURCES) if cache_dir is not None else None, read_table(memo)]
+    remembered = read_table(memo)
+    known = [read_table(Path(cache_dir) / _SOURCES) if cache_dir is not None else None, remembered]
     fp, table, hashed = content_fingerprint(stats, extra, known, verify=_OPTIONS.verify if verify is None else verify)
-    if hashed:
-        write_table(table, memo)  # best effort: an unwritable cache root only costs a re-hash next time
+    if hashed:  # best effort: an unwritable cache root only costs a re-hash next time
+        write_table(merge_tables(table, remembered), memo)  # every copy of the files seen so far keeps its stats
     return fp, table
 
 

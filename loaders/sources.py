@@ -29,7 +29,7 @@ import polars as pl
 from .recording import LoaderError
 
 __all__ = ["hash_file", "stat_files", "files_key", "content_fingerprint", "read_table", "write_table",
-           "record_files", "stat_records", "combine_stats", "folder_files"]
+           "record_files", "stat_records", "combine_stats", "folder_files", "merge_tables"]
 
 _CHUNK = 1 << 22
 _STATS = ("rel", "size", "mtime_ns", "ctime_ns", "ino", "dev")
@@ -130,6 +130,15 @@ def read_table(path: Path) -> pl.DataFrame | None:
         return pl.read_parquet(path)
     except Exception:  # absent, truncated or not parquet: only costs a re-hash
         return None
+
+
+def merge_tables(table: pl.DataFrame, older: pl.DataFrame | None) -> pl.DataFrame:
+    """``table`` plus the rows of ``older`` for other stats (another copy of the same files), for the record."""
+    if older is None or not set(_STATS) <= set(older.columns) or "sha256" not in older.columns:
+        return table
+    cols = [*_STATS, "sha256"]
+    older = older.select(cols).join(table.select(_STATS), on=list(_STATS), how="anti")
+    return pl.concat([table.select("path", *cols), older.with_columns(path=pl.lit(""))], how="diagonal_relaxed")
 
 
 def write_table(table: pl.DataFrame, path: Path) -> bool:

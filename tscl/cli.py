@@ -231,7 +231,7 @@ def cmd_pretrain(args) -> Path:
     from dataclasses import replace
 
     from tscl.datasets import get_source
-    from tscl.distributed import init_distributed, rank, rank_zero_first
+    from tscl.distributed import init_distributed, node_local_first, rank
     from tscl.train import PretrainConfig, load_config
 
     if sum(bool(v) for v in (args.resume, args.config)) > 1:
@@ -266,7 +266,7 @@ def cmd_pretrain(args) -> Path:
     _validate_training(cfg.method, cfg.encoder, cfg.encoder_kwargs, cfg.method_kwargs,
                        modality=get_source(cfg.dataset["dataset"]).modality)
     init_distributed(cfg.device)  # under torchrun: join the other ranks before touching the cache
-    with rank_zero_first():
+    with node_local_first():  # each node's first rank builds (or checks) its cache, all nodes at once
         data = _open(cfg.dataset, progress=not args.quiet)
     from tscl.train import pretrain
 
@@ -559,6 +559,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--dataset-kwargs", default=None, metavar="K=V,...", help="source options (tscl datasets)")
         sp.add_argument("--split", default=None, help=split_help)
         sp.add_argument("--cache", default=None, help="cache folder (default: $TSCL_CACHE or ~/.cache/tscl)")
+        sp.add_argument("--workers", type=_nonneg_int, default=None,
+                        help="processes that build a cache's shards (default: every core for 1,024 records or more)")
+        sp.add_argument("--verify", action="store_true",
+                        help="re-hash every source file and every cache file instead of trusting their stats")
+        sp.add_argument("--shard-mb", type=_positive_int, default=1024, help="target size of a cache shard in MiB")
 
     def training(sp):
         sp.add_argument("--encoder", default="resnet1d", help=f"one of {', '.join(list_encoders())}")
@@ -701,6 +706,10 @@ def main(argv=None) -> int:
     from tscl.loaders import LoaderError
 
     try:
+        if hasattr(args, "workers"):  # the commands that open a dataset: how its cache is built and checked
+            from tscl.loaders.cache import configure
+
+            configure(workers=args.workers, verify=args.verify, shard_bytes=args.shard_mb << 20)
         args.func(args)
     except (UsageError, LoaderError, ValueError, FileNotFoundError, KeyError, FloatingPointError) as err:
         if os.environ.get("TSCL_DEBUG"):

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 __all__ = ["init_distributed", "is_distributed", "rank", "world_size", "all_gather", "gather_embeddings",
-           "rank_zero_first", "barrier", "shutdown", "check_ranks", "pg_timeout", "SilentRankError"]
+           "rank_zero_first", "node_local_first", "local_rank", "barrier", "shutdown", "check_ranks", "pg_timeout", "SilentRankError"]
 
 _MONITOR = None  # a gloo group for monitored barriers (names the ranks that do not answer)
 
@@ -119,11 +119,35 @@ def barrier() -> None:
 
 @contextmanager
 def rank_zero_first():
-    """Rank 0 runs the block first (e.g. builds a cache), the others after it finished."""
+    """Rank 0 runs the block first, the others after it finished."""
     if rank() != 0:
         barrier()
     yield
     if rank() == 0:
+        barrier()
+
+
+def local_rank() -> int:
+    """This process's rank on its node (torchrun's ``LOCAL_RANK``; 0 outside torchrun)."""
+    text = os.environ.get("LOCAL_RANK", "0")
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"LOCAL_RANK must be an integer, got {text!r}") from None
+
+
+@contextmanager
+def node_local_first():
+    """On every node at once, ``LOCAL_RANK`` 0 runs the block first (e.g. builds or checks the node's cache
+    with all its cores); each node's other ranks run it after every node's first rank finished (and then
+    find the cache built). With caches on node-local disks every node builds its own, concurrently, and no
+    two ranks of one node build the same cache; a cache folder shared by several nodes is built by their
+    first ranks together (the cache's shard claims share the work). Identity in one process."""
+    first = local_rank() == 0
+    if not first:
+        barrier()
+    yield
+    if first:
         barrier()
 
 
