@@ -86,8 +86,8 @@ def read_throughput(cache: WaveformCache, workers: int, batch_size: int, epochs:
 
 
 def batched_read_throughput(cache: WaveformCache, batch_size: int, epochs: int, seed: int = 0) -> dict:
-    """The trainer's read path: random batches of whole recordings gathered from the memory map
-    with one sorted fancy-index per batch (``tscl.train`` does exactly this), single process."""
+    """The trainer's read path: random batches of whole recordings gathered from the shards' memory maps
+    with one sorted gather per batch (``WaveformDataset.fetch`` does exactly this), single process."""
     signals = cache.stack()
     rng = np.random.default_rng(seed)
     n, checksum, t0 = 0, 0.0, time.perf_counter()
@@ -134,7 +134,7 @@ def main(argv=None) -> dict:
         assert len(cache) == n
         result["build"] = {"records": n, "seconds": round(build, 2), "records_per_s": round(n / build, 1),
                            "workers": args.build_workers,
-                           "cache_bytes": (Path(tmp) / "cache" / "signals.f32").stat().st_size}
+                           "cache_bytes": cache.nbytes, "encodings": cache.encodings()}
         print(f"cache build ({args.build_workers} workers): {n / build:.0f} records/s")
 
         t0 = time.perf_counter()

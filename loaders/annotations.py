@@ -21,6 +21,7 @@ import wfdb
 from .cache import ON_ERROR, WaveformCache, cached_load, check_same_rate, read_all
 from .filters import split_reports
 from .recording import LoaderError, Recording
+from .sources import record_files
 from .transforms import resample
 from .wfdb_dir import read_wfdb
 from .windows import cut_window, window_recording
@@ -272,7 +273,7 @@ def load_annotated(records, kind: str = "beats", cache_dir: str | Path | None = 
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     records = [Path(r) for r in records]
-    sources = [f for r in records for f in sorted(r.parent.glob(r.name + ".*"))]
+    sources = [f for files in record_files(records).values() for f in files]  # one listing per folder
 
     def build():
         report: dict = {"skipped": [], "records": []}

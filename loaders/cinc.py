@@ -16,6 +16,7 @@ from pathlib import Path
 from .cache import ON_ERROR, WaveformCache, cached_load, check_same_rate, read_all
 from .filters import check_same_channels
 from .recording import ECG_LEADS, LoaderError, Recording
+from .sources import record_files
 from .transforms import prepare
 from .wfdb_dir import read_wfdb
 
@@ -132,7 +133,7 @@ def load_cinc(root: str | Path, cache_dir: str | Path | None = None, *, channels
     if dx_codes is None:
         dx_codes = _codes_seen(headers, on_error, skipped)
         headers = [h for h in headers if str(h) not in {s["path"] for s in skipped}]
-    sources = [f for h in headers for f in sorted(h.parent.glob(h.stem + ".*"))]
+    sources = [f for files in record_files(h.with_suffix("") for h in headers).values() for f in files]
     if leads is not None:
         channels = None
 

@@ -44,7 +44,7 @@ def hash_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _stat_chunk(files: list[str], root: str) -> pl.DataFrame:
+def _stat_chunk(files: list[str], root: str, rel: list[str] | None = None) -> pl.DataFrame:
     n = len(files)
     cols = {k: np.zeros(n, np.int64) for k in ("size", "mtime_ns", "ctime_ns")}
     ino, dev = np.zeros(n, np.uint64), np.zeros(n, np.uint64)
@@ -55,8 +55,16 @@ def _stat_chunk(files: list[str], root: str) -> pl.DataFrame:
             raise LoaderError(f, f"cannot read source file: {err.strerror or err}") from None
         cols["size"][i], cols["mtime_ns"][i], cols["ctime_ns"][i] = st.st_size, st.st_mtime_ns, st.st_ctime_ns
         ino[i], dev[i] = st.st_ino, st.st_dev
-    rel = [Path(os.path.relpath(f, root)).as_posix() for f in files] if root else files
+    if rel is None:
+        rel = [_relative(f, root) for f in files] if root else files
     return pl.DataFrame({"path": files, "rel": rel, **cols, "ino": ino, "dev": dev})
+
+
+def _relative(path: str, root: str) -> str:
+    """``path`` relative to ``root``, POSIX-style (a string cut where it can be, ``os.path.relpath`` elsewhere)."""
+    head = root.rstrip(os.sep) + os.sep
+    rel = path[len(head):] if path.startswith(head) else os.path.relpath(path, root)
+    return rel.replace(os.sep, "/") if os.sep != "/" else rel
 
 
 def _frame(parts: list[pl.DataFrame]) -> pl.DataFrame:
@@ -101,12 +109,16 @@ def content_fingerprint(stats: pl.DataFrame, extra: str = "", known: list[pl.Dat
 
     A file whose stats equal a row of a ``known`` table (same rel, size, mtime_ns, ctime_ns, inode,
     device) takes that row's SHA-256; every other file (every file with ``verify``) is hashed."""
-    tables = [k.select(*_STATS, "sha256") for k in known if k is not None and set(_STATS) <= set(k.columns)]
-    if tables and not verify:
-        table = stats.join(pl.concat(tables).unique(subset=list(_STATS), keep="first"), on=list(_STATS),
-                           how="left")
-    else:
-        table = stats.with_columns(sha256=pl.lit(None, pl.Utf8))
+    table = stats.with_columns(sha256=pl.lit(None, pl.Utf8))
+    for k in known if not verify else ():
+        if k is None or not {*_STATS, "sha256"} <= set(k.columns) or not table["sha256"].is_null().any():
+            continue
+        found = table.select(_STATS).join(k.select(*_STATS, "sha256"), on=list(_STATS), how="left",
+                                          maintain_order="left")["sha256"]
+        if len(found) != table.height:  # a table holding one file's stats twice
+            found = table.select(_STATS).join(k.select(*_STATS, "sha256").unique(subset=list(_STATS)),
+                                              on=list(_STATS), how="left", maintain_order="left")["sha256"]
+        table = table.with_columns(pl.coalesce(pl.col("sha256"), found))
     missing = table["sha256"].is_null()
     hashed = int(missing.sum())
     if hashed:
@@ -121,7 +133,7 @@ def content_fingerprint(stats: pl.DataFrame, extra: str = "", known: list[pl.Dat
         table = table.with_columns(sha256=pl.Series(digests, dtype=pl.Utf8))
     h = hashlib.sha256(f"tscl-fingerprint-v3\0{extra}\0".encode())
     _digest_rows(h, table, ["rel", "size", "sha256"])
-    return h.hexdigest(), table.sort("rel"), hashed
+    return h.hexdigest(), table, hashed
 
 
 def read_table(path: Path) -> pl.DataFrame | None:
@@ -198,18 +210,21 @@ def stat_records(root: str | Path, records: pl.Series, need: str = ".hea", liste
     root = os.path.abspath(root)
     recs = pl.DataFrame({"rec": records.cast(pl.Utf8)}).with_row_index("i").with_columns(
         folder=pl.col("rec").str.replace(r"/?[^/]*$", ""), name=pl.col("rec").str.replace(r"^.*/", ""))
-    parts, first_missing = [], None
-    for (folder,), group in recs.group_by("folder", maintain_order=True):
-        where = os.path.join(root, folder) if folder else root
-        files = _by_prefix(_list_files(where))
-        wanted: list[str] = []
-        for i, name in zip(group["i"].to_list(), group["name"].to_list()):
-            have = files.get(name, [])
+    recs = recs.sort("folder", maintain_order=True)
+    parts, first_missing, listed = [], None, ("", {})
+    for chunk in recs.iter_slices(1 << 13):  # Python objects for one chunk of records at a time
+        rels = []
+        for i, folder, name in zip(chunk["i"].to_list(), chunk["folder"].to_list(), chunk["name"].to_list()):
+            if listed[0] != folder or not listed[1]:
+                where = os.path.join(root, folder) if folder else root
+                listed = (folder, _by_prefix(_list_files(where)) or {"": []})
+            have = listed[1].get(name, [])
             if f"{name}{need}" not in have and (first_missing is None or i < first_missing[0]):
-                first_missing = (i, os.path.join(where, f"{name}{need}"))
-            wanted.extend(os.path.join(where, n) for n in have)
+                first_missing = (i, os.path.join(root, folder, f"{name}{need}"))
+            for n in have:
+                rels.append(f"{folder}/{n}" if folder else n)
         if first_missing is None:
-            parts.append(_stat_chunk(sorted(set(wanted)), root))
+            parts.append(_stat_chunk([os.path.join(root, r) for r in rels], root, rels))
     if first_missing is not None:
         raise LoaderError(first_missing[1], f"listed in {listed_in or 'the metadata table'} but not found")
     return _frame(parts)
