@@ -318,8 +318,10 @@ class WaveformCache:
         if (shapes != shapes[0]).any():
             raise ValueError(f"{self.dir}: recordings differ in shape; read them one by one")
         c, t = (int(v) for v in shapes[0])
-        out = np.empty((rows.size, c, t), np.float32)
         keys = self._shard[rows] * 4 + self._codes[rows]
+        if (keys == keys[0]).all():  # one shard, one encoding: no second copy
+            return _shards.decode_rows(self._maps[keys[0] // 4], self._offsets[rows], int(keys[0] % 4), c, t)
+        out = np.empty((rows.size, c, t), np.float32)
         for key in np.unique(keys):
             sel = np.flatnonzero(keys == key)
             out[sel] = _shards.decode_rows(self._maps[key // 4], self._offsets[rows[sel]], int(key % 4), c, t)
