@@ -379,7 +379,7 @@ class WaveformCache:
     def stack(self) -> "_Rows":
         """All recordings as one ``[N,C,T]`` array-like (requires one shape for the cohort): indexing it
         (an int, a slice, rows) reads only those rows; ``np.asarray`` reads them all."""
-        if len({tuple(s) for s in np.unique(self._shapes, axis=0)}) > 1:
+        if len(self) and (self._shapes != self._shapes[0]).any():
             raise ValueError(f"{self.dir}: recordings differ in shape; read them one by one")
         return _Rows(self)
 

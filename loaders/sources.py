@@ -182,9 +182,10 @@ def _by_prefix(names: list[str]) -> dict[str, list[str]]:
     ``glob("a.*")`` and ``glob("a.b.*")`` see it."""
     out: dict[str, list[str]] = {}
     for name in sorted(names):
-        for i, ch in enumerate(name):
-            if ch == ".":
-                out.setdefault(name[:i], []).append(name)
+        dot = name.find(".")
+        while dot >= 0:
+            out.setdefault(name[:dot], []).append(name)
+            dot = name.find(".", dot + 1)
     return out
 
 
@@ -224,7 +225,8 @@ def stat_records(root: str | Path, records: pl.Series, need: str = ".hea", liste
             for n in have:
                 rels.append(f"{folder}/{n}" if folder else n)
         if first_missing is None:
-            parts.append(_stat_chunk([os.path.join(root, r) for r in rels], root, rels))
+            head = root.rstrip(os.sep) + os.sep
+            parts.append(_stat_chunk([head + r for r in rels], root, rels))
     if first_missing is not None:
         raise LoaderError(first_missing[1], f"listed in {listed_in or 'the metadata table'} but not found")
     return _frame(parts)

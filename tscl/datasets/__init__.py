@@ -117,11 +117,10 @@ def hash_split(patient_ids, fractions=(0.7, 0.15, 0.15)) -> list[str]:
     """``train`` / ``val`` / ``test`` per patient from a hash of the id text: stable across runs,
     machines and subsets (a patient's side never depends on who else is in the folder)."""
     edges = np.cumsum(fractions) / np.sum(fractions)
-    out = []
-    for pid in patient_ids:
-        u = int.from_bytes(hashlib.sha256(str(pid).encode()).digest()[:8], "big") / 2**64
-        out.append(SPLITS[min(len(SPLITS) - 1, int(np.searchsorted(edges, u, side="right")))])
-    return out
+    u = np.array([int.from_bytes(hashlib.sha256(str(pid).encode()).digest()[:8], "big") / 2**64
+                  for pid in patient_ids], dtype=np.float64)
+    sides = np.minimum(np.searchsorted(edges, u, side="right"), len(SPLITS) - 1)
+    return [SPLITS[k] for k in sides]
 
 
 def hash_split_column(patient_ids: pl.Series, fractions=(0.7, 0.15, 0.15)) -> pl.Series:
