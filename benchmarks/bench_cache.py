@@ -98,7 +98,10 @@ cache = load_wfdb_cohort(sys.argv[1], cache_dir=sys.argv[2], progress=False, **k
 data = WaveformDataset(cache)
 seconds = time.perf_counter() - t0
 x = data.fetch(numpy.arange(min(len(data), 256)))
+now = [int(ln.split()[1]) for ln in open("/proc/self/status") if ln.startswith("VmRSS:")] if os.path.exists(
+    "/proc/self/status") else [0]
 print(json.dumps({"seconds": seconds, "records": len(data), "rss_after_imports_mb": rss0 / 1024,
+                  "rss_after_open_mb": now[0] / 1024,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "fetch_shape": list(x.shape), "shard_bytes": getattr(cache, "nbytes", None),
                   "encodings": cache.encodings() if hasattr(cache, "encodings") else None,
@@ -157,12 +160,13 @@ def bench_size(base: Path, n: int, per_folder: int | None, workers: str, code: s
 
 def _table(rows: list[dict]) -> str:
     lines = ["| records | layout | build (first open) | records/s | ÷ rdrecord | second open | peak RSS first / second "
-             "(after imports) | bytes/recording: shards, cache folder (source) |", "|---|---|---|---|---|---|---|---|"]
+             "(after imports; after the second open) | bytes/recording: shards, cache folder (source) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         f, s = r["first_open"], r["second_open"]
         lines.append(f"| {r['records']:,} | {r['layout']} | {f['seconds']:.1f} s | {r['build_records_per_s']:,.0f} | "
                      f"{r['build_over_rdrecord']:.2f} | {s['seconds']:.2f} s | {f['peak_rss_mb']:.0f} / "
-                     f"{s['peak_rss_mb']:.0f} MB ({s['rss_after_imports_mb']:.0f} MB) | "
+                     f"{s['peak_rss_mb']:.0f} MB ({s['rss_after_imports_mb']:.0f}; {s.get('rss_after_open_mb', 0):.0f} MB) | "
                      f"{r['shard_bytes_per_recording'] or 0:,.0f}, {r['cache_bytes_per_recording']:,.0f} "
                      f"({r['source_bytes_per_recording']:,.0f}) |")
     return "\n".join(lines)

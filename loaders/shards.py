@@ -51,13 +51,15 @@ def _decode_i16(d: np.ndarray, gain: np.ndarray, baseline: np.ndarray, unit: np.
         # d - baseline and gain are exact float32 numbers, and float64 has at least 2 * 24 + 2 bits: rounding the
         # float64 quotient to float32 equals dividing in float32 (double rounding is innocuous), at half the bytes
         out = d.astype(np.float32)
-        out -= np.asarray(baseline, dtype=np.float32)
+        if np.any(baseline):
+            out -= np.asarray(baseline, dtype=np.float32)
         out /= gain32
     else:
         x = np.subtract(d, baseline, dtype=np.float64)
         x /= gain
         out = x.astype(np.float32)
-    out *= unit
+    if np.any(unit != 1):  # times 1.0 changes no float32 number
+        out *= unit
     return out
 
 
