@@ -26,13 +26,23 @@ from .wfdb_dir import read_wfdb
 from .windows import cut_window, window_recording
 
 __all__ = ["AAMI_CLASSES", "AAMI_MAP", "read_beats", "rhythm_intervals", "beat_windows", "rhythm_windows",
-           "load_annotated", "subject_of", "check_annotation_file", "summarise_rhythm_report"]
+           "load_annotated", "subject_of", "check_annotation_file", "summarise_rhythm_report", "annotated_records",
+           "MITDB_DS1", "MITDB_DS2", "MITDB_PACED", "MITDB_RECORDS", "MITDB_SAME_SUBJECT"]
 
 AAMI_CLASSES = ("N", "S", "V", "F", "Q")
 AAMI_MAP = {**dict.fromkeys("NLRej", "N"), **dict.fromkeys("AaJS", "S"), **dict.fromkeys("VE", "V"), "F": "F",
             **dict.fromkeys("/fQ", "Q")}
-# MIT-BIH records 201 and 202 come from the same patient.
-_SAME_PATIENT = {"mitdb/202": "201"}
+# MIT-BIH Arrhythmia Database: its 48 records, the four with paced beats, the record pairs from one subject
+# (201 and 202, the MIT-BIH directory says) and de Chazal, O'Dwyer & Reilly's inter-patient division (IEEE
+# Trans Biomed Eng 51(7), 2004): DS1 to train, DS2 to test, 22 records each, the paced records in neither.
+MITDB_DS1 = ("101", "106", "108", "109", "112", "114", "115", "116", "118", "119", "122", "124", "201", "203", "205",
+             "207", "208", "209", "215", "220", "223", "230")
+MITDB_DS2 = ("100", "103", "105", "111", "113", "117", "121", "123", "200", "202", "210", "212", "213", "214", "219",
+             "221", "222", "228", "231", "232", "233", "234")
+MITDB_PACED = ("102", "104", "107", "217")
+MITDB_RECORDS = tuple(sorted(MITDB_DS1 + MITDB_DS2 + MITDB_PACED))
+MITDB_SAME_SUBJECT = {"202": "201"}
+_SAME_PATIENT = {f"mitdb/{record}": subject for record, subject in MITDB_SAME_SUBJECT.items()}
 
 
 def subject_of(record: str | Path) -> str:
@@ -44,6 +54,20 @@ def subject_of(record: str | Path) -> str:
         return _SAME_PATIENT[key]
     m = re.fullmatch(r"data_(\d+)_\d+", path.name)
     return m.group(1) if m else path.name
+
+
+def annotated_records(root: str | Path) -> list[Path]:
+    """The records of a database folder (paths without extension): those its ``RECORDS`` file lists
+    (PhysioNet's list of a database's records; MIT-BIH's leaves out the ``x_mitdb/`` extras), else every
+    record with both ``.hea`` and ``.atr``, at any depth. A listed record that is missing is named when read."""
+    root = Path(root)
+    listing = root / "RECORDS"
+    if listing.is_file():
+        names = [ln.strip() for ln in listing.read_text(errors="replace").splitlines() if ln.strip()]
+        if not names:
+            raise LoaderError(listing, "lists no record")
+        return [root / name for name in names]
+    return sorted(p.with_suffix("") for p in root.rglob("*.atr") if p.with_suffix(".hea").exists())
 
 
 _SKIP, _NUM, _SUB, _CHN, _AUX = 59, 60, 61, 62, 63

@@ -278,7 +278,7 @@ def open_dataset(name: str, root: str | Path, *, split: str | None = None, cache
 
 def _load_builtin() -> None:
     from . import waveform  # noqa: F401  (registers its sources)
-    for module in ("ehr", "images", "cinc2017", "medmnist"):
+    for module in ("ehr", "images", "annotated", "cinc2017", "medmnist"):
         try:
             __import__(f"{__name__}.{module}")
         except ModuleNotFoundError as err:  # a modality whose module is not present

@@ -4,7 +4,8 @@
 ``wfdb``       any folder of WFDB records + a metadata table (``patient_id``, ``record_id``, ...)
 ``ptbxl``      PTB-XL as PhysioNet publishes it (records100/ or records500/, label tables, strat_fold)
 ``cinc``       PhysioNet/CinC 2020/2021 ``.hea``/``.mat`` with SNOMED ``# Dx``
-``annotated``  MIT-BIH / SVDB / CPSC-style records with ``.atr``: beat or rhythm windows
+``annotated``  MIT-BIH / SVDB / CPSC-style records with ``.atr``: beat or rhythm windows (its own module,
+               :mod:`tscl.datasets.annotated`)
 ``edf``        a folder of EDF(+) files: fixed-length epochs, 10-20 channel names; patient = file stem
 ``eegmat``     EEGMAT (``SubjectNN_1.edf`` rest, ``SubjectNN_2.edf`` mental arithmetic): epochs, ``task``
 =============  ===========================================================================
@@ -131,26 +132,6 @@ def _cinc(root: Path, *, cache=None, progress=True, normalize="none", on_error="
 
     c = load_cinc(root, cache_dir=_cache_dir(cache, "cinc", root, on_error=on_error), on_error=on_error,
                   progress=progress)
-    return WaveformDataset(c, normalize=normalize)
-
-
-@register_source("annotated", "waveform", "WFDB records with .atr annotations (MIT-BIH, SVDB, CPSC 2021): beat "
-                 "windows (AAMI classes) or rhythm windows (AF)",
-                 options={**_COMMON, "kind": "beats | rhythm",
-                          "window_s": "rhythm window length in seconds (default 10)",
-                          "default_rhythm": "rhythm of unannotated stretches (e.g. N); default: left out"})
-def _annotated(root: Path, *, cache=None, progress=True, kind="beats", normalize="none", on_error="raise",
-               window_s=10.0, default_rhythm=None):
-    from tscl.loaders import load_annotated
-
-    records = sorted(p.with_suffix("") for p in root.rglob("*.atr") if p.with_suffix(".hea").exists())
-    if not records:
-        raise FileNotFoundError(f"{root}: no record with both .hea and .atr")
-    if kind not in ("beats", "rhythm"):
-        raise ValueError(f"kind must be beats or rhythm, got {kind!r}")
-    extra = {"window_s": float(window_s), "default_rhythm": default_rhythm} if kind == "rhythm" else {}
-    c = load_annotated(records, kind=kind, cache_dir=_cache_dir(cache, "annotated", root, kind=kind, **extra),
-                       on_error=on_error, progress=progress, **extra)
     return WaveformDataset(c, normalize=normalize)
 
 
