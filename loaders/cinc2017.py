@@ -25,6 +25,7 @@ The challenge gives no patient ids: each record is its own patient.
 """
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from dataclasses import replace
@@ -173,19 +174,20 @@ def load_cinc2017(root: str | Path, labels: str = "auto", cache_dir: str | Path 
     table = read_reference(reference)
     skipped: list = []
     items, sources = [], [reference]
+    on_disk = {e.name for e in os.scandir(folder) if e.is_file()}  # one listing, not a stat per file
     for record, cls in table.items():
-        hea = folder / f"{record}.hea"
-        present = [f for f in (hea, hea.with_suffix(".mat")) if f.is_file()]
-        if len(present) < 2:
-            missing = next(f for f in (hea, hea.with_suffix(".mat")) if f not in present)
-            err = LoaderError(missing, f"record {record} is listed in {reference.name} but this file is missing")
+        missing = [name for name in (f"{record}.hea", f"{record}.mat") if name not in on_disk]
+        if missing:
+            err = LoaderError(folder / missing[0], f"record {record} is listed in {reference.name} but this file is "
+                                                   "missing")
             if on_error == "raise":
                 raise err
             skipped.append({"path": err.path, "problem": err.problem})
             continue
-        items.append((hea, cls))
-        sources += present
-    unlisted = sorted(h.stem for h in folder.glob("*.hea") if h.stem not in table)
+        base = os.path.join(folder, record)  # text, not Path: 17k paths per open
+        items.append((base + ".hea", cls))
+        sources += [base + ".hea", base + ".mat"]
+    unlisted = sorted(n[:-4] for n in on_disk if n.endswith(".hea") and n[:-4] not in table)
     if unlisted:
         warnings.warn(f"{len(unlisted)} record(s) in {folder} are not in {reference.name} and are left out "
                       f"(first: {unlisted[0]}); see cache.report['unlisted']", stacklevel=2)
