@@ -7,8 +7,6 @@ when ``TSCL_CINC2017_ROOT`` names a training2017/ folder (CI has none: that test
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ import scipy.io
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from test_cli_installed import REPO, TSCL, tscl  # the installed console script, run outside the repository
 from tscl.cli import main
 from tscl.datasets import open_dataset
 from tscl.datasets.cinc2017 import FRACTIONS, stratified_hash_split
@@ -25,8 +24,6 @@ from tscl.loaders import LoaderError
 from tscl.loaders.cinc2017 import (CINC2017_CLASSES, find_reference, read_cinc2017, read_reference,
                                     records_folder)
 
-REPO = Path(__file__).resolve().parents[1]
-TSCL = shutil.which("tscl", path=str(Path(sys.executable).parent)) or shutil.which("tscl")
 REAL = os.environ.get("TSCL_CINC2017_ROOT")
 CLASSES = list(CINC2017_CLASSES)  # N A O ~
 
@@ -200,28 +197,20 @@ def test_bad_input_is_one_line_naming_the_file(tmp_path, capsys, kind):
     assert "Traceback" not in err and not (tmp_path / "run").exists()
 
 
-def _tscl(*args, cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["TSCL_CACHE"] = str(cwd / "cache")
-    proc = subprocess.run([TSCL, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"tscl {' '.join(map(str, args))}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-    return proc
-
-
 @pytest.mark.skipif(TSCL is None, reason="the tscl console script is not installed (pip install -e .)")
 def test_pretrain_embed_probe_through_the_installed_cli(tmp_path):
     assert REPO not in tmp_path.parents
     make_training2017(tmp_path / "data" / "training2017")
     data = ["--dataset", "cinc2017", "--root", "data", "--dataset-kwargs", "fs=100,length_s=10"]
-    _tscl("pretrain", *data, "--method", "simclr", "--method-kwargs", "batch_size=8", "--encoder", "cnn1d",
+    tscl("pretrain", *data, "--method", "simclr", "--method-kwargs", "batch_size=8", "--encoder", "cnn1d",
           "--encoder-kwargs", "widths=[8,16]", "--epochs", "1", "--quiet", "--out", "run", cwd=tmp_path)
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["data_info"]["channels"] == ["I"] and cfg["data_info"]["fs"] == 100
     seen = json.loads((tmp_path / "run" / "patients.json").read_text())["patients"]
     assert len(seen) == 48 - 2 * 4 - 4 * 1  # train only: 12 per class minus 2 test and 1 val
-    _tscl("embed", "--run", "run", "--out", "run.npz", "--quiet", cwd=tmp_path)
-    _tscl("embed", "--run", "run", "--random-init", "--out", "random.npz", "--quiet", cwd=tmp_path)
-    _tscl("probe", *data, "--embeddings", "run.npz", "random.npz", "--labels", "af,normal,other,noisy", "--fractions",
+    tscl("embed", "--run", "run", "--out", "run.npz", "--quiet", cwd=tmp_path)
+    tscl("embed", "--run", "run", "--random-init", "--out", "random.npz", "--quiet", cwd=tmp_path)
+    tscl("probe", *data, "--embeddings", "run.npz", "random.npz", "--labels", "af,normal,other,noisy", "--fractions",
           "1", "--bootstrap", "20", "--reference", "random", "--out", "probe", "--quiet", cwd=tmp_path)
     report = json.loads((tmp_path / "probe" / "probe.json").read_text())
     assert {r["encoder"] for r in report["rows"]} == {"run", "random"}

@@ -5,9 +5,6 @@ The real file is read only when ``TSCL_MEDMNIST_ROOT`` names a MedMNIST .npz or 
 """
 import json
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from test_cli_installed import REPO, TSCL, tscl  # the installed console script, run outside the repository
 from tscl.cli import main
 from tscl.datasets import open_dataset
 from tscl.loaders import LoaderError
 from tscl.loaders.medmnist import read_medmnist
 
-REPO = Path(__file__).resolve().parents[1]
-TSCL = shutil.which("tscl", path=str(Path(sys.executable).parent)) or shutil.which("tscl")
 REAL = os.environ.get("TSCL_MEDMNIST_ROOT")
 SPLITS = ("train", "val", "test")
 
@@ -131,27 +127,19 @@ def test_bad_input_is_one_line_naming_the_file(tmp_path, capsys, case):
     assert "Traceback" not in err and not (tmp_path / "run").exists()
 
 
-def _tscl(*args, cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["TSCL_CACHE"] = str(cwd / "cache")
-    proc = subprocess.run([TSCL, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"tscl {' '.join(map(str, args))}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-    return proc
-
-
 @pytest.mark.skipif(TSCL is None, reason="the tscl console script is not installed (pip install -e .)")
 def test_pretrain_embed_probe_through_the_installed_cli(tmp_path):
     assert REPO not in tmp_path.parents
     write_npz(tmp_path / "breastmnist.npz", sizes=(48, 8, 24), hw=(16, 16))
     data = ["--dataset", "medmnist", "--root", "breastmnist.npz"]
-    _tscl("pretrain", *data, "--method", "simclr", "--method-kwargs", "batch_size=16", "--encoder", "resnet2d18",
+    tscl("pretrain", *data, "--method", "simclr", "--method-kwargs", "batch_size=16", "--encoder", "resnet2d18",
           "--encoder-kwargs", "width=0.0625,small_input=true", "--epochs", "1", "--quiet", "--out", "run", cwd=tmp_path)
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["data_info"]["modality"] == "image" and cfg["data_info"]["height"] == 16
     assert len(json.loads((tmp_path / "run" / "patients.json").read_text())["patients"]) == 48  # the train split
-    _tscl("embed", "--run", "run", "--out", "run.npz", "--quiet", cwd=tmp_path)
-    _tscl("embed", "--run", "run", "--random-init", "--out", "random.npz", "--quiet", cwd=tmp_path)
-    _tscl("probe", *data, "--embeddings", "run.npz", "random.npz", "--labels", "label", "--fractions", "1",
+    tscl("embed", "--run", "run", "--out", "run.npz", "--quiet", cwd=tmp_path)
+    tscl("embed", "--run", "run", "--random-init", "--out", "random.npz", "--quiet", cwd=tmp_path)
+    tscl("probe", *data, "--embeddings", "run.npz", "random.npz", "--labels", "label", "--fractions", "1",
           "--bootstrap", "20", "--reference", "random", "--out", "probe", "--quiet", cwd=tmp_path)
     report = json.loads((tmp_path / "probe" / "probe.json").read_text())
     assert {r["encoder"] for r in report["rows"]} == {"run", "random"}

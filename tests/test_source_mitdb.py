@@ -10,8 +10,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +17,12 @@ import polars as pl
 import pytest
 import wfdb
 
+from test_cli_installed import REPO, TSCL, tscl  # the installed console script, run outside the repository
 from tscl.cli import main
 from tscl.datasets import open_dataset
 from tscl.loaders import load_annotated
 from tscl.loaders.annotations import AAMI_MAP, MITDB_DS1, MITDB_DS2, MITDB_PACED, MITDB_RECORDS, read_beats
 
-REPO = Path(__file__).resolve().parents[1]
-TSCL = shutil.which("tscl", path=str(Path(sys.executable).parent)) or shutil.which("tscl")
 REAL = os.environ.get("TSCL_MITDB_ROOT")
 SYMBOLS = list("NNLAVNFRQejaSJE/f")  # every AAMI class in every record
 FS = 360
@@ -151,25 +148,17 @@ def test_records_file_leads_and_bad_options(mitdb, tmp_path, capsys):
         assert not (tmp_path / "run").exists()
 
 
-def _tscl(*args, cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["TSCL_CACHE"] = str(cwd / "cache")
-    proc = subprocess.run([TSCL, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"tscl {' '.join(map(str, args))}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-    return proc
-
-
 @pytest.mark.skipif(TSCL is None, reason="the tscl console script is not installed (pip install -e .)")
 def test_inter_patient_pipeline_through_the_installed_cli(mitdb, tmp_path):
     assert REPO not in tmp_path.parents
     data = ["--dataset", "annotated", "--root", mitdb, "--dataset-kwargs", "split_rule=dechazal,channels=MLII"]
-    _tscl("pretrain", *data, "--method", "simclr", "--method-kwargs", "batch_size=64", "--encoder", "cnn1d",
+    tscl("pretrain", *data, "--method", "simclr", "--method-kwargs", "batch_size=64", "--encoder", "cnn1d",
           "--encoder-kwargs", "widths=[8,16]", "--epochs", "1", "--quiet", "--out", "run", cwd=tmp_path)
     seen = set(json.loads((tmp_path / "run" / "patients.json").read_text())["patients"])
     assert seen == set(MITDB_DS1) - {"201"}  # DS1's patients only
-    _tscl("embed", "--run", "run", "--out", "run.npz", "--quiet", cwd=tmp_path)
-    _tscl("embed", "--run", "run", "--random-init", "--out", "random.npz", "--quiet", cwd=tmp_path)
-    _tscl("probe", *data, "--embeddings", "run.npz", "random.npz", "--labels", "aami_N,aami_S,aami_V,aami_F",
+    tscl("embed", "--run", "run", "--out", "run.npz", "--quiet", cwd=tmp_path)
+    tscl("embed", "--run", "run", "--random-init", "--out", "random.npz", "--quiet", cwd=tmp_path)
+    tscl("probe", *data, "--embeddings", "run.npz", "random.npz", "--labels", "aami_N,aami_S,aami_V,aami_F",
           "--fractions", "1", "--bootstrap", "20", "--reference", "random", "--out", "probe", "--quiet", cwd=tmp_path)
     report = json.loads((tmp_path / "probe" / "probe.json").read_text())
     assert report["split"]["test_patients"] == 22 and report["split"]["train_patients"] == 21

@@ -27,45 +27,25 @@ import numpy as np
 import polars as pl
 import torch
 
-from . import Dataset, register_source
-from .images import parse_size
+from . import register_source
+from .images import _NORMALIZE, ImageDataset, parse_size
 
 __all__ = ["ArrayImageDataset"]
 
-_NORMALIZE = ("none", "zscore")
 
-
-class ArrayImageDataset(Dataset):
-    """Images held in one ``[N, C, H, W]`` array, fetched as ``[B, C, H', W']`` float32 batches."""
-
-    modality = "image"
+class ArrayImageDataset(ImageDataset):
+    """Images held in one ``[N, C, H, W]`` array (shared by subsets), fetched as ``[B, C, H', W']`` float32 batches;
+    ``info``, ``in_channels`` and ``array()`` as :class:`~tscl.datasets.images.ImageDataset` gives them."""
 
     def __init__(self, images: np.ndarray, index: pl.DataFrame, *, rows=None, size=None, channels=None,
                  normalize: str = "none", fingerprint: str = "", source: dict | None = None):
         if normalize not in _NORMALIZE:
             raise ValueError(f"normalize must be one of {_NORMALIZE}, got {normalize!r}")
-        super().__init__(index, source=source)
-        self.images, self.size, self.channels, self.normalize = images, size, channels, normalize
+        h, w = size or images.shape[2:]
+        super().__init__(None, index, shape=(int(channels or images.shape[1]), int(h), int(w)), size=size,
+                         channels=channels, normalize=normalize, fingerprint=fingerprint, source=source)
+        self.images = images
         self._rows = np.arange(len(images)) if rows is None else np.asarray(rows, dtype=np.int64)
-        self._fingerprint = fingerprint
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        h, w = self.size or self.images.shape[2:]
-        return int(self.channels or self.images.shape[1]), int(h), int(w)
-
-    @property
-    def in_channels(self) -> int:
-        return self.shape[0]
-
-    @property
-    def info(self) -> dict:
-        return {**super().info, "height": self.shape[1], "width": self.shape[2], "normalize": self.normalize,
-                "size": list(self.size) if self.size else None}
-
-    @property
-    def fingerprint(self) -> str:
-        return self._fingerprint
 
     def fetch(self, rows) -> torch.Tensor:
         rows = self._rows[np.asarray(rows, dtype=np.int64).reshape(-1)]
@@ -81,10 +61,6 @@ class ArrayImageDataset(Dataset):
         if self.normalize == "zscore" and len(x):
             x = (x - x.mean(dim=(1, 2, 3), keepdim=True)) / (x.std(dim=(1, 2, 3), keepdim=True) + 1e-6)
         return x
-
-    def array(self) -> np.ndarray:
-        """Every image as one ``[N, C, H, W]`` array, as ``fetch`` gives them (for embedding and probes)."""
-        return self.fetch(np.arange(len(self))).numpy()
 
     def _take(self, rows):
         index = self.index[rows.tolist()] if len(rows) else self.index.clear()
