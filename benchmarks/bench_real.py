@@ -111,7 +111,7 @@ def pretrain_once(cache, run_dir: Path, method: str, encoder: str, encoder_kwarg
     t0 = time.time()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pretrain(cache, cfg)
+        pretrain(cache, cfg, overwrite=True)  # an unfinished earlier attempt (no done.json) is redone
     seconds = time.time() - t0
     (run_dir / "done.json").write_text(json.dumps({"pretrain_s": seconds, "code": code_digest(method, encoder)}))
     return run_dir, seconds
