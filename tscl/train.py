@@ -160,7 +160,8 @@ def load_config(run_dir: str | Path) -> PretrainConfig:
     """The :class:`PretrainConfig` of a run folder's ``config.json`` (or of a config file given by its path),
     checked against the schema (:func:`check_config`): the one reader of ``config.json``."""
     path = Path(run_dir)
-    path = path / "config.json" if path.is_dir() or path.suffix != ".json" else path
+    if path.is_dir() or not path.exists() and path.suffix != ".json":  # a run folder, or a file given by name
+        path = path / "config.json"
     if not path.exists():
         what = "config file not found" if path.name != "config.json" else "not a tscl run folder (config.json missing)"
         raise FileNotFoundError(f"{path}: {what}")
