@@ -329,3 +329,22 @@ def test_left_out_items_are_printed_and_written_into_the_run(home, cli):
     report = json.loads((home / "skipping" / "data_report.json").read_text())
     assert len(report["left_out"]) == 1 and victim.stem in json.dumps(report["left_out"])
     assert "1 item(s) of wfdb were left out while reading" in proc.stderr and "data_report.json" in proc.stderr
+
+
+def test_ctrl_c_or_sigterm_while_the_data_loads_is_one_line_and_leaves_no_folder(home, cli, monkeypatch):
+    import tscl.cli
+
+    def interrupted(spec, progress):
+        raise KeyboardInterrupt
+
+    def terminated(spec, progress):
+        os.kill(os.getpid(), signal.SIGTERM)  # the command's handler turns it into one line, exit 143
+        raise AssertionError("SIGTERM did not stop the command")
+
+    for stop, code, name in ((interrupted, 130, "SIGINT"), (terminated, 143, "SIGTERM")):
+        monkeypatch.setattr(tscl.cli, "_open", stop)
+        proc = cli("pretrain", "--data", "cohort", *TINY, "--out", "stopped-early", ok=False)
+        line = f"tscl pretrain: stopped by {name} before a checkpoint could be written: a run folder, if one was made, " \
+               "keeps its last checkpoint"
+        assert proc.returncode == code and proc.stderr.strip() == line and not (home / "stopped-early").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the command puts the default back

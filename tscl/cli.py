@@ -915,8 +915,9 @@ def main(argv=None) -> int:
         return err.exit_code
     except KeyboardInterrupt as err:  # Ctrl-C (or SIGTERM) outside the training loop, or a second Ctrl-C
         signum = getattr(err, "signum", signal.SIGINT)
-        what = " the run keeps its last checkpoint" if args.command == "pretrain" else ""
-        _rank0_print(f"tscl {args.command}: stopped by {signal.Signals(signum).name};{what or ' nothing more was done'}")
+        what = (" before a checkpoint could be written: a run folder, if one was made, keeps its last checkpoint"
+                if args.command == "pretrain" else "; nothing more was done")
+        _rank0_print(f"tscl {args.command}: stopped by {signal.Signals(signum).name}{what}")
         return 128 + signum
     finally:
         if previous is not None:
