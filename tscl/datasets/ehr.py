@@ -44,9 +44,14 @@ writes. ``in_channels`` is the vocabulary size (for ``build_encoder("ehr_sequenc
 ``info`` records ``vocab_size``, ``max_len``, ``window`` and ``mask_id``.
 
 **Bad input** raises, naming the file or subject: a root without ``data/`` or without shards, a
-shard missing a MEDS column or of the wrong type (:func:`~tscl.loaders.meds.validate_meds_shard`),
-a subject with no timed event (``on_empty="raise"``, default; ``"skip"`` leaves them out and
-records their count in ``info["empty_subjects"]``), an unknown split name in ``subject_splits``.
+shard missing a MEDS column or of the wrong type, with a time zone, unreadable, or sharing a
+subject with another shard (:func:`~tscl.loaders.meds.scan_meds`), a subject with no timed event
+(``on_empty="raise"``, default; ``"skip"`` leaves them out and records their count in
+``info["empty_subjects"]``), an unknown split name in ``subject_splits``. A non-finite numeric
+value is no value for its event only (``meta["non_finite_values"]`` counts them), so it
+cannot make its code's statistics non-finite. ``dataset.notes`` carries these counts and, for
+``mimic-iv``, the conversion report (rows without a time, duplicates removed, admissions discharged
+before admitted: :mod:`tscl.loaders.mimic_meds`).
 
 :func:`ehr_embed` embeds items with a run's encoder; the MIMIC-IV admission probe that uses it
 lives with the MIMIC task (:func:`tscl.tasks.mimic_ehr.mimic_probe`).

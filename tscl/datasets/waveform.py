@@ -92,6 +92,13 @@ def cache_notes(report: dict) -> dict:
         nan = notes["windows"].get("dropped_nan", 0)
         if nan:
             notes["left_out"] = {**notes.get("left_out", {}), "windows holding NaN samples": nan}
+    dropped = report.get("dropped") or {}  # rhythm windows: whole episodes and unannotated stretches
+    episodes = sum(e.get("intervals", 0) for e in (dropped.get("short_intervals") or {}).values())
+    unannotated = int(round(dropped.get("unannotated_s", 0)))
+    losses = {"rhythm episodes shorter than one window": episodes,
+              "s before the first rhythm annotation (default_rhythm=None)": unannotated}
+    if any(losses.values()):
+        notes["left_out"] = {**notes.get("left_out", {}), **{k: v for k, v in losses.items() if v}}
     return notes
 
 
@@ -190,7 +197,9 @@ def _eegmat(root: Path, *, cache=None, progress=True, epoch_s=30.0, normalize="z
     fs = float(fs) if fs is not None else None
     c = load_eegmat(root, cache_dir=_cache_dir(cache, "eegmat", root, epoch_s=epoch_s, on_error=on_error, fs=fs),
                     epoch_s=float(epoch_s), fs=fs, on_error=on_error, progress=progress)
-    return WaveformDataset(c, normalize=normalize)
+    below = [{"path": str(p), "problem": "in a subfolder; the EEGMAT layout is one folder of SubjectNN_K.edf files, "
+                                        "so it is left out"} for p in sorted(root.rglob("*.edf")) if p.parent != root]
+    return WaveformDataset(c, normalize=normalize, notes={"unlisted": below} if below else None)
 
 
 @register_source("edf", "waveform", "a folder of EDF(+) files (any names, any depth; patient = file stem, record = "
