@@ -211,6 +211,8 @@ def cmd_inspect(args):
     Each root is opened on its own: a root that is refused prints its one-line error and the others
     still run; the exit status is 2 if any was refused. ``--out`` writes every root's summary (index
     rows, notes, and with ``--payload`` every item's payload) as JSON."""
+    import os
+
     from tscl.loaders import LoaderError
 
     roots = [*(args.root or []), *(args.data or [])]
@@ -223,6 +225,8 @@ def cmd_inspect(args):
         try:
             data = _open(spec, progress=False)
         except (UsageError, LoaderError, ValueError, FileNotFoundError, KeyError) as err:
+            if os.environ.get("TSCL_DEBUG"):
+                raise
             message = err.args[0] if isinstance(err, KeyError) and err.args else err
             print(f"tscl inspect: error: {message}", file=sys.stderr)
             results.append({"root": spec["root"], "ok": False, "error": str(message)})
@@ -758,10 +762,10 @@ def main(argv=None) -> int:
     import os
     import warnings
 
-    warnings.formatwarning = _warning_line
     args = build_parser().parse_args(argv)
     from tscl.loaders import LoaderError
 
+    before, warnings.formatwarning = warnings.formatwarning, _warning_line
     try:
         status = args.func(args)
     except (UsageError, LoaderError, ValueError, FileNotFoundError, KeyError, FloatingPointError) as err:
@@ -770,7 +774,9 @@ def main(argv=None) -> int:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"tscl {args.command}: error: {message}", file=sys.stderr)
         return 2
-    return status if isinstance(status, int) else 0
+    finally:
+        warnings.formatwarning = before  # main() called in-process leaves the caller's warnings as they were
+    return status if args.command == "inspect" else 0  # inspect: 2 when any of its roots was refused
 
 
 if __name__ == "__main__":

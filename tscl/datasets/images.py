@@ -235,6 +235,7 @@ def _images(root: Path, *, cache=None, progress=True, csv="labels.csv", size=Non
     csv_path = Path(csv) if Path(csv).is_absolute() else root / csv
     if not len(table):
         raise LoaderError(csv_path, "lists no image")
+    _image_index(table, csv_path, root)  # ids and splits checked on every row, so messages name the table's lines
     skipped = [{"path": p, "problem": f"listed in {csv_path.name} ({csv_line(i)}) but not found"}
                for i, p in enumerate(table.index["path"].to_list()) if not Path(p).is_file()]
     _raise_first(skipped, on_error, len(table))
