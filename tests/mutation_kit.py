@@ -53,6 +53,38 @@ class Case:
     note: str | None = None  # text the root's "tscl: note:" line must hold (what was left out)
 
 
+_DEFAULT = object()
+
+
+class Cases:
+    """Builds the cases of one source: ``cases(name, expect, names, edit=fn, ...)`` copies the base dataset to
+    ``where/<name>``, applies ``edit(root)`` and adds a :class:`Case` whose check is ``check(root, result)``."""
+
+    def __init__(self, base: Path, where: Path, check: Callable[[Path, dict], None], options: str | None = None):
+        self.base, self.where, self.check, self.options, self.cases = base, where, check, options, []
+
+    def __call__(self, name: str, expect: str = "either", names: str | None = None, options=_DEFAULT,
+                 note: str | None = None, edit: Callable[[Path], object] | None = None) -> Case:
+        root = copy_of(self.base, self.where, name.replace(" ", "_"))
+        if edit is not None:
+            edit(root)
+        self.cases.append(Case(name, root, expect, names, lambda result, root=root: self.check(root, result),
+                               self.options if options is _DEFAULT else options, note))
+        return self.cases[-1]
+
+
+def same_items(result: dict, expected: dict, *, atol: float = 1e-5) -> None:
+    """``expected``: record id -> (patient id, payload array); the read must hold exactly these items, each with
+    its patient and its payload (the ``.npy`` beside the JSON), in any order."""
+    index = result["index"]
+    assert sorted(r["record_id"] for r in index) == sorted(expected), "record ids"
+    x = payload(result)
+    for i, row in enumerate(index):
+        patient, value = expected[row["record_id"]]
+        assert row["patient_id"] == patient, f"patient of {row['record_id']}: {row['patient_id']!r} != {patient!r}"
+        np.testing.assert_allclose(x[i], value, rtol=1e-5, atol=atol, err_msg=row["record_id"])
+
+
 def copy_of(base: Path, where: Path, name: str) -> Path:
     """A fresh copy of the dataset folder ``base`` at ``where/name`` (symlinks copied as links)."""
     dest = where / name
@@ -169,6 +201,14 @@ def unreadable(path: Path, source: str) -> str:
         return ""
     path.chmod(0)
     return "chmod 000"
+
+
+def flip_bytes(path: Path, rng, count: int, head: int = 8, tail: int = 12) -> None:
+    """Invert ``count`` bytes at seeded places inside ``path`` (not its first ``head`` or last ``tail`` bytes)."""
+    data = bytearray(path.read_bytes())
+    for i in rng.sample(range(head, len(data) - tail), count):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
 
 
 def dir_in_place(path: Path) -> None:

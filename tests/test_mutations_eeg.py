@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mutation_kit import Case, copy_of, needs_cli, outside, payload, run_cases
+from mutation_kit import Case, Cases, needs_cli, outside, run_cases, same_items
 
 FS = 100
 EEG_1020 = ("Fp1", "Fp2", "F3", "F4", "F7", "F8", "T3", "T4", "C3", "C4", "T5", "T6", "P3", "P4", "O1", "O2", "Fz",
@@ -58,16 +58,6 @@ def epochs_of(path: Path, record: str, patient: str, channels, size: int) -> dic
     return {f"{record}:{s}": (patient, sig[:, s:s + size]) for s in range(0, sig.shape[1] - size + 1, size)}
 
 
-def same_items(result: dict, expected: dict) -> None:
-    index = result["index"]
-    assert sorted(r["record_id"] for r in index) == sorted(expected), "record ids"
-    x = payload(result)
-    for i, row in enumerate(index):
-        patient, signal = expected[row["record_id"]]
-        assert row["patient_id"] == patient, f"patient of {row['record_id']}: {row['patient_id']!r} != {patient!r}"
-        np.testing.assert_allclose(x[i], signal, rtol=1e-5, atol=1e-3, err_msg=row["record_id"])
-
-
 # ---- edf: any folder of EDF files, optionally with metadata.csv ---------------------------------------
 
 def edf_expected(root: Path) -> dict:
@@ -99,15 +89,7 @@ def _table(root: Path, rows: list[str]) -> None:
 
 
 def edf_cases(base: Path, where: Path, rng: random.Random) -> list[Case]:
-    cases = []
-
-    def case(name, expect="either", names=None, note=None, options=EDF_OPTIONS, edit=None):
-        root = copy_of(base, where, name.replace(" ", "_"))
-        if edit is not None:
-            edit(root)
-        cases.append(Case(name, root, expect, names, lambda r, root=root: same_items(r, edf_expected(root)), options,
-                          note))
-
+    case = Cases(base, where, lambda root, r: same_items(r, edf_expected(root), atol=1e-3), EDF_OPTIONS)
     name = rng.choice(["night1", "night2", "day1"])
     f = f"{name}.edf"
     n_records = lambda r: int((r / f).read_bytes()[236:244])  # noqa: E731
@@ -149,7 +131,7 @@ def edf_cases(base: Path, where: Path, rng: random.Random) -> list[Case]:
     case("a file on disk that metadata.csv does not list", "correct", note="listed in no table",
          edit=lambda r: _table(r, ["night1.edf,a,0", "night2.edf,a,1", "day1.edf,b,0"]) or write_edf(
              r / "extra.edf", seed=8))
-    return cases
+    return case.cases
 
 
 def _one_name_in_two_sites(f: str):
@@ -190,15 +172,8 @@ def eegmat_expected(root: Path) -> dict:
 
 
 def eegmat_cases(base: Path, where: Path, rng: random.Random) -> list[Case]:
-    cases = []
-
-    def case(name, expect="either", names=None, note=None, options=EEGMAT_OPTIONS, edit=None):
-        root = copy_of(base, where, name.replace(" ", "_"))
-        if edit is not None:
-            edit(root)
-        cases.append(Case(name, root, expect, names, lambda r, root=root: same_items(r, _listed(eegmat_expected(root),
-                                                                                            r)), options, note))
-
+    case = Cases(base, where, lambda root, r: same_items(r, _listed(eegmat_expected(root), r), atol=1e-3),
+                 EEGMAT_OPTIONS)
     name = rng.choice(["Subject00_1", "Subject00_2", "Subject01_1"])
     f = f"{name}.edf"
     case("baseline", "correct")
@@ -213,7 +188,7 @@ def eegmat_cases(base: Path, where: Path, rng: random.Random) -> list[Case]:
          edit=lambda r: (r / "more").mkdir() or shutil.copy(r / f, r / "more" / "Subject05_1.edf"))
     case("another sampling rate", "refuse", ".edf", edit=lambda r: write_edf(r / f, channels=EEG_1020, fs=128,
                                                                                 seconds=12))
-    return cases
+    return case.cases
 
 
 def _listed(expected: dict, result: dict) -> dict:

@@ -22,7 +22,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from mutation_kit import Case, copy_of, needs_cli, outside, run_cases
+from mutation_kit import Case, Cases, flip_bytes, needs_cli, outside, run_cases
 
 pytestmark = needs_cli
 BIG = "max_len=1000"  # no item is cut, so every event can be compared
@@ -113,15 +113,8 @@ def _cut(path: Path, keep: float) -> None:
 
 
 def meds_cases(base: Path, where: Path, rng: random.Random) -> list[Case]:
-    cases = []
+    case = Cases(base, where, lambda root, r: same_events(r, meds_expected(root), MEDS_STATIC), BIG)
     train, held = "data/train/0.parquet", "data/held_out/0.parquet"
-
-    def case(name, expect="either", names=None, options=BIG, note=None, edit=None):
-        root = copy_of(base, where, name.replace(" ", "_"))
-        if edit is not None:
-            edit(root)
-        cases.append(Case(name, root, expect, names, lambda r, root=root: same_events(r, meds_expected(root),
-                                                                                      MEDS_STATIC), options, note))
 
     case("baseline", "correct")
     case("one shard's times in UTC", "refuse", "held_out/0.parquet",
@@ -162,16 +155,8 @@ def meds_cases(base: Path, where: Path, rng: random.Random) -> list[Case]:
     case("no codes.parquet", "correct", edit=lambda r: (r / "metadata/codes.parquet").unlink())
     case("codes.parquet cut short", "refuse", "codes.parquet", edit=lambda r: _cut(r / "metadata/codes.parquet", 0.5))
     case("no data folder", "refuse", "data", edit=lambda r: shutil.rmtree(r / "data"))
-    case("bytes corrupted inside a shard", "either", "train/0.parquet", edit=lambda r: _flip(r / train, rng))
-    return cases
-
-
-def _flip(path: Path, rng: random.Random) -> None:
-    data = bytearray(path.read_bytes())
-    for _ in range(8):
-        i = rng.randrange(8, len(data) - 16)
-        data[i] ^= 0xFF
-    path.write_bytes(bytes(data))
+    case("bytes corrupted inside a shard", "either", "train/0.parquet", edit=lambda r: flip_bytes(r / train, rng, 8))
+    return case.cases
 
 
 def test_meds_mutations(meds_base, tmp_path):
@@ -315,15 +300,8 @@ def _cell(rows: list[list], row: int, col: str, value) -> list[list]:
 
 
 def mimic_cases(base: Path, where: Path, rng: random.Random) -> list[Case]:
-    cases = []
+    case = Cases(base, where, lambda root, r: same_events(r, mimic_expected(root), MIMIC_STATIC), BIG)
     adm, labs = "hosp/admissions.csv.gz", "hosp/labevents.csv.gz"
-
-    def case(name, expect="either", names=None, options=BIG, note=None, edit=None):
-        root = copy_of(base, where, name.replace(" ", "_"))
-        if edit is not None:
-            edit(root)
-        cases.append(Case(name, root, expect, names, lambda r, root=root: same_events(r, mimic_expected(root),
-                                                                                      MIMIC_STATIC), options, note))
 
     row = rng.randrange(1, 6)  # the admission (data row) the mutations hit
     case("baseline", "correct")
@@ -346,7 +324,7 @@ def mimic_cases(base: Path, where: Path, rng: random.Random) -> list[Case]:
          edit=lambda r: _edit_gz(r / adm, lambda rows: _cell(rows, row, "admittime", "yesterday")))
     case("an empty lab time", "correct", note="no event time",
          edit=lambda r: _edit_gz(r / labs, lambda rows: _cell(rows, 2, "charttime", "")))
-    case("gzip corrupted", "refuse", "labevents.csv.gz", edit=lambda r: _corrupt_gz(r / labs, rng))
+    case("gzip corrupted", "refuse", "labevents.csv.gz", edit=lambda r: flip_bytes(r / labs, rng, 6, head=20))
     case("gzip cut short", "refuse", "labevents.csv.gz", edit=lambda r: _cut(r / labs, 0.6))
     case("subject ids with leading zeros", "refuse", "patients.csv.gz",
          edit=lambda r: _edit_gz(r / "hosp/patients.csv.gz", lambda rows: _cell(rows, 1, "subject_id", f"0{SUBJECTS[0]}")))
@@ -355,14 +333,7 @@ def mimic_cases(base: Path, where: Path, rng: random.Random) -> list[Case]:
     case("prescriptions table absent", "correct", edit=lambda r: (r / "hosp/prescriptions.csv.gz").unlink())
     case("rows reordered", "correct",
          edit=lambda r: _edit_gz(r / labs, lambda rows: [rows[0], *rng.sample(rows[1:], len(rows) - 1)]))
-    return cases
-
-
-def _corrupt_gz(path: Path, rng: random.Random) -> None:
-    data = bytearray(path.read_bytes())
-    for i in rng.sample(range(20, len(data) - 12), 6):
-        data[i] ^= 0x5A
-    path.write_bytes(bytes(data))
+    return case.cases
 
 
 def test_mimic_mutations(mimic_base, tmp_path):

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mutation_kit import Case, copy_of, dir_in_place, needs_cli, outside, payload, run_cases
+from mutation_kit import Case, Cases, dir_in_place, flip_bytes, needs_cli, outside, run_cases, same_items
 
 pytestmark = needs_cli
 N = 8
@@ -70,16 +70,6 @@ def images_expected(root: Path, left_out: set[str] = frozenset()) -> dict:
     return out
 
 
-def same_images(result: dict, expected: dict) -> None:
-    index = result["index"]
-    assert sorted(r["record_id"] for r in index) == sorted(expected), "record ids"
-    x = payload(result)
-    for i, row in enumerate(index):
-        patient, image = expected[row["record_id"]]
-        assert row["patient_id"] == patient, f"patient of {row['record_id']}: {row['patient_id']!r} != {patient!r}"
-        np.testing.assert_allclose(x[i], image, rtol=1e-6, atol=1e-6, err_msg=row["record_id"])
-
-
 def _edit_table(root: Path, fn) -> None:
     lines = (root / "labels.csv").read_text().splitlines()
     (root / "labels.csv").write_text("\n".join(fn(lines)) + "\n")
@@ -100,15 +90,7 @@ def _gone(result: dict) -> set[str]:
 
 
 def images_cases(base: Path, where: Path, rng: random.Random) -> list[Case]:
-    cases = []
-
-    def case(name, expect="either", names=None, options=None, note=None, edit=None):
-        root = copy_of(base, where, name.replace(" ", "_"))
-        if edit is not None:
-            edit(root)
-        check = (lambda r, root=root: same_images(r, images_expected(root, _gone(r))))
-        cases.append(Case(name, root, expect, names, check, options, note))
-
+    case = Cases(base, where, lambda root, r: same_items(r, images_expected(root, _gone(r)), atol=1e-6))
     png = f"films/f{rng.choice([1, 3, 5, 7])}.png"
     npy = f"films/f{rng.choice([2, 4, 6])}.npy"
     k = int(png[7])
@@ -118,7 +100,7 @@ def images_cases(base: Path, where: Path, rng: random.Random) -> list[Case]:
     case("a NaN pixel", "refuse", npy,
          edit=lambda r: np.save(r / npy, np.where(np.arange(256).reshape(1, 16, 16) == 77, np.nan, np.load(r / npy))))
     case("PNG cut short", "refuse", png, edit=lambda r: (r / png).write_bytes((r / png).read_bytes()[:60]))
-    case("PNG bytes corrupted", "either", png, edit=lambda r: _flip(r / png, rng))
+    case("PNG bytes corrupted", "either", png, edit=lambda r: flip_bytes(r / png, rng, 4, head=40))
     case("another size", "refuse", png,
          edit=lambda r: write_png(r / png, np.zeros((20, 20), np.uint8)))
     case("an array of objects", "refuse", npy, edit=lambda r: np.save(r / npy, np.array([{"a": 1}]), allow_pickle=True))
@@ -141,20 +123,13 @@ def images_cases(base: Path, where: Path, rng: random.Random) -> list[Case]:
     case("labels.csv with CRLF line ends and a BOM", "either", "labels.csv",
          edit=lambda r: (r / "labels.csv").write_bytes(b"\xef\xbb\xbf" + (r / "labels.csv").read_bytes()
                                                        .replace(b"\n", b"\r\n")))
-    return cases
+    return case.cases
 
 
 def _two_sites(root: Path) -> None:
     (root / "site2").mkdir()
     shutil.copy(root / "films" / "f1.png", root / "site2" / "f1.png")
     _edit_table(root, lambda ls: [*ls, "site2/f1.png,p9,1"])
-
-
-def _flip(path: Path, rng: random.Random) -> None:
-    data = bytearray(path.read_bytes())
-    for i in rng.sample(range(40, len(data) - 12), 4):
-        data[i] ^= 0xA5
-    path.write_bytes(bytes(data))
 
 
 def test_images_mutations(images_base, tmp_path):

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import wfdb
 
-from mutation_kit import Case, copy_of, dir_in_place, needs_cli, one_refusal, outside, payload, run_cases, unreadable
+from mutation_kit import (Case, Cases, copy_of, dir_in_place, needs_cli, one_refusal, outside, run_cases, same_items,
+                          unreadable)
 
 pytestmark = needs_cli
 LEADS2 = ["I", "II"]
@@ -45,17 +46,6 @@ def read_table(path: Path) -> list[dict]:
 
 def signal_of(record: Path) -> np.ndarray:
     return wfdb.rdrecord(str(record)).p_signal.T.astype(np.float32)
-
-
-def same_items(result: dict, expected: dict[str, tuple[str, np.ndarray]]) -> None:
-    """``expected``: record id -> (patient id, [C, T] signal); the read must hold exactly these, in any order."""
-    index = result["index"]
-    assert sorted(r["record_id"] for r in index) == sorted(expected), "record ids"
-    x = payload(result)
-    for i, row in enumerate(index):
-        patient, signal = expected[row["record_id"]]
-        assert row["patient_id"] == patient, f"patient of {row['record_id']}: {row['patient_id']!r} != {patient!r}"
-        np.testing.assert_allclose(x[i], signal, rtol=1e-5, atol=1e-5, err_msg=row["record_id"])
 
 
 # ---- wfdb: a folder of records + a metadata table ------------------------------------------------
@@ -88,16 +78,8 @@ def _patient(line: str, value: str) -> str:
 
 
 def wfdb_cases(base: Path, where: Path, rng: random.Random) -> list[Case]:
-    cases = []
-
-    def case(name, expect="either", names=None, options=None, note=None, table="metadata.csv", edit=None):
-        root = copy_of(base, where, name.replace(" ", "_"))
-        if edit is not None:
-            edit(root)
-        check = (lambda r, root=root, table=table, options=options: same_items(
-            r, _without_skipped(wfdb_expected(root, table), r)))
-        cases.append(Case(name, root, expect, names, check, options, note))
-
+    case = Cases(base, where, lambda root, r: same_items(r, _without_skipped(wfdb_expected(root), r)))
+    cases = case.cases
     k = rng.randrange(6)  # the record each mutation hits
     case("baseline", "correct")
     case("rows reordered", "correct", edit=lambda r: _edit_table(r, lambda ls: [ls[0], *rng.sample(ls[1:], 6)]))
@@ -136,8 +118,8 @@ def wfdb_cases(base: Path, where: Path, rng: random.Random) -> list[Case]:
                                                                           np.ones((250, 2)))))
     case("two sites, one file name", "correct", edit=_two_sites)
     case("signal file replaced by a folder", "refuse", f"r{k}.dat", edit=lambda r: dir_in_place(r / f"rec/r{k}.dat"))
-    case("metadata as parquet with integer ids", "correct", options="metadata=", edit=_parquet_table)
-    cases[-1].options = f"metadata={cases[-1].root / 'metadata.parquet'}"
+    parquet = case("metadata as parquet with integer ids", "correct", options="metadata=", edit=_parquet_table)
+    parquet.options = f"metadata={parquet.root / 'metadata.parquet'}"
     perm = copy_of(base, where, "no_read_permission")
     if unreadable(perm / f"rec/r{k}.dat", "wfdb"):
         cases.append(Case("signal file without read permission", perm, "refuse", f"r{k}.dat"))
@@ -219,16 +201,8 @@ def ptbxl_expected(root: Path) -> dict:
 
 
 def ptbxl_cases(base: Path, where: Path, rng: random.Random) -> list[Case]:
-    cases = []
+    case = Cases(base, where, lambda root, r: same_items(r, ptbxl_expected(root)))
     db = "ptbxl_database.csv"
-
-    def case(name, expect="either", names=None, options=None, note=None, edit=None):
-        root = copy_of(base, where, name.replace(" ", "_"))
-        if edit is not None:
-            edit(root)
-        cases.append(Case(name, root, expect, names, lambda r, root=root: same_items(r, ptbxl_expected(root)),
-                          options, note))
-
     k = rng.randrange(1, 9)
     rec = f"records100/00000/{k:05d}_lr"
     case("baseline", "correct")
@@ -252,7 +226,7 @@ def ptbxl_cases(base: Path, where: Path, rng: random.Random) -> list[Case]:
     case("a record on disk listed nowhere", "correct", note="listed in no table",
          edit=lambda r: write_record(r / "records100" / "00000", "00042_lr", n=120, leads=LEADS12, seed=42))
     case("age not a number", "refuse", db, edit=lambda r: (r / db).write_text((r / db).read_text().replace(",51,", ",5l,", 1)))
-    return cases
+    return case.cases
 
 
 def test_ptbxl_mutations(ptbxl_base, tmp_path):
@@ -291,15 +265,7 @@ def _hea_edit(path: Path, old: str, new: str) -> None:
 
 
 def cinc_cases(base: Path, where: Path, rng: random.Random) -> list[Case]:
-    cases = []
-
-    def case(name, expect="either", names=None, options=None, note=None, edit=None):
-        root = copy_of(base, where, name.replace(" ", "_"))
-        if edit is not None:
-            edit(root)
-        cases.append(Case(name, root, expect, names, lambda r, root=root: same_items(
-            r, _without_skipped(cinc_expected(root), r)), options, note))
-
+    case = Cases(base, where, lambda root, r: same_items(r, _without_skipped(cinc_expected(root), r)))
     k = rng.randrange(4)
     rec = f"{'g1' if k < 2 else 'g2'}/E{k:05d}"
     case("baseline", "correct")
@@ -329,7 +295,7 @@ def cinc_cases(base: Path, where: Path, rng: random.Random) -> list[Case]:
          edit=lambda r: (r / f"{rec}.hea").write_bytes((r / f"{rec}.hea").read_bytes().replace(b"\n", b"\r\n")))
     case("a bad header, on_error=skip", "correct", options="on_error=skip", note="1 left out",
          edit=lambda r: _hea_edit(r / f"{rec}.hea", "# Dx:", "# Diagnosis:"))
-    return cases
+    return case.cases
 
 
 def test_cinc_mutations(cinc_base, tmp_path):
@@ -371,15 +337,7 @@ def annotated_expected(root: Path) -> dict:
 
 
 def annotated_cases(base: Path, where: Path, rng: random.Random) -> list[Case]:
-    cases = []
-
-    def case(name, expect="either", names=None, options=None, note=None, edit=None):
-        root = copy_of(base, where, name.replace(" ", "_"))
-        if edit is not None:
-            edit(root)
-        cases.append(Case(name, root, expect, names, lambda r, root=root: same_items(r, annotated_expected(root)),
-                          options, note))
-
+    case = Cases(base, where, lambda root, r: same_items(r, annotated_expected(root)))
     name = rng.choice(["100", "101"])
     atr = f"db/{name}.atr"
     case("baseline", "correct")
@@ -399,7 +357,7 @@ def annotated_cases(base: Path, where: Path, rng: random.Random) -> list[Case]:
          edit=lambda r: write_record(r / "db", name, n=2000, fs=200, leads=["MLII"], seed=3))
     case("signal file cut short", "refuse", f"{name}.dat",
          edit=lambda r: (r / f"db/{name}.dat").write_bytes((r / f"db/{name}.dat").read_bytes()[:500]))
-    return cases
+    return case.cases
 
 
 def test_annotated_mutations(annotated_base, tmp_path):
