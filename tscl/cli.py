@@ -219,10 +219,54 @@ def _dataset_spec(args, split: str | None) -> dict:
 
 
 def _open(spec: dict, progress: bool):
+    """The command's dataset; what its source left out is said on stderr in one line (and kept in ``notes``)."""
     from tscl.datasets import open_dataset
 
-    return open_dataset(spec["dataset"], spec["root"], split=spec.get("split"), cache=spec.get("cache"),
+    data = open_dataset(spec["dataset"], spec["root"], split=spec.get("split"), cache=spec.get("cache"),
                         progress=progress, **spec.get("options", {}))
+    line = data.notes_line()
+    if line:
+        print(f"tscl: note: {spec['root']}: {line}", file=sys.stderr)
+    return data
+
+
+def cmd_inspect(args):
+    """Open a source at one or more roots and print what it reads: items, patients, splits and what it left out.
+
+    Each root is opened on its own: a root that is refused prints its one-line error and the others
+    still run; the exit status is 2 if any was refused. ``--out`` writes every root's summary (index
+    rows, notes, and with ``--payload`` every item's payload) as JSON."""
+    import os
+
+    from tscl.loaders import LoaderError
+
+    roots = [*(args.root or []), *(args.data or [])]
+    if not roots:
+        raise UsageError("give the data: --dataset NAME --root PATH [--root PATH ...]")
+    results, refused = [], 0
+    for root in roots:
+        ns = argparse.Namespace(**{**vars(args), "root": root, "data": None})
+        spec = _dataset_spec(ns, args.split)
+        try:
+            data = _open(spec, progress=False)
+        except (UsageError, LoaderError, ValueError, FileNotFoundError, KeyError) as err:
+            if os.environ.get("TSCL_DEBUG"):
+                raise
+            message = err.args[0] if isinstance(err, KeyError) and err.args else err
+            print(f"tscl inspect: error: {message}", file=sys.stderr)
+            results.append({"root": spec["root"], "ok": False, "error": str(message)})
+            refused += 1
+            continue
+        print(f"{spec['root']}: {data.describe()}")
+        summary = data.summary(payload=bool(args.payload and args.out))
+        if isinstance(summary.get("payload"), np.ndarray):  # waveforms and images: beside the JSON, as .npy
+            path = Path(f"{args.out}.{len(results)}.npy")
+            np.save(path, summary.pop("payload"))
+            summary["payload_file"] = str(path)
+        results.append({"root": spec["root"], "ok": True, "error": None, **summary})
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1, default=str))
+    return 2 if refused else 0
 
 
 def cmd_simulate(args) -> Path:
@@ -747,6 +791,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("datasets", help="list the dataset sources and what each needs on disk", formatter_class=fmt)
     sp.set_defaults(func=cmd_datasets)
 
+    sp = sub.add_parser("inspect", help="open a dataset source at one or more roots and print what it reads and "
+                        "leaves out", formatter_class=fmt)
+    sp.add_argument("--dataset", default=None, metavar="NAME", help="dataset source (default wfdb)")
+    sp.add_argument("--root", action="append", help="a dataset folder (repeat for several)")
+    sp.add_argument("--data", action="append", help="shorthand for --dataset wfdb --root FOLDER")
+    sp.add_argument("--metadata", default=None, help="wfdb: metadata table (default: <root>/metadata.csv)")
+    sp.add_argument("--dataset-kwargs", default=None, metavar="K=V,...", help="source options (tscl datasets)")
+    sp.add_argument("--split", default=None, help="rows to read: all (default), train, train+val, folds:1-8")
+    sp.add_argument("--cache", default=None, help="cache folder (default: $TSCL_CACHE or ~/.cache/tscl)")
+    sp.add_argument("--out", default=None, help="write each root's summary (index rows, notes) as JSON here")
+    sp.add_argument("--payload", action="store_true", help="with --out: every item's payload too (waveforms and "
+                                                             "images as OUT.<k>.npy beside it, k the root's position)")
+    sp.set_defaults(func=cmd_inspect)
+
     sp = sub.add_parser("pretrain", help="contrastive pretraining on a dataset", formatter_class=fmt)
     data(sp, "rows to pretrain on: train (the source's default), train+val, all, folds:1-8")
     common(sp)
@@ -889,9 +947,16 @@ def _on_sigterm(signum, frame):
     raise _Stopped(signum)
 
 
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    """A warning as one line on stderr (what a source left out or repaired), not Python's two-line form."""
+    text = " ".join(str(message).splitlines())
+    return f"tscl: warning: {text}\n"
+
+
 def main(argv=None) -> int:
     import os
     import signal
+    import warnings
 
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
@@ -903,8 +968,9 @@ def main(argv=None) -> int:
     from tscl.train import Interrupted
 
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
+    before, warnings.formatwarning = warnings.formatwarning, _warning_line
     try:
-        args.func(args)
+        status = args.func(args)
     except (UsageError, LoaderError, ValueError, FileNotFoundError, KeyError, FloatingPointError, OSError) as err:
         if os.environ.get("TSCL_DEBUG"):
             raise
@@ -920,9 +986,10 @@ def main(argv=None) -> int:
         _rank0_print(f"tscl {args.command}: stopped by {signal.Signals(signum).name}{what}")
         return 128 + signum
     finally:
+        warnings.formatwarning = before  # main() called in-process leaves the caller's warnings as they were
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    return 0
+    return status if args.command == "inspect" else 0  # inspect: 2 when any of its roots was refused
 
 
 def _main_thread() -> bool:

@@ -39,7 +39,7 @@ import numpy as np
 import polars as pl
 
 from . import hash_split, register_source
-from .waveform import _COMMON, WaveformDataset, _cache_dir
+from .waveform import _COMMON, WaveformDataset, _cache_dir, cache_notes
 
 __all__ = ["SPLIT_RULES", "KINDS"]
 
@@ -82,6 +82,19 @@ def _dechazal_records(records: list[Path], root: Path) -> list[Path]:
         raise LoaderError(root / f"{missing[0]}.hea", f"split_rule=dechazal needs MIT-BIH's 44 DS1 and DS2 records; "
                                                       f"{len(missing)} are not in this folder (first: {missing[0]})")
     return [by_name[n] for n in MITDB_DS1 + MITDB_DS2]
+
+
+def _orphan_annotations(root: Path, on_error: str) -> list[dict]:
+    """Annotation files without their record header: refused, or with ``on_error="skip"`` listed as left out."""
+    from tscl.loaders import LoaderError
+
+    orphans = [{"path": str(p), "problem": "annotation file without its record header (.hea); left out"}
+               for p in sorted(root.rglob("*.atr")) if not p.with_suffix(".hea").is_file()]
+    if orphans and on_error == "raise":
+        raise LoaderError(orphans[0]["path"], f"annotation file without its record header "
+                                              f"{Path(orphans[0]['path']).stem}.hea ({len(orphans)} such; "
+                                              "on_error=skip leaves them out, listed)")
+    return orphans
 
 
 def _check_one_lead_set(index: pl.DataFrame, root: Path) -> None:
@@ -136,6 +149,7 @@ def _annotated(root: Path, *, cache=None, progress=True, kind="beats", normalize
 
     kind, rule = _choice("kind", kind, KINDS), _choice("split_rule", split_rule, SPLIT_RULES)
     records = annotated_records(root)
+    orphans = _orphan_annotations(root, on_error)
     if not records:
         raise FileNotFoundError(f"{root}: no record with both .hea and .atr")
     mitdb = {r.name for r in records} <= set(MITDB_RECORDS)
@@ -150,7 +164,7 @@ def _annotated(root: Path, *, cache=None, progress=True, kind="beats", normalize
     chans = _channels(channels)
     key = {"kind": kind, "channels": chans, "records": [r.name for r in records], **extra}
     c = load_annotated(records, kind=kind, cache_dir=_cache_dir(cache, "annotated", root, **key), channels=chans,
-                       on_error=on_error, progress=progress, **extra)
+                       on_error=on_error, progress=progress, root=root, **extra)
     index = c.index.with_columns(pl.col("record_id").str.replace(r":\d+$", "").alias("record"))
     if mitdb:
         index = index.with_columns(pl.col("patient_id").replace(MITDB_SAME_SUBJECT))
@@ -159,4 +173,6 @@ def _annotated(root: Path, *, cache=None, progress=True, kind="beats", normalize
     rows = index["_row"].to_numpy().astype(np.int64)
     index = index.drop("_row")
     cache_rows = c if len(rows) == len(c) and np.array_equal(rows, np.arange(len(c))) else c.subset(rows)
-    return WaveformDataset(cache_rows, normalize=normalize, index=index)
+    notes = cache_notes(c.report)
+    notes["skipped"] = [*orphans, *notes.get("skipped", [])]
+    return WaveformDataset(cache_rows, normalize=normalize, index=index, notes=notes)
