@@ -167,7 +167,7 @@ def run_dataset(tag: str, cache, labels: list[str], args, out: Path) -> dict:
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                run = pretrain(train, cfg)
+                run = pretrain(train, cfg, overwrite=True)  # an unfinished earlier attempt is redone
             timings[row] = time.time() - t0
             check_pretraining_overlap(pretrained_patients(run), pids[split[1]], what=f"{row}")
             (run_dir / "done.json").write_text(json.dumps({"pretrain_s": timings[row], "code": code_digest(name, args.encoder)}))

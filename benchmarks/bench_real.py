@@ -56,6 +56,7 @@ from tscl.benchmarks.bench_methods import code_digest, finished_run, method_kwar
 from tscl.embed import embed_signals
 from tscl.methods import METHODS
 from tscl.probes import SupervisedBaseline, assert_no_patient_leakage, bootstrap_macro_auroc, macro_auroc, run_probe
+from tscl.probes.cells import fmt, label_problem
 from tscl.probes.linear import LinearProbe, choose_on_validation, patient_split
 from tscl.train import PretrainConfig, environment, load_encoder, pretrain
 
@@ -110,7 +111,7 @@ def pretrain_once(cache, run_dir: Path, method: str, encoder: str, encoder_kwarg
     t0 = time.time()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pretrain(cache, cfg)
+        pretrain(cache, cfg, overwrite=True)  # an unfinished earlier attempt (no done.json) is redone
     seconds = time.time() - t0
     (run_dir / "done.json").write_text(json.dumps({"pretrain_s": seconds, "code": code_digest(method, encoder)}))
     return run_dir, seconds
@@ -385,20 +386,32 @@ def bench_ptbxl_cv(args, out: Path) -> dict:
 
 
 def pooled(Y, preds: dict, groups, args, refs=("random-init",)) -> dict:
-    """Pooled out-of-fold macro AUROC per encoder with a group-level bootstrap CI, and paired differences."""
+    """Pooled out-of-fold macro AUROC per encoder with a group-level bootstrap CI, and paired differences.
+    Labels that cannot be scored (:func:`tscl.probes.cells.label_problem`) are left out; with none left every
+    row is n/a with the reason."""
+    problems = {j: label_problem(Y[:, j]) for j in range(Y.shape[1])}
+    keep = [j for j, why in problems.items() if why is None]
+    na = None if keep else "; ".join(sorted({why for why in problems.values()}))
     boots, rows, comps = {}, [], []
     for n, P in preds.items():
-        boots[n] = bootstrap_macro_auroc(Y, P[None], groups, n_boot=args.bootstrap, seed=args.seed + 1)
-        rows.append({"encoder": n, "auroc": float(macro_auroc(Y, P)), "ci_low": float(np.nanpercentile(boots[n], 2.5)),
-                     "ci_high": float(np.nanpercentile(boots[n], 97.5))})
+        if na:
+            boots[n] = np.full(args.bootstrap, np.nan)
+            rows.append({"encoder": n, "auroc": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n/a": na})
+            continue
+        boots[n] = bootstrap_macro_auroc(Y[:, keep], P[None][:, :, keep], groups, n_boot=args.bootstrap,
+                                         seed=args.seed + 1)
+        rows.append({"encoder": n, "auroc": float(macro_auroc(Y[:, keep], P[:, keep])),
+                     "ci_low": float(np.nanpercentile(boots[n], 2.5)), "ci_high": float(np.nanpercentile(boots[n], 97.5)),
+                     "left_out": {str(j): why for j, why in problems.items() if why}})
     refs = [r for r in refs if r in preds]
     for i, ref in enumerate(refs):
         for n in preds:
             if n != ref and n not in refs[:i]:  # each pair once
                 d = boots[n] - boots[ref]
                 comps.append({"encoder": n, "reference": ref, "delta": rows[list(preds).index(n)]["auroc"] -
-                              rows[list(preds).index(ref)]["auroc"], "ci_low": float(np.nanpercentile(d, 2.5)),
-                              "ci_high": float(np.nanpercentile(d, 97.5))})
+                              rows[list(preds).index(ref)]["auroc"], "n/a": na,
+                              "ci_low": float(np.nanpercentile(d, 2.5)) if not na else float("nan"),
+                              "ci_high": float(np.nanpercentile(d, 97.5)) if not na else float("nan")})
     return {"rows": rows, "comparisons": comps, "groups": int(len(np.unique(groups))), "records": int(len(Y))}
 
 
@@ -539,9 +552,9 @@ def markdown_mimic(rec: dict) -> str:
                     continue
                 shown.add(name)
                 d = deltas.get(r["encoder"])
-                dtext = f"{d['delta']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]" if d else "—"
+                dtext = fmt(d["delta"], (d["ci_low"], d["ci_high"]), d.get("n/a"), signed=True) if d else "—"
                 secs = f"{m['pretrain_s']:.0f}" if name == method else "—"
-                parts.append(f"| {name} | {r['auroc']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] | {dtext} | {secs} |")
+                parts.append(f"| {name} | {_ci(r)} | {dtext} | {secs} |")
         parts.append("")
     return "\n".join(parts)
 
@@ -556,12 +569,15 @@ def plot(rows, path: Path, title: str) -> None:
 
 
 def _ci(r) -> str:
-    return f"{r['auroc']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+    """A cell: the value with its CI, or ``n/a (why)`` for a cell that cannot be scored (tscl.probes.cells)."""
+    return fmt(r["auroc"], (r["ci_low"], r["ci_high"]), r.get("n/a"))
 
 
 def _delta(c) -> str:
+    if c.get("n/a") or not np.isfinite(c["delta"]):
+        return fmt(c["delta"], (c["ci_low"], c["ci_high"]), c.get("n/a"), signed=True)
     verdict = "better" if c["ci_low"] > 0 else "worse" if c["ci_high"] < 0 else "not separated"
-    return f"{c['delta']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] {verdict}"
+    return f"{fmt(c['delta'], (c['ci_low'], c['ci_high']), signed=True)} {verdict}"
 
 
 def markdown_ptbxl(rec: dict, fractions) -> str:

@@ -102,7 +102,7 @@ def tscl_loop(cache, batch: int, steps: int, device, folder: Path, compile: bool
 
         tscl.train.build_method = build_with_hook
     try:
-        pretrain(cache, cfg)
+        pretrain(cache, cfg, overwrite=True)
     finally:
         if prof is not None:
             tscl.train.build_method = build

@@ -20,6 +20,7 @@ import wfdb
 
 from .cache import ON_ERROR, WaveformCache, cached_load, check_same_rate, read_all
 from .filters import split_reports
+from .identity import check_unique_names, relative_id
 from .recording import LoaderError, Recording
 from .sources import record_files
 from .transforms import resample
@@ -27,13 +28,23 @@ from .wfdb_dir import read_wfdb
 from .windows import cut_window, window_recording
 
 __all__ = ["AAMI_CLASSES", "AAMI_MAP", "read_beats", "rhythm_intervals", "beat_windows", "rhythm_windows",
-           "load_annotated", "subject_of", "check_annotation_file", "summarise_rhythm_report"]
+           "load_annotated", "subject_of", "check_annotation_file", "summarise_rhythm_report", "annotated_records",
+           "MITDB_DS1", "MITDB_DS2", "MITDB_PACED", "MITDB_RECORDS", "MITDB_SAME_SUBJECT"]
 
 AAMI_CLASSES = ("N", "S", "V", "F", "Q")
 AAMI_MAP = {**dict.fromkeys("NLRej", "N"), **dict.fromkeys("AaJS", "S"), **dict.fromkeys("VE", "V"), "F": "F",
             **dict.fromkeys("/fQ", "Q")}
-# MIT-BIH records 201 and 202 come from the same patient.
-_SAME_PATIENT = {"mitdb/202": "201"}
+# MIT-BIH Arrhythmia Database: its 48 records, the four with paced beats, the record pairs from one subject
+# (201 and 202, the MIT-BIH directory says) and de Chazal, O'Dwyer & Reilly's inter-patient division (IEEE
+# Trans Biomed Eng 51(7), 2004): DS1 to train, DS2 to test, 22 records each, the paced records in neither.
+MITDB_DS1 = ("101", "106", "108", "109", "112", "114", "115", "116", "118", "119", "122", "124", "201", "203", "205",
+             "207", "208", "209", "215", "220", "223", "230")
+MITDB_DS2 = ("100", "103", "105", "111", "113", "117", "121", "123", "200", "202", "210", "212", "213", "214", "219",
+             "221", "222", "228", "231", "232", "233", "234")
+MITDB_PACED = ("102", "104", "107", "217")
+MITDB_RECORDS = tuple(sorted(MITDB_DS1 + MITDB_DS2 + MITDB_PACED))
+MITDB_SAME_SUBJECT = {"202": "201"}
+_SAME_PATIENT = {f"mitdb/{record}": subject for record, subject in MITDB_SAME_SUBJECT.items()}
 
 
 def subject_of(record: str | Path) -> str:
@@ -47,11 +58,32 @@ def subject_of(record: str | Path) -> str:
     return m.group(1) if m else path.name
 
 
-_SKIP, _NUM, _SUB, _CHN, _AUX = 59, 60, 61, 62, 63
+def annotated_records(root: str | Path) -> list[Path]:
+    """The records of a database folder (paths without extension): those its ``RECORDS`` file lists
+    (PhysioNet's list of a database's records; MIT-BIH's leaves out the ``x_mitdb/`` extras), else every
+    record with both ``.hea`` and ``.atr``, at any depth. A listed record that is missing is named when read."""
+    root = Path(root)
+    listing = root / "RECORDS"
+    if listing.is_file():
+        names = [ln.strip() for ln in listing.read_text(errors="replace").splitlines() if ln.strip()]
+        if not names:
+            raise LoaderError(listing, "lists no record")
+        return [root / name for name in names]
+    return sorted(p.with_suffix("") for p in root.rglob("*.atr") if p.with_suffix(".hea").exists())
+
+
+_SKIP, _NUM, _SUB, _CHN, _AUX, _NOTE = 59, 60, 61, 62, 63, 22
+
+
+def _pdp11_long(b: bytes) -> int:
+    """A SKIP's signed 32-bit interval: high 16-bit word first, each word little-endian (as wfdb reads it)."""
+    value = (b[0] << 16) | (b[1] << 24) | b[2] | (b[3] << 8)
+    return value - (1 << 32) if value >= 1 << 31 else value
 
 
 def check_annotation_file(path: str | Path) -> int:
-    """Walk a WFDB (MIT format) annotation file; return its number of annotations.
+    """Walk a WFDB (MIT format) annotation file; return its number of annotations (as ``wfdb.rdann`` counts them:
+    without NOTANN words and the definition notes at sample 0).
 
     The file is a stream of 16-bit little-endian words (6-bit type, 10-bit interval): SKIP is
     followed by a 32-bit interval, AUX by its bytes padded to an even count, NUM/SUB/CHN
@@ -64,7 +96,7 @@ def check_annotation_file(path: str | Path) -> int:
         data = path.read_bytes()
     except OSError as err:
         raise LoaderError(path, f"cannot read annotations: {err}") from err
-    n, i, count = len(data), 0, 0
+    n, i, count, sample = len(data), 0, 0, 0
     while i + 2 <= n:
         word = data[i] | (data[i + 1] << 8)
         kind, value = word >> 10, word & 0x3FF
@@ -73,12 +105,16 @@ def check_annotation_file(path: str | Path) -> int:
                 raise LoaderError(path, f"{n - i - 2} bytes after the end-of-annotations marker at byte {i}")
             return count
         if kind == _SKIP:
+            sample += _pdp11_long(data[i + 2:i + 6]) if i + 6 <= n else 0
             i += 6
         elif kind == _AUX:
             i += 2 + value + (value & 1)
         else:
             i += 2
-            if kind not in (_NUM, _SUB, _CHN):
+            sample += value
+            # rdann drops NOTANN (type 0) words and the definitions (NOTE, type 22) at sample 0, e.g. the
+            # "## time resolution" note wfdb.wrann writes
+            if kind not in (_NUM, _SUB, _CHN, 0) and not (kind == _NOTE and sample == 0):
                 count += 1
     detail = "cut inside an annotation's field" if i > n else "no end-of-annotations marker (0x0000)"
     raise LoaderError(path, f"truncated: {detail} after {count} annotations ({n} bytes); the file was cut short")
@@ -131,7 +167,7 @@ def rhythm_intervals(record: str | Path, n_samples: int, extension: str = "atr",
 
 def beat_windows(record: str | Path, *, before_s: float = 0.25, after_s: float = 0.45, channels=None,
                  extension: str = "atr", patient_id: str | None = None, nan_policy: str = "drop",
-                 report: list | None = None, fs: float | None = None) -> list[Recording]:
+                 report: list | None = None, fs: float | None = None, record_id: str | None = None) -> list[Recording]:
     """One window per annotated beat, ``before_s`` before to ``after_s`` after the R peak.
 
     Labels: ``aami`` (N/S/V/F/Q), ``symbol``, ``beat_sample``. Beats too close to the record's
@@ -140,7 +176,7 @@ def beat_windows(record: str | Path, *, before_s: float = 0.25, after_s: float =
     are scaled to the new rate, and ``beat_sample`` is in its samples).
     """
     record = Path(record)
-    rec = read_wfdb(record, channels=channels, patient_id=patient_id or subject_of(record),
+    rec = read_wfdb(record, channels=channels, patient_id=patient_id or subject_of(record), record_id=record_id,
                     nan_policy="keep" if nan_policy == "drop" else nan_policy)
     beats = read_beats(record, extension)
     rec, scale = _resampled(rec, fs)
@@ -170,7 +206,8 @@ def beat_windows(record: str | Path, *, before_s: float = 0.25, after_s: float =
 
 def rhythm_windows(record: str | Path, *, window_s: float = 10.0, stride_s: float | None = None, channels=None,
                    extension: str = "atr", patient_id: str | None = None, default_rhythm: str | None = None,
-                   nan_policy: str = "drop", report: list | None = None, fs: float | None = None) -> list[Recording]:
+                   nan_policy: str = "drop", report: list | None = None, fs: float | None = None,
+                   record_id: str | None = None) -> list[Recording]:
     """Fixed-length windows lying wholly inside one rhythm interval (:func:`rhythm_intervals`).
 
     Labels: ``rhythm`` (e.g. ``AFIB``, ``N``) and ``afib`` (1 for AFIB, 0 otherwise). Windows
@@ -181,7 +218,7 @@ def rhythm_windows(record: str | Path, *, window_s: float = 10.0, stride_s: floa
     (``unannotated_s``), and windows with NaN (``dropped_nan``, with ``nan_policy="drop"``).
     """
     record = Path(record)
-    rec = read_wfdb(record, channels=channels, patient_id=patient_id or subject_of(record),
+    rec = read_wfdb(record, channels=channels, patient_id=patient_id or subject_of(record), record_id=record_id,
                     nan_policy="keep" if nan_policy == "drop" else nan_policy)
     intervals = rhythm_intervals(record, rec.n_samples, extension, default_rhythm)
     rec, scale = _resampled(rec, fs)
@@ -256,7 +293,8 @@ def _resampled(rec: Recording, fs: float | None) -> tuple[Recording, float]:
 
 
 def load_annotated(records, kind: str = "beats", cache_dir: str | Path | None = None, *, channels=None,
-                   on_error: str = "raise", progress: bool = True, workers: int = 0, **window_args) -> WaveformCache:
+                   on_error: str = "raise", progress: bool = True, workers: int = 0, root: str | Path | None = None,
+                   **window_args) -> WaveformCache:
     """Beat (``kind="beats"``) or rhythm (``kind="rhythm"``) windows of several annotated records in one cache.
 
     ``records``: record paths without extension. ``window_args`` go to :func:`beat_windows` or
@@ -266,28 +304,34 @@ def load_annotated(records, kind: str = "beats", cache_dir: str | Path | None = 
     resampled to it), else the first record at another rate raises naming both records and
     rates (with ``on_error="skip"`` its windows are left out and it is listed in ``skipped``). The cache defaults to :func:`default_cache_dir`
     ``("annotated_<kind>", fingerprint)``. ``cache.report["records"]`` holds each record's counts;
-    ``cache.report["skipped"]`` the records left out with ``on_error="skip"``.
+    ``cache.report["skipped"]`` the records left out with ``on_error="skip"``. With ``root``, record ids
+    are the records' paths relative to it (``mitdb/100``; windows add ``:<sample>``), and two
+    records of one name in two folders are refused naming both (their patient id comes from the name).
     """
     if kind not in ("beats", "rhythm"):
         raise ValueError(f"kind must be 'beats' or 'rhythm', got {kind!r}")
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     records = [Path(r) for r in records]
+    if root is not None:
+        check_unique_names(records, name=lambda p: p.name, why="the patient id comes from the record name, so the "
+                           "two would be one patient: rename one, or open each folder on its own")
+    items = [(r, relative_id(r, root) if root is not None else None) for r in records]
     sources = [f for files in record_files(records).values() for f in files]  # one listing per folder
 
     def build():
         report: dict = {"skipped": [], "records": []}
         cut = beat_windows if kind == "beats" else rhythm_windows
         read_one = partial(_windows_with_report, cut, channels, window_args)
-        windows = list(split_reports(read_all(read_one, records, workers=workers, progress=progress,
+        windows = list(split_reports(read_all(read_one, items, workers=workers, progress=progress,
                                               desc=f"{kind} windows", on_error=on_error, skipped=report["skipped"]),
                                      report["records"]))
         if kind == "rhythm" and report["records"]:
             report["dropped"] = _warn_rhythm_losses(report["records"], window_args.get("window_s", 10.0))
         return check_same_rate(windows, on_error, report["skipped"]), report
 
-    return cached_load(f"annotated_{kind}", sources, f"{kind};{channels};{sorted(window_args.items())};{on_error}",
-                       cache_dir, build)
+    return cached_load(f"annotated_{kind}", sources, f"{kind};{channels};{sorted(window_args.items())};{on_error}"
+                       + (";ids=relative" if root is not None else ""), cache_dir, build)
 
 
 def _warn_rhythm_losses(records: list[dict], window_s: float) -> dict:
@@ -303,7 +347,8 @@ def _warn_rhythm_losses(records: list[dict], window_s: float) -> dict:
     return summary
 
 
-def _windows_with_report(cut, channels, window_args, record):
+def _windows_with_report(cut, channels, window_args, item):
+    record, record_id = item
     counts: list = []
-    windows = cut(record, channels=channels, report=counts, **window_args)
+    windows = cut(record, channels=channels, report=counts, record_id=record_id, **window_args)
     return [*windows, *counts]

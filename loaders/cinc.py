@@ -4,7 +4,9 @@ Each header carries comment lines ``# Age: 59``, ``# Sex: Female`` and ``# Dx: 1
 (SNOMED CT codes). The record name's letter prefix tells the source database:
 A = CPSC 2018, Q = CPSC 2018 extra, I = St Petersburg INCART, S = PTB, HR = PTB-XL,
 E = Georgia, JS = Chapman-Shaoxing and Ningbo. The challenge data carry no patient ids, so
-each record is its own patient (``patient_id = record_id``).
+each record is its own patient (``patient_id = record_id``); the record id is the header's path
+relative to the root without ``.hea`` (``E07500``, or ``georgia/g1/E07500`` in nested folders), so
+one name in two folders is two records.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from .cache import ON_ERROR, WaveformCache, cached_load, check_same_rate, read_all
 from .filters import check_same_channels
+from .identity import relative_id
 from .recording import ECG_LEADS, LoaderError, Recording
 from .sources import record_files
 from .transforms import prepare
@@ -76,11 +79,13 @@ def read_cinc_header(path: str | Path) -> dict:
             "database": prefix}
 
 
-def read_cinc(path: str | Path, *, channels=CINC_LEADS, dx_codes=None, nan_policy: str = "fail") -> Recording:
+def read_cinc(path: str | Path, *, channels=CINC_LEADS, dx_codes=None, nan_policy: str = "fail",
+              record_id: str | None = None) -> Recording:
     """One challenge record as a :class:`Recording` in mV with normalised lead names.
 
     Labels: age, sex, dx (codes joined by commas), database (record prefix) and, when
-    ``dx_codes`` is given, one 0/1 column ``dx_<code>`` per code.
+    ``dx_codes`` is given, one 0/1 column ``dx_<code>`` per code. ``record_id`` (default the
+    record name) is also the patient id: the challenge data carry no patient ids.
     """
     path = Path(path)
     meta = read_cinc_header(path)
@@ -88,12 +93,14 @@ def read_cinc(path: str | Path, *, channels=CINC_LEADS, dx_codes=None, nan_polic
     for code in dx_codes or ():
         labels[f"dx_{code}"] = int(str(code) in meta["dx"])
     hea = path if path.suffix == ".hea" else path.with_suffix(".hea")
-    return read_wfdb(hea, channels=channels, patient_id=hea.stem, record_id=hea.stem, labels=labels,
+    record_id = record_id or hea.stem
+    return read_wfdb(hea, channels=channels, patient_id=record_id, record_id=record_id, labels=labels,
                      nan_policy=nan_policy)
 
 
-def _read_prepared(channels, dx_codes, fs, leads, path) -> Recording:
-    return prepare(read_cinc(path, channels=channels, dx_codes=dx_codes), fs=fs, channels=leads)
+def _read_prepared(channels, dx_codes, fs, leads, root, path) -> Recording:
+    rec = read_cinc(path, channels=channels, dx_codes=dx_codes, record_id=relative_id(path, root))
+    return prepare(rec, fs=fs, channels=leads)
 
 
 def _codes_seen(headers, on_error: str, skipped: list) -> list:
@@ -115,7 +122,8 @@ def load_cinc(root: str | Path, cache_dir: str | Path | None = None, *, channels
     """Load every challenge record under ``root`` (searched recursively) into a :class:`WaveformCache`.
 
     ``dx_codes``: codes to expand into 0/1 ``dx_<code>`` columns; default every code seen in
-    the headers. Unreadable records raise naming the file, or with ``on_error="skip"`` are left
+    the headers. Record (and patient) ids are the headers' paths relative to ``root``. Unreadable
+    records raise naming the file, or with ``on_error="skip"`` are left
     out and listed in ``cache.report["skipped"]``. The cache (default :func:`default_cache_dir`
     ``("cinc", fingerprint)``, never inside ``root``) is rebuilt only when a source file's content changes. ``fs`` resamples every record to one rate
     (:func:`resample`; the databases differ: INCART is 257 Hz, PTB 1000 Hz); without it a record at
@@ -138,10 +146,10 @@ def load_cinc(root: str | Path, cache_dir: str | Path | None = None, *, channels
         channels = None
 
     def build():
-        recs = read_all(partial(_read_prepared, channels, list(dx_codes), fs, leads), headers, workers=workers,
+        recs = read_all(partial(_read_prepared, channels, list(dx_codes), fs, leads, root), headers, workers=workers,
                         progress=progress, desc=f"reading {root.name}", on_error=on_error, skipped=skipped)
         recs = check_same_channels(recs, leads or channels, on_error, skipped)
         return check_same_rate(recs, on_error, skipped), {"skipped": skipped}
 
     return cached_load("cinc", sources, f"cinc;channels={channels};dx={list(dx_codes)};on_error={on_error};fs={fs};"
-                       f"leads={leads}", cache_dir, build, root=root)
+                       f"leads={leads};ids=relative", cache_dir, build, root=root)

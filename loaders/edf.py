@@ -26,8 +26,8 @@ from .recording import LoaderError, Recording, apply_nan_policy
 from .transforms import resample
 from .windows import window_recording
 
-__all__ = ["normalise_eeg_channel", "read_edf", "read_edf_annotations", "edf_epochs", "load_eegmat", "EEG_1020",
-           "eegmat_labels"]
+__all__ = ["check_edf_layout", "normalise_eeg_channel", "read_edf", "read_edf_annotations", "edf_epochs",
+           "load_eegmat", "EEG_1020", "eegmat_labels"]
 
 EEG_1020 = ("Fp1", "Fp2", "F3", "F4", "F7", "F8", "T3", "T4", "C3", "C4", "T5", "T6", "P3", "P4", "O1", "O2",
             "Fz", "Cz", "Pz")
@@ -52,9 +52,66 @@ def normalise_eeg_channel(name: str) -> str:
     return bare
 
 
+def _header_int(path: Path, raw: bytes, field: str) -> int:
+    try:
+        return int(raw.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        raise LoaderError(path, f"EDF header field '{field}' holds {raw!r}, not an integer") from None
+
+
+def check_edf_layout(path: str | Path) -> int:
+    """Check an EDF/EDF+ (or BDF) file's size against its header; return its number of data records.
+
+    The header declares the number of data records (bytes 236-244) and each signal's samples per
+    record; the file must hold exactly that many whole records after the header (EDF spec: -1,
+    "unknown", is allowed only while a recording is being written). EDFlib, which pyedflib wraps,
+    refuses a file shorter than its header says but reads a longer one only as far as the header
+    says, silently; here both are refused, naming the file, the declared count and the count
+    the file holds, as is a file ending inside a record, a header size that does not match its
+    signal count, and an EDF+D (discontinuous) file, whose records are not contiguous in time."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(256)
+            n_sig = _header_int(path, head[252:256], "number of signals") if len(head) == 256 else -1
+            sig = f.read(max(n_sig, 0) * 240)
+    except OSError as err:
+        raise LoaderError(path, f"cannot read EDF file: {type(err).__name__}: {err.strerror or err}") from err
+    if len(head) < 256 or n_sig < 1 or len(sig) < n_sig * 240:
+        raise LoaderError(path, f"not an EDF file: {size} bytes, shorter than the header it must start with")
+    bdf = head[:8] == b"\xffBIOSEMI"
+    header_bytes = _header_int(path, head[184:192], "number of bytes in header record")
+    declared = _header_int(path, head[236:244], "number of data records")
+    if header_bytes != 256 * (n_sig + 1):
+        raise LoaderError(path, f"EDF header declares {header_bytes} header bytes, but {n_sig} signals need "
+                                f"{256 * (n_sig + 1)}")
+    if head[192:197] == b"EDF+D":
+        raise LoaderError(path, "EDF+D (discontinuous) recording: its data records are not contiguous in time, so "
+                                "fixed-length epochs would straddle the gaps; convert it to EDF+C first")
+    offset = n_sig * 216  # the signal fields come field by field; samples per record follow 216 bytes per signal
+    per_record = sum(_header_int(path, sig[offset + 8 * i: offset + 8 * i + 8], f"samples of signal {i + 1}")
+                     for i in range(n_sig)) * (3 if bdf else 2)
+    data = size - header_bytes
+    held, rest = divmod(data, per_record) if per_record > 0 else (0, data)
+    if declared < 1:
+        raise LoaderError(path, f"EDF header declares {declared} data records (-1 means a recording still being "
+                                f"written); the file holds {held}")
+    if rest:
+        raise LoaderError(path, f"ends inside a data record: {data} bytes after the {header_bytes}-byte header are "
+                                f"{held} records of {per_record} bytes and {rest} bytes more (the header declares "
+                                f"{declared}); the file is cut or has bytes appended")
+    if held != declared:
+        raise LoaderError(path, f"EDF header declares {declared} data records but the file holds {held} "
+                                f"({data} bytes after the header, {per_record} bytes per record); "
+                                f"{'records would be left out' if held > declared else 'the file is cut short'}")
+    return declared
+
+
 def _open(path: Path) -> pyedflib.EdfReader:
     if not path.exists():
         raise LoaderError(path, "EDF file not found")
+    check_edf_layout(path)
     try:
         return pyedflib.EdfReader(str(path))
     except Exception as err:  # pyedflib raises OSError with a description of the header problem
@@ -119,12 +176,13 @@ def read_edf(path: str | Path, *, channels=None, patient_id: str | None = None, 
 
 def edf_epochs(path: str | Path, *, epoch_s: float = 30.0, stride_s: float | None = None, channels=None,
                patient_id: str | None = None, labels=None, annotation_labels: bool = True,
-               nan_policy: str = "drop", report: list | None = None) -> list[Recording]:
+               nan_policy: str = "drop", report: list | None = None, record_id: str | None = None) -> list[Recording]:
     """Fixed-length epochs of an EDF file, each with ``labels`` and, with ``annotation_labels``,
     ``annotation`` = the text of the EDF+ annotation (with a duration) covering the epoch's
-    midpoint, or None. The tail shorter than an epoch is left out and counted in ``report``."""
+    midpoint, or None. The tail shorter than an epoch is left out and counted in ``report``.
+    Epoch record ids are ``<record_id>:<first sample>`` (``record_id`` defaults to the file's stem)."""
     path = Path(path)
-    rec = read_edf(path, channels=channels, patient_id=patient_id, labels=labels,
+    rec = read_edf(path, channels=channels, patient_id=patient_id, labels=labels, record_id=record_id,
                    nan_policy="keep" if nan_policy == "drop" else nan_policy)
     epochs, rep = window_recording(rec, epoch_s, stride_s, nan_policy=nan_policy)
     if annotation_labels:

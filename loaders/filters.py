@@ -14,12 +14,13 @@ def check_same_channels(recordings, expected=None, on_error: str = "raise", skip
     file, or with ``on_error="skip"`` is left out and listed in ``skipped``.
     """
     expected = list(expected) if expected is not None else None
+    origin = "" if expected is None else " (as asked)"
     for rec in recordings:
         if expected is None:
-            expected = list(rec.channels)
+            expected, origin = list(rec.channels), f" (those of {rec.source or rec.record_id}, the first recording)"
         elif list(rec.channels) != expected:
             err = LoaderError(rec.source, f"has {rec.n_channels} channels {list(rec.channels)}, the cohort has "
-                                          f"{len(expected)} {expected}")
+                                          f"{len(expected)} {expected}{origin}")
             if on_error == "raise":
                 raise err
             if skipped is not None:

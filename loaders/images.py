@@ -14,12 +14,14 @@ gives them; ``drop_alpha`` removes an RGBA alpha plane); a .npy array must be ``
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import polars as pl
 
+from .identity import check_unique, clean_ids, csv_line
 from .recording import LoaderError
 
 __all__ = ["read_image", "ImageTable", "load_image_table", "IMAGE_SUFFIXES"]
@@ -28,12 +30,19 @@ IMAGE_SUFFIXES = (".npy", ".png")
 
 
 def _read_png(path: Path, drop_alpha: bool) -> np.ndarray:
-    """A PNG as matplotlib reads it (values in [0, 1]), planes first; RGBA loses its alpha with ``drop_alpha``."""
+    """A PNG as matplotlib reads it (values in [0, 1]), planes first. With ``drop_alpha`` an alpha plane
+    (RGBA, or gray + alpha) is removed when it is fully opaque; an image that is transparent anywhere
+    is refused, since dropping its alpha would change what it shows."""
     import matplotlib.image as mpimg
 
     arr = mpimg.imread(path, format="png")
-    if arr.ndim == 3 and drop_alpha and arr.shape[-1] == 4:
-        arr = arr[..., :3]
+    if arr.ndim == 3 and drop_alpha and arr.shape[-1] in (2, 4):
+        clear = int((arr[..., -1] < 1.0).sum())
+        if clear:
+            raise LoaderError(path, f"{'RGBA' if arr.shape[-1] == 4 else 'gray+alpha'} image with {clear} pixels not "
+                                    "fully opaque; dropping the alpha plane would change the image: flatten it onto a "
+                                    "background first")
+        arr = arr[..., :-1]
     return np.moveaxis(arr, -1, 0) if arr.ndim == 3 else arr
 
 
@@ -116,9 +125,10 @@ def load_image_table(
 ) -> ImageTable:
     """Index a folder of images from its CSV (``csv`` relative to ``folder`` unless absolute).
 
-    Raises :class:`LoaderError` naming the CSV for missing columns or a bad row, and naming
-    the image when it is missing (``check_files``) or corrupt (``read_all`` reads every
-    image once up front instead of failing mid-training).
+    Raises :class:`LoaderError` naming the CSV for missing columns or a bad row (an empty id, ids
+    differing only in whitespace, a path listed twice; ids lose surrounding whitespace, see
+    :mod:`.identity`), and naming the image when it is missing (``check_files``) or corrupt
+    (``read_all`` reads every image once up front instead of failing mid-training).
     """
     folder = Path(folder)
     csv_path = Path(csv) if Path(csv).is_absolute() else folder / csv
@@ -134,17 +144,18 @@ def load_image_table(
     missing += [c for c in label_columns if c not in df.columns]
     if missing:
         raise LoaderError(csv_path, f"missing column(s) {missing}; found {df.columns}")
-    for col in ("path", "patient_id"):
-        n_null = df[col].null_count()
-        if n_null:
-            first = df.with_row_index("row").filter(pl.col(col).is_null())["row"][0]
-            raise LoaderError(csv_path, f"{n_null} empty {col!r} value(s), first at data row {first + 1}")
-    resolved = [str(p if Path(p).is_absolute() else folder / p) for p in df["path"]]
-    df = df.select(["path", "patient_id", *label_columns]).with_columns(pl.Series("path", resolved))
+    patients = clean_ids(df["patient_id"].to_list(), csv_path, "patient_id")
+    written = clean_ids(df["path"].to_list(), csv_path, "path")
+    resolved = [str(p if Path(p).is_absolute() else folder / p) for p in written]
+    check_unique([os.path.normpath(p) for p in resolved], csv_path, "path", what="is listed twice; one image would "
+                 "become two records")
+    df = df.select(["path", "patient_id", *label_columns]).with_columns(pl.Series("path", resolved),
+                                                                        pl.Series("patient_id", patients))
     if check_files:
-        absent = [p for p in resolved if not Path(p).is_file()]
+        absent = [(i, p) for i, p in enumerate(resolved) if not Path(p).is_file()]
         if absent:
-            raise LoaderError(absent[0], f"image file not found (listed in {csv_path}; {len(absent)} missing in all)")
+            raise LoaderError(absent[0][1], f"image file not found (listed in {csv_path.name}, {csv_line(absent[0][0])}; "
+                                            f"{len(absent)} missing in all)")
     table = ImageTable(df, label_columns, drop_alpha)
     if read_all:
         for i in range(len(table)):

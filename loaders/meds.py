@@ -33,8 +33,8 @@ def _type_ok(dtype, allowed) -> bool:
 
 def validate_meds_shard(path: str | Path) -> None:
     """Check one data shard: required columns with MEDS types, ``text_value`` a string when present,
-    non-null subject_id/code, and rows sorted by subject_id then time (static rows first).
-    Raises a :class:`LoaderError` naming the shard."""
+    ``time`` without a time zone, every page readable, non-null subject_id/code, and rows sorted by
+    subject_id then time (static rows first). Raises a :class:`LoaderError` naming the shard."""
     path = Path(path)
     try:
         schema = pl.read_parquet_schema(path)
@@ -47,7 +47,14 @@ def validate_meds_shard(path: str | Path) -> None:
             raise LoaderError(path, f"column {col!r} has type {schema[col]}, MEDS needs {' or '.join(map(str, allowed))}")
     if "text_value" in schema and schema["text_value"] != pl.Utf8:
         raise LoaderError(path, f"column 'text_value' has type {schema['text_value']}, MEDS needs String")
-    frame = pl.read_parquet(path, columns=["subject_id", "time", "code"])
+    zone = getattr(schema["time"], "time_zone", None)
+    if zone:
+        raise LoaderError(path, f"column 'time' carries the time zone {zone!r}; MEDS times carry none (local time of "
+                                "the data, as every other shard): write them without a zone")
+    try:
+        frame = pl.read_parquet(path)
+    except Exception as err:  # a damaged page or a cut file behind an intact footer
+        raise LoaderError(path, f"cannot read parquet data: {type(err).__name__}: {err}") from err
     for col in ("subject_id", "code"):
         if frame[col].null_count():
             raise LoaderError(path, f"{frame[col].null_count()} null values in {col!r}")
@@ -83,16 +90,19 @@ def unknown_codes(root: str | Path) -> pl.DataFrame:
 def scan_meds(root: str | Path, *, validate: bool = True, check_codes: bool = True) -> pl.LazyFrame:
     """Every event of the dataset as one lazy frame with columns subject_id, time, code,
     numeric_value (Float64), text_value (String, null when a shard has none) and ``shard``
-    (the shard's path under ``data/``). Shards are validated first unless ``validate=False``.
+    (the shard's path under ``data/``). Shards are validated first unless ``validate=False``
+    (:func:`validate_meds_shard`, and a subject found in two shards is refused naming both).
 
     With ``check_codes``, codes absent from ``metadata/codes.parquet`` (MEDS allows them; they
     have no description or parents) are reported in one warning with their count, the events
     they cover and a few examples (:func:`unknown_codes` lists them all); they are kept."""
     root = Path(root)
     frames = []
+    owner: dict[int, Path] = {}
     for shard in _shards(root):
         if validate:
             validate_meds_shard(shard)
+            _check_own_subjects(shard, owner)
         lf = pl.scan_parquet(shard)
         names = lf.collect_schema().names()
         frames.append(lf.select(
@@ -110,12 +120,30 @@ def scan_meds(root: str | Path, *, validate: bool = True, check_codes: bool = Tr
     return pl.concat(frames)
 
 
+def _check_own_subjects(shard: Path, owner: dict) -> None:
+    """A subject's events are in one shard (MEDS shards by subject): one seen in an earlier shard is refused,
+    naming both (a copied or re-split shard would otherwise count its events twice)."""
+    subjects = pl.read_parquet(shard, columns=["subject_id"])["subject_id"].unique().to_list()
+    for s in subjects:
+        if s in owner:
+            raise LoaderError(shard, f"subject_id {s} is also in {owner[s]}; a subject's events belong in one shard "
+                                     "(a copied shard would count them twice)")
+    owner.update(dict.fromkeys(subjects, shard))
+
+
+def _read_table(path: Path) -> pl.DataFrame:
+    try:
+        return pl.read_parquet(path)
+    except Exception as err:
+        raise LoaderError(path, f"cannot read parquet: {type(err).__name__}: {err}") from err
+
+
 def read_codes(root: str | Path) -> pl.DataFrame:
     """``metadata/codes.parquet`` (code, description, parent_codes...)."""
     path = Path(root) / "metadata" / "codes.parquet"
     if not path.exists():
         raise LoaderError(path, "MEDS code metadata not found")
-    codes = pl.read_parquet(path)
+    codes = _read_table(path)
     if "code" not in codes.columns:
         raise LoaderError(path, f"missing column 'code'; has {codes.columns}")
     return codes
@@ -126,7 +154,7 @@ def read_subject_splits(root: str | Path) -> pl.DataFrame:
     path = Path(root) / "metadata" / "subject_splits.parquet"
     if not path.exists():
         raise LoaderError(path, "MEDS subject splits not found")
-    splits = pl.read_parquet(path)
+    splits = _read_table(path)
     for col in ("subject_id", "split"):
         if col not in splits.columns:
             raise LoaderError(path, f"missing column {col!r}; has {splits.columns}")

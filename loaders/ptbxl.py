@@ -357,6 +357,16 @@ def _unlisted_records(root: Path, rate: int, listed: set[str]) -> list[dict]:
     return out
 
 
+def _check_one_ecg_per_file(root: Path, table: pl.DataFrame, file_col: str) -> None:
+    """Two ecg_ids naming one record file would be one recording twice (under two ids, maybe two patients)."""
+    dup = table.filter(pl.col(file_col).is_duplicated()).sort(file_col, "ecg_id")
+    if dup.height:
+        a, b = dup.row(0, named=True), dup.row(1, named=True)
+        where = Path(a["_source"]).name if a["_source"] == b["_source"] else f"{a['_source']} and {b['_source']}"
+        raise LoaderError(root / str(a[file_col]), f"named by ecg_id {a['ecg_id']} and ecg_id {b['ecg_id']} ({file_col} "
+                                                   f"in {where}); one recording cannot be two ECGs")
+
+
 def load_ptbxl(root: str | Path, rate: int = 100, cache_dir: str | Path | None = None, *, on_error: str = "raise",
                channels=PTBXL_LEADS, min_likelihood: float = 0.0, labels: str = "auto", progress: bool = True,
                workers: int = 0) -> WaveformCache:
@@ -382,6 +392,7 @@ def load_ptbxl(root: str | Path, rate: int = 100, cache_dir: str | Path | None =
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     table, sources = ptbxl_records(root, labels=labels, min_likelihood=min_likelihood)
     file_col = "filename_lr" if rate == 100 else "filename_hr"
+    _check_one_ecg_per_file(root, table, file_col)
     skipped, present = [], []
     for i, (name, ecg_id, source) in enumerate(zip(table[file_col], table["ecg_id"], table["_source"])):
         files = [root / f"{name}.hea", root / f"{name}.dat"]
@@ -400,6 +411,7 @@ def load_ptbxl(root: str | Path, rate: int = 100, cache_dir: str | Path | None =
     if unlisted:
         warnings.warn(f"{root}: {len(unlisted)} record(s) on disk are listed in no label source and are left out "
                       f"(first: {unlisted[0]['path']}); see cache.report['unlisted']", stacklevel=2)
+    listing = [Path(u["path"]) for u in unlisted]  # in the fingerprint, so the cache's report lists them as they are
 
     def build():
         rows = table[present]
@@ -415,5 +427,5 @@ def load_ptbxl(root: str | Path, rate: int = 100, cache_dir: str | Path | None =
                         desc=f"reading PTB-XL {rate} Hz", on_error=on_error, skipped=skipped)
         return check_same_channels(recs, channels, on_error, skipped), report
 
-    return cached_load("ptbxl", sources, f"ptbxl;rate={rate};channels={channels};on_error={on_error};"
+    return cached_load("ptbxl", [*sources, *listing], f"ptbxl;rate={rate};channels={channels};on_error={on_error};"
                        f"min_likelihood={min_likelihood};labels={labels};v2", cache_dir, build, root=root)

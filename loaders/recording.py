@@ -1,6 +1,7 @@
 """The recording model every loader produces, and the error every loader raises."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -17,12 +18,13 @@ NAN_POLICIES = ("fail", "keep", "interpolate", "drop")
 
 
 class LoaderError(ValueError):
-    """A file could not be turned into a recording. The message names the file and the problem."""
+    """A file could not be turned into a recording. The message names the file and the problem, on one line
+    (line breaks in ``problem``, e.g. from a library's own message, are folded into spaces)."""
 
     def __init__(self, path: str | Path, problem: str):
         self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
+        self.problem = re.sub(r"\s*[\r\n]+\s*", " ", str(problem)).strip()
+        super().__init__(f"{self.path}: {self.problem}")
 
     def __reduce__(self):  # raised in a worker process, re-raised intact in the parent
         return LoaderError, (self.path, self.problem)

@@ -203,16 +203,16 @@ def record_files(records: Iterable[str | Path]) -> dict[Path, list[Path]]:
     return {r: [r.parent / n for n in listing[str(r.parent)].get(r.name, [])] for r in records}
 
 
-def stat_records(root: str | Path, records: pl.Series, need: str = ".hea", listed_in: str = "") -> pl.DataFrame:
+def stat_records(root: str | Path, records: pl.Series, need: str = ".hea") -> tuple[pl.DataFrame, list[int]]:
     """Stats (:func:`stat_files` columns, ``rel`` relative to ``root``) of every file of the WFDB records
-    ``root/<record>`` (``records``: paths relative to ``root``, without extension): one listing per folder,
-    one ``os.stat`` per file, no per-record listing and no Python object per record kept beyond its folder.
-    The first record (in the given order) without its ``need`` file raises a :class:`LoaderError` naming it."""
+    ``root/<record>`` (``records``: paths relative to ``root``, without extension), and the positions (sorted)
+    of the records without their ``need`` file, whose files are left out: one listing per folder, one
+    ``os.stat`` per file, no per-record listing and no Python object per record kept beyond a chunk."""
     root = os.path.abspath(root)
     recs = pl.DataFrame({"rec": records.cast(pl.Utf8)}).with_row_index("i").with_columns(
         folder=pl.col("rec").str.replace(r"/?[^/]*$", ""), name=pl.col("rec").str.replace(r"^.*/", ""))
     recs = recs.sort("folder", maintain_order=True)
-    parts, first_missing, listed = [], None, ("", {})
+    parts, missing, listed = [], [], ("", {})
     for chunk in recs.iter_slices(1 << 13):  # Python objects for one chunk of records at a time
         rels = []
         for i, folder, name in zip(chunk["i"].to_list(), chunk["folder"].to_list(), chunk["name"].to_list()):
@@ -220,13 +220,11 @@ def stat_records(root: str | Path, records: pl.Series, need: str = ".hea", liste
                 where = os.path.join(root, folder) if folder else root
                 listed = (folder, _by_prefix(_list_files(where)) or {"": []})
             have = listed[1].get(name, [])
-            if f"{name}{need}" not in have and (first_missing is None or i < first_missing[0]):
-                first_missing = (i, os.path.join(root, folder, f"{name}{need}"))
+            if f"{name}{need}" not in have:
+                missing.append(i)
+                continue
             for n in have:
                 rels.append(f"{folder}/{n}" if folder else n)
-        if first_missing is None:
-            head = root.rstrip(os.sep) + os.sep
-            parts.append(_stat_chunk([head + r for r in rels], root, rels))
-    if first_missing is not None:
-        raise LoaderError(first_missing[1], f"listed in {listed_in or 'the metadata table'} but not found")
-    return _frame(parts)
+        head = root.rstrip(os.sep) + os.sep
+        parts.append(_stat_chunk([head + r for r in rels], root, rels))
+    return _frame(parts), sorted(missing)

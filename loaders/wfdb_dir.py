@@ -18,6 +18,7 @@ import wfdb
 
 from .cache import ON_ERROR, Plan, WaveformCache, cached_load
 from .filters import check_same_channels, drop_nan_recordings
+from .identity import check_unique, clean_ids, row_locator
 from .recording import ECG_LEADS, LoaderError, Recording, apply_nan_policy
 from .sources import combine_stats, folder_files, stat_files, stat_records
 from .transforms import resample
@@ -192,9 +193,12 @@ def read_metadata(path: str | Path) -> pl.DataFrame:
 
     ``patient_id``, ``record_id`` and ``path`` are text from the first byte read: ``007`` and
     ``7`` are two patients, ``3`` and ``3.0`` stay as written, record ids ``001`` and ``1``
-    are distinct. Other columns' types are inferred from every row (not the first hundred),
-    so a column that turns from numbers to text late in the file still loads. A parquet
-    table's id columns are cast to text from their stored type.
+    are distinct. Surrounding whitespace is removed from them (``"p1 "`` is ``"p1"``); ids that
+    differ only in whitespace inside them, an empty id, a repeated record_id and two rows naming
+    the same record files are refused naming both lines (:mod:`.identity`). Other columns' types
+    are inferred from every row (not the first hundred), so a column that turns from numbers to
+    text late in the file still loads. A parquet table's id columns are cast to text from their
+    stored type (integers or text; a floating-point id column is refused: ``7.0`` is not ``7``).
     """
     path = Path(path)
     if not path.exists():
@@ -206,7 +210,7 @@ def read_metadata(path: str | Path) -> pl.DataFrame:
             table = _parse_dates(pl.read_csv(path, schema_overrides={c: pl.Utf8 for c in _TEXT_COLUMNS},
                                              infer_schema_length=None))
     except Exception as err:
-        raise LoaderError(path, f"cannot read metadata table: {err}") from err
+        raise LoaderError(path, f"cannot read metadata table: {type(err).__name__}: {err}") from err
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if missing:
         raise LoaderError(path, f"missing required column(s) {missing}; has {table.columns}")
@@ -215,13 +219,17 @@ def read_metadata(path: str | Path) -> pl.DataFrame:
         raise LoaderError(path, f"column name(s) {reserved} are reserved by the cache index; rename them")
     if table.height == 0:
         raise LoaderError(path, "metadata table has no rows")
-    table = table.with_columns(pl.col(c).cast(pl.Utf8) for c in _TEXT_COLUMNS if c in table.columns)
-    dup = table["record_id"].is_duplicated()
-    if dup.any():
-        raise LoaderError(path, f"duplicated record_id(s): {table.filter(dup)['record_id'].unique().to_list()[:5]}")
-    nulls = [c for c in REQUIRED_COLUMNS if table[c].null_count()]
-    if nulls:
-        raise LoaderError(path, f"empty values in column(s) {nulls}")
+    floats = [c for c in _TEXT_COLUMNS if c in table.columns and table[c].dtype.is_float()]
+    if floats:
+        raise LoaderError(path, f"id column(s) {floats} are stored as floating-point numbers; store ids as text or "
+                                "integers (7.0 is not the id 7)")
+    where = row_locator(path)
+    table = table.with_columns(pl.Series(c, clean_ids(table[c].cast(pl.Utf8).to_list(), path, c, where), dtype=pl.Utf8)
+                               for c in _TEXT_COLUMNS if c in table.columns)
+    check_unique(table["record_id"].to_list(), path, "record_id", where)
+    files = table["path"] if "path" in table.columns else table["record_id"]
+    check_unique([Path(p).as_posix() for p in files.to_list()], path, "path", where,
+                 "names the same record files twice; one recording would become two records")
     return table
 
 
@@ -270,8 +278,9 @@ def load_wfdb_cohort(root: str | Path, metadata: str | Path | None = None, *, ca
     file changes; a moved copy of the folder reuses it. Opening lists each record folder once and
     stats each file (no per-record listing, no file read once the files' hashes are recorded; see
     :mod:`~loaders.sources`); a second call parses no header. A record listed in the table whose
-    header is missing raises (naming the file) before anything is read. Unreadable records raise,
-    or with ``on_error="skip"`` are left out and listed in ``cache.report["skipped"]``. ``nan_policy``
+    header is missing raises (naming the file, the table's line and how many are missing) before
+    anything is read. Missing and unreadable records raise, or with ``on_error="skip"`` are left
+    out and listed in ``cache.report["skipped"]``. ``nan_policy``
     (see :func:`apply_nan_policy`): ``"drop"`` leaves out records holding NaN and lists them in
     ``cache.report["dropped_nan"]``. The cache is built in shards by ``workers`` processes (default:
     the ``workers`` cache option, every core for 1,024 records or more; the same bytes whatever the
@@ -284,14 +293,31 @@ def load_wfdb_cohort(root: str | Path, metadata: str | Path | None = None, *, ca
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     root = Path(root)
     meta_path = Path(metadata) if metadata is not None else root / "metadata.csv"
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be raise or skip, got {on_error!r}")
     table = read_metadata(meta_path)
     if "path" not in table.columns:
         table = table.with_columns(path=pl.col("record_id"))
-    stats = combine_stats(stat_records(root, table["path"], listed_in=meta_path.name), stat_files([meta_path], root))
+    records, missing = stat_records(root, table["path"])
+    absent = [{"path": str(root / f"{table['path'][i]}.hea"),
+               "problem": f"listed in {meta_path.name} ({row_locator(meta_path)(i)}, record_id "
+                          f"{table['record_id'][i]!r}) but not found"} for i in missing]
+    if absent and on_error == "raise":
+        raise LoaderError(absent[0]["path"], f"{absent[0]['problem']}; {len(absent)} of {table.height} listed "
+                                             "record(s) missing (on_error=skip leaves them out, listed)")
+    if len(missing) == table.height:
+        raise LoaderError(meta_path, f"none of its {table.height} records was found under {root}")
+    rows_in_table = table.height
+    if missing:
+        keep = np.ones(table.height, dtype=bool)
+        keep[missing] = False
+        table = table.filter(pl.Series(keep))
+    stats = combine_stats(records, stat_files([meta_path], root))
 
     def build():
         label_cols = [c for c in table.columns if c not in ("patient_id", "record_id", "path", "visit_time")]
-        report: dict = {"skipped": [], **({"dropped_nan": []} if nan_policy == "drop" else {})}
+        report: dict = {"skipped": list(absent), "rows_in_table": rows_in_table,
+                        **({"dropped_nan": []} if nan_policy == "drop" else {})}
         expected = [normalise_lead_name(c) for c in channels] if channels else None
         return Plan(table, partial(_read_cohort_row, root, channels, label_cols, nan_policy, fs), report=report,
                     on_error=on_error, check=partial(_cohort_check, expected, nan_policy == "drop"),

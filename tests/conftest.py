@@ -65,3 +65,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The generated-fault tests' outcomes per source (tests/mutation_kit.py), when they ran."""
+    import sys
+
+    kit = sys.modules.get("mutation_kit")
+    if kit is not None and (kit.RESULTS or kit.NOT_RUN):
+        terminalreporter.section("generated faults")
+        for line in kit.summary_lines():
+            terminalreporter.write_line(line)

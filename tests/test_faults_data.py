@@ -66,8 +66,8 @@ def test_column_that_turns_to_text_late_still_loads(tmp_path):
 
 
 def test_duplicate_record_ids_are_compared_as_text(tmp_path):
-    meta = write_csv(tmp_path / "metadata.csv", "patient_id,record_id\np,001\np,001\n")
-    with pytest.raises(LoaderError, match=r"metadata\.csv.*duplicated record_id.*'001'"):
+    meta = write_csv(tmp_path / "metadata.csv", "patient_id,record_id\np,001\np,1\np,001\n")
+    with pytest.raises(LoaderError, match=r"metadata\.csv: record_id '001' appears twice \(line 2 and line 4\)"):
         read_metadata(meta)
 
 

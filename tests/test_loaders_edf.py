@@ -77,7 +77,8 @@ def test_corrupted_edf_header_is_named(tmp_path):
     data[252:256] = b"xx  "  # number of signals
     bad = tmp_path / "Subject09_1.edf"
     bad.write_bytes(bytes(data))
-    with pytest.raises(LoaderError, match=r"Subject09_1\.edf.*cannot read EDF header"):
+    with pytest.raises(LoaderError, match=r"Subject09_1\.edf: EDF header field .number of signals. holds b.xx  ., not an "
+                                          r"integer"):
         read_edf(bad)
     truncated = tmp_path / "Subject08_1.edf"
     truncated.write_bytes((DATA / "Subject00_2.edf").read_bytes()[:300_000])

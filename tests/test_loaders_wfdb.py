@@ -185,8 +185,12 @@ def test_missing_header_listed_in_metadata(tmp_path):
     root = tmp_path / "cohort"
     write_cohort(root)
     (root / "r1.hea").unlink()
-    with pytest.raises(LoaderError, match=r"r1\.hea.*listed in metadata\.csv but not found"):
+    with pytest.raises(LoaderError, match=r"r1\.hea.*listed in metadata\.csv \(line 3, record_id 'r1'\) but not "
+                                          r"found; 1 of 4 listed record\(s\) missing"):
         load_wfdb_cohort(root, cache_dir=tmp_path / "c", progress=False)
+    kept = load_wfdb_cohort(root, cache_dir=tmp_path / "d", progress=False, on_error="skip")  # an explicit choice
+    assert kept.index["record_id"].to_list() == ["r0", "r2", "r3"]
+    assert [Path(s["path"]).name for s in kept.report["skipped"]] == ["r1.hea"] and kept.report["rows_in_table"] == 4
 
 
 def test_truncated_dat(tmp_path):

@@ -57,7 +57,10 @@ def _check_kwargs(factory, kwargs: dict, what: str, option: str, skip=()) -> Non
               if n not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     for key, value in kwargs.items():
         if key not in params:
-            raise UsageError(f"{option}: {what} takes no option {key!r}; its options: {', '.join(sorted(params))}")
+            from tscl.train import _nearest
+
+            raise UsageError(f"{option}: {what} takes no option {key!r}{_nearest(key, params)}; its options: "
+                             f"{', '.join(sorted(params))}")
         default = params[key].default
         if default is inspect.Parameter.empty or default is None or value is None:
             continue
@@ -86,6 +89,18 @@ def _int_at_least(low: int):
 
 
 _positive_int, _nonneg_int = _int_at_least(1), _int_at_least(0)
+
+
+def _nonneg_float(text: str) -> float:
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return v
 
 
 def _positive_float(text: str) -> float:
@@ -148,26 +163,36 @@ def _check_augment(spec: str | None, modality: str = "waveform") -> None:
 
 
 def _validate_training(method: str, encoder: str, encoder_kwargs: dict, method_kwargs: dict, augment=None,
-                       modality: str = "waveform") -> None:
-    """Every name and keyword checked before any data loads."""
+                       modality: str = "waveform", source: str | None = None) -> None:
+    """Every name and keyword checked before any data loads; ``source`` names a config file the values come
+    from (its keys are named instead of the command-line options)."""
     from tscl.encoders import ENCODER_MODALITY, ENCODERS, list_encoders
     from tscl.methods import METHODS
 
+    label = (lambda key: f"--{key.replace('_', '-')}") if source is None else (lambda key: f"{source}: {key}")
     if method not in METHODS:
-        raise UsageError(f"--method: unknown method {method!r}; choose from {', '.join(sorted(METHODS))}")
+        raise UsageError(f"{label('method')}: unknown method {method!r}{_near(method, METHODS)}; choose from "
+                         f"{', '.join(sorted(METHODS))}")
     if encoder not in ENCODERS:
-        raise UsageError(f"--encoder: unknown encoder {encoder!r}; choose from {', '.join(list_encoders())}")
-    _check_kwargs(ENCODERS[encoder], encoder_kwargs, f"encoder {encoder}", "--encoder-kwargs", skip=("in_channels",))
-    _check_kwargs(METHODS[method], method_kwargs, f"method {method}", "--method-kwargs", skip=("encoder",))
+        raise UsageError(f"{label('encoder')}: unknown encoder {encoder!r}{_near(encoder, ENCODERS)}; choose from "
+                         f"{', '.join(list_encoders())}")
+    _check_kwargs(ENCODERS[encoder], encoder_kwargs, f"encoder {encoder}", label("encoder_kwargs"), skip=("in_channels",))
+    _check_kwargs(METHODS[method], method_kwargs, f"method {method}", label("method_kwargs"), skip=("encoder",))
     _check_augment(augment, modality)
     if ENCODER_MODALITY[encoder] != modality:
         fits = [n for n in list_encoders() if ENCODER_MODALITY[n] == modality]
-        raise UsageError(f"--encoder {encoder} encodes {ENCODER_MODALITY[encoder]} data; this dataset is {modality} "
-                         f"data (its encoders: {', '.join(fits)})")
+        raise UsageError(f"{label('encoder')} {encoder} encodes {ENCODER_MODALITY[encoder]} data; this dataset is "
+                         f"{modality} data (its encoders: {', '.join(fits)})")
     try:
         getattr(METHODS[method], "func", METHODS[method]).check_modality(modality)  # CLOCS modes are partials
     except ValueError as err:
-        raise UsageError(f"--method {method}: {err}") from None
+        raise UsageError(f"{label('method')} {method}: {err}") from None
+
+
+def _near(name: str, known) -> str:
+    from tscl.train import _nearest
+
+    return _nearest(name, known)
 
 
 def _dataset_spec(args, split: str | None) -> dict:
@@ -194,10 +219,54 @@ def _dataset_spec(args, split: str | None) -> dict:
 
 
 def _open(spec: dict, progress: bool):
+    """The command's dataset; what its source left out is said on stderr in one line (and kept in ``notes``)."""
     from tscl.datasets import open_dataset
 
-    return open_dataset(spec["dataset"], spec["root"], split=spec.get("split"), cache=spec.get("cache"),
+    data = open_dataset(spec["dataset"], spec["root"], split=spec.get("split"), cache=spec.get("cache"),
                         progress=progress, **spec.get("options", {}))
+    line = data.notes_line()
+    if line:
+        print(f"tscl: note: {spec['root']}: {line}", file=sys.stderr)
+    return data
+
+
+def cmd_inspect(args):
+    """Open a source at one or more roots and print what it reads: items, patients, splits and what it left out.
+
+    Each root is opened on its own: a root that is refused prints its one-line error and the others
+    still run; the exit status is 2 if any was refused. ``--out`` writes every root's summary (index
+    rows, notes, and with ``--payload`` every item's payload) as JSON."""
+    import os
+
+    from tscl.loaders import LoaderError
+
+    roots = [*(args.root or []), *(args.data or [])]
+    if not roots:
+        raise UsageError("give the data: --dataset NAME --root PATH [--root PATH ...]")
+    results, refused = [], 0
+    for root in roots:
+        ns = argparse.Namespace(**{**vars(args), "root": root, "data": None})
+        spec = _dataset_spec(ns, args.split)
+        try:
+            data = _open(spec, progress=False)
+        except (UsageError, LoaderError, ValueError, FileNotFoundError, KeyError) as err:
+            if os.environ.get("TSCL_DEBUG"):
+                raise
+            message = err.args[0] if isinstance(err, KeyError) and err.args else err
+            print(f"tscl inspect: error: {message}", file=sys.stderr)
+            results.append({"root": spec["root"], "ok": False, "error": str(message)})
+            refused += 1
+            continue
+        print(f"{spec['root']}: {data.describe()}")
+        summary = data.summary(payload=bool(args.payload and args.out))
+        if isinstance(summary.get("payload"), np.ndarray):  # waveforms and images: beside the JSON, as .npy
+            path = Path(f"{args.out}.{len(results)}.npy")
+            np.save(path, summary.pop("payload"))
+            summary["payload_file"] = str(path)
+        results.append({"root": spec["root"], "ok": True, "error": None, **summary})
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1, default=str))
+    return 2 if refused else 0
 
 
 def cmd_simulate(args) -> Path:
@@ -215,16 +284,105 @@ def cmd_simulate(args) -> Path:
 
 
 def _run_folder(out: Path, overwrite: bool) -> None:
-    """A run folder is never overwritten silently: --resume continues it, --overwrite replaces it."""
-    if not out.exists() or not any(out.iterdir()):
+    """A run folder is never overwritten silently: --resume continues it, --overwrite replaces it (once every
+    check has passed: the old run stays if the new one is refused); a folder another process is writing is
+    refused naming that process."""
+    from tscl.checkpoint import LOCK, RunLock
+
+    holder = RunLock.holder(out)
+    if holder:
+        raise UsageError(f"--out {out}: another tscl process is writing this run ({holder}); wait for it, stop it, "
+                         "or choose another --out")
+    if not out.exists() or not any(p.name != LOCK for p in out.iterdir()):
         return
     if not (out / "config.json").exists():
         raise UsageError(f"--out {out}: folder exists and is not a tscl run; choose another folder")
     if not overwrite:
         raise UsageError(f"--out {out}: a run is already there; --resume {out} continues it, --overwrite replaces it")
-    import shutil
 
-    shutil.rmtree(out)
+
+# options a saved config fixes: given with --resume or --config they must agree with it
+_FIXED = ("method", "encoder", "encoder_kwargs", "method_kwargs", "augment", "epochs", "lr", "seed", "compile",
+          "dataset", "dataset_kwargs", "split")
+
+
+def _saved_value(cfg, key):
+    if key in ("method", "encoder", "encoder_kwargs", "epochs", "lr", "seed", "compile"):
+        return getattr(cfg, key)
+    if key == "method_kwargs":
+        return {k: v for k, v in cfg.method_kwargs.items() if k != "augment"}
+    if key == "augment":
+        return cfg.method_kwargs.get("augment")
+    if key == "dataset_kwargs":
+        return {k: v for k, v in (cfg.dataset.get("options") or {}).items() if k != "metadata"}
+    return cfg.dataset.get(key)
+
+
+def _given_value(args, key):
+    if key in ("encoder_kwargs", "method_kwargs", "dataset_kwargs"):
+        return _kwargs(getattr(args, key), f"--{key.replace('_', '-')}")
+    return getattr(args, key)
+
+
+def _check_fixed(args, cfg, given: set, where: str, resume: bool) -> None:
+    """Refuse options given beside --resume / --config that contradict the saved config, naming the option."""
+    advice = ("a resumed run continues with its own settings: leave the option out, or start a new run with --out"
+              if resume else "edit the config file or leave the option out")
+    for key in _FIXED:
+        if key not in given:
+            continue
+        value, saved = _given_value(args, key), _saved_value(cfg, key)
+        if value != saved:
+            raise UsageError(f"--{key.replace('_', '-')} {value}: {where} has {key} {saved!r}; {advice}")
+    if "data" in given and cfg.dataset.get("dataset", "wfdb") != "wfdb":
+        raise UsageError(f"--data means --dataset wfdb; {where} reads dataset {cfg.dataset['dataset']!r}: give its "
+                         "new place with --root")
+
+
+def _moved_spec(args, cfg, given: set, run: Path | None) -> dict:
+    """The saved config's data source, at the place the command line gives (--root/--data/--metadata/--cache)."""
+    spec = dict(cfg.dataset)
+    if given & {"root", "data"}:
+        spec["root"] = str(Path(args.root or args.data).resolve())
+    if "metadata" in given:
+        spec["options"] = {**(spec.get("options") or {}), "metadata": args.metadata}
+    if "cache" in given:
+        spec["cache"] = args.cache
+    if run is not None and not given & {"root", "data"} and spec.get("root") and not Path(spec["root"]).exists():
+        raise UsageError(f"{run}: its data {spec['root']} is not there any more; if it moved, give its new place: "
+                         f"tscl pretrain --resume {run} --root NEW_PLACE (a resume checks that the content is the same)")
+    return spec
+
+
+def _check_same_data(run: Path, cfg, spec: dict, data, given: set) -> None:
+    """A resume reads the data its run was pretrained on: compared by content (the checkpoint's fingerprint),
+    so a moved dataset resumes (with a note) and different data is refused naming the option."""
+    from tscl.checkpoint import CHECKPOINT, read_checkpoint_meta
+
+    if not (run / CHECKPOINT).exists():
+        return
+    saved = (read_checkpoint_meta(run / CHECKPOINT).get("identity") or {}).get("data")
+    if saved is None or saved == data.fingerprint:
+        if spec.get("root") != cfg.dataset.get("root"):
+            from tscl.train import note
+
+            note(f"the data moved: {cfg.dataset.get('root')} -> {spec['root']} (same content); resuming there, and "
+                 "config.json now names the new place")
+        return
+    option = "--data" if "data" in given else "--root" if "root" in given else "the data at"
+    raise UsageError(f"{option} {spec['root']}: not the data {run} was pretrained on (content fingerprint "
+                     f"{data.fingerprint}, the run's {saved}); a run resumes only on its own data: give the place "
+                     "that holds it, or start a new run with --out")
+
+
+def _finished(run: Path) -> dict | None:
+    """The checkpoint's metadata when ``run`` finished (final step reached, weights written), else None."""
+    from tscl.checkpoint import CHECKPOINT, read_checkpoint_meta
+
+    if not (run / CHECKPOINT).exists() or not (run / "encoder.safetensors").exists():
+        return None
+    meta = read_checkpoint_meta(run / CHECKPOINT)
+    return meta if meta.get("total") and meta["step"] >= meta["total"] else None
 
 
 def cmd_pretrain(args) -> Path:
@@ -234,18 +392,31 @@ def cmd_pretrain(args) -> Path:
     from tscl.distributed import init_distributed, node_local_first, rank
     from tscl.train import PretrainConfig, load_config
 
+    given = getattr(args, "given", set())
     if sum(bool(v) for v in (args.resume, args.config)) > 1:
         raise UsageError("give either --resume RUN_DIR or --config FILE, not both")
     if args.resume or args.config:  # the saved config: same schedule, same data, same order
         path = Path(args.resume or args.config)
-        run_dir = path if path.is_dir() else path.parent
-        cfg = load_config(run_dir)
+        where = f"the run {path}" if args.resume else str(path)
+        cfg = load_config(path)
+        _check_fixed(args, cfg, given, where, resume=bool(args.resume))
         if not cfg.dataset:
             cfg = replace(cfg, dataset=_dataset_spec(args, None))  # runs made before config.json named their data
         out = Path(args.resume) if args.resume else Path(args.out or cfg.out_dir)
-        cfg = replace(cfg, out_dir=str(out), resume=bool(args.resume), device=args.device, progress=not args.quiet)
-        if args.config:
+        if args.resume:
+            _run_folder_lock(out)
+            done = _finished(out)
+            if done is not None:
+                print(f"{out}: this run is finished (step {done['step']} of {done['total']}); nothing to do (its "
+                      f"encoder: {out / 'encoder.safetensors'})")
+                return out
+        else:
             _run_folder(out, args.overwrite)
+        cfg = replace(cfg, out_dir=str(out), resume=bool(args.resume), device=args.device, progress=not args.quiet,
+                      dataset=_moved_spec(args, cfg, given, out if args.resume else None))
+        _validate_training(cfg.method, cfg.encoder, cfg.encoder_kwargs, cfg.method_kwargs,
+                           modality=get_source(cfg.dataset["dataset"]).modality,
+                           source=None if args.resume else str(path))
     else:
         if not args.out:
             raise UsageError("give --out RUN_DIR (a new run), --resume RUN_DIR or --config RUN_DIR/config.json")
@@ -263,20 +434,32 @@ def cmd_pretrain(args) -> Path:
                              device=args.device, progress=not args.quiet, compile=args.compile, dataset=spec)
     if args.ckpt_every is not None:
         cfg = replace(cfg, ckpt_every=args.ckpt_every)
-    _validate_training(cfg.method, cfg.encoder, cfg.encoder_kwargs, cfg.method_kwargs,
-                       modality=get_source(cfg.dataset["dataset"]).modality)
+    if args.checkpoint_every_min is not None:
+        cfg = replace(cfg, ckpt_every_min=args.checkpoint_every_min)
     init_distributed(cfg.device)  # under torchrun: join the other ranks before touching the cache
     with node_local_first():  # each node's first rank builds (or checks) its cache, all nodes at once
         data = _open(cfg.dataset, progress=not args.quiet)
+    if args.resume:
+        _check_same_data(Path(args.resume), load_config(args.resume), cfg.dataset, data, given)
     from tscl.train import pretrain
 
     if rank() == 0:
-        print(f"pretraining {cfg.method}/{cfg.encoder} on {cfg.dataset['dataset']} split "
+        verb = "resuming" if args.resume else "pretraining"
+        print(f"{verb} {cfg.method}/{cfg.encoder} on {cfg.dataset['dataset']} split "
               f"{cfg.dataset.get('split') or 'all'}: {data.describe()}")
-    run = pretrain(data, cfg)
+    run = pretrain(data, cfg, overwrite=args.overwrite)
     if rank() == 0:  # under torchrun the other ranks trained the same run folder
         print(f"pretrained encoder in {run}")
     return run
+
+
+def _run_folder_lock(out: Path) -> None:
+    """--resume of a folder another process is writing is refused before any data loads."""
+    from tscl.checkpoint import RunLock
+
+    holder = RunLock.holder(out)
+    if holder:
+        raise UsageError(f"--resume {out}: another tscl process is writing this run ({holder}); wait for it or stop it")
 
 
 def _run_dataset_spec(args, run: Path | None, split: str | None) -> dict:
@@ -297,10 +480,15 @@ def cmd_embed(args) -> Path:
     from tscl.embed import embed_dataset
     from tscl.train import load_encoder
 
+    from tscl.train import check_encoder_fits, load_config
+
     run = Path(args.run)
     if not (run / "config.json").exists():
         raise UsageError(f"--run {run}: not a tscl run folder (config.json missing)")
-    data = _open(_run_dataset_spec(args, run, args.split), progress=not args.quiet)
+    spec = _run_dataset_spec(args, run, args.split)
+    data = _open(spec, progress=not args.quiet)
+    check_encoder_fits(load_config(run).data_info, modality=data.modality, in_channels=data.in_channels,
+                       fs=data.info.get("fs"), what=f"{spec['dataset']} at {spec['root']}", run=run)
     if args.tower:
         if args.random_init:
             raise UsageError("--tower embeds a trained clip tower; --random-init applies to the run's encoder only")
@@ -370,6 +558,26 @@ def _probe_report(index, features: dict, labels, out: Path, fractions, reference
     return result, table
 
 
+def _load_embeddings(path: str):
+    """An .npz of tscl embed: refused in one line when it cannot be read, lacks its arrays, or holds non-finite
+    features (naming the rows)."""
+    from tscl.probes.cells import check_finite
+
+    try:
+        z = np.load(path)
+        missing = [k for k in ("features", "record_id") if k not in z.files]
+    except (OSError, ValueError, EOFError) as err:
+        raise UsageError(f"{path}: not a readable .npz of tscl embed ({_one_line(err)})") from None
+    if missing:
+        raise UsageError(f"{path}: no {missing[0]!r} array; an .npz written by tscl embed has features and record_id")
+    try:
+        features = z["features"]
+    except (OSError, ValueError, EOFError) as err:  # a cut file fails only when the array is read
+        raise UsageError(f"{path}: features cannot be read ({_one_line(err)}); re-run tscl embed") from None
+    check_finite(features, f"{path}: features", record_ids=z["record_id"])
+    return z
+
+
 def cmd_probe(args):
     from tscl.probes.linear import check_pretraining_overlap
 
@@ -394,9 +602,9 @@ def cmd_probe(args):
                          "both sides need rows (--split random draws a patient-level split)")
     features = {}
     for path in args.embeddings:
-        z = np.load(path)
+        z = _load_embeddings(path)
         if z["record_id"].tolist() != ids:
-            raise SystemExit(f"{path}: embeddings are not aligned with the cohort's records (re-run tscl embed)")
+            raise UsageError(f"{path}: embeddings are not aligned with the cohort's records (re-run tscl embed)")
         seen = z["pretrained_patients"].tolist() if "pretrained_patients" in z.files else []
         check_pretraining_overlap(seen, index["patient_id"].to_numpy()[test], allow=args.allow_test_overlap,
                                   what=f"the encoder behind {path}")
@@ -404,7 +612,7 @@ def cmd_probe(args):
     labels = args.labels.split(",")
     missing = [lab for lab in labels if lab not in index.columns]
     if missing:
-        raise SystemExit(f"label column(s) {missing} not in the cohort metadata; available: {data.label_columns}")
+        raise UsageError(f"--labels: column(s) {missing} not in the cohort metadata; available: {data.label_columns}")
     import polars as pl
 
     present = pl.all().is_not_null() & pl.all().cast(pl.Float64, strict=False).is_not_nan().fill_null(True)
@@ -477,7 +685,9 @@ def cmd_demo(args):
                          method_kwargs={"patients_per_batch": args.batch_patients}, epochs=args.epochs, lr=args.lr,
                          seed=args.seed, device=args.device, progress=not args.quiet)
     t_pre = time.time()
-    run = pretrain(train, cfg)
+    if (out / "pclr" / "config.json").exists():
+        print(f"replacing the demo's earlier run in {out / 'pclr'}")
+    run = pretrain(train, cfg, overwrite=True)  # the demo's own folder: a new demo replaces it
     print(f"pretrained {run} in {time.time() - t_pre:.0f} s")
     t_rep = time.time()
     print("\nprobing: PCLR and random-init (frozen features, linear probe) and the same encoder trained "
@@ -511,7 +721,7 @@ def cmd_task(args):
             print(f"{name:20s} {task.kind:10s} {task.description}")
         return None
     if not args.name or not args.data:
-        raise SystemExit("tscl task run: give NAME and --data ROOT")
+        raise UsageError("task run: give NAME and --data ROOT")
     tr = run_task(args.name, args.data, run=args.run, cache_dir=args.cache, probe=args.probe, n_boot=args.bootstrap,
                   seed=args.seed, supervised=not args.no_supervised, progress=not args.quiet,
                   allow_test_overlap=args.allow_test_overlap)
@@ -586,6 +796,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("datasets", help="list the dataset sources and what each needs on disk", formatter_class=fmt)
     sp.set_defaults(func=cmd_datasets)
 
+    sp = sub.add_parser("inspect", help="open a dataset source at one or more roots and print what it reads and "
+                        "leaves out", formatter_class=fmt)
+    sp.add_argument("--dataset", default=None, metavar="NAME", help="dataset source (default wfdb)")
+    sp.add_argument("--root", action="append", help="a dataset folder (repeat for several)")
+    sp.add_argument("--data", action="append", help="shorthand for --dataset wfdb --root FOLDER")
+    sp.add_argument("--metadata", default=None, help="wfdb: metadata table (default: <root>/metadata.csv)")
+    sp.add_argument("--dataset-kwargs", default=None, metavar="K=V,...", help="source options (tscl datasets)")
+    sp.add_argument("--split", default=None, help="rows to read: all (default), train, train+val, folds:1-8")
+    sp.add_argument("--cache", default=None, help="cache folder (default: $TSCL_CACHE or ~/.cache/tscl)")
+    sp.add_argument("--out", default=None, help="write each root's summary (index rows, notes) as JSON here")
+    sp.add_argument("--payload", action="store_true", help="with --out: every item's payload too (waveforms and "
+                                                             "images as OUT.<k>.npy beside it, k the root's position)")
+    sp.set_defaults(func=cmd_inspect)
+
     sp = sub.add_parser("pretrain", help="contrastive pretraining on a dataset", formatter_class=fmt)
     data(sp, "rows to pretrain on: train (the source's default), train+val, all, folds:1-8")
     common(sp)
@@ -597,13 +821,17 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default: the method's own for the dataset's modality)")
     sp.add_argument("--out", default=None, help="run folder")
     sp.add_argument("--resume", default=None, metavar="RUN_DIR",
-                    help="continue a run from its checkpoint (its config.json; training options are ignored)")
+                    help="continue a run from its checkpoint with its own config.json (options that contradict it are "
+                         "refused; --root/--data give the data's new place if it moved: its content must be the same)")
     sp.add_argument("--config", default=None, metavar="RUN_DIR/config.json",
-                    help="re-make a run from its config.json (into --out, default the run's own folder)")
+                    help="make a run from a config file (checked key by key; into --out, default the file's out_dir)")
     sp.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     sp.add_argument("--compile", action="store_true", help="torch.compile the encoder")
     sp.add_argument("--ckpt-every", type=_nonneg_int, default=None,
-                    help="steps between checkpoints (default 500; 0: end only)")
+                    help="steps between checkpoints (default 500; 0: none by step count). Checkpoints are also "
+                         "written at the end of every epoch, on Ctrl-C / SIGTERM and at the end")
+    sp.add_argument("--checkpoint-every-min", type=_nonneg_float, default=None, metavar="MIN",
+                    help="minutes of wall time between checkpoints (default 5; 0: none by time)")
     sp.set_defaults(func=cmd_pretrain)
 
     sp = sub.add_parser("embed", help="frozen features of a run's encoder", formatter_class=fmt)
@@ -699,25 +927,102 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _given_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The destinations of the options ``argv`` gives explicitly (abbreviations included), found by parsing it
+    again with every default suppressed."""
+    saved = [(a, a.default) for a in parser._actions]
+    try:
+        for a, _ in saved:
+            a.default = argparse.SUPPRESS
+        return set(vars(parser.parse_known_args(argv)[0]))
+    finally:
+        for a, default in saved:
+            a.default = default
+
+
+class _Stopped(KeyboardInterrupt):
+    """SIGTERM outside the training loop (which checkpoints before stopping)."""
+
+    def __init__(self, signum: int):
+        super().__init__()
+        self.signum = signum
+
+
+def _on_sigterm(signum, frame):
+    raise _Stopped(signum)
+
+
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    """A warning as one line on stderr (what a source left out or repaired), not Python's two-line form."""
+    text = " ".join(str(message).splitlines())
+    return f"tscl: warning: {text}\n"
+
+
 def main(argv=None) -> int:
     import os
+    import signal
+    import warnings
 
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "pretrain":
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["pretrain"]
+        args.given = _given_options(sub, argv[argv.index("pretrain") + 1:])
     from tscl.loaders import LoaderError
+    from tscl.train import Interrupted
 
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
+    before, warnings.formatwarning = warnings.formatwarning, _warning_line
     try:
         if hasattr(args, "workers"):  # the commands that open a dataset: how its cache is built and checked
             from tscl.loaders.cache import configure
 
             configure(workers=args.workers, verify=args.verify, shard_bytes=args.shard_mb << 20)
-        args.func(args)
-    except (UsageError, LoaderError, ValueError, FileNotFoundError, KeyError, FloatingPointError) as err:
+        status = args.func(args)
+    except (UsageError, LoaderError, ValueError, FileNotFoundError, KeyError, FloatingPointError, OSError) as err:
         if os.environ.get("TSCL_DEBUG"):
             raise
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"tscl {args.command}: error: {message}", file=sys.stderr)
+        print(f"tscl {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
-    return 0
+    except Interrupted as err:
+        _rank0_print(f"tscl {args.command}: {err}")
+        return err.exit_code
+    except KeyboardInterrupt as err:  # Ctrl-C (or SIGTERM) outside the training loop, or a second Ctrl-C
+        signum = getattr(err, "signum", signal.SIGINT)
+        what = (" before a checkpoint could be written: a run folder, if one was made, keeps its last checkpoint"
+                if args.command == "pretrain" else "; nothing more was done")
+        _rank0_print(f"tscl {args.command}: stopped by {signal.Signals(signum).name}{what}")
+        return 128 + signum
+    finally:
+        warnings.formatwarning = before  # main() called in-process leaves the caller's warnings as they were
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return status if args.command == "inspect" else 0  # inspect: 2 when any of its roots was refused
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _rank0_print(text: str) -> None:
+    from tscl.distributed import rank
+
+    if rank() == 0:
+        print(text, file=sys.stderr, flush=True)
+
+
+def _one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line: a KeyError's key text, an OSError's file and reason."""
+    if isinstance(err, KeyError) and err.args:
+        text = str(err.args[0])
+    elif isinstance(err, OSError) and not isinstance(err, FileNotFoundError) and err.strerror:
+        text = f"{err.filename}: {err.strerror}" if err.filename else err.strerror
+    else:
+        text = str(err)
+    return " ".join(text.split()) if "\n" in text else text
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ run and every command.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
@@ -44,8 +45,7 @@ from tscl.loaders.cache import cache_root as default_cache_root
 
 __all__ = ["Dataset", "Events", "Source", "SOURCES", "register_source", "open_dataset", "list_sources",
            "to_device", "cat_payloads", "payload_len", "pin_payload", "hash_split", "hash_split_column", "SPLITS",
-           "select_split",
-           "default_cache_root"]
+           "select_split", "default_cache_root", "notes_line"]
 
 SPLITS = ("train", "val", "test")
 
@@ -164,13 +164,21 @@ class Dataset:
 
     Subclasses set ``modality`` and implement ``fetch`` and ``_take(rows)`` (a dataset over the
     given rows). ``info`` records what the run folder needs to rebuild the encoder's input
-    (``in_channels`` and, for waveforms, channel names and sampling rate)."""
+    (``in_channels`` and, for waveforms, channel names and sampling rate).
+
+    ``notes`` is a plain, JSON-serialisable dict of what the source left out or changed while
+    reading, for runs and reports to record (a split or subset carries its parent's):
+    ``skipped`` (``[{"path", "problem"}]``: items or files left out, e.g. under ``on_error=skip``),
+    ``unlisted`` (files on disk that no table lists), ``left_out`` (``{what: count}`` for counted
+    losses such as subjects without events) and source-specific details. :meth:`notes_line` says it
+    in one line for the terminal; it is empty when nothing was left out."""
 
     modality: str = "waveform"
 
-    def __init__(self, index: pl.DataFrame, *, source: dict | None = None):
+    def __init__(self, index: pl.DataFrame, *, source: dict | None = None, notes: dict | None = None):
         self.index = index
         self.source = dict(source or {})  # name, root, split, options: recorded in config.json
+        self.notes = dict(notes or {})
 
     def __len__(self) -> int:
         return self.index.height
@@ -202,7 +210,18 @@ class Dataset:
         rows = np.asarray(rows)
         if rows.dtype == bool:
             rows = np.flatnonzero(rows)
-        return self._take(rows.astype(np.int64))
+        out = self._take(rows.astype(np.int64))
+        out.notes = self.notes
+        return out
+
+    @property
+    def skipped(self) -> list[dict]:
+        """Items or files the source left out (``notes["skipped"]``): ``[{"path", "problem"}]``."""
+        return list(self.notes.get("skipped", []))
+
+    def notes_line(self) -> str:
+        """What the source left out, in one line (``""`` when nothing was); every entry is in :attr:`notes`."""
+        return notes_line(self.notes)
 
     def split(self, split: str | None) -> "Dataset":
         """The rows of ``split`` (see :func:`select_split`); refuses an empty result."""
@@ -217,6 +236,28 @@ class Dataset:
     def patients(self) -> list[str]:
         return sorted(set(self.index["patient_id"].to_list()))
 
+    def summary(self, payload: bool = False) -> dict:
+        """What ``tscl inspect --out`` writes: the description, ``info``, ``notes`` and every index row (ids,
+        split, labels; values as JSON gives them). With ``payload``, ``out["payload"]`` is every item's payload
+        as ``fetch`` gives it: a float32 array ``[N, C, T]`` / ``[N, C, H, W]``, or for EHR items a list of
+        their ``codes`` (vocabulary code text; ``"[UNK]"`` for the unknown id), ``values`` and ``times``."""
+        out = {"describe": self.describe(), "modality": self.modality, "info": self.info, "notes": self.notes,
+               "index": json.loads(self.index.write_json())}
+        if payload and len(self):
+            x = self.fetch(np.arange(len(self)))
+            out["payload"] = x.numpy() if isinstance(x, Tensor) else self._events_summary(x)
+        return out
+
+    def _events_summary(self, x: "Events") -> list[dict]:
+        names = dict(zip(self.vocab["id"].to_list(), self.vocab["code"].to_list())) if hasattr(self, "vocab") else {}
+        names[1] = "[UNK]"
+        out = []
+        for i in range(len(x)):
+            m = x.mask[i]
+            out.append({"codes": [names.get(int(c), str(int(c))) for c in x.codes[i][m]],
+                        "values": x.values[i][m].tolist(), "times": x.times[i][m].tolist()})
+        return out
+
     def describe(self) -> str:
         n_pat = self.index["patient_id"].n_unique()
         sides = ""
@@ -224,6 +265,19 @@ class Dataset:
             counts = dict(self.index.group_by("split").len().iter_rows())
             sides = " (" + ", ".join(f"{s} {counts[s]}" for s in SPLITS if s in counts) + ")"
         return f"{len(self)} {self.modality} items of {n_pat} patients{sides}"
+
+
+def notes_line(notes: dict) -> str:
+    """One line saying what ``notes`` (a :attr:`Dataset.notes`) records as left out; ``""`` when nothing."""
+    parts = []
+    for key, what in (("skipped", "left out"), ("unlisted", "on disk but listed in no table, left out"),
+                      ("dropped_nan", "holding NaN, left out (nan_policy=drop)")):
+        entries = notes.get(key) or []
+        if entries:
+            first = entries[0]
+            parts.append(f"{len(entries)} {what} (first: {first.get('path')}: {first.get('problem')})")
+    parts += [f"{n} {what}" for what, n in (notes.get("left_out") or {}).items() if n]
+    return "; ".join(parts)
 
 
 _ID_COLUMNS = {"patient_id", "record_id", "fs", "n_channels", "n_samples", "offset", "channels", "visit_time", "source",
@@ -278,7 +332,14 @@ def open_dataset(name: str, root: str | Path, *, split: str | None = None, cache
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"{root}: dataset root not found")
-    ds = src.open(root, cache=Path(cache) if cache else None, progress=progress, **options)
+    from tscl.loaders import LoaderError
+
+    try:
+        ds = src.open(root, cache=Path(cache) if cache else None, progress=progress, **options)
+    except OSError as err:  # a file the OS would not open or read: one line naming it, as every loader error does
+        if not err.filename:
+            raise
+        raise LoaderError(err.filename, f"{type(err).__name__}: {err.strerror or err}") from err
     ds.source = {"dataset": name, "root": str(root.resolve()), "options": options, "split": "all"}
     if split not in (None, "", "all"):
         ds = ds.split(split)
@@ -287,7 +348,7 @@ def open_dataset(name: str, root: str | Path, *, split: str | None = None, cache
 
 def _load_builtin() -> None:
     from . import waveform  # noqa: F401  (registers its sources)
-    for module in ("ehr", "images"):
+    for module in ("ehr", "images", "annotated", "cinc2017", "medmnist"):
         try:
             __import__(f"{__name__}.{module}")
         except ModuleNotFoundError as err:  # a modality whose module is not present

@@ -44,9 +44,14 @@ writes. ``in_channels`` is the vocabulary size (for ``build_encoder("ehr_sequenc
 ``info`` records ``vocab_size``, ``max_len``, ``window`` and ``mask_id``.
 
 **Bad input** raises, naming the file or subject: a root without ``data/`` or without shards, a
-shard missing a MEDS column or of the wrong type (:func:`~tscl.loaders.meds.validate_meds_shard`),
-a subject with no timed event (``on_empty="raise"``, default; ``"skip"`` leaves them out and
-records their count in ``info["empty_subjects"]``), an unknown split name in ``subject_splits``.
+shard missing a MEDS column or of the wrong type, with a time zone, unreadable, or sharing a
+subject with another shard (:func:`~tscl.loaders.meds.scan_meds`), a subject with no timed event
+(``on_empty="raise"``, default; ``"skip"`` leaves them out and records their count in
+``info["empty_subjects"]``), an unknown split name in ``subject_splits``. A non-finite numeric
+value is no value for its event only (``meta["non_finite_values"]`` counts them), so it
+cannot make its code's statistics non-finite. ``dataset.notes`` carries these counts and, for
+``mimic-iv``, the conversion report (rows without a time, duplicates removed, admissions discharged
+before admitted: :mod:`tscl.loaders.mimic_meds`).
 
 :func:`ehr_embed` embeds items with a run's encoder; the MIMIC-IV admission probe that uses it
 lives with the MIMIC task (:func:`tscl.tasks.mimic_ehr.mimic_probe`).
@@ -67,12 +72,12 @@ import torch
 from . import Dataset, Events, default_cache_root, hash_split, register_source
 
 __all__ = ["EHRDataset", "PAD_ID", "UNKNOWN_ID", "MASK_ID", "build_ehr_items", "open_meds_items", "mimic_meds_root",
-           "split_events", "neighbour_events", "ehr_embed"]
+           "split_events", "neighbour_events", "ehr_embed", "ehr_notes"]
 
 PAD_ID, UNKNOWN_ID, MASK_ID = 0, 1, 2
 _FIRST_CODE_ID = 3
 _SPLIT_NAMES = {"train": "train", "tuning": "val", "held_out": "test", "val": "val", "test": "test"}
-_FORMAT = "tscl-ehr-items-v1"
+_FORMAT = "tscl-ehr-items-v2"
 
 
 # ---- the dataset -------------------------------------------------------------------------------------
@@ -86,8 +91,9 @@ class EHRDataset(Dataset):
     modality = "ehr"
 
     def __init__(self, index: pl.DataFrame, codes: np.ndarray, values: np.ndarray, times: np.ndarray,
-                 start: np.ndarray, length: np.ndarray, *, vocab: pl.DataFrame, meta: dict, source: dict | None = None):
-        super().__init__(index, source=source)
+                 start: np.ndarray, length: np.ndarray, *, vocab: pl.DataFrame, meta: dict, source: dict | None = None,
+                 notes: dict | None = None):
+        super().__init__(index, source=source, notes=notes)
         self._codes, self._values, self._times = codes, values, times
         self._start, self._length = np.asarray(start, np.int64), np.asarray(length, np.int64)
         self.vocab, self.meta = vocab, dict(meta)
@@ -188,6 +194,10 @@ def build_ehr_items(events: pl.DataFrame, splits: dict[int, str], *, window="30d
     kind, hours = _parse_window(window)
     ev = events.select(pl.col("subject_id").cast(pl.Int64), pl.col("time").cast(pl.Datetime("us")), "code",
                        pl.col("numeric_value").cast(pl.Float64)).with_row_index("_row").with_columns(pl.col("_row").cast(pl.Int64))
+    # a non-finite value (inf, nan) is "no value" for its event only, counted: it must not poison its code's statistics
+    non_finite = int(ev.select((pl.col("numeric_value").is_not_null() & ~pl.col("numeric_value").is_finite()).sum()).item())
+    if non_finite:
+        ev = ev.with_columns(pl.when(pl.col("numeric_value").is_finite()).then(pl.col("numeric_value")).otherwise(None))
     is_birth = pl.col("code").is_in(list(birth_codes))
     static = ev.filter(pl.col("time").is_null() & ~is_birth)
     birth = (ev.filter(is_birth & pl.col("time").is_not_null()).sort("_row").group_by("subject_id", maintain_order=True)
@@ -301,8 +311,17 @@ def build_ehr_items(events: pl.DataFrame, splits: dict[int, str], *, window="30d
     meta = {"vocab_size": int(vocab["id"].max() or _FIRST_CODE_ID - 1) + 1 if vocab.height else _FIRST_CODE_ID,
             "max_len": int(max_len), "window": str(window), "mask_id": MASK_ID, "min_count": int(min_count),
             "empty_subjects": len(empty), "truncated_items": truncated, "value_stats": value_stats,
+            "non_finite_values": non_finite,
             "n_items": index.height, "n_events": flat.height}
     return index, flat, vocab, meta
+
+
+def ehr_notes(meta: dict) -> dict:
+    """What building the items left out or changed, as dataset notes (``left_out`` counts)."""
+    left = {"subjects with no timed event (on_empty=skip)": meta.get("empty_subjects", 0),
+            "non-finite numeric values read as no value": meta.get("non_finite_values", 0)}
+    return {"left_out": {k: int(v) for k, v in left.items() if v},
+            "truncated_items": int(meta.get("truncated_items", 0)), "max_len": meta.get("max_len")}
 
 
 def _dataset(index: pl.DataFrame, flat: pl.DataFrame, vocab: pl.DataFrame, meta: dict) -> EHRDataset:
@@ -314,7 +333,7 @@ def _dataset(index: pl.DataFrame, flat: pl.DataFrame, vocab: pl.DataFrame, meta:
     start = np.array([offsets.get(r, 0) for r in index["item_row"].to_list()], np.int64)
     return EHRDataset(index.drop("item_row"), flat["code_id"].to_numpy().astype(np.int64),
                       flat["value"].to_numpy().astype(np.float32), flat["time_h"].to_numpy().astype(np.float32),
-                      start, lengths.astype(np.int64), vocab=vocab, meta=meta)
+                      start, lengths.astype(np.int64), vocab=vocab, meta=meta, notes=ehr_notes(meta))
 
 
 def _meds_files(meds_root: Path) -> list[Path]:
@@ -404,13 +423,14 @@ def mimic_meds_root(root: str | Path, cache: str | Path | None = None) -> Path:
     :func:`~tscl.loaders.mimic_meds.mimic_iv_to_meds`, never inside ``root``), keyed by the content of
     its CSVs: ``<cache or default_cache_root()>/mimic-iv/<fingerprint>/meds``."""
     from tscl.loaders.cache import fingerprint_files
-    from tscl.loaders.mimic_meds import MIMIC_TABLES, mimic_iv_to_meds
+    from tscl.loaders.mimic_meds import MIMIC_TABLES, mimic_iv_to_meds, table_path
 
     root = Path(root)
     if not (root / "hosp").is_dir():
         raise FileNotFoundError(f"{root}: not a MIMIC-IV folder (no hosp/ with *.csv.gz tables)")
-    files = [root / f"{t}.csv.gz" for t in MIMIC_TABLES] + [root / "hosp" / "d_labitems.csv.gz"]
-    fp = fingerprint_files([f for f in files if f.exists()], extra="mimic-iv-meds;" + ",".join(MIMIC_TABLES), root=root)
+    files = [table_path(root, t) for t in (*MIMIC_TABLES, "hosp/d_labitems")]  # .csv.gz or .csv; both is refused
+    fp = fingerprint_files([f for f in files if f is not None], extra="mimic-iv-meds-v2;" + ",".join(MIMIC_TABLES),
+                           root=root)
     out = (Path(cache) if cache else default_cache_root()) / "mimic-iv" / fp[:16] / "meds"
     if not (out / "metadata" / "dataset.json").exists():
         tmp = out.with_name(f"meds.{os.getpid()}.tmp")
@@ -430,9 +450,15 @@ def mimic_meds_root(root: str | Path, cache: str | Path | None = None) -> Path:
                  "converted to MEDS in the cache on first use", options=_OPTIONS)
 def _mimic_iv(root: Path, *, cache=None, progress=True, window="admission", max_len=256, min_count=1,
               on_empty="raise", admission_prefix="HOSPITAL_ADMISSION//"):
+    from tscl.loaders.mimic_meds import conversion_notes
+
     meds = mimic_meds_root(root, cache)
-    return open_meds_items(meds, meds.parent, progress=progress,
-                           **_options(window, max_len, min_count, on_empty, admission_prefix))
+    ds = open_meds_items(meds, meds.parent, progress=progress,
+                         **_options(window, max_len, min_count, on_empty, admission_prefix))
+    report = json.loads((meds / "metadata" / "conversion_report.json").read_text())
+    conv = conversion_notes(report)
+    ds.notes = {**ds.notes, **conv, "left_out": {**conv["left_out"], **ds.notes.get("left_out", {})}}
+    return ds
 
 
 # ---- views -------------------------------------------------------------------------------------------

@@ -12,7 +12,14 @@ antialiased). ``channels=1`` averages RGB films to one plane, ``channels=3`` rep
 ``normalize="zscore"`` standardises each image (all its pixels) when it is fetched.
 
 Without a ``split`` column the split is :func:`~tscl.datasets.hash_split` of the patient id, so
-all films of a patient are on one side. Images are read when a batch is fetched (the trainer's
+all films of a patient are on one side. Ids: ``patient_id`` as written without surrounding
+whitespace; ``record_id`` as written, or the image's path relative to the root without its suffix
+(``siteA/img1``); a path or record id listed twice is refused naming both lines.
+
+Every image is read once when the dataset is opened (decoded, converted, checked finite and of
+the dataset's shape), so a missing, corrupt, transparent (RGBA with alpha < 1), NaN or odd-sized
+image is refused then, naming it, not found mid-training; ``on_error=skip`` leaves such images out
+and lists them in ``dataset.notes["skipped"]``. Images are read when a batch is fetched (the trainer's
 loader thread), or held in memory after the first read when they fit (``preload=auto``: under
 1 GiB). Importing this module registers the image augmentations (:mod:`tscl.augment_image`).
 
@@ -92,8 +99,8 @@ class ImageDataset(Dataset):
 
     def __init__(self, table, index: pl.DataFrame, *, shape: tuple[int, int, int], size=None, channels=None,
                  normalize: str = "none", preload: bool = False, fingerprint: str = "", source: dict | None = None,
-                 _memory: dict | None = None):
-        super().__init__(index, source=source)
+                 _memory: dict | None = None, notes: dict | None = None):
+        super().__init__(index, source=source, notes=notes)
         self.table, self.shape, self.size, self.channels = table, shape, size, channels
         self.normalize, self.preload, self._fingerprint = normalize, preload, fingerprint
         self._memory = {} if _memory is None else _memory  # path -> [C, H, W], shared by subsets
@@ -163,21 +170,18 @@ class ImageDataset(Dataset):
                             source=self.source, _memory=self._memory)
 
 
-def _image_index(table, csv: Path) -> pl.DataFrame:
+def _image_index(table, csv: Path, root: Path) -> pl.DataFrame:
     from tscl.loaders import LoaderError
+    from tscl.loaders.identity import check_unique, clean_ids
 
     index = table.index
     if "record_id" in index.columns:
-        index = index.with_columns(pl.col("record_id").cast(pl.Utf8))
-        if index["record_id"].null_count():
-            raise LoaderError(csv, "empty record_id value(s)")
-        dup = index.filter(pl.col("record_id").is_duplicated())["record_id"]
-        if len(dup):
-            raise LoaderError(csv, f"record_id {dup[0]!r} appears {int((index['record_id'] == dup[0]).sum())} times")
-    else:
-        index = index.with_columns(pl.Series("record_id", [Path(p).stem for p in index["path"]]))
-        if index["record_id"].is_duplicated().any():  # two folders with the same file name
-            index = index.with_columns(pl.Series("record_id", [f"row{i}" for i in range(index.height)]))
+        ids = clean_ids(index["record_id"].cast(pl.Utf8).to_list(), csv, "record_id")
+        check_unique(ids, csv, "record_id")
+        index = index.with_columns(pl.Series("record_id", ids, dtype=pl.Utf8))
+    else:  # the image's path relative to the root, without its suffix: two folders' img1.png stay two records
+        index = index.with_columns(pl.Series("record_id", [_relative_record(p, root) for p in index["path"]],
+                                             dtype=pl.Utf8))
     if "split" in index.columns:
         index = index.with_columns(pl.col("split").cast(pl.Utf8).str.strip_chars().str.to_lowercase())
         bad = sorted(set(index["split"].to_list()) - set(SPLITS), key=str)
@@ -194,50 +198,149 @@ def _image_index(table, csv: Path) -> pl.DataFrame:
     return index.select([*first, *[c for c in index.columns if c not in first]])
 
 
+def _relative_record(path: str, root: Path) -> str:
+    from tscl.loaders.identity import relative_id
+
+    try:
+        return relative_id(path, root)
+    except ValueError:  # an absolute path outside the root: the path itself
+        return Path(path).with_suffix("").as_posix()
+
+
 @register_source("images", "image", "a folder of .npy/.png images and a CSV (labels.csv) with path and patient_id "
                  "columns (optional record_id, split, label columns); one image size, or size=HxW to resize",
                  options={"csv": "the index CSV, relative to the root (default labels.csv)",
                           "size": "H or HxW: resize every image to it (default: all images must share one size)",
                           "channels": "1 (average RGB to gray) or 3 (repeat gray); default: as stored",
                           "normalize": "none | zscore: standardise each image (default none)",
-                          "preload": "auto | true | false: keep images in memory after the first read (auto: < 1 GiB)"})
+                          "preload": "auto | true | false: keep images in memory after the first read (auto: < 1 GiB)",
+                          "on_error": "raise | skip: a missing, unreadable, transparent, non-finite or odd-sized image "
+                                      "stops the load, or is left out and listed"})
 def _images(root: Path, *, cache=None, progress=True, csv="labels.csv", size=None, channels=None, normalize="none",
-            preload="auto"):
+            preload="auto", on_error="raise"):
     from tscl.loaders import LoaderError
-    from tscl.loaders.images import load_image_table, read_image
     from tscl.loaders.cache import fingerprint_files
+    from tscl.loaders.identity import csv_line
+    from tscl.loaders.images import load_image_table
 
     if normalize not in _NORMALIZE:
         raise ValueError(f"normalize must be one of {_NORMALIZE}, got {normalize!r}")
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be raise or skip, got {on_error!r}")
     channels = int(channels) if channels not in (None, "") else None
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
     size = parse_size(size)
-    table = load_image_table(root, csv)
+    table = load_image_table(root, csv, check_files=False)
     csv_path = Path(csv) if Path(csv).is_absolute() else root / csv
     if not len(table):
         raise LoaderError(csv_path, "lists no image")
+    _image_index(table, csv_path, root)  # ids and splits checked on every row, so messages name the table's lines
+    skipped = [{"path": p, "problem": f"listed in {csv_path.name} ({csv_line(i)}) but not found"}
+               for i, p in enumerate(table.index["path"].to_list()) if not Path(p).is_file()]
+    _raise_first(skipped, on_error, len(table))
+    table = _without(table, {s["path"] for s in skipped})
     paths = table.index["path"].to_list()
     if size is None:
-        shapes: dict[tuple[int, int], str] = {}
-        for p in paths:
-            shapes.setdefault(image_shape(p), p)
-            if len(shapes) > 1:
-                (s0, p0), (s1, p1) = shapes.items()
-                raise LoaderError(p1, f"is {s1[0]}x{s1[1]} but {p0} is {s0[0]}x{s0[1]}; images of one dataset must "
-                                      "share a size: resize them, or open with size=HxW")
-    first = read_image(paths[0], table.drop_alpha)
-    c = channels or first.shape[0]
-    hw = size or first.shape[1:]
-    shape = (int(c), int(hw[0]), int(hw[1]))
+        _check_one_size(paths, on_error, skipped)
+        table = _without(table, {s["path"] for s in skipped})
+        paths = table.index["path"].to_list()
+    if not paths:
+        raise LoaderError(csv_path, f"no readable image: {len(skipped)} left out (first: {skipped[0]['path']}: "
+                                    f"{skipped[0]['problem']})")
     if preload in ("auto", None, ""):
-        preload = len(paths) * 4 * np.prod(shape) < _PRELOAD_BYTES
+        preload = None
     elif isinstance(preload, str):
         if preload.lower() not in ("true", "false", "1", "0"):
             raise ValueError(f"preload must be auto, true or false, got {preload!r}")
         preload = preload.lower() in ("true", "1")
-    fp = fingerprint_files([*paths, csv_path], extra=f"images;{size};{channels};{normalize}", root=root)
-    ds = ImageDataset(table, _image_index(table, csv_path), shape=shape, size=size, channels=channels,
-                      normalize=normalize, preload=bool(preload), fingerprint=fp)
-    ds.fetch(np.arange(min(1, len(ds))))  # the first image read through the same path as training
+    ds = _validated(table, csv_path, root, size, channels, normalize, preload, on_error, skipped, progress)
+    ds._fingerprint = fingerprint_files([*ds.index["path"].to_list(), csv_path],
+                                        extra=f"images;{size};{channels};{normalize}", root=root)
+    return ds
+
+
+def _raise_first(skipped: list[dict], on_error: str, n: int) -> None:
+    from tscl.loaders import LoaderError
+
+    if skipped and on_error == "raise":
+        first = skipped[0]
+        raise LoaderError(first["path"], f"{first['problem']}" + (f"; {len(skipped)} of {n} images cannot be used "
+                                                                  "(on_error=skip leaves them out, listed)"
+                                                                  if len(skipped) > 1 else ""))
+
+
+def _without(table, paths: set):
+    if not paths:
+        return table
+    from tscl.loaders.images import ImageTable
+
+    return ImageTable(table.index.filter(~pl.col("path").is_in(sorted(paths))), table.label_columns, table.drop_alpha)
+
+
+def _check_one_size(paths: list[str], on_error: str, skipped: list[dict]) -> None:
+    """Every image's size from its header (no decoding): the first size is the dataset's; another one is refused
+    naming both files, or with ``on_error="skip"`` left out and listed, as are headers that cannot be read."""
+    from tscl.loaders import LoaderError
+
+    first = None
+    for p in paths:
+        try:
+            shape = image_shape(p)
+        except LoaderError as err:
+            _raise_first([{"path": err.path, "problem": err.problem}], on_error, len(paths))
+            skipped.append({"path": err.path, "problem": err.problem})
+            continue
+        first = first or (shape, p)
+        if shape != first[0]:
+            (s0, p0), s1 = first, shape
+            problem = (f"is {s1[0]}x{s1[1]} but {p0} is {s0[0]}x{s0[1]}; images of one dataset must share a size: "
+                       "resize them, or open with size=HxW")
+            _raise_first([{"path": p, "problem": problem}], on_error, len(paths))
+            skipped.append({"path": p, "problem": problem})
+
+
+def _validated(table, csv_path, root, size, channels, normalize, preload, on_error, skipped, progress):
+    """The dataset over every image that reads as the dataset's shape, each read once now (decoded, channels
+    and size converted, finite): a corrupt, transparent, NaN or odd-shaped image is refused here, naming it,
+    or with ``on_error="skip"`` left out and listed, instead of being found mid-training."""
+    from tqdm.auto import tqdm
+
+    from tscl.loaders import LoaderError
+    from tscl.loaders.images import read_image
+
+    paths = table.index["path"].to_list()
+    shape = None
+    for p in paths:  # the dataset's shape: that of the first image that reads
+        try:
+            first = read_image(p, table.drop_alpha)
+        except LoaderError as err:
+            _raise_first([{"path": err.path, "problem": err.problem}], on_error, len(paths))
+            skipped.append({"path": err.path, "problem": err.problem})
+            continue
+        hw = size or first.shape[1:]
+        shape = (int(channels or first.shape[0]), int(hw[0]), int(hw[1]))
+        break
+    if shape is None:
+        raise LoaderError(csv_path, f"no readable image: {len(skipped)} left out (first: {skipped[0]['path']}: "
+                                    f"{skipped[0]['problem']})")
+    if preload is None:
+        preload = len(paths) * 4 * int(np.prod(shape)) < _PRELOAD_BYTES
+    table = _without(table, {s["path"] for s in skipped})
+    ds = ImageDataset(table, _image_index(table, csv_path, root), shape=shape, size=size, channels=channels,
+                      normalize=normalize, preload=bool(preload), notes={"skipped": skipped})
+    bad = []
+    for p in tqdm(ds.index["path"].to_list(), desc=f"checking {root.name}", disable=not progress):
+        try:
+            ds._read(p)
+        except LoaderError as err:
+            _raise_first([{"path": err.path, "problem": err.problem}], on_error, len(paths))
+            bad.append({"path": err.path, "problem": err.problem})
+    if bad:
+        skipped.extend(bad)
+        keep = ~ds.index["path"].is_in([b["path"] for b in bad]).to_numpy()
+        ds = ds.subset(keep)
+        if not len(ds):
+            raise LoaderError(csv_path, f"no readable image: {len(skipped)} left out (first: {skipped[0]['path']}: "
+                                        f"{skipped[0]['problem']})")
     return ds

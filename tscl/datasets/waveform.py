@@ -4,7 +4,8 @@
 ``wfdb``       any folder of WFDB records + a metadata table (``patient_id``, ``record_id``, ...)
 ``ptbxl``      PTB-XL as PhysioNet publishes it (records100/ or records500/, label tables, strat_fold)
 ``cinc``       PhysioNet/CinC 2020/2021 ``.hea``/``.mat`` with SNOMED ``# Dx``
-``annotated``  MIT-BIH / SVDB / CPSC-style records with ``.atr``: beat or rhythm windows
+``annotated``  MIT-BIH / SVDB / CPSC-style records with ``.atr``: beat or rhythm windows (its own module,
+               :mod:`tscl.datasets.annotated`)
 ``edf``        a folder of EDF(+) files: fixed-length epochs, 10-20 channel names; patient = file stem
 ``eegmat``     EEGMAT (``SubjectNN_1.edf`` rest, ``SubjectNN_2.edf`` mental arithmetic): epochs, ``task``
 =============  ===========================================================================
@@ -24,7 +25,7 @@ import torch
 
 from . import Dataset, hash_split_column, register_source
 
-__all__ = ["WaveformDataset", "NORMALIZE"]
+__all__ = ["WaveformDataset", "NORMALIZE", "cache_notes"]
 
 NORMALIZE = ("none", "zscore")
 
@@ -34,14 +35,16 @@ class WaveformDataset(Dataset):
 
     modality = "waveform"
 
-    def __init__(self, cache, *, normalize: str = "none", source: dict | None = None, index=None):
+    def __init__(self, cache, *, normalize: str = "none", source: dict | None = None, index=None,
+                 notes: dict | None = None):
         if normalize not in NORMALIZE:
             raise ValueError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
         if index is None:  # a subset passes its rows of the parent's index, split column included
             index = cache.index
             if "split" not in index.columns:
                 index = index.with_columns(hash_split_column(index["patient_id"]))
-        super().__init__(index, source=source)
+            notes = {**cache_notes(cache.report), **(notes or {})}
+        super().__init__(index, source=source, notes=notes)
         self.cache, self.normalize = cache, normalize
         self._signals = cache.stack()
 
@@ -75,6 +78,29 @@ class WaveformDataset(Dataset):
     def _take(self, rows):
         return WaveformDataset(self.cache.subset(rows), normalize=self.normalize, source=self.source,
                                index=self.index[rows] if len(rows) else self.index.clear())
+
+
+def cache_notes(report: dict) -> dict:
+    """A cache's build report as dataset notes: what was left out, as listed there (``skipped``, ``unlisted``,
+    ``dropped_nan``, ``quality``, ...), with the per-file window counts (``records``) summed up (``windows``),
+    and windows left out for NaN counted under ``left_out``."""
+    notes = {k: v for k, v in report.items() if k != "records"}
+    records = [r for r in report.get("records") or [] if isinstance(r, dict)]
+    if records:
+        keys = ("kept", "dropped_nan", "dropped_edge", "beats")
+        notes["windows"] = {"files": len(records), **{k: int(sum(r.get(k, 0) for r in records)) for k in keys
+                                                      if any(k in r for r in records)}}
+        nan = notes["windows"].get("dropped_nan", 0)
+        if nan:
+            notes["left_out"] = {**notes.get("left_out", {}), "windows holding NaN samples": nan}
+    dropped = report.get("dropped") or {}  # rhythm windows: whole episodes and unannotated stretches
+    episodes = sum(e.get("intervals", 0) for e in (dropped.get("short_intervals") or {}).values())
+    unannotated = int(round(dropped.get("unannotated_s", 0)))
+    losses = {"rhythm episodes shorter than one window": episodes,
+              "s before the first rhythm annotation (default_rhythm=None)": unannotated}
+    if any(losses.values()):
+        notes["left_out"] = {**notes.get("left_out", {}), **{k: v for k, v in losses.items() if v}}
+    return notes
 
 
 def zscore(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -116,7 +142,7 @@ def _wfdb(root: Path, *, cache=None, progress=True, metadata=None, normalize="no
                  "ptbxl_database.csv + scp_statements.csv and/or labels/ptbxl_<task>_<part>.csv label tables; "
                  "split from strat_fold (1-8 train, 9 val, 10 test)",
                  options={**_COMMON, "rate": "100 or 500 (Hz): records100/ or records500/"})
-def _ptbxl(root: Path, *, cache=None, progress=True, rate=100, normalize="none", on_error="skip"):
+def _ptbxl(root: Path, *, cache=None, progress=True, rate=100, normalize="none", on_error="raise"):
     from tscl.loaders import load_ptbxl
 
     c = load_ptbxl(root, rate=int(rate), cache_dir=_cache_dir(cache, "ptbxl", root, rate=rate, on_error=on_error),
@@ -134,26 +160,6 @@ def _cinc(root: Path, *, cache=None, progress=True, normalize="none", on_error="
     return WaveformDataset(c, normalize=normalize)
 
 
-@register_source("annotated", "waveform", "WFDB records with .atr annotations (MIT-BIH, SVDB, CPSC 2021): beat "
-                 "windows (AAMI classes) or rhythm windows (AF)",
-                 options={**_COMMON, "kind": "beats | rhythm",
-                          "window_s": "rhythm window length in seconds (default 10)",
-                          "default_rhythm": "rhythm of unannotated stretches (e.g. N); default: left out"})
-def _annotated(root: Path, *, cache=None, progress=True, kind="beats", normalize="none", on_error="raise",
-               window_s=10.0, default_rhythm=None):
-    from tscl.loaders import load_annotated
-
-    records = sorted(p.with_suffix("") for p in root.rglob("*.atr") if p.with_suffix(".hea").exists())
-    if not records:
-        raise FileNotFoundError(f"{root}: no record with both .hea and .atr")
-    if kind not in ("beats", "rhythm"):
-        raise ValueError(f"kind must be beats or rhythm, got {kind!r}")
-    extra = {"window_s": float(window_s), "default_rhythm": default_rhythm} if kind == "rhythm" else {}
-    c = load_annotated(records, kind=kind, cache_dir=_cache_dir(cache, "annotated", root, kind=kind, **extra),
-                       on_error=on_error, progress=progress, **extra)
-    return WaveformDataset(c, normalize=normalize)
-
-
 @register_source("eegmat", "waveform", "EEGMAT: SubjectNN_1.edf (rest) and SubjectNN_2.edf (mental arithmetic), "
                  "EDF+, 19 10-20 channels; label 'task'",
                  options={**_COMMON, "epoch_s": "epoch length in s (30)",
@@ -164,52 +170,113 @@ def _eegmat(root: Path, *, cache=None, progress=True, epoch_s=30.0, normalize="z
     fs = float(fs) if fs is not None else None
     c = load_eegmat(root, cache_dir=_cache_dir(cache, "eegmat", root, epoch_s=epoch_s, on_error=on_error, fs=fs),
                     epoch_s=float(epoch_s), fs=fs, on_error=on_error, progress=progress)
-    return WaveformDataset(c, normalize=normalize)
+    below = [{"path": str(p), "problem": "in a subfolder; the EEGMAT layout is one folder of SubjectNN_K.edf files, "
+                                        "so it is left out"} for p in sorted(root.rglob("*.edf")) if p.parent != root]
+    return WaveformDataset(c, normalize=normalize, notes={"unlisted": below} if below else None)
 
 
-@register_source("edf", "waveform", "a folder of EDF(+) files (any names; patient = file stem), or with a "
-                 "metadata.csv of 'file', 'patient_id' and label columns",
+@register_source("edf", "waveform", "a folder of EDF(+) files (any names, any depth; patient = file stem, record = "
+                 "path), or with a metadata.csv of 'file', 'patient_id' and label columns",
                  options={**_COMMON, "epoch_s": "epoch length in s (30)",
                           "channels": "comma-separated channel names to keep (default: the 19 10-20 EEG channels)"})
 def _edf(root: Path, *, cache=None, progress=True, epoch_s=30.0, normalize="zscore", on_error="raise",
          channels=None):
     from functools import partial
 
-    from tscl.loaders.cache import cached_load, read_all
+    from tscl.loaders.cache import ON_ERROR, cached_load, read_all
     from tscl.loaders.edf import EEG_1020
 
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     files = sorted(root.rglob("*.edf"))
-    if not files:
-        raise FileNotFoundError(f"{root}: no .edf file")
-    patients, labels = {}, {}
     meta = root / "metadata.csv"
-    if meta.exists():
-        table = pl.read_csv(meta, infer_schema=False)  # ids stay text
-        if not {"file", "patient_id"} <= set(table.columns):
-            raise ValueError(f"{meta}: needs 'file' and 'patient_id' columns")
-        patients = dict(zip(table["file"], table["patient_id"]))
-        extra = [c for c in table.columns if c not in ("file", "patient_id")]
-        labels = {r["file"]: {c: _number(r[c]) for c in extra} for r in table.iter_rows(named=True)}
+    rows, left_out = _edf_rows(root, files, meta, on_error) if meta.exists() else (_edf_plain_rows(root, files), {})
+    if not rows:
+        raise FileNotFoundError(f"{root}: no .edf file" + (f" listed in {meta.name} was found" if meta.exists() else ""))
     chans = tuple(channels.split(",")) if isinstance(channels, str) else tuple(channels or EEG_1020)
-    key = {f: f.name if f.name in patients else str(f.relative_to(root)) for f in files}
 
     def build():
-        report: dict = {"skipped": [], "records": []}
-        items = [(f, patients.get(key[f], f.stem), labels.get(key[f], {})) for f in files]
-        recs = read_all(partial(_edf_file, float(epoch_s), chans, report["records"]), items, progress=progress,
+        report: dict = {"skipped": list(left_out.get("skipped", [])), "unlisted": left_out.get("unlisted", []),
+                        "records": []}
+        recs = read_all(partial(_edf_file, float(epoch_s), chans, report["records"]), rows, progress=progress,
                         desc=f"reading {root.name}", on_error=on_error, skipped=report["skipped"])
         return recs, report
 
-    c = cached_load("edf", files + ([meta] if meta.exists() else []), f"edf;{epoch_s};{chans};{on_error}",
-                    _cache_dir(cache, "edf", root, epoch_s=epoch_s, channels=chans, on_error=on_error), build)
+    # files left out are in the fingerprint too, so the cache's report (what was left out) is never stale
+    sources = [r[0] for r in rows] + [Path(u["path"]) for u in left_out.get("unlisted", [])] + \
+        ([meta] if meta.exists() else [])
+    c = cached_load("edf", sources, f"edf;{epoch_s};{chans};{on_error};ids-v2",
+                    _cache_dir(cache, "edf", root, epoch_s=epoch_s, channels=chans, on_error=on_error), build, root=root)
     return WaveformDataset(c, normalize=normalize)
+
+
+def _edf_plain_rows(root: Path, files: list[Path]) -> list[tuple]:
+    """``(file, patient = stem, record = relative path, {})`` per file; one stem in two folders is refused."""
+    from tscl.loaders.identity import check_unique_names, relative_id
+
+    check_unique_names(files, why="without a metadata.csv the patient id is the file's stem, so the two would be one "
+                       "patient: rename one, or give a metadata.csv with a patient_id per file")
+    return [(f, f.stem, relative_id(f, root), {}) for f in files]
+
+
+def _edf_rows(root: Path, files: list[Path], meta: Path, on_error: str) -> tuple[list[tuple], dict]:
+    """The rows of ``metadata.csv`` as ``(file, patient_id, record id, labels)``, and what is left out.
+
+    ``file`` is a path relative to the root, or a bare file name matching exactly one file under it
+    (two matches are refused naming both). A listed file that is absent is refused, or left out
+    with ``on_error="skip"``; files on disk that no row lists are left out and listed (``unlisted``)."""
+    from tscl.loaders import LoaderError
+    from tscl.loaders.identity import check_unique, clean_ids, csv_line, relative_id
+
+    try:
+        table = pl.read_csv(meta, infer_schema=False)  # ids stay text
+    except Exception as err:
+        raise LoaderError(meta, f"cannot read csv: {type(err).__name__}: {err}") from err
+    if not {"file", "patient_id"} <= set(table.columns):
+        raise LoaderError(meta, f"needs 'file' and 'patient_id' columns; has {table.columns}")
+    names = clean_ids(table["file"].to_list(), meta, "file")
+    patients = clean_ids(table["patient_id"].to_list(), meta, "patient_id")
+    by_name: dict[str, list[Path]] = {}
+    for f in files:
+        by_name.setdefault(f.name, []).append(f)
+    paths = [_edf_listed_file(root, name, by_name, meta, csv_line(i)) for i, name in enumerate(names)]
+    missing = [{"path": str(root / n), "problem": f"listed in {meta.name} ({csv_line(i)}) but not found"}
+               for i, (n, p) in enumerate(zip(names, paths)) if p is None]
+    if missing and on_error == "raise":
+        raise LoaderError(missing[0]["path"], f"{missing[0]['problem']}; {len(missing)} of {len(names)} listed file(s) "
+                                              "missing (on_error=skip leaves them out, listed)")
+    kept = [i for i, p in enumerate(paths) if p is not None]
+    check_unique([str(paths[i].resolve()) for i in kept], meta, "file", lambda k: csv_line(kept[k]),
+                 "is listed twice; one recording would become two records")
+    extra = [c for c in table.columns if c not in ("file", "patient_id")]
+    labels = table.select(extra).to_dicts() if extra else [{}] * table.height
+    rows = [(paths[i], patients[i], relative_id(paths[i], root), {c: _number(v) for c, v in labels[i].items()})
+            for i in kept]
+    listed = {paths[i].resolve() for i in kept}
+    unlisted = [{"path": str(f), "problem": f"on disk but listed in no row of {meta.name} (no patient_id); left out"}
+                for f in files if f.resolve() not in listed]
+    return rows, {"skipped": missing, "unlisted": unlisted}
+
+
+def _edf_listed_file(root: Path, name: str, by_name: dict, meta: Path, line: str) -> Path | None:
+    """The file a metadata row names: ``root/name``, else the one file of that name under the root; None if absent."""
+    from tscl.loaders import LoaderError
+
+    if (root / name).is_file():
+        return root / name
+    matches = by_name.get(name, []) if "/" not in name else []
+    if len(matches) > 1:
+        raise LoaderError(meta, f"{line}: file {name!r} matches {matches[0]} and {matches[1]}; give its path "
+                                f"relative to {root}")
+    return matches[0] if matches else None
 
 
 def _edf_file(epoch_s, channels, counts, item):
     from tscl.loaders import edf_epochs
 
-    path, patient, labels = item
-    return edf_epochs(path, epoch_s=epoch_s, channels=channels, patient_id=str(patient), labels=labels, report=counts)
+    path, patient, record, labels = item
+    return edf_epochs(path, epoch_s=epoch_s, channels=channels, patient_id=str(patient), labels=labels, report=counts,
+                      record_id=record)
 
 
 def _number(text):

@@ -215,18 +215,14 @@ class Tower(nn.Module):
 
 def load_clip(run_dir: str | Path, device: str = "cpu") -> CLIP:
     """The trained :class:`CLIP` of a run folder (both towers, standardisation, temperature), in eval mode."""
-    from safetensors.torch import load_file
-
+    from tscl.checkpoint import load_weights
     from tscl.train import load_config
 
     run_dir = Path(run_dir)
     cfg = load_config(run_dir)
     if cfg.method != "clip":
         raise ValueError(f"{run_dir} is a {cfg.method!r} run, not clip: it has no second tower")
-    weights = run_dir / "method.safetensors"
-    if not weights.exists():
-        raise FileNotFoundError(f"{weights}: the run has not finished (no method weights)")
-    state = load_file(weights, device=device)
+    state = load_weights(run_dir / "method.safetensors", device=device)  # missing or damaged: one line
     encoder = build_encoder(cfg.encoder, cfg.in_channels, **cfg.encoder_kwargs)
     kwargs = {**cfg.method_kwargs, "b_channels": int(state["b_mean"].shape[0])}
     clip = CLIP(encoder, **kwargs)

@@ -16,6 +16,9 @@ metrics are macro averages over labels with both classes present:
 hyper-parameter on a patient-level validation split carved out of the training rows only
 (the middle of the grid when there are fewer than 10 training patients), and scores the test
 rows once, with 95 % CIs from the same patient-level bootstrap resamples for every encoder.
+Labels a row cannot score (one class or fewer than k rows of a class in the test split,
+untrainable: :mod:`tscl.probes.cells`; for regression a constant test target) are left out of its
+averages and listed in ``left_out``; a row with none left is ``n/a`` with the reason.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.metrics import average_precision_score
 
+from .cells import check_finite, fmt, label_problem
 from .linear import weighted_auroc
 from .models import PROBE_GRIDS, make_probe
 from .protocol import check_names, choose_on_validation, paired_ci, percentile_ci, prepare_split
@@ -147,19 +151,22 @@ class EvalResult:
         names = {"auroc": "AUROC", "auprc": "AUPRC", "brier": "Brier", "ece": "ECE", "mae": "MAE", "r2": "R²"}
         head = f"| encoder ({self.probe} probe) | " + " | ".join(names[m] + " [95 % CI]" for m in self.metrics) + " |"
         lines = [head, "|---" * (len(self.metrics) + 1) + "|"]
+        no_ci = self.split.get("no_ci")
         for r in self.rows:
-            cells = []
-            for m in self.metrics:
-                v, lo, hi = r[m], r[f"{m}_ci"][0], r[f"{m}_ci"][1]
-                cells.append("n/a" if np.isnan(v) else f"{v:.3f} [{lo:.3f}, {hi:.3f}]")
+            cells = [fmt(r[m], r[f"{m}_ci"], r.get("n/a"), no_ci=no_ci) for m in self.metrics]
             lines.append(f"| {r['encoder']} | " + " | ".join(cells) + " |")
         if self.comparisons:
             lines += ["", "| comparison (paired patient bootstrap) | " + " | ".join(f"Δ {names[m]} [95 % CI]" for m in self.metrics)
                       + " |", "|---" * (len(self.metrics) + 1) + "|"]
             for c in self.comparisons:
                 lines.append(f"| {c['encoder']} − {c['reference']} | " + " | ".join(
-                    f"{c[m]:+.3f} [{c[m + '_ci'][0]:+.3f}, {c[m + '_ci'][1]:+.3f}]" for m in self.metrics) + " |")
-        return "\n".join(lines)
+                    fmt(c[m], c[m + "_ci"], c.get("n/a"), signed=True, no_ci=no_ci) for m in self.metrics) + " |")
+        left = {(lab, why) for r in self.rows if not r.get("n/a") for lab, why in (r.get("left_out") or {}).items()}
+        notes = [f"- {lab} is left out of the averages: {why}" for lab, why in sorted(left)]
+        notes += [f"- {r['encoder']}: {', '.join(r['untrainable_labels'])} untrainable (the training rows hold one "
+                  "class): the prevalence prediction counts as AUROC 0.5" for r in self.rows
+                  if r.get("untrainable_labels") and not r.get("n/a")]
+        return "\n".join(lines + ([""] if notes else []) + notes)
 
 
 def evaluate_probe(features: dict, Y, labels, patient_ids, split, *, kind: str = "binary", probe: str = "linear",
@@ -177,11 +184,15 @@ def evaluate_probe(features: dict, Y, labels, patient_ids, split, *, kind: str =
     """
     seed = random_state if seed is None else seed
     predictors = check_names(features, predictors)
+    for name, X in features.items():
+        check_finite(X, f"features {name!r}")
     Y = np.asarray(Y, dtype=np.float64)
     Y = Y[:, None] if Y.ndim == 1 else Y
     patient_ids = np.asarray(patient_ids)
     train, test = (np.asarray(s, dtype=np.int64) for s in split)
     W, summary = prepare_split(patient_ids, train, test, n_boot, seed)
+    if summary["test_patients"] < 2:  # a patient-level bootstrap of one patient cannot vary
+        summary["no_ci"] = f"{summary['test_patients']} test patient"
     if kind == "regression":
         probe = "ridge"
     elif probe == "ridge":
@@ -192,12 +203,20 @@ def evaluate_probe(features: dict, Y, labels, patient_ids, split, *, kind: str =
     for name in [*features, *predictors]:
         P, params, untrainable = _fit_predict(name, features, predictors, probe, Y, train, test, patient_ids, kind,
                                               seed)
-        point = metric_fn(Y[test], P)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            boots[name] = [metric_fn(Y[test], P, w) for w in W]
-        row = {"encoder": name, "params": params, **point, "untrainable_labels": [labels[j] for j in untrainable]}
-        row.update({f"{m}_ci": percentile_ci([b[m] for b in boots[name]]) for m in point})
+        keep, left_out, na = _scorable(Y[test], labels, untrainable, kind)
+        Y_test, P_test = Y[test][:, keep], np.asarray(P)[:, keep]
+        if not na:
+            point = metric_fn(Y_test, P_test)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                boots[name] = [metric_fn(Y_test, P_test, w) for w in W]
+        else:
+            point = {m: float("nan") for m in result.metrics}
+            boots[name] = [point] * len(W)
+        row = {"encoder": name, "params": params, **point, "untrainable_labels": [labels[j] for j in untrainable],
+               "n/a": na, "left_out": left_out if not na else {}}
+        row.update({f"{m}_ci": percentile_ci([b[m] for b in boots[name]]) if "no_ci" not in summary
+                    else [float("nan")] * 2 for m in point})
         result.rows.append(row)
         result.predictions[name] = P
     if reference in boots:
@@ -205,6 +224,28 @@ def evaluate_probe(features: dict, Y, labels, patient_ids, split, *, kind: str =
         result.comparisons += [_comparison(row, ref, boots, result.metrics) for row in result.rows
                                if row["encoder"] != reference]
     return result
+
+
+def _scorable(Y_test, labels, untrainable, kind) -> tuple[list, dict, str | None]:
+    """The label columns a row's metrics average, ``{label: why}`` for those they cannot, and why the whole row
+    is n/a (no label left, or every kept label untrainable: constant predictions), or None."""
+    keep, left_out = [], {}
+    for j, lab in enumerate(labels):
+        if kind == "regression":
+            why = None if len(Y_test) > 1 and np.ptp(Y_test[:, j]) > 0 else "constant target in the test split"
+        else:
+            why = label_problem(Y_test[:, j])
+        if why is None:
+            keep.append(j)
+        else:
+            left_out[lab] = why
+    na = None
+    if not keep:
+        na = next(iter(left_out.values())) if len(labels) == 1 else \
+            "no label can be scored: " + "; ".join(f"{k}: {v}" for k, v in left_out.items())
+    elif kind != "regression" and set(keep) <= set(untrainable):
+        na = "untrainable: the training rows hold one class"
+    return keep, left_out, na
 
 
 def _fit_predict(name, features, predictors, probe, Y, train, test, patient_ids, kind, seed):
@@ -222,8 +263,10 @@ def _fit_predict(name, features, predictors, probe, Y, train, test, patient_ids,
 
 def _comparison(row, ref, boots, metrics) -> dict:
     """Differences of every metric between ``row`` and ``ref``, with paired-bootstrap CIs."""
-    comp = {"encoder": row["encoder"], "reference": ref["encoder"]}
+    comp = {"encoder": row["encoder"], "reference": ref["encoder"], "n/a": row.get("n/a") or ref.get("n/a")}
     for m in metrics:
         comp[m] = row[m] - ref[m]
         comp[f"{m}_ci"] = paired_ci([b[m] for b in boots[row["encoder"]]], [b[m] for b in boots[ref["encoder"]]])
+        if not np.isfinite(row[f"{m}_ci"][0]):  # no CI for the row (one test patient): none for the difference
+            comp[f"{m}_ci"] = [float("nan")] * 2
     return comp

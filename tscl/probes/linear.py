@@ -8,6 +8,9 @@
 - Macro AUROC comes with a 95 % CI from a patient-level bootstrap of the test side (whole
   patients are resampled, so recordings of one patient move together). Comparisons between
   encoders use the *same* bootstrap resamples (a paired CI of the difference).
+- Labels that cannot be scored in a cell (one class or fewer than k rows of a class in the test
+  split, untrainable in every fit: :mod:`tscl.probes.cells`) are left out of its macro average and
+  named under the table; a cell with no label left prints ``n/a (why)``, never a number.
 
 The protocol's pieces live in :mod:`tscl.probes.protocol` and the probe models in
 :mod:`tscl.probes.models`; both are re-exported here.
@@ -20,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .cells import check_finite, fmt, label_problem, untrainable_problem
 from .models import C_GRID, LinearProbe
 from .protocol import (
     PatientLeakageError,
@@ -115,18 +119,30 @@ class ProbeResult:
         fractions = sorted({r["fraction"] for r in self.rows})
         head = "| encoder | " + " | ".join(f"{100 * f:g} % labels" for f in fractions) + " |"
         lines = [head, "|---" * (len(fractions) + 1) + "|"]
+        no_ci = self.split.get("no_ci")
         for e in encoders:
-            cells = []
-            for f in fractions:
-                r = self.cell(e, f)
-                cells.append(f"{r['auroc']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]")
+            cells = [fmt(r["auroc"], (r["ci_low"], r["ci_high"]), r.get("n/a"), no_ci=no_ci)
+                     for r in (self.cell(e, f) for f in fractions)]
             lines.append(f"| {e} | " + " | ".join(cells) + " |")
         if self.comparisons:
             lines += ["", "| comparison | labels | Δ macro AUROC [95 % CI] |", "|---|---|---|"]
             for c in self.comparisons:
                 lines.append(f"| {c['encoder']} − {c['reference']} | {100 * c['fraction']:g} % | "
-                             f"{c['delta']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] |")
-        return "\n".join(lines)
+                             f"{fmt(c['delta'], (c['ci_low'], c['ci_high']), c.get('n/a'), signed=True, no_ci=no_ci)} |")
+        return "\n".join(lines + _left_out_lines(self.rows, self.labels))
+
+
+def _left_out_lines(rows: list, labels: list) -> list:
+    """One line per label left out of the macro averages (and why), and per label no fit of a cell could learn."""
+    left = {(lab, why) for r in rows for lab, why in (r.get("left_out") or {}).items()}
+    untrained: dict = {}
+    for r in rows:
+        for lab, why in (r.get("untrainable") or {}).items():
+            untrained.setdefault((lab, why), set()).add(r["fraction"])
+    out = [f"- {lab} is left out of the macro AUROC: {why}" for lab, why in sorted(left)]
+    out += [f"- {lab} at {', '.join(f'{100 * f:g} %' for f in sorted(fr))}: {why}; its prevalence prediction counts as "
+            "AUROC 0.5" for (lab, why), fr in sorted(untrained.items())]
+    return [""] + out if out else []
 
 
 def run_probe(features: dict, Y, labels, patient_ids, *, fractions=(0.01, 0.1, 1.0), repeats: int = 3,
@@ -153,8 +169,11 @@ def run_probe(features: dict, Y, labels, patient_ids, *, fractions=(0.01, 0.1, 1
     for name, X in features.items():
         if len(X) != len(Y):
             raise ValueError(f"features {name!r} have {len(X)} rows for {len(Y)} labels")
+        check_finite(X, f"features {name!r}")
     train, test = split if split is not None else patient_split(patient_ids, test_fraction, seed)
     W, summary = prepare_split(patient_ids, train, test, n_boot, seed)  # W shared by every encoder: paired CIs
+    if summary["test_patients"] < 2:  # a patient-level bootstrap of one patient cannot vary
+        summary["no_ci"] = f"{summary['test_patients']} test patient"
     result = ProbeResult(labels=list(labels), split=summary)
     names = [*features, *predictors]
     for fraction in fractions:
@@ -167,6 +186,8 @@ def run_probe(features: dict, Y, labels, patient_ids, *, fractions=(0.01, 0.1, 1
             fits = [_fit_predict(name, features, predictors, Y, rows, test, patient_ids, C_grid, seed + r)
                     for r, rows in enumerate(subsets)]
             row, boots[name] = _cell(name, fraction, fits, subsets, Y[test], W, labels, patient_ids)
+            if "no_ci" in summary:  # every resample is the one patient: the interval would be a point
+                row["ci_low"] = row["ci_high"] = float("nan")
             result.rows.append(row)
         if reference in boots:
             result.comparisons += [_comparison(result, name, reference, fraction, boots)
@@ -174,34 +195,60 @@ def run_probe(features: dict, Y, labels, patient_ids, *, fractions=(0.01, 0.1, 1
     return result
 
 
-def _fit_predict(name, features, predictors, Y, rows, test, patient_ids, C_grid, seed) -> tuple[np.ndarray, int]:
-    """Test-side predictions of ``name`` trained on ``rows``, and how many labels it could not learn."""
+def _fit_predict(name, features, predictors, Y, rows, test, patient_ids, C_grid, seed) -> tuple[np.ndarray, list]:
+    """Test-side predictions of ``name`` trained on ``rows``, and the labels (indices) it could not learn."""
     if name in predictors:
         P = np.asarray(predictors[name](Y, rows, test, patient_ids, seed))
-        return P, sum(len(np.unique(Y[rows, j])) < 2 for j in range(Y.shape[1]))
+        return P, [j for j in range(Y.shape[1]) if len(np.unique(Y[rows, j])) < 2]
     X = np.asarray(features[name])
     probe = LinearProbe(C=_choose_C(X, Y, rows, patient_ids, list(C_grid), seed)).fit(X[rows], Y[rows])
-    return probe.predict_proba(X[test]), len(probe.untrainable_)
+    return probe.predict_proba(X[test]), list(probe.untrainable_)
+
+
+def _scorable(fits, Y_test, labels) -> tuple[list, dict, dict]:
+    """The labels a cell's macro AUROC averages (those the test split can score, the same in every cell),
+    ``{label: why}`` for the others, and ``{label: why}`` for kept labels no fit could learn (their constant
+    prevalence prediction counts as AUROC 0.5: what that label budget gives)."""
+    test_problem = [label_problem(Y_test[:, j]) for j in range(len(labels))]
+    keep = [j for j in range(len(labels)) if test_problem[j] is None]
+    left_out = {labels[j]: test_problem[j] for j in range(len(labels)) if test_problem[j] is not None}
+    untrainable = {labels[j]: untrainable_problem(len(fits)) for j in keep if all(j in u for _, u in fits)}
+    return keep, left_out, untrainable
 
 
 def _cell(name, fraction, fits, subsets, Y_test, W, labels, patient_ids) -> tuple[dict, np.ndarray]:
-    """One (encoder, fraction) row over the repeats' predictions, and its bootstrap macro AUROCs."""
-    preds = [P for P, _ in fits]
-    point = [macro_auroc(Y_test, P) for P in preds]
-    b = bootstrap_macro_auroc(Y_test, preds, None, weights=W)
-    per_label = np.mean([[macro_auroc(Y_test[:, [j]], P[:, [j]]) for j in range(len(labels))] for P in preds], axis=0)
+    """One (encoder, fraction) row over the repeats' predictions, and its bootstrap macro AUROCs; ``n/a`` with
+    the reason when no label can be scored or every scored label was untrainable in every fit."""
+    keep, left_out, untrainable = _scorable(fits, Y_test, labels)
+    na = None
+    if not keep:
+        na = "; ".join(sorted(set(left_out.values()))) if len(labels) == 1 else \
+            "no label can be scored: " + "; ".join(f"{k}: {v}" for k, v in left_out.items())
+    elif len(untrainable) == len(keep):
+        na = untrainable_problem(len(fits))
+    preds = [P[:, keep] for P, _ in fits]
+    point = [macro_auroc(Y_test[:, keep], P) for P in preds] if not na else [float("nan")]
+    b = bootstrap_macro_auroc(Y_test[:, keep], preds, None, weights=W) if not na else np.full(len(W), np.nan)
+    per_label = dict.fromkeys(labels, float("nan"))
+    for i, j in enumerate(keep):
+        per_label[labels[j]] = float(np.mean([macro_auroc(Y_test[:, [j]], P[:, [i]]) for P in preds]))
     ci_low, ci_high = percentile_ci(b)
     return {
         "encoder": name, "fraction": fraction, "auroc": float(np.mean(point)), "ci_low": ci_low, "ci_high": ci_high,
+        "n/a": na, "left_out": left_out if not na else {}, "untrainable": untrainable if not na else {},
         "std_over_repeats": float(np.std(point)), "repeats": len(fits),
         "train_patients": int(np.mean([len(np.unique(patient_ids[rows])) for rows in subsets])),
-        "untrainable_label_fits": sum(u for _, u in fits),
-        "per_label": {lab: float(v) for lab, v in zip(labels, per_label)},
+        "untrainable_label_fits": sum(len(u) for _, u in fits),
+        "per_label": per_label,
     }, b
 
 
 def _comparison(result, name, reference, fraction, boots) -> dict:
     ci_low, ci_high = paired_ci(boots[name], boots[reference])
+    if "no_ci" in result.split:
+        ci_low = ci_high = float("nan")
+    cell, ref = result.cell(name, fraction), result.cell(reference, fraction)
+    na = cell.get("n/a") or ref.get("n/a")
     return {"encoder": name, "reference": reference, "fraction": fraction,
-            "delta": result.cell(name, fraction)["auroc"] - result.cell(reference, fraction)["auroc"],
-            "ci_low": ci_low, "ci_high": ci_high}
+            "delta": float("nan") if na else cell["auroc"] - ref["auroc"],
+            "ci_low": ci_low, "ci_high": ci_high, "n/a": na}

@@ -73,6 +73,8 @@ class Task:
     description: str = ""
     standardise: bool = False
     source_column: str | None = None
+    in_channels: int | None = None  # what a run's encoder must take (checked before any data loads)
+    fs: float | None = None  # the rate of the task's waveforms, Hz (None: whatever the data holds)
 
     def load(self, root: str | Path, cache_dir: str | Path, seed: int = 0) -> TaskData:
         X, index, notes = self.loader(Path(root), Path(cache_dir))
@@ -122,24 +124,26 @@ def _strat_fold_rule(index, Y, seed):
 
 
 TASKS: dict[str, Task] = {t.name: t for t in [
-    Task("sim-risk", sim.load, CONDITIONS, _sim_rule, "multilabel",
+    Task("sim-risk", sim.load, CONDITIONS, _sim_rule, "multilabel", in_channels=12,
          description="simulated cohort (tscl simulate/demo; --data is the cohort folder): the six risk labels, "
                      "multi-label, split by patient (the cohort's split column: test patients are never "
                      "pretrained on)"),
     Task("ptbxl-superclass", ptbxl.load, ("NORM", "MI", "STTC", "CD", "HYP"), _strat_fold_rule, "multilabel",
          description="PTB-XL diagnostic superclasses, multi-label; strat_fold 1-8 train, 10 test",
-         source_column="device"),
+         source_column="device", in_channels=12, fs=100),
     Task("ptbxl-sex", ptbxl.load, ("female",), _strat_fold_rule, "binary",
-         description="PTB-XL sex (female) from the ECG; strat_fold split", source_column="device"),
+         description="PTB-XL sex (female) from the ECG; strat_fold split", source_column="device", in_channels=12,
+         fs=100),
     Task("ptbxl-age", ptbxl.load_age, ("age",), _strat_fold_rule, "regression",
-         description="PTB-XL age (years), ridge regression; strat_fold split", source_column="device"),
+         description="PTB-XL age (years), ridge regression; strat_fold split", source_column="device", in_channels=12,
+         fs=100),
     Task("mitdb-beats", physionet.mitdb_beats, ("V",), _patient_rule, "binary",
          description="AAMI V vs N beats of MIT-BIH (+ SVDB when present), split by record/patient",
-         source_column="database"),
+         source_column="database", in_channels=2, fs=360),
     Task("cpsc2021-af", physionet.cpsc2021, ("afib",), _patient_rule, "binary",
-         description="CPSC 2021 AF vs normal-rhythm 10 s windows, split by patient"),
+         description="CPSC 2021 AF vs normal-rhythm 10 s windows, split by patient", in_channels=2, fs=200),
     Task("eegmat-task", eegmat.load, ("task",), _patient_rule, "binary", standardise=True,
-         description="EEGMAT rest vs mental arithmetic 10 s epochs, split by subject"),
+         description="EEGMAT rest vs mental arithmetic 10 s epochs, split by subject", in_channels=19, fs=500),
     Task("mimic-mortality", mimic.loader("mortality"), ("mortality",), _patient_rule, "binary", modality="tabular",
          description="MIMIC-IV demo in-hospital mortality at admission + 24 h, split by subject"),
     Task("mimic-readmission", mimic.loader("readmission"), ("readmission",), _patient_rule, "binary",

@@ -51,14 +51,17 @@ def write_report(names, root: str | Path, out: str | Path, *, run: str | Path | 
 
 
 def _classification_figures(tr: TaskRun, name, out: Path, probe, fractions, n_boot, seed):
-    """The label-efficiency run (None when no label has both classes on the test side) and the
+    """The label-efficiency run (None when no label can be scored on the test side) and the
     label-efficiency and reliability figures of a classification task."""
     from tscl.plots import plot_label_efficiency, plot_reliability
     from tscl.probes import run_probe
 
+    from tscl.probes.cells import MIN_CLASS_ROWS, label_problem
+
     d, eff, figures = tr.data, None, []
-    if not any(0 < d.Y[d.test, j].sum() < len(d.test) for j in range(len(d.labels))):
-        d.notes.append("label-efficiency curve not drawn: no label has both classes on the test side")
+    if all(label_problem(d.Y[d.test, j]) for j in range(len(d.labels))):
+        d.notes.append(f"label-efficiency curve not drawn: no label has {MIN_CLASS_ROWS} or more test rows of each "
+                       "class")
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)

@@ -85,8 +85,16 @@ def run_task(name: str, root: str | Path, *, run: str | Path | None = None, cach
     from tscl.probes.evaluate import evaluate_probe
 
     task = get_task(name)
+    if run is not None and task.modality == "waveform":  # an encoder that cannot take the task: before any data
+        from tscl.train import check_encoder_fits, load_config
+
+        info = load_config(run).data_info
+        check_encoder_fits(info, modality="waveform", in_channels=task.in_channels, fs=task.fs, what=f"task {name}",
+                           run=run)
     cache_dir = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "tscl" / "tasks"
     data = task.load(root, cache_dir, seed)
+    if run is not None and task.modality == "waveform":
+        check_encoder_fits(info, modality="waveform", in_channels=int(data.X.shape[1]), what=f"task {name}", run=run)
     if run is not None:
         from tscl.probes.linear import check_pretraining_overlap, pretrained_patients
 
@@ -102,14 +110,12 @@ def run_task(name: str, root: str | Path, *, run: str | Path | None = None, cach
                             reference="random-init" if "random-init" in features and len(features) > 1 else None)
     audits = {k: audit_embeddings(v, data.patient_ids, source=data.source, seed=seed) for k, v in features.items()}
     n_test = len(np.unique(data.patient_ids[data.test]))
-    if n_test < 5:
-        data.notes.append(f"only {n_test} test patient(s): the patient-level bootstrap cannot show between-patient "
-                          "variation, so the CIs are far too narrow (degenerate with 1 patient)")
-    for j, lab in enumerate(data.labels):
-        positives = data.Y[data.test, j].sum()
-        if data.kind != "regression" and not 0 < positives < len(data.test):
-            data.notes.append(f"label {lab!r} has a single class on the test side: its metrics are n/a")
-        elif data.kind != "regression" and min(positives, len(data.test) - positives) < 5:
-            data.notes.append(f"label {lab!r}: the test side has fewer than 5 rows of its rarer class; AUROC/AUPRC "
-                              "rest on them alone")
+    if 1 < n_test < 5:
+        data.notes.append(f"only {n_test} test patients: the patient-level bootstrap cannot show between-patient "
+                          "variation, so the CIs are far too narrow")
+    if data.kind != "regression":
+        from tscl.probes.cells import label_problem
+
+        data.notes += [f"label {lab!r} is not scored: {why}" for j, lab in enumerate(data.labels)
+                       if (why := label_problem(data.Y[data.test, j]))]
     return TaskRun(data, features, result, audits, predictors)
