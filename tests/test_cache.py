@@ -385,6 +385,16 @@ def test_cli_options_set_how_caches_are_built(tmp_path, monkeypatch):
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert f"{tmp_path / 'a-file'}/wfdb-" in proc.stderr and "cannot create the cache folder" in proc.stderr
+    # a full disk under the cache folder, in the shard-writing worker processes too (tests/faultshim)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent / "faultshim"),
+           "TSCL_FAULT": f"ENOSPC:{tmp_path / 'full'}", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([str(Path(sys.executable).parent / "tscl"), "pretrain", "--data", str(root), "--out",
+                           str(tmp_path / "run2"), "--epochs", "1", "--cache", str(tmp_path / "full"), "--workers", "2",
+                           "--quiet"], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert f"{tmp_path / 'full'}/wfdb-" in proc.stderr and "no space left on device while writing the cache" in \
+        proc.stderr
+    assert not list((tmp_path / "full").rglob("manifest.json")) and not list((tmp_path / "full").rglob(".build-*"))
 
 
 # ---- the node-local guard -------------------------------------------------------------------------
