@@ -15,18 +15,19 @@ metrics are macro averages over labels with both classes present:
 :func:`evaluate_probe` fits a probe chosen by name on the training rows, picks its
 hyper-parameter on a patient-level validation split carved out of the training rows only
 (the middle of the grid when there are fewer than 10 training patients), and scores the test
-rows once, with 95 % CIs from the same patient-level bootstrap resamples for every encoder.
+rows once, with 95 % CIs from the same patient-level bootstrap resamples for every encoder. The
+resamples are scored all at once in bounded chunks (:mod:`tscl.probes.bootstrap`: one sort per
+label, then O(n) per resample); the single-weighting functions below are the definitions.
 """
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.metrics import average_precision_score
 
-from .linear import weighted_auroc
+from .bootstrap import Resamples, classification_resampled, regression_resampled
 from .models import PROBE_GRIDS, make_probe
 from .protocol import check_names, choose_on_validation, paired_ci, percentile_ci, prepare_split
 
@@ -81,26 +82,14 @@ def r2(y, yhat, w) -> float:
 
 def classification_metrics(Y, P, w=None) -> dict:
     """Macro AUROC, AUPRC, Brier, ECE over labels with both classes (under weights ``w``)."""
-    Y, P = np.asarray(Y, dtype=np.float64), np.asarray(P, dtype=np.float64)
-    w = np.ones(len(Y)) if w is None else np.asarray(w, dtype=np.float64)
-    out = {m: [] for m in CLASSIFICATION_METRICS}
-    for j in range(Y.shape[1]):
-        y, p = Y[:, j], P[:, j]
-        if w[y == 1].sum() <= 0 or w[y == 0].sum() <= 0:
-            continue
-        out["auroc"].append(float(weighted_auroc(y, p, w[None])[0]))
-        out["auprc"].append(weighted_auprc(y, p, w))
-        out["brier"].append(brier_score(y, p, w))
-        out["ece"].append(expected_calibration_error(y, p, w))
-    return {m: float(np.mean(v)) if v else float("nan") for m, v in out.items()}
+    w = np.ones(len(Y)) if w is None else w
+    return {m: float(v[0]) for m, v in classification_resampled(Y, P, Resamples.from_weights(w)).items()}
 
 
 def regression_metrics(Y, Yhat, w=None) -> dict:
     """MAE and R^2, averaged over target columns."""
-    Y, Yhat = np.asarray(Y, dtype=np.float64), np.asarray(Yhat, dtype=np.float64)
-    w = np.ones(len(Y)) if w is None else np.asarray(w, dtype=np.float64)
-    return {"mae": float(np.mean([mae(Y[:, j], Yhat[:, j], w) for j in range(Y.shape[1])])),
-            "r2": float(np.mean([r2(Y[:, j], Yhat[:, j], w) for j in range(Y.shape[1])]))}
+    w = np.ones(len(Y)) if w is None else w
+    return {m: float(v[0]) for m, v in regression_resampled(Y, Yhat, Resamples.from_weights(w)).items()}
 
 
 def _predict(model, X, kind):
@@ -188,16 +177,15 @@ def evaluate_probe(features: dict, Y, labels, patient_ids, split, *, kind: str =
         raise ValueError("the ridge probe is for regression targets")
     result = EvalResult(labels=list(labels), kind=kind, probe=probe, y_test=Y[test], split=summary)
     metric_fn = regression_metrics if kind == "regression" else classification_metrics
+    resampled = regression_resampled if kind == "regression" else classification_resampled
     boots = {}
     for name in [*features, *predictors]:
         P, params, untrainable = _fit_predict(name, features, predictors, probe, Y, train, test, patient_ids, kind,
                                               seed)
         point = metric_fn(Y[test], P)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            boots[name] = [metric_fn(Y[test], P, w) for w in W]
+        boots[name] = resampled(Y[test], P, W)  # {metric: [n_boot]}, every resample at once
         row = {"encoder": name, "params": params, **point, "untrainable_labels": [labels[j] for j in untrainable]}
-        row.update({f"{m}_ci": percentile_ci([b[m] for b in boots[name]]) for m in point})
+        row.update({f"{m}_ci": percentile_ci(boots[name][m]) for m in point})
         result.rows.append(row)
         result.predictions[name] = P
     if reference in boots:
@@ -225,5 +213,5 @@ def _comparison(row, ref, boots, metrics) -> dict:
     comp = {"encoder": row["encoder"], "reference": ref["encoder"]}
     for m in metrics:
         comp[m] = row[m] - ref[m]
-        comp[f"{m}_ci"] = paired_ci([b[m] for b in boots[row["encoder"]]], [b[m] for b in boots[ref["encoder"]]])
+        comp[f"{m}_ci"] = paired_ci(boots[row["encoder"]][m], boots[ref["encoder"]][m])
     return comp
