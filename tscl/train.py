@@ -225,6 +225,8 @@ def pretrain(data, config: PretrainConfig) -> Path:
 
     method = _build_method(config, dataset, device)
     sampler = method.make_sampler(index, seed=config.seed)  # checks the augmentations against the data first
+    if hasattr(dataset, "batch_plan"):  # streamed shards: the method's sampler applied shard by shard
+        sampler = dataset.batch_plan(sampler, config.seed)
     if main:
         _prepare_out(out, config, resuming, device, world, dataset)
     if world > 1:

@@ -266,19 +266,26 @@ def open_dataset(name: str, root: str | Path, *, split: str | None = None, cache
     if unknown:
         raise ValueError(f"dataset {name!r} takes no option {unknown[0]!r}; its options: "
                          f"{', '.join(sorted(src.options)) or 'none'}")
-    root = Path(root)
-    if not root.exists():
-        raise FileNotFoundError(f"{root}: dataset root not found")
+    if not _is_url(root):  # a URL prefix (http://, pipe:) is the streamed sources' to open
+        root = Path(root)
+        if not root.exists():
+            raise FileNotFoundError(f"{root}: dataset root not found")
     ds = src.open(root, cache=Path(cache) if cache else None, progress=progress, **options)
-    ds.source = {"dataset": name, "root": str(root.resolve()), "options": options, "split": "all"}
+    ds.source = {"dataset": name, "root": root if _is_url(root) else str(root.resolve()), "options": options,
+                 "split": "all"}
     if split not in (None, "", "all"):
         ds = ds.split(split)
     return ds
 
 
+def _is_url(root) -> bool:
+    text = str(root)
+    return "://" in text or text.startswith("pipe:")
+
+
 def _load_builtin() -> None:
     from . import waveform  # noqa: F401  (registers its sources)
-    for module in ("ehr", "images"):
+    for module in ("ehr", "images", "stream"):
         try:
             __import__(f"{__name__}.{module}")
         except ModuleNotFoundError as err:  # a modality whose module is not present
