@@ -97,6 +97,7 @@ def test_patient_bootstrap_metrics_equal_the_per_resample_loop(n_patients, n_boo
     R = Resamples.patient_bootstrap(groups, n_boot, seed)
     W = bootstrap_weights(groups, n_boot, seed)
     np.testing.assert_array_equal(R.record_weights(), W)
+    assert R.shape == W.shape and np.array_equal(np.stack(list(R)), W)
     got = classification_resampled(Y, P, R)
     ref = [loop_classification(Y, P, w) for w in W]
     for m in got:

@@ -76,6 +76,11 @@ class Resamples:
     def __len__(self) -> int:
         return self.counts.shape[0]
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(n_boot, n)``: the shape of the dense record weights these resamples stand for."""
+        return len(self), len(self.inverse)
+
     def chunks(self, n: int):
         """``(start, C [b, G] float64)`` over all resamples, ``b`` such that the ~6 ``[b, n]`` float64 work
         arrays of one label stay within :data:`CHUNK_BYTES`."""
