@@ -106,6 +106,7 @@ def test_patient_bootstrap_metrics_equal_the_per_resample_loop(n_patients, n_boo
     reg = regression_resampled(Yr, Yhat, R)
     for b, w in enumerate(W):
         assert reg["mae"][b] == pytest.approx(np.mean([mae(Yr[:, j], Yhat[:, j], w) for j in range(L)]), rel=1e-10)
+        # R^2 of a resample whose targets are all equal is NaN in both (the old formula returned round-off there)
         want = np.mean([r2(Yr[:, j], Yhat[:, j], w) for j in range(L)])
         assert np.isnan(want) == np.isnan(reg["r2"][b]) and (np.isnan(want) or reg["r2"][b] == pytest.approx(want, rel=1e-8))
 
@@ -154,6 +155,10 @@ def test_degenerate_inputs():
     assert all(np.isnan(v) for v in metrics.values())
     reg = regression_resampled(np.full((5, 1), 3.0), np.arange(5.0)[:, None], Resamples.from_weights(np.ones(5)))
     assert np.isnan(reg["r2"][0]) and reg["mae"][0] == pytest.approx(np.mean(np.abs(3.0 - np.arange(5.0))))
+    y3, w3 = np.array([[0.1], [0.7], [0.3]]), np.array([[0.0, 0.0, 3.0], [1.0, 0.0, 2.0]])  # one value drawn, two
+    reg = regression_resampled(y3, np.zeros((3, 1)), Resamples.from_weights(w3))
+    assert np.isnan(reg["r2"][0]) and np.isnan(r2(y3[:, 0], np.zeros(3), w3[0]))
+    assert reg["r2"][1] == pytest.approx(r2(y3[:, 0], np.zeros(3), w3[1])) and np.isfinite(reg["r2"][1])
     with pytest.raises(ValueError, match="counts must be"):
         Resamples(np.ones((2, 3)), np.array([0, 3]))
 

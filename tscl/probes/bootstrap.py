@@ -212,18 +212,24 @@ def classification_resampled(Y, P, resamples: Resamples, n_bins: int = 10) -> di
 
 def regression_resampled(Y, Yhat, resamples: Resamples) -> dict:
     """``{"mae", "r2"}`` -> ``[B]``: means over target columns. R^2 is NaN where the resample's targets
-    are constant (a total sum of squares at round-off level, 1e-12 of the second moment, counts as 0)."""
+    are all equal (from each patient's smallest and largest target: exact, not a round-off test)."""
     Y, Yhat = np.asarray(Y, dtype=np.float64), np.asarray(Yhat, dtype=np.float64)
     y = Y - Y.mean(axis=0)  # centred: the moments below then cancel as little as they can
     sums = _per_group(resamples, np.column_stack([np.ones(len(Y)), y, y**2, np.abs(Y - Yhat), (Y - Yhat) ** 2]))
+    low = np.full((resamples.n_groups, Y.shape[1]), np.inf)
+    high = np.full_like(low, -np.inf)
+    np.minimum.at(low, resamples.inverse, Y)
+    np.maximum.at(high, resamples.inverse, Y)
     L = Y.shape[1]
     out = {m: np.empty(len(resamples)) for m in ("mae", "r2")}
-    for start, C in resamples.chunks(1):
+    for start, C in resamples.chunks(resamples.n_groups * L):
         S = C @ sums
         w = S[:, :1]
         s1, s2, abs_err, sq_err = (S[:, 1 + k * L:1 + (k + 1) * L] for k in range(4))
+        drawn = (C > 0)[:, :, None]  # [b, G, 1]
+        spread = np.where(drawn, high, -np.inf).max(axis=1) - np.where(drawn, low, np.inf).min(axis=1)
         ss_tot = s2 - _ratio(s1**2, w)
-        r2 = np.where(ss_tot > 1e-12 * s2, 1 - _ratio(sq_err, np.where(ss_tot > 0, ss_tot, 1)), np.nan)
+        r2 = np.where((spread > 0) & (ss_tot > 0), 1 - _ratio(sq_err, np.where(ss_tot > 0, ss_tot, 1)), np.nan)
         out["mae"][start:start + len(C)] = _ratio(abs_err, w).mean(axis=1)
         out["r2"][start:start + len(C)] = r2.mean(axis=1)
     return out

@@ -75,6 +75,10 @@ def mae(y, yhat, w) -> float:
 
 
 def r2(y, yhat, w) -> float:
+    """NaN when the targets of the records with weight are all equal (R^2 is undefined there)."""
+    y, w = np.asarray(y, dtype=np.float64), np.asarray(w, dtype=np.float64)
+    if not (w > 0).any() or np.ptp(y[w > 0]) == 0:
+        return float("nan")
     mean = np.sum(w * y) / np.sum(w)
     ss_tot = np.sum(w * (y - mean) ** 2)
     return float(1 - np.sum(w * (y - yhat) ** 2) / ss_tot) if ss_tot > 0 else float("nan")
