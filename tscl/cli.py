@@ -1,4 +1,4 @@
-"""``tscl`` command line: simulate, pretrain, embed, probe, demo."""
+"""``tscl`` command line: simulate, pretrain, export, embed, probe, demo."""
 from __future__ import annotations
 
 import argparse
@@ -214,8 +214,10 @@ def _dataset_spec(args, split: str | None) -> dict:
     if unknown:
         raise UsageError(f"--dataset-kwargs: dataset {name!r} takes no option {unknown[0]!r}; its options: "
                          f"{', '.join(sorted(src.options)) or 'none'}")
-    return {"dataset": name, "root": str(Path(root).resolve()), "split": split, "options": options,
-            "cache": getattr(args, "cache", None)}
+    from tscl.datasets import _is_url
+
+    return {"dataset": name, "root": root if _is_url(root) else str(Path(root).resolve()), "split": split,
+            "options": options, "cache": getattr(args, "cache", None)}
 
 
 def _open(spec: dict, progress: bool):
@@ -650,6 +652,24 @@ def cmd_mimic_probe(args):
     return report
 
 
+def cmd_export(args):
+    """Write a dataset's rows as WebDataset shards (+ index.parquet, manifest.json) for streamed pretraining."""
+    from tscl.datasets.stream import export_webdataset, parse_size
+
+    try:
+        shard_bytes = parse_size(args.shard_size)
+    except ValueError as err:
+        raise UsageError(f"--shard-size: {err}") from None
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"--out {out}: folder exists and is not empty; choose a new folder")
+    data = _open(_dataset_spec(args, args.split or "all"), progress=not args.quiet)
+    manifest = export_webdataset(data, out, shard_bytes=shard_bytes, seed=args.seed, progress=not args.quiet)
+    size = sum(s["bytes"] for s in manifest["shards"])
+    print(f"wrote {manifest['items']} items in {len(manifest['shards'])} shard(s), {size / 2**20:.1f} MiB, to {out}")
+    return out
+
+
 def cmd_datasets(args):
     """List the dataset sources and what each needs on disk."""
     from tscl.datasets import get_source, list_sources
@@ -833,6 +853,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--checkpoint-every-min", type=_nonneg_float, default=None, metavar="MIN",
                     help="minutes of wall time between checkpoints (default 5; 0: none by time)")
     sp.set_defaults(func=cmd_pretrain)
+
+    sp = sub.add_parser("export", help="write a dataset as WebDataset tar shards for streamed pretraining "
+                        "(tscl pretrain --dataset webdataset --root DIR)", formatter_class=fmt)
+    data(sp, "rows to export (default all)")
+    common(sp)
+    sp.add_argument("--format", default="webdataset", choices=["webdataset"])
+    sp.add_argument("--shard-size", default="256MB", help="target shard size (bytes, or KB/MB/GB)")
+    sp.add_argument("--out", required=True, help="new folder for the shards, index.parquet and manifest.json")
+    sp.set_defaults(func=cmd_export)
 
     sp = sub.add_parser("embed", help="frozen features of a run's encoder", formatter_class=fmt)
     data(sp, "rows to embed (default all)")
