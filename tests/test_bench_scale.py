@@ -24,7 +24,7 @@ def test_quick_run_measures_every_stage_and_a_second_run_skips_the_size(tmp_path
         assert got["peak_anon_mb"] > 10 and got["peak_rss_mb"] >= got["peak_anon_mb"] * 0.5, stage
         for name in names:
             assert np.isfinite(got[name]), (stage, name)
-    assert record["stages"]["build"]["cache_bytes_per_record"] >= 4 * 1000  # 1 lead x 1000 float32 samples
+    assert record["stages"]["build"]["cache_bytes_per_record"] >= 2 * 1000  # 1 lead x 1000 int16 samples
     assert record["stages"]["pretrain"]["steps"] == 3
     assert record["stages"]["probe"]["bootstrap"] == 100
     assert not (work / "data-200").exists()  # a measured size's data is removed unless --keep

@@ -287,7 +287,7 @@ def notes_line(notes: dict) -> str:
 
 
 _ID_COLUMNS = {"patient_id", "record_id", "fs", "n_channels", "n_samples", "offset", "channels", "visit_time", "source",
-               "nan_samples", "missing_channels", "split", "window_start", "window_end", "item", "shard", "encoding"}
+               "nan_samples", "missing_channels", "split", "window_start", "window_end", "item"}
 
 
 # ---- the registry ------------------------------------------------------------------------------------

@@ -40,7 +40,8 @@ class WaveformDataset(Dataset):
         if normalize not in NORMALIZE:
             raise ValueError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
         if index is None:  # a subset passes its rows of the parent's index, split column included
-            index = cache.index
+            # where a recording's bytes lie is the cache's business (cache.index keeps it), not the dataset's
+            index = cache.index.drop([c for c in ("shard", "encoding") if c in cache.index.columns])
             if "split" not in index.columns:
                 index = index.with_columns(hash_split_column(index["patient_id"]))
             notes = {**cache_notes(cache.report), **(notes or {})}
