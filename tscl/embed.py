@@ -5,7 +5,8 @@ from typing import Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+
+from tscl.progress import progress_bar
 
 __all__ = ["embed_signals", "embed_dataset", "embed_rows"]
 
@@ -18,7 +19,7 @@ def embed_rows(encoder: torch.nn.Module, n: int, fetch: Callable, batch_size: in
     ``.to(device)``). Non-finite features raise."""
     encoder = encoder.to(device).eval()
     out = np.empty((n, encoder.embed_dim), dtype=np.float32)
-    for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress):
+    for start in progress_bar(range(0, n, batch_size), desc=desc, disable=not progress):
         rows = np.arange(start, min(start + batch_size, n))
         out[rows] = encoder(fetch(rows).to(device)).float().cpu().numpy()
     if not np.isfinite(out).all():

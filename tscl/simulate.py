@@ -197,7 +197,7 @@ def write_cohort(out_dir: str | Path, cfg: CohortConfig | None = None, progress:
     import json
 
     import polars as pl
-    from tqdm.auto import tqdm
+    from tscl.progress import progress_bar
 
     from tscl.loaders.wfdb_write import write_wfdb
 
@@ -213,7 +213,7 @@ def write_cohort(out_dir: str | Path, cfg: CohortConfig | None = None, progress:
     rng = np.random.default_rng(cfg.seed + 1)
     rows = []
     total = sum(len(p["visit_dates"]) for p in patients)
-    with tqdm(total=total, desc="simulating ECGs", disable=not progress) as bar:
+    with progress_bar(total=total, desc="simulating ECGs", disable=not progress) as bar:
         for p in patients:
             for v, date in enumerate(p["visit_dates"]):
                 signal, af_now, labs = synthesize_ecg(p, v, rng, cfg.fs, cfg.duration_s)

@@ -59,7 +59,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
 
 from tscl import distributed
 from tscl.checkpoint import (CHECKPOINT, LOCK, RunFileError, RunLock, check_identity, environment, load_checkpoint,
@@ -70,6 +69,7 @@ from tscl.encoders import build_encoder
 from tscl.encoders.resnet1d import CPU_WIDTH
 from tscl.methods import build_method
 from tscl.prefetch import Prefetcher
+from tscl.progress import progress_bar
 from tscl.samplers import RankBatches, encode_ids
 
 # environment, save_checkpoint, load_checkpoint and CHECKPOINT live in tscl.checkpoint; re-exported here
@@ -646,7 +646,7 @@ def _train(out: Path, config, dataset, method, sampler, optim: tuple, steps: tup
             save_checkpoint(out / CHECKPOINT, method, opt, sched, step, states, identity, total=total)
 
     log = _Log(out, step, steps_per_epoch, main)
-    bar = tqdm(total=stop, initial=step, desc=f"pretrain {config.method}/{config.encoder}",
+    bar = progress_bar(total=stop, initial=step, desc=f"pretrain {config.method}/{config.encoder}",
                disable=not config.progress or not main)
     loader = Prefetcher(_schedule(sampler, step, steps_per_epoch, stop), dataset.fetch, columns,
                         pin=device.type == "cuda", depth=config.prefetch)
@@ -662,7 +662,7 @@ def _train(out: Path, config, dataset, method, sampler, optim: tuple, steps: tup
             log.step({"step": step, "epoch": epoch, "loss": value, "lr": sched.get_last_lr()[0],
                       "samples_per_s": payload_len(x) * world / dt, "data_wait_frac": min(1.0, loader.wait / dt)})
             step = progress["step"] = step + 1
-            bar.set_postfix(loss=f"{value:.3f}")
+            bar.set_postfix(loss=f"{value:.3f}", refresh=False)  # drawn with the next update, not every step
             bar.update()
             if step % steps_per_epoch == 0:
                 log.epoch(epoch, step - steps_per_epoch, step)

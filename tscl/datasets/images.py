@@ -304,7 +304,7 @@ def _validated(table, csv_path, root, size, channels, normalize, preload, on_err
     """The dataset over every image that reads as the dataset's shape, each read once now (decoded, channels
     and size converted, finite): a corrupt, transparent, NaN or odd-shaped image is refused here, naming it,
     or with ``on_error="skip"`` left out and listed, instead of being found mid-training."""
-    from tqdm.auto import tqdm
+    from tscl.progress import progress_bar
 
     from tscl.loaders import LoaderError
     from tscl.loaders.images import read_image
@@ -330,7 +330,7 @@ def _validated(table, csv_path, root, size, channels, normalize, preload, on_err
     ds = ImageDataset(table, _image_index(table, csv_path, root), shape=shape, size=size, channels=channels,
                       normalize=normalize, preload=bool(preload), notes={"skipped": skipped})
     bad = []
-    for p in tqdm(ds.index["path"].to_list(), desc=f"checking {root.name}", disable=not progress):
+    for p in progress_bar(ds.index["path"].to_list(), desc=f"checking {root.name}", disable=not progress):
         try:
             ds._read(p)
         except LoaderError as err:

@@ -33,9 +33,9 @@ import math
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from tscl.encoders.resnet1d import CPU_WIDTH
+from tscl.progress import progress_bar
 
 from .linear import macro_auroc, patient_split
 
@@ -164,7 +164,7 @@ class SupervisedBaseline:
         rng = np.random.default_rng(seed)
         order = np.empty(0, dtype=np.int64)
         best = (-math.inf, None, 0)
-        for step in tqdm(range(1, steps + 1), desc="supervised baseline", disable=not self.progress, leave=False):
+        for step in progress_bar(range(1, steps + 1), desc="supervised baseline", disable=not self.progress, leave=False):
             if len(order) < bs:
                 order = np.concatenate([order, rng.permutation(fit)])
             batch, order = order[:bs], order[bs:]
