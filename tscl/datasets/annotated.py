@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from . import hash_split, register_source
+from . import hash_split, declare_source
 from .waveform import _COMMON, WaveformDataset, _cache_dir, cache_notes
 
 __all__ = ["SPLIT_RULES", "KINDS"]
@@ -128,7 +128,7 @@ def _with_split(index: pl.DataFrame, rule: str, kind: str) -> pl.DataFrame:
     return index.filter((pl.col("split") == "test") | ~pl.col("patient_id").is_in(tested.to_list()))
 
 
-@register_source("annotated", "waveform", "WFDB records with .atr annotations (MIT-BIH, SVDB, CPSC 2021): the records "
+@declare_source("annotated", "waveform", "WFDB records with .atr annotations (MIT-BIH, SVDB, CPSC 2021): the records "
                  "of RECORDS (else every .hea + .atr) as beat windows (AAMI classes, aami_N..aami_Q) or rhythm windows "
                  "(AF); split_rule=dechazal for MIT-BIH's inter-patient DS1/DS2",
                  options={**_COMMON, "kind": "beats | rhythm",

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import polars as pl
 
-from . import register_source
+from . import declare_source
 from .waveform import _COMMON, WaveformDataset, _cache_dir
 
 __all__ = ["stratified_hash_split", "FRACTIONS"]
@@ -52,7 +52,7 @@ def stratified_hash_split(ids, strata, fractions: dict = FRACTIONS) -> list[str]
     return out
 
 
-@register_source("cinc2017", "waveform", "PhysioNet/CinC 2017 training2017/ (or its parent): A00001.hea + .mat (MAT "
+@declare_source("cinc2017", "waveform", "PhysioNet/CinC 2017 training2017/ (or its parent): A00001.hea + .mat (MAT "
                  "v4) per record and a reference table (REFERENCE-v3.csv, REFERENCE.csv or REFERENCE-original.csv); "
                  "lead 'I', patient = record, labels class + normal/af/other/noisy, split stratified by class "
                  "(20 % test, 10 % val, hash of the record name)",

@@ -69,7 +69,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from . import Dataset, Events, default_cache_root, hash_split, register_source
+from . import Dataset, Events, default_cache_root, hash_split, declare_source
 
 __all__ = ["EHRDataset", "PAD_ID", "UNKNOWN_ID", "MASK_ID", "build_ehr_items", "open_meds_items", "mimic_meds_root",
            "split_events", "neighbour_events", "ehr_embed", "ehr_notes"]
@@ -407,7 +407,7 @@ def _options(window, max_len, min_count, on_empty, admission_prefix) -> dict:
             "admission_prefix": admission_prefix}
 
 
-@register_source("meds", "ehr", "a MEDS folder: data/<split>/*.parquet (subject_id, time, code, numeric_value), "
+@declare_source("meds", "ehr", "a MEDS folder: data/<split>/*.parquet (subject_id, time, code, numeric_value), "
                  "metadata/codes.parquet, metadata/subject_splits.parquet (train/tuning/held_out -> train/val/test; "
                  "else hash split)", options=_OPTIONS)
 def _meds(root: Path, *, cache=None, progress=True, window="30d", max_len=256, min_count=1, on_empty="raise",
@@ -445,7 +445,7 @@ def mimic_meds_root(root: str | Path, cache: str | Path | None = None) -> Path:
     return out
 
 
-@register_source("mimic-iv", "ehr", "MIMIC-IV as PhysioNet publishes it: hosp/*.csv.gz (patients, admissions, "
+@declare_source("mimic-iv", "ehr", "MIMIC-IV as PhysioNet publishes it: hosp/*.csv.gz (patients, admissions, "
                  "diagnoses_icd, labevents, prescriptions, transfers) and icu/*.csv.gz (icustays, chartevents), "
                  "converted to MEDS in the cache on first use", options=_OPTIONS)
 def _mimic_iv(root: Path, *, cache=None, progress=True, window="admission", max_len=256, min_count=1,

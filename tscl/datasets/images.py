@@ -21,7 +21,7 @@ the dataset's shape), so a missing, corrupt, transparent (RGBA with alpha < 1), 
 image is refused then, naming it, not found mid-training; ``on_error=skip`` leaves such images out
 and lists them in ``dataset.notes["skipped"]``. Images are read when a batch is fetched (the trainer's
 loader thread), or held in memory after the first read when they fit (``preload=auto``: under
-1 GiB). Importing this module registers the image augmentations (:mod:`tscl.augment_image`).
+1 GiB).
 
 MICLe (Azizi et al., "Big Self-Supervised Models Advance Medical Image Classification", ICCV
 2021: two films of one patient as positives) is ``--method pclr`` on an image dataset: PCLR's
@@ -36,9 +36,8 @@ import numpy as np
 import polars as pl
 import torch
 
-import tscl.augment_image  # noqa: F401  (registers the image ops)
 
-from . import SPLITS, Dataset, hash_split, register_source
+from . import SPLITS, Dataset, hash_split, declare_source
 
 __all__ = ["ImageDataset", "image_shape", "parse_size"]
 
@@ -207,7 +206,7 @@ def _relative_record(path: str, root: Path) -> str:
         return Path(path).with_suffix("").as_posix()
 
 
-@register_source("images", "image", "a folder of .npy/.png images and a CSV (labels.csv) with path and patient_id "
+@declare_source("images", "image", "a folder of .npy/.png images and a CSV (labels.csv) with path and patient_id "
                  "columns (optional record_id, split, label columns); one image size, or size=HxW to resize",
                  options={"csv": "the index CSV, relative to the root (default labels.csv)",
                           "size": "H or HxW: resize every image to it (default: all images must share one size)",

@@ -27,7 +27,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from . import register_source
+from . import declare_source
 from .images import _NORMALIZE, ImageDataset, parse_size
 
 __all__ = ["ArrayImageDataset"]
@@ -78,7 +78,7 @@ def _label_table(labels: np.ndarray) -> dict[str, np.ndarray]:
     return {"label": label, **one_hot}
 
 
-@register_source("medmnist", "image", "a MedMNIST 2-D .npz (train/val/test _images and _labels; any size, gray or "
+@declare_source("medmnist", "image", "a MedMNIST 2-D .npz (train/val/test _images and _labels; any size, gray or "
                  "RGB), or a folder holding one; official split, patient = image, labels 'label' (+ one-hot "
                  "label_k) or label_k for multi-label files",
                  options={"file": "the .npz to read when the root is a folder holding several",

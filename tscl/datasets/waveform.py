@@ -23,7 +23,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from . import Dataset, hash_split, register_source
+from . import Dataset, hash_split, declare_source
 
 __all__ = ["WaveformDataset", "NORMALIZE", "cache_notes"]
 
@@ -124,7 +124,7 @@ _COMMON = {"normalize": "none | zscore: per-channel standardisation of each item
            "on_error": "raise | skip: an unreadable record stops the load, or is left out and listed in the report"}
 
 
-@register_source("wfdb", "waveform", "a folder of WFDB records (.hea + signal files) and a metadata table with "
+@declare_source("wfdb", "waveform", "a folder of WFDB records (.hea + signal files) and a metadata table with "
                  "patient_id and record_id columns (optional path, visit_time, split, label columns)",
                  options={**_COMMON, "metadata": "the metadata table (default <root>/metadata.csv)",
                           "nan_policy": "fail | interpolate | drop"})
@@ -138,7 +138,7 @@ def _wfdb(root: Path, *, cache=None, progress=True, metadata=None, normalize="no
     return WaveformDataset(c, normalize=normalize)
 
 
-@register_source("ptbxl", "waveform", "PTB-XL as PhysioNet publishes it: records100/ (or records500/) and "
+@declare_source("ptbxl", "waveform", "PTB-XL as PhysioNet publishes it: records100/ (or records500/) and "
                  "ptbxl_database.csv + scp_statements.csv and/or labels/ptbxl_<task>_<part>.csv label tables; "
                  "split from strat_fold (1-8 train, 9 val, 10 test)",
                  options={**_COMMON, "rate": "100 or 500 (Hz): records100/ or records500/"})
@@ -150,7 +150,7 @@ def _ptbxl(root: Path, *, cache=None, progress=True, rate=100, normalize="none",
     return WaveformDataset(c, normalize=normalize)
 
 
-@register_source("cinc", "waveform", "PhysioNet/CinC 2020/2021 records: .hea + .mat with '# Dx:' SNOMED codes "
+@declare_source("cinc", "waveform", "PhysioNet/CinC 2020/2021 records: .hea + .mat with '# Dx:' SNOMED codes "
                  "(any folder depth)", options={**_COMMON})
 def _cinc(root: Path, *, cache=None, progress=True, normalize="none", on_error="raise"):
     from tscl.loaders import load_cinc
@@ -160,7 +160,7 @@ def _cinc(root: Path, *, cache=None, progress=True, normalize="none", on_error="
     return WaveformDataset(c, normalize=normalize)
 
 
-@register_source("eegmat", "waveform", "EEGMAT: SubjectNN_1.edf (rest) and SubjectNN_2.edf (mental arithmetic), "
+@declare_source("eegmat", "waveform", "EEGMAT: SubjectNN_1.edf (rest) and SubjectNN_2.edf (mental arithmetic), "
                  "EDF+, 19 10-20 channels; label 'task'",
                  options={**_COMMON, "epoch_s": "epoch length in s (30)",
                           "fs": "resample every file to this rate in Hz first (default: as recorded, 500)"})
@@ -175,7 +175,7 @@ def _eegmat(root: Path, *, cache=None, progress=True, epoch_s=30.0, normalize="z
     return WaveformDataset(c, normalize=normalize, notes={"unlisted": below} if below else None)
 
 
-@register_source("edf", "waveform", "a folder of EDF(+) files (any names, any depth; patient = file stem, record = "
+@declare_source("edf", "waveform", "a folder of EDF(+) files (any names, any depth; patient = file stem, record = "
                  "path), or with a metadata.csv of 'file', 'patient_id' and label columns",
                  options={**_COMMON, "epoch_s": "epoch length in s (30)",
                           "channels": "comma-separated channel names to keep (default: the 19 10-20 EEG channels)"})

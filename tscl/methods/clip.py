@@ -39,8 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tscl import kernels
-from tscl.augment import build_augment
-from tscl.augment_image import spec_modality
+from tscl.augment import build_augment, spec_modality
 from tscl.distributed import gather_embeddings
 from tscl.encoders import build_encoder
 from tscl.methods.base import Method
