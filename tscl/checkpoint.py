@@ -34,16 +34,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
+from tscl.config import RunFileError  # noqa: F401  (raised here; defined with the config, without torch)
+
 __all__ = ["CHECKPOINT", "LOCK", "save_checkpoint", "load_checkpoint", "read_checkpoint_meta", "load_weights",
            "save_weights", "write_file", "RunFileError", "RunLock", "RunLockedError", "rng_state", "set_rng_state",
            "run_identity", "check_identity", "nonfinite_state", "environment", "record_environment"]
 
 CHECKPOINT = "checkpoint.safetensors"
 LOCK = ".lock"  # the writer's pid, held under flock while a process writes the run folder
-
-
-class RunFileError(ValueError):
-    """A run file that cannot be written or read back: one line naming the file and what to do."""
 
 
 class RunLockedError(ValueError):

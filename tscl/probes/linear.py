@@ -47,8 +47,6 @@ __all__ = [
     "LinearProbe", "weighted_auroc", "macro_auroc", "bootstrap_macro_auroc", "ProbeResult", "run_probe",
 ]
 
-_bootstrap_weights = bootstrap_weights  # the name tscl.crossmodal imports
-
 
 def weighted_auroc(y: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """AUROC under record weights, for many weightings at once (ties count one half).

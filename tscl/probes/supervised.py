@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tscl.encoders.resnet1d import CPU_WIDTH
+from tscl.encoders import encoder_defaults
 from tscl.progress import progress_bar
 
 from .linear import macro_auroc, patient_split
@@ -79,7 +79,7 @@ class SupervisedBaseline:
             raise ValueError(f"X must be [N, C, T] waveforms or [N, F] tabular features, got shape {np.shape(X)}")
         self.X, self.kind = X, kind
         self.encoder = "tabular" if np.ndim(X) == 2 else encoder
-        self.encoder_kwargs = dict(encoder_kwargs or ({"width": CPU_WIDTH} if self.encoder == "resnet1d" else {}))
+        self.encoder_kwargs = dict(encoder_defaults(self.encoder) if encoder_kwargs is None else encoder_kwargs)
         self.epochs, self.max_steps, self.batch_size = epochs, max_steps, batch_size
         self.lr, self.weight_decay, self.eval_every = lr, weight_decay, eval_every
         self.device, self.progress = torch.device(device), progress
