@@ -1,6 +1,7 @@
 """Batch samplers whose composition encodes who is positive for whom."""
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -75,8 +76,6 @@ class PatientBatchSampler:
                 f"recordings ({len(groups)} patients in all); patient-aware pairing needs at least two"
             )
         if self.excluded_patients:
-            import warnings
-
             warnings.warn(
                 f"{len(self.excluded_patients)} of {len(groups)} patients have fewer than "
                 f"{self.recordings_per_patient} recordings and are left out of patient-pair sampling",

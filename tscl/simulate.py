@@ -28,13 +28,18 @@ PhysioNet data. Everything is deterministic given ``seed``.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 
+from tscl.datasets import hash_split
 from tscl.loaders.recording import ECG_LEADS
+from tscl.loaders.wfdb_write import write_wfdb
+from tscl.progress import progress_bar
 
 __all__ = ["LEADS", "CONDITIONS", "CohortConfig", "simulate_patients", "synthesize_ecg", "write_cohort"]
 
@@ -194,18 +199,10 @@ def write_cohort(out_dir: str | Path, cfg: CohortConfig | None = None, progress:
     ``train`` and the probes test on ``test``. ``truth.json`` records the configuration.
     Returns the path of the metadata table.
     """
-    import json
-
-    import polars as pl
-    from tscl.progress import progress_bar
-
-    from tscl.loaders.wfdb_write import write_wfdb
-
     cfg = cfg or CohortConfig()
     out_dir = Path(out_dir)
     rec_dir = out_dir / "records"
     rec_dir.mkdir(parents=True, exist_ok=True)
-    from tscl.datasets import hash_split
 
     patients = simulate_patients(cfg)
     sides = dict(zip([p["patient_id"] for p in patients],
@@ -243,3 +240,4 @@ def write_cohort(out_dir: str | Path, cfg: CohortConfig | None = None, progress:
     pl.DataFrame(rows).write_csv(meta)
     (out_dir / "truth.json").write_text(json.dumps({"config": asdict(cfg), "conditions": CONDITIONS}, indent=2))
     return meta
+

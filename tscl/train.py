@@ -49,8 +49,10 @@ import itertools
 import json
 import math
 import random
+import shutil
 import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import asdict, replace
@@ -61,14 +63,16 @@ import torch
 import torch.distributed as dist
 
 from tscl import distributed
-from tscl.checkpoint import (CHECKPOINT, LOCK, RunFileError, RunLock, check_identity, environment, load_checkpoint,
-                             nonfinite_state, record_environment, rng_state,
-                             run_identity, save_checkpoint, save_weights, set_rng_state, write_file)
-from tscl.config import PretrainConfig, check_config, load_config
-from tscl.datasets import payload_len, to_device
 from tscl.catalog import default_encoder
+from tscl.checkpoint import (CHECKPOINT, LOCK, RunFileError, RunLock, check_identity, environment, load_checkpoint,
+                             nonfinite_state, record_environment, rng_state, run_identity, save_checkpoint, save_weights,
+                             set_rng_state, write_file)
+from tscl.config import PretrainConfig, check_config, load_config
+from tscl.datasets import Dataset, payload_len, to_device
+from tscl.datasets.waveform import WaveformDataset
 from tscl.encoders import build_encoder, encoder_defaults
 from tscl.methods import build_method
+from tscl.plots import plot_loss_curve
 from tscl.prefetch import Prefetcher
 from tscl.progress import progress_bar
 from tscl.runs import load_encoder
@@ -120,8 +124,6 @@ class _Signals:
     (``received``) and the loop stops after its step; a second SIGINT raises ``KeyboardInterrupt`` at once."""
 
     def __init__(self):
-        import threading
-
         self.received, self.previous = 0, {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -193,9 +195,6 @@ def _restart_metrics(path: Path, start: int, steps_per_epoch: int) -> list[dict]
 
 def as_dataset(data):
     """A :class:`~tscl.datasets.Dataset` for ``data`` (a dataset already, or a ``WaveformCache`` or its subset)."""
-    from tscl.datasets import Dataset
-    from tscl.datasets.waveform import WaveformDataset
-
     return data if isinstance(data, Dataset) else WaveformDataset(data)
 
 
@@ -356,8 +355,6 @@ def _prepare_out(out: Path, config: "PretrainConfig", resuming: bool, device, wo
 def _clear_or_refuse(out: Path, overwrite: bool) -> None:
     """A new run in ``out``: refuse a folder holding a run (or anything else) unless ``overwrite``, which
     empties it (the lock stays); stale temporary files of a dead writer are removed."""
-    import shutil
-
     entries = [p for p in out.iterdir() if p.name != LOCK]
     if not entries:
         return
@@ -420,8 +417,6 @@ def _resume_point(out: Path, config, identity: dict, world: int, stop: int, main
 def _mark_failed(out: Path, err: BaseException, step: int, created: bool) -> None:
     """A failure during training: a new run with no checkpoint is removed; otherwise FAILED.json says why
     (best effort: a full disk may refuse even that; the terminal line says it anyway)."""
-    import shutil
-
     if created and not (out / CHECKPOINT).exists():
         shutil.rmtree(out, ignore_errors=True)
         return
@@ -616,8 +611,6 @@ def _save_weights(out: Path, method, losses, config) -> None:
     save_weights(out / "method.safetensors", method, then)
     save_weights(out / "encoder.safetensors", method.encoder, then)  # last: its presence marks a finished run
     if losses:
-        from tscl.plots import plot_loss_curve
-
         try:
             plot_loss_curve(*zip(*losses), out / "loss.png", title=f"{config.method} / {config.encoder}")
         except OSError as err:

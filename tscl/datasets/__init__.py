@@ -40,7 +40,9 @@ import polars as pl
 import torch
 from torch import Tensor
 
+from tscl import catalog
 from tscl.grammar import SPLITS, parse_split
+from tscl.loaders import LoaderError
 # $TSCL_CACHE or ~/.cache/tscl: where sources keep their caches (never the data folder); the loaders' own
 from tscl.loaders.cache import cache_root as default_cache_root
 
@@ -307,8 +309,6 @@ def register_source(name: str, modality: str, needs: str, options: dict | None =
 
 def list_sources() -> list[str]:
     """Source names: built-in, installed entry points and any registered in this process, sorted."""
-    from tscl import catalog
-
     return sorted(set(catalog.names("sources")) | set(SOURCES))
 
 
@@ -316,8 +316,6 @@ def get_source(name: str) -> Source:
     """The :class:`Source` behind ``name``: registered in this process, built in, an entry point of group
     ``tscl.sources``, or ``module:function``; an unknown name raises ``ValueError`` naming the known ones."""
     if name not in SOURCES:
-        from tscl import catalog
-
         fn = catalog.load("sources", name)
         src = getattr(fn, "source", None)
         if not isinstance(src, Source):
@@ -337,7 +335,6 @@ def open_dataset(name: str, root: str | Path, *, split: str | None = None, cache
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"{root}: dataset root not found")
-    from tscl.loaders import LoaderError
 
     try:
         ds = src.open(root, cache=Path(cache) if cache else None, progress=progress, **options)

@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from tscl.loaders import LoaderError, load_annotated
+from tscl.loaders.annotations import AAMI_CLASSES, MITDB_DS1, MITDB_DS2, MITDB_RECORDS, MITDB_SAME_SUBJECT, annotated_records
 from . import hash_split, declare_source
 from .waveform import _COMMON, WaveformDataset, _cache_dir, cache_notes
 
@@ -73,9 +75,6 @@ def _channels(channels) -> tuple[str, ...] | None:
 
 def _dechazal_records(records: list[Path], root: Path) -> list[Path]:
     """De Chazal's DS1 and DS2 records among ``records`` (in that order); one missing is named."""
-    from tscl.loaders import LoaderError
-    from tscl.loaders.annotations import MITDB_DS1, MITDB_DS2
-
     by_name = {r.name: r for r in records}
     missing = [n for n in MITDB_DS1 + MITDB_DS2 if n not in by_name]
     if missing:
@@ -86,8 +85,6 @@ def _dechazal_records(records: list[Path], root: Path) -> list[Path]:
 
 def _orphan_annotations(root: Path, on_error: str) -> list[dict]:
     """Annotation files without their record header: refused, or with ``on_error="skip"`` listed as left out."""
-    from tscl.loaders import LoaderError
-
     orphans = [{"path": str(p), "problem": "annotation file without its record header (.hea); left out"}
                for p in sorted(root.rglob("*.atr")) if not p.with_suffix(".hea").is_file()]
     if orphans and on_error == "raise":
@@ -107,8 +104,6 @@ def _check_one_lead_set(index: pl.DataFrame, root: Path) -> None:
 
 def _with_split(index: pl.DataFrame, rule: str, kind: str) -> pl.DataFrame:
     """The index under ``rule`` (rows it leaves out removed), with ``split`` and, for beats, ``aami_<class>``."""
-    from tscl.loaders.annotations import AAMI_CLASSES, MITDB_DS1
-
     index = index.with_row_index("_row")
     classes = AAMI_CLASSES
     if rule.startswith("dechazal") and kind == "beats":
@@ -144,9 +139,6 @@ def _with_split(index: pl.DataFrame, rule: str, kind: str) -> pl.DataFrame:
 def _annotated(root: Path, *, cache=None, progress=True, kind="beats", normalize="none", on_error="raise",
                window_s=10.0, default_rhythm=None, before_s=0.25, after_s=0.45, channels=None, fs=None,
                split_rule="patients"):
-    from tscl.loaders import load_annotated
-    from tscl.loaders.annotations import MITDB_RECORDS, MITDB_SAME_SUBJECT, annotated_records
-
     kind, rule = _choice("kind", kind, KINDS), _choice("split_rule", split_rule, SPLIT_RULES)
     records = annotated_records(root)
     orphans = _orphan_annotations(root, on_error)

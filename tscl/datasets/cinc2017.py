@@ -28,6 +28,7 @@ from pathlib import Path
 
 import polars as pl
 
+from tscl.loaders.cinc2017 import load_cinc2017
 from . import declare_source
 from .waveform import _COMMON, WaveformDataset, _cache_dir
 
@@ -64,8 +65,6 @@ def stratified_hash_split(ids, strata, fractions: dict = FRACTIONS) -> list[str]
                           "windows": "first | all: the first length_s of each record, or every whole window"})
 def _cinc2017(root: Path, *, cache=None, progress=True, labels="auto", fs=None, length_s=30.0, windows="first",
               normalize="none", on_error="raise"):
-    from tscl.loaders.cinc2017 import load_cinc2017
-
     fs = _seconds_or_hz("fs", fs) if fs not in (None, "", "none") else None
     length_s = _seconds_or_hz("length_s", length_s)
     options = {"labels": labels, "fs": fs, "length_s": length_s, "windows": windows, "on_error": on_error}

@@ -69,6 +69,9 @@ import numpy as np
 import polars as pl
 import torch
 
+from tscl.loaders.cache import fingerprint_files
+from tscl.loaders.meds import read_subject_splits, scan_meds
+from tscl.loaders.mimic_meds import MIMIC_TABLES, conversion_notes, mimic_iv_to_meds, table_path
 from . import Dataset, Events, default_cache_root, hash_split, declare_source
 
 __all__ = ["EHRDataset", "PAD_ID", "UNKNOWN_ID", "MASK_ID", "build_ehr_items", "open_meds_items", "mimic_meds_root",
@@ -161,8 +164,6 @@ def _subject_splits(meds_root: Path, subjects: list[int]) -> dict[int, str]:
     path = meds_root / "metadata" / "subject_splits.parquet"
     given: dict[int, str] = {}
     if path.exists():
-        from tscl.loaders.meds import read_subject_splits
-
         table = read_subject_splits(meds_root)
         bad = sorted(set(table["split"].to_list()) - set(_SPLIT_NAMES))
         if bad:
@@ -351,9 +352,6 @@ def open_meds_items(meds_root: Path, cache_dir: Path, *, progress: bool = False,
     """Items of the MEDS folder ``meds_root`` (module docstring), built once into ``cache_dir/items-<key>``
     (``items.parquet``, ``events.parquet``, ``vocabulary.parquet``, ``meta.json``) and reused while the
     source files and the options are unchanged."""
-    from tscl.loaders.cache import fingerprint_files
-    from tscl.loaders.meds import scan_meds
-
     meds_root = Path(meds_root)
     files = _meds_files(meds_root)
     opts = json.dumps({k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(options.items())}, sort_keys=True)
@@ -367,8 +365,6 @@ def open_meds_items(meds_root: Path, cache_dir: Path, *, progress: bool = False,
     events = scan_meds(meds_root).select("subject_id", "time", "code", "numeric_value").collect()
     known = []
     if (meds_root / "metadata" / "subject_splits.parquet").exists():
-        from tscl.loaders.meds import read_subject_splits
-
         known = read_subject_splits(meds_root)["subject_id"].to_list()
     subjects = sorted(set(events["subject_id"].to_list()) | set(known))
     index, flat, vocab, meta = build_ehr_items(events, _subject_splits(meds_root, subjects), extra_subjects=known,
@@ -422,9 +418,6 @@ def mimic_meds_root(root: str | Path, cache: str | Path | None = None) -> Path:
     """The MEDS conversion of the MIMIC-IV folder ``root`` in the cache (made on first use with
     :func:`~tscl.loaders.mimic_meds.mimic_iv_to_meds`, never inside ``root``), keyed by the content of
     its CSVs: ``<cache or default_cache_root()>/mimic-iv/<fingerprint>/meds``."""
-    from tscl.loaders.cache import fingerprint_files
-    from tscl.loaders.mimic_meds import MIMIC_TABLES, mimic_iv_to_meds, table_path
-
     root = Path(root)
     if not (root / "hosp").is_dir():
         raise FileNotFoundError(f"{root}: not a MIMIC-IV folder (no hosp/ with *.csv.gz tables)")
@@ -450,8 +443,6 @@ def mimic_meds_root(root: str | Path, cache: str | Path | None = None) -> Path:
                  "converted to MEDS in the cache on first use", options=_OPTIONS)
 def _mimic_iv(root: Path, *, cache=None, progress=True, window="admission", max_len=256, min_count=1,
               on_empty="raise", admission_prefix="HOSPITAL_ADMISSION//"):
-    from tscl.loaders.mimic_meds import conversion_notes
-
     meds = mimic_meds_root(root, cache)
     ds = open_meds_items(meds, meds.parent, progress=progress,
                          **_options(window, max_len, min_count, on_empty, admission_prefix))

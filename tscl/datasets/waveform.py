@@ -17,12 +17,17 @@ fetched, so pretraining, ``embed`` and the probes see the same input; EEG source
 from __future__ import annotations
 
 import hashlib
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import torch
 
+from tscl.loaders import LoaderError, edf_epochs, load_cinc, load_eegmat, load_ptbxl, load_wfdb_cohort
+from tscl.loaders.cache import ON_ERROR, cached_load, read_all
+from tscl.loaders.edf import EEG_1020
+from tscl.loaders.identity import check_unique, check_unique_names, clean_ids, csv_line, relative_id
 from . import Dataset, hash_split, declare_source
 
 __all__ = ["WaveformDataset", "NORMALIZE", "cache_notes"]
@@ -130,8 +135,6 @@ _COMMON = {"normalize": "none | zscore: per-channel standardisation of each item
                           "nan_policy": "fail | interpolate | drop"})
 def _wfdb(root: Path, *, cache=None, progress=True, metadata=None, normalize="none", on_error="raise",
           nan_policy="fail"):
-    from tscl.loaders import load_wfdb_cohort
-
     c = load_wfdb_cohort(root, metadata, cache_dir=_cache_dir(cache, "wfdb", root, metadata=metadata,
                                                                on_error=on_error, nan_policy=nan_policy),
                          progress=progress, on_error=on_error, nan_policy=nan_policy)
@@ -143,8 +146,6 @@ def _wfdb(root: Path, *, cache=None, progress=True, metadata=None, normalize="no
                  "split from strat_fold (1-8 train, 9 val, 10 test)",
                  options={**_COMMON, "rate": "100 or 500 (Hz): records100/ or records500/"})
 def _ptbxl(root: Path, *, cache=None, progress=True, rate=100, normalize="none", on_error="raise"):
-    from tscl.loaders import load_ptbxl
-
     c = load_ptbxl(root, rate=int(rate), cache_dir=_cache_dir(cache, "ptbxl", root, rate=rate, on_error=on_error),
                    on_error=on_error, progress=progress)
     return WaveformDataset(c, normalize=normalize)
@@ -153,8 +154,6 @@ def _ptbxl(root: Path, *, cache=None, progress=True, rate=100, normalize="none",
 @declare_source("cinc", "waveform", "PhysioNet/CinC 2020/2021 records: .hea + .mat with '# Dx:' SNOMED codes "
                  "(any folder depth)", options={**_COMMON})
 def _cinc(root: Path, *, cache=None, progress=True, normalize="none", on_error="raise"):
-    from tscl.loaders import load_cinc
-
     c = load_cinc(root, cache_dir=_cache_dir(cache, "cinc", root, on_error=on_error), on_error=on_error,
                   progress=progress)
     return WaveformDataset(c, normalize=normalize)
@@ -165,8 +164,6 @@ def _cinc(root: Path, *, cache=None, progress=True, normalize="none", on_error="
                  options={**_COMMON, "epoch_s": "epoch length in s (30)",
                           "fs": "resample every file to this rate in Hz first (default: as recorded, 500)"})
 def _eegmat(root: Path, *, cache=None, progress=True, epoch_s=30.0, normalize="zscore", on_error="raise", fs=None):
-    from tscl.loaders import load_eegmat
-
     fs = float(fs) if fs is not None else None
     c = load_eegmat(root, cache_dir=_cache_dir(cache, "eegmat", root, epoch_s=epoch_s, on_error=on_error, fs=fs),
                     epoch_s=float(epoch_s), fs=fs, on_error=on_error, progress=progress)
@@ -181,11 +178,6 @@ def _eegmat(root: Path, *, cache=None, progress=True, epoch_s=30.0, normalize="z
                           "channels": "comma-separated channel names to keep (default: the 19 10-20 EEG channels)"})
 def _edf(root: Path, *, cache=None, progress=True, epoch_s=30.0, normalize="zscore", on_error="raise",
          channels=None):
-    from functools import partial
-
-    from tscl.loaders.cache import ON_ERROR, cached_load, read_all
-    from tscl.loaders.edf import EEG_1020
-
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     files = sorted(root.rglob("*.edf"))
@@ -212,8 +204,6 @@ def _edf(root: Path, *, cache=None, progress=True, epoch_s=30.0, normalize="zsco
 
 def _edf_plain_rows(root: Path, files: list[Path]) -> list[tuple]:
     """``(file, patient = stem, record = relative path, {})`` per file; one stem in two folders is refused."""
-    from tscl.loaders.identity import check_unique_names, relative_id
-
     check_unique_names(files, why="without a metadata.csv the patient id is the file's stem, so the two would be one "
                        "patient: rename one, or give a metadata.csv with a patient_id per file")
     return [(f, f.stem, relative_id(f, root), {}) for f in files]
@@ -225,9 +215,6 @@ def _edf_rows(root: Path, files: list[Path], meta: Path, on_error: str) -> tuple
     ``file`` is a path relative to the root, or a bare file name matching exactly one file under it
     (two matches are refused naming both). A listed file that is absent is refused, or left out
     with ``on_error="skip"``; files on disk that no row lists are left out and listed (``unlisted``)."""
-    from tscl.loaders import LoaderError
-    from tscl.loaders.identity import check_unique, clean_ids, csv_line, relative_id
-
     try:
         table = pl.read_csv(meta, infer_schema=False)  # ids stay text
     except Exception as err:
@@ -260,8 +247,6 @@ def _edf_rows(root: Path, files: list[Path], meta: Path, on_error: str) -> tuple
 
 def _edf_listed_file(root: Path, name: str, by_name: dict, meta: Path, line: str) -> Path | None:
     """The file a metadata row names: ``root/name``, else the one file of that name under the root; None if absent."""
-    from tscl.loaders import LoaderError
-
     if (root / name).is_file():
         return root / name
     matches = by_name.get(name, []) if "/" not in name else []
@@ -272,8 +257,6 @@ def _edf_listed_file(root: Path, name: str, by_name: dict, meta: Path, line: str
 
 
 def _edf_file(epoch_s, channels, counts, item):
-    from tscl.loaders import edf_epochs
-
     path, patient, record, labels = item
     return edf_epochs(path, epoch_s=epoch_s, channels=channels, patient_id=str(patient), labels=labels, report=counts,
                       record_id=record)

@@ -19,6 +19,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from tscl import catalog
+
 __all__ = ["ENCODERS", "declare_encoder", "register_encoder", "get_encoder", "build_encoder", "list_encoders",
            "encoder_modality", "encoder_defaults", "mask_channels", "check_channel_mask"]
 
@@ -59,8 +61,6 @@ def get_encoder(name: str) -> Callable[..., nn.Module]:
     """The class or factory of encoder ``name``: registered in this process, built in, an entry point of
     group ``tscl.encoders``, or ``module:Name``; an unknown name raises ``ValueError`` naming the known ones."""
     if name not in ENCODERS:
-        from tscl import catalog
-
         factory = catalog.load("encoders", name)
         if not callable(factory):
             raise ValueError(f"encoder {name!r} is a {type(factory).__name__}, not an nn.Module class or factory")
@@ -80,8 +80,6 @@ def encoder_defaults(name: str) -> dict:
 
 def list_encoders() -> list[str]:
     """Encoder names: built-in, installed entry points and any registered in this process, sorted."""
-    from tscl import catalog
-
     return sorted(set(catalog.names("encoders")) | set(ENCODERS))
 
 
