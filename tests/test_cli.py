@@ -81,3 +81,65 @@ def test_unknown_label_is_a_clear_error(tiny, capsys):
     assert main(["probe", "--data", str(tiny / "cohort"), "--embeddings", str(tiny / "pclr.npz"), "--labels", "nope",
                  "--out", str(tiny / "p2"), "--quiet"]) == 2
     assert "--labels: column(s) ['nope'] not in the cohort metadata" in capsys.readouterr().err
+
+
+def _subparsers():
+    from tscl.cli import build_parser
+
+    parser = build_parser()
+    return parser, next(a for a in parser._actions if isinstance(a.choices, dict)).choices
+
+
+def test_help_lists_the_names_and_every_default_once():
+    from tscl import catalog
+
+    parser, subs = _subparsers()
+    top = parser.format_help()
+    for kind in ("sources", "encoders", "methods"):
+        assert all(name in top for name in catalog.builtin_names(kind)), kind
+    for command, sub in subs.items():
+        for action in sub._actions:
+            if not action.option_strings or action.help is None:
+                continue
+            shown = sub._get_formatter()._expand_help(action) if action.help else ""
+            assert shown.count("default") <= 1, (command, action.option_strings, shown)
+            has_default = action.default not in (None, False) and action.default != "==SUPPRESS=="
+            if has_default:
+                assert "default" in shown, (command, action.option_strings)  # every default is said
+    pretrain = " ".join(subs["pretrain"].format_help().split())  # wrapped lines joined
+    assert all(name in pretrain for name in catalog.builtin_names("sources"))
+    assert "(default: 40)" in pretrain and "waveform: resnet1d, ehr: ehr_sequence, image: resnet2d18" in pretrain
+
+
+def test_embed_writes_exactly_the_name_asked_for_and_probe_reads_parquet(tiny, capsys):
+    data = str(tiny / "cohort")
+    run = tiny / "run"  # made by test_simulate_pretrain_embed_probe
+    if not (run / "encoder.safetensors").exists():
+        pytest.skip("needs the run of test_simulate_pretrain_embed_probe (run the module, not this test alone)")
+    assert main(["embed", "--data", data, "--run", str(run), "--out", str(tiny / "emb" / "pclr.parquet"), "--quiet"]) == 0
+    assert [p.name for p in (tiny / "emb").iterdir()] == ["pclr.parquet"]
+    assert main(["embed", "--data", data, "--run", str(run), "--out", str(tiny / "emb" / "x.csv"), "--quiet"]) == 2
+    assert "ends in .npz or .parquet" in capsys.readouterr().err
+    assert main(["probe", "--data", data, "--embeddings", str(tiny / "emb" / "pclr.parquet"), str(tiny / "rand.npz"),
+                 "--labels", "lvh,bbb", "--fractions", "1", "--bootstrap", "20", "--reference", "rand",
+                 "--out", str(tiny / "probe-parquet"), "--quiet"]) == 0
+    rows = json.loads((tiny / "probe-parquet" / "probe.json").read_text())["rows"]
+    assert {r["encoder"] for r in rows} == {"pclr", "rand"}  # a file's name is its row's name, whatever its format
+    from tscl.embeddings import load_embeddings
+
+    parquet, npz = load_embeddings(tiny / "emb" / "pclr.parquet"), load_embeddings(tiny / "pclr.npz")
+    np.testing.assert_array_equal(parquet.features, npz.features)  # the same run embeds the same features
+    assert parquet.record_id == npz.record_id and parquet.patient_id == npz.patient_id
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["probe", "--data", "x", "--embeddings", "e.npz", "--out", "p", "--fractions", "0,1"], "--fractions"),
+    (["retrieval", "--run", "r", "--k", "0"], "--k"),
+    (["pretrain", "--data", "x", "--out", "r", "--device", "tpu"], "--device"),
+    (["pretrain", "--data", "x", "--out", "r", "--split", "folds:a"], "folds must be numbers"),
+])
+def test_bad_values_are_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    (tmp_path / "x").mkdir()
+    assert main([a if a not in ("x", "r") else str(tmp_path / a) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and err.startswith(f"tscl {argv[0]}: error:")

@@ -38,6 +38,22 @@ def test_pretraining_images_without_naming_an_encoder_uses_the_image_encoder(tmp
     assert json.loads((run / "config.json").read_text())["encoder"] == "resnet2d18"
 
 
+def test_cli_and_python_share_their_defaults():
+    from tscl.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if hasattr(a, "choices") and isinstance(a.choices, dict)).choices
+    pre = defaults(PretrainConfig)
+    for command in ("pretrain", "demo"):
+        got = vars(sub[command].parse_args(["--out", "x"] if command == "pretrain" else []))
+        assert got["epochs"] == pre["epochs"] == DemoConfig.epochs == 40 and got["lr"] == pre["lr"]
+        assert got["seed"] == pre["seed"] and got["device"] == pre["device"]
+    demo = vars(sub["demo"].parse_args([]))
+    assert demo["patients"] == DemoConfig.patients and demo["batch_patients"] == DemoConfig.batch_patients
+    assert demo["bootstrap"] == DemoConfig.n_boot and demo["out"] == DemoConfig.out
+    assert vars(sub["pretrain"].parse_args(["--out", "x"]))["method"] == pre["method"]
+
+
 def test_defaults_are_fresh_copies():
     a, b = defaults(PretrainConfig), defaults(PretrainConfig)
     a["method_kwargs"]["x"] = 1

@@ -40,8 +40,9 @@ from tscl.datasets import hash_split
 from tscl.loaders.recording import ECG_LEADS
 from tscl.loaders.wfdb_write import write_wfdb
 from tscl.progress import progress_bar
+from tscl.simulate_images import ImageSetConfig, write_image_set
 
-__all__ = ["LEADS", "CONDITIONS", "CohortConfig", "simulate_patients", "synthesize_ecg", "write_cohort"]
+__all__ = ["LEADS", "CONDITIONS", "CohortConfig", "simulate_patients", "synthesize_ecg", "write_cohort", "simulate"]
 
 LEADS = ECG_LEADS
 CONDITIONS = ("lvh", "bbb", "af", "tachy", "brady", "mace")
@@ -241,3 +242,14 @@ def write_cohort(out_dir: str | Path, cfg: CohortConfig | None = None, progress:
     (out_dir / "truth.json").write_text(json.dumps({"config": asdict(cfg), "conditions": CONDITIONS}, indent=2))
     return meta
 
+
+def simulate(out_dir: str | Path, kind: str = "ecg", n_patients: int = 500, seed: int = 0, progress: bool = True) -> Path:
+    """``tscl simulate``: a patient-structured cohort, as 12-lead WFDB records and ``metadata.csv``
+    (``kind="ecg"``, :func:`write_cohort`, read with ``--dataset wfdb``) or as chest-like films and
+    ``labels.csv`` (``kind="images"``, :func:`tscl.simulate_images.write_image_set`, ``--dataset images``).
+    Returns the table's path."""
+    if kind == "images":
+        return write_image_set(out_dir, ImageSetConfig(n_patients=n_patients, seed=seed))
+    if kind != "ecg":
+        raise ValueError(f"kind must be ecg or images, got {kind!r}")
+    return write_cohort(out_dir, CohortConfig(n_patients=n_patients, seed=seed), progress=progress)

@@ -19,9 +19,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tscl.probes.protocol import bootstrap_weights, check_pretraining_overlap, percentile_ci, pretrained_patients
+from tscl.datasets.spec import open_spec, run_data_spec
 from tscl.runs import load_clip, tower_names
 
-__all__ = ["retrieval_recall", "retrieval_ranks", "retrieval_report", "RetrievalReport"]
+__all__ = ["retrieval_recall", "retrieval_ranks", "retrieval_report", "retrieval", "RetrievalReport"]
 
 
 @torch.no_grad()
@@ -118,3 +119,11 @@ def retrieval_report(run_dir, dataset, ks: Sequence[int] = (1, 5, 10), n_boot: i
     report.chance = {k: min(k, report.n) / report.n for k in report.ks}
     return report
 
+
+def retrieval(run: str | Path, *, ks: Sequence[int] = (1, 5, 10), n_boot: int = 1000, seed: int = 0,
+              split: str | None = None, allow_test_overlap: bool = False, progress: bool = True,
+              **data) -> RetrievalReport:
+    """``tscl retrieval``: :func:`retrieval_report` of a clip run on the ``split`` rows (default ``test``) of
+    its own dataset, or of the data named by ``data`` (the keywords of :func:`tscl.datasets.spec.data_spec`)."""
+    dataset = open_spec(run_data_spec(run, split or "test", **data), progress=progress)
+    return retrieval_report(run, dataset, ks=ks, n_boot=n_boot, seed=seed, allow_pretrain_patients=allow_test_overlap)

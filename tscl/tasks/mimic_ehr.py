@@ -6,6 +6,7 @@ features strictly before the prediction time, beside its random-init twin and th
 """
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -39,6 +40,16 @@ class EHRProbeReport:
                       f"{c['train_pos']} positive; test {c['test_rows']} / {c['test_patients']}, {c['test_pos']} "
                       "positive", "", res.to_markdown(), ""]
         return "\n".join(parts + [f"- {n}" for n in self.notes])
+
+    def write(self, out_dir: str | Path) -> Path:
+        """``mimic_probe.md`` and ``mimic_probe.json`` in ``out_dir``."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "mimic_probe.md").write_text(f"# MIMIC-IV admissions at admission + 24 h\n\n{self.to_markdown()}\n")
+        (out / "mimic_probe.json").write_text(json.dumps(
+            {"labels": {k: json.loads(v.to_json()) for k, v in self.results.items()}, "counts": self.counts,
+             "notes": self.notes}, indent=1, default=float))
+        return out
 
 
 def mimic_probe(mimic_root: str | Path, run: str | Path | None = None, *, labels=MIMIC_PROBE_LABELS,

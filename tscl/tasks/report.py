@@ -18,11 +18,12 @@ def _slug(s: str) -> str:
 def write_report(names, root: str | Path, out: str | Path, *, run: str | Path | None = None,
                  cache_dir: str | Path | None = None, probe: str = "linear", fractions=(0.1, 0.5, 1.0),
                  n_boot: int = 500, seed: int = 0, supervised: bool = True, progress: bool = False,
-                 allow_test_overlap: bool = False) -> Path:
+                 allow_test_overlap: bool = False, results: dict | None = None) -> Path:
     """Run tasks ``names`` and write ``out/``: ``summary.md`` (probe and audit tables per task),
     ``report.json``, and per task ``<task>_label_efficiency.png`` (linear probe, macro AUROC with 95 % CI
     bands against the fraction of training patients), ``<task>_reliability.png`` and
-    ``<task>_embedding_<encoder>.png`` (PCA map coloured by label and by patient)."""
+    ``<task>_embedding_<encoder>.png`` (PCA map coloured by label and by patient). ``results``, when given, receives
+    each task's objects: ``{name: {"task": TaskRun, "label_efficiency": ProbeResult | None}}``."""
     from tscl.plots import plot_embedding_map
 
     out = Path(out)
@@ -42,6 +43,8 @@ def write_report(names, root: str | Path, out: str | Path, *, run: str | Path | 
                       f"label subsamples; {len(fractions)} fractions of the training patients, 3 subsamples below "
                       f"100 %):", "", eff.to_markdown(), ""]
         parts += [f"![{f.stem}]({f.name})" for f in figures] + [""]
+        if results is not None:
+            results[name] = {"task": tr, "label_efficiency": eff}
         payload[name] = json.loads(tr.to_json())
         if eff is not None:
             payload[name]["label_efficiency"] = json.loads(eff.to_json())

@@ -64,6 +64,14 @@ class TaskRun:
         return json.dumps({"task": self.data.name, "summary": self.data.summary(), "notes": self.data.notes,
                            "probe": json.loads(self.result.to_json()), "audit": self.audits}, indent=1, default=float)
 
+    def write(self, out_dir: str | Path) -> Path:
+        """``<task>.md`` and ``<task>.json`` in ``out_dir``."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{self.data.name}.md").write_text(self.to_markdown() + "\n")
+        (out / f"{self.data.name}.json").write_text(self.to_json())
+        return out
+
 
 def supervised_baseline(data: TaskData, run: str | Path | None = None, progress: bool = False, **kwargs):
     """The task's supervised-from-scratch baseline: the run's encoder architecture (or the default
