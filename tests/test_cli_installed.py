@@ -77,6 +77,16 @@ def test_simulated_cohort_as_a_wfdb_folder(outside):
     assert proc.returncode == 2 and "pretrained on" in proc.stderr and "test patients" in proc.stderr
 
 
+def test_webdataset_export_then_streamed_pretraining(outside):
+    tscl("simulate", "--out", "cohort", "--patients", "30", "--quiet", cwd=outside)
+    tscl("export", "--format", "webdataset", "--data", "cohort", "--shard-size", "2MB", "--out", "wds", "--quiet",
+         cwd=outside)
+    assert len(list((outside / "wds").glob("shard-*.tar"))) >= 2 and (outside / "wds" / "index.parquet").exists()
+    cfg = _pipeline(outside, ["--dataset", "webdataset", "--root", "wds"], ["--method", "pclr", "--method-kwargs",
+                    "patients_per_batch=2"], "lvh,bbb")
+    assert cfg["dataset"]["split"] == "train" and cfg["data_info"]["fs"] == 100.0
+
+
 @needs_data
 def test_ptbxl_as_physionet_publishes_it(outside):
     # the shared sample lists 2 ECGs whose records it lacks: leaving them out is an explicit choice, said on stderr

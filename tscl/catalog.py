@@ -43,6 +43,7 @@ BUILTIN: dict[str, dict[str, str]] = {
         "mimic-iv": "tscl.datasets.ehr:_mimic_iv",
         "images": "tscl.datasets.images:_images",
         "medmnist": "tscl.datasets.medmnist:_medmnist",
+        "webdataset": "tscl.datasets.stream:_webdataset",
     },
     "encoders": {
         "resnet1d": "tscl.encoders.resnet1d:ResNet1d",

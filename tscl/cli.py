@@ -61,6 +61,12 @@ def cmd_pretrain(a):
     launch(**{k: getattr(a, k) for k in keys}, progress=not a.quiet, given=a.given)
 
 
+def cmd_export(a):
+    from tscl.datasets.spec import export
+
+    export(a.out, shard_size=a.shard_size, split=a.split, seed=a.seed, progress=not a.quiet, **_data(a))
+
+
 def cmd_embed(a):
     from tscl.embed import embed_run
 
@@ -365,6 +371,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_inspect)
 
     _add_pretrain(sub, fmt, parents)
+
+    sp = sub.add_parser("export", help="write a dataset as WebDataset tar shards for streamed pretraining "
+                        "(tscl pretrain --dataset webdataset --root DIR)", formatter_class=fmt,
+                        parents=[parents["data"], parents["run"]])
+    sp.add_argument("--split", default=None, help="rows to export (default all)")
+    sp.add_argument("--format", default="webdataset", choices=["webdataset"], help="the shards' format")
+    sp.add_argument("--shard-size", default="256MB", help="target shard size (bytes, or KB/MB/GB)")
+    sp.add_argument("--out", required=True, help="new folder for the shards, index.parquet and manifest.json")
+    sp.set_defaults(func=cmd_export)
     _add_evaluation(sub, fmt, parents)
 
     sp = sub.add_parser("demo", help="simulate -> PCLR pretraining -> report vs random-init and supervised baselines",

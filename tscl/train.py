@@ -227,7 +227,7 @@ def _check_items_fit(method, dataset, config, device) -> None:
     states = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
               torch.cuda.get_rng_state_all() if device.type == "cuda" else None)
     was_training = method.encoder.training
-    x = dataset.fetch(np.arange(min(2, len(dataset))))
+    x = dataset.sample_items(2)
     shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
     try:
         method.encoder.eval()
@@ -466,6 +466,8 @@ def pretrain(data, config: PretrainConfig, *, overwrite: bool = False) -> Path:
     method = _build_method(config, dataset, device)
     sampler = method.make_sampler(index, seed=config.seed)  # checks the augmentations against the data first
     _check_items_fit(method, dataset, config, device)
+    if hasattr(dataset, "batch_plan"):  # streamed shards: the method's sampler applied shard by shard
+        sampler = dataset.batch_plan(sampler, config.seed)
     if world > 1:
         if hasattr(sampler, "world_size"):
             sampler.rank, sampler.world_size = rank, world

@@ -183,6 +183,12 @@ class Dataset:
     def fetch(self, rows: np.ndarray):
         raise NotImplementedError
 
+    def sample_items(self, n: int = 2):
+        """A batch of up to ``n`` items shaped as training batches are, for checks before training (the
+        encoder takes them). Here: the first ``n`` rows; a streamed source gives zeros of its item shape
+        instead, so a rank never reads shards outside its own lanes."""
+        return self.fetch(np.arange(min(n, len(self))))
+
     def _take(self, rows: np.ndarray) -> "Dataset":
         raise NotImplementedError
 
@@ -332,9 +338,10 @@ def open_dataset(name: str, root: str | Path, *, split: str | None = None, cache
     if unknown:
         raise ValueError(f"dataset {name!r} takes no option {unknown[0]!r}; its options: "
                          f"{', '.join(sorted(src.options)) or 'none'}")
-    root = Path(root)
-    if not root.exists():
-        raise FileNotFoundError(f"{root}: dataset root not found")
+    if not _is_url(root):  # a URL prefix (http://, pipe:) is the streamed sources' to open
+        root = Path(root)
+        if not root.exists():
+            raise FileNotFoundError(f"{root}: dataset root not found")
 
     try:
         ds = src.open(root, cache=Path(cache) if cache else None, progress=progress, **options)
@@ -342,7 +349,13 @@ def open_dataset(name: str, root: str | Path, *, split: str | None = None, cache
         if not err.filename:
             raise
         raise LoaderError(err.filename, f"{type(err).__name__}: {err.strerror or err}") from err
-    ds.source = {"dataset": name, "root": str(root.resolve()), "options": options, "split": "all"}
+    ds.source = {"dataset": name, "root": root if _is_url(root) else str(root.resolve()), "options": options,
+                 "split": "all"}
     if split not in (None, "", "all"):
         ds = ds.split(split)
     return ds
+
+
+def _is_url(root) -> bool:
+    text = str(root)
+    return "://" in text or text.startswith("pipe:")

@@ -4,7 +4,8 @@ A *data spec* is the plain dict a run's ``config.json`` records under ``dataset`
 "split", "options", "cache"}``. :func:`data_spec` builds one from the command-line options (checking
 the source and its options before any data loads), :func:`run_data_spec` takes a run's own data when a
 command names none, :func:`open_spec` opens it and says on stderr, in one line, what the source left
-out. :func:`describe_sources` and :func:`inspect_roots` are ``tscl datasets`` and ``tscl inspect``.
+out. :func:`describe_sources`, :func:`inspect_roots` and :func:`export` are ``tscl datasets``, ``tscl inspect``
+and ``tscl export``.
 """
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from tscl.config import load_config
-from tscl.datasets import get_source, list_sources, open_dataset
+from tscl.datasets import _is_url, get_source, list_sources, open_dataset
 from tscl.grammar import UsageError, parse_kwargs, parse_split
 from tscl.loaders import LoaderError
 
-__all__ = ["data_spec", "run_data_spec", "open_spec", "describe_sources", "inspect_roots"]
+__all__ = ["data_spec", "run_data_spec", "open_spec", "describe_sources", "inspect_roots", "export"]
 
 
 def data_spec(dataset: str | None, root: str | None, *, data: str | None = None, metadata: str | None = None,
@@ -44,7 +45,8 @@ def data_spec(dataset: str | None, root: str | None, *, data: str | None = None,
     if unknown:
         raise UsageError(f"--dataset-kwargs: dataset {name!r} takes no option {unknown[0]!r}; its options: "
                          f"{', '.join(sorted(src.options)) or 'none'}")
-    return {"dataset": name, "root": str(Path(root).resolve()), "split": split, "options": options, "cache": cache}
+    root = root if _is_url(root) else str(Path(root).resolve())  # a URL prefix: a streamed source's shards
+    return {"dataset": name, "root": root, "split": split, "options": options, "cache": cache}
 
 
 def run_data_spec(run: str | Path | None, split: str | None, **given) -> dict:
@@ -116,3 +118,24 @@ def inspect_roots(dataset: str | None, roots: list[str], *, out: str | None = No
     if out:
         Path(out).write_text(json.dumps(results, indent=1, default=str))
     return 2 if refused else 0
+
+
+def export(out: str | Path, *, shard_size: str = "256MB", split: str | None = None, seed: int = 0,
+           progress: bool = True, **data) -> dict:
+    """``tscl export``: the rows of ``split`` (default all) of the dataset ``data`` names (the keywords of
+    :func:`data_spec`) as WebDataset shards in a new folder ``out`` (:func:`tscl.datasets.stream.export_webdataset`);
+    returns the manifest."""
+    from tscl.datasets.stream import export_webdataset, parse_size  # webdataset's tar writer: only for exports
+
+    try:
+        shard_bytes = parse_size(shard_size)
+    except ValueError as err:
+        raise UsageError(f"--shard-size: {err}") from None
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"--out {out}: folder exists and is not empty; choose a new folder")
+    dataset = open_spec(data_spec(split=split or "all", **data), progress=progress)
+    manifest = export_webdataset(dataset, out, shard_bytes=shard_bytes, seed=seed, progress=progress)
+    size = sum(s["bytes"] for s in manifest["shards"])
+    print(f"wrote {manifest['items']} items in {len(manifest['shards'])} shard(s), {size / 2**20:.1f} MiB, to {out}")
+    return manifest

@@ -18,19 +18,20 @@ hyper-parameter on a patient-level validation split carved out of the training r
 rows once, with 95 % CIs from the same patient-level bootstrap resamples for every encoder.
 Labels a row cannot score (one class or fewer than k rows of a class in the test split,
 untrainable: :mod:`tscl.probes.cells`; for regression a constant test target) are left out of its
-averages and listed in ``left_out``; a row with none left is ``n/a`` with the reason.
+averages and listed in ``left_out``; a row with none left is ``n/a`` with the reason. The
+resamples are scored all at once in bounded chunks (:mod:`tscl.probes.bootstrap`: one sort per
+label, then O(n) per resample); the single-weighting functions below are the definitions.
 """
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.metrics import average_precision_score
 
 from .cells import check_finite, fmt, label_problem
-from .linear import weighted_auroc
+from .bootstrap import Resamples, classification_resampled, regression_resampled
 from .models import PROBE_GRIDS, make_probe
 from .protocol import check_names, choose_on_validation, paired_ci, percentile_ci, prepare_split
 
@@ -78,6 +79,10 @@ def mae(y, yhat, w) -> float:
 
 
 def r2(y, yhat, w) -> float:
+    """NaN when the targets of the records with weight are all equal (R^2 is undefined there)."""
+    y, w = np.asarray(y, dtype=np.float64), np.asarray(w, dtype=np.float64)
+    if not (w > 0).any() or np.ptp(y[w > 0]) == 0:
+        return float("nan")
     mean = np.sum(w * y) / np.sum(w)
     ss_tot = np.sum(w * (y - mean) ** 2)
     return float(1 - np.sum(w * (y - yhat) ** 2) / ss_tot) if ss_tot > 0 else float("nan")
@@ -85,26 +90,14 @@ def r2(y, yhat, w) -> float:
 
 def classification_metrics(Y, P, w=None) -> dict:
     """Macro AUROC, AUPRC, Brier, ECE over labels with both classes (under weights ``w``)."""
-    Y, P = np.asarray(Y, dtype=np.float64), np.asarray(P, dtype=np.float64)
-    w = np.ones(len(Y)) if w is None else np.asarray(w, dtype=np.float64)
-    out = {m: [] for m in CLASSIFICATION_METRICS}
-    for j in range(Y.shape[1]):
-        y, p = Y[:, j], P[:, j]
-        if w[y == 1].sum() <= 0 or w[y == 0].sum() <= 0:
-            continue
-        out["auroc"].append(float(weighted_auroc(y, p, w[None])[0]))
-        out["auprc"].append(weighted_auprc(y, p, w))
-        out["brier"].append(brier_score(y, p, w))
-        out["ece"].append(expected_calibration_error(y, p, w))
-    return {m: float(np.mean(v)) if v else float("nan") for m, v in out.items()}
+    w = np.ones(len(Y)) if w is None else w
+    return {m: float(v[0]) for m, v in classification_resampled(Y, P, Resamples.from_weights(w)).items()}
 
 
 def regression_metrics(Y, Yhat, w=None) -> dict:
     """MAE and R^2, averaged over target columns."""
-    Y, Yhat = np.asarray(Y, dtype=np.float64), np.asarray(Yhat, dtype=np.float64)
-    w = np.ones(len(Y)) if w is None else np.asarray(w, dtype=np.float64)
-    return {"mae": float(np.mean([mae(Y[:, j], Yhat[:, j], w) for j in range(Y.shape[1])])),
-            "r2": float(np.mean([r2(Y[:, j], Yhat[:, j], w) for j in range(Y.shape[1])]))}
+    w = np.ones(len(Y)) if w is None else w
+    return {m: float(v[0]) for m, v in regression_resampled(Y, Yhat, Resamples.from_weights(w)).items()}
 
 
 def _predict(model, X, kind):
@@ -199,6 +192,7 @@ def evaluate_probe(features: dict, Y, labels, patient_ids, split, *, kind: str =
         raise ValueError("the ridge probe is for regression targets")
     result = EvalResult(labels=list(labels), kind=kind, probe=probe, y_test=Y[test], split=summary)
     metric_fn = regression_metrics if kind == "regression" else classification_metrics
+    resampled = regression_resampled if kind == "regression" else classification_resampled
     boots = {}
     for name in [*features, *predictors]:
         P, params, untrainable = _fit_predict(name, features, predictors, probe, Y, train, test, patient_ids, kind,
@@ -207,15 +201,13 @@ def evaluate_probe(features: dict, Y, labels, patient_ids, split, *, kind: str =
         Y_test, P_test = Y[test][:, keep], np.asarray(P)[:, keep]
         if not na:
             point = metric_fn(Y_test, P_test)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                boots[name] = [metric_fn(Y_test, P_test, w) for w in W]
+            boots[name] = resampled(Y_test, P_test, W)  # {metric: [n_boot]}, every resample at once
         else:
             point = {m: float("nan") for m in result.metrics}
-            boots[name] = [point] * len(W)
+            boots[name] = {m: np.full(len(W), np.nan) for m in result.metrics}
         row = {"encoder": name, "params": params, **point, "untrainable_labels": [labels[j] for j in untrainable],
                "n/a": na, "left_out": left_out if not na else {}}
-        row.update({f"{m}_ci": percentile_ci([b[m] for b in boots[name]]) if "no_ci" not in summary
+        row.update({f"{m}_ci": percentile_ci(boots[name][m]) if "no_ci" not in summary
                     else [float("nan")] * 2 for m in point})
         result.rows.append(row)
         result.predictions[name] = P
@@ -266,7 +258,7 @@ def _comparison(row, ref, boots, metrics) -> dict:
     comp = {"encoder": row["encoder"], "reference": ref["encoder"], "n/a": row.get("n/a") or ref.get("n/a")}
     for m in metrics:
         comp[m] = row[m] - ref[m]
-        comp[f"{m}_ci"] = paired_ci([b[m] for b in boots[row["encoder"]]], [b[m] for b in boots[ref["encoder"]]])
+        comp[f"{m}_ci"] = paired_ci(boots[row["encoder"]][m], boots[ref["encoder"]][m])
         if not np.isfinite(row[f"{m}_ci"][0]):  # no CI for the row (one test patient): none for the difference
             comp[f"{m}_ci"] = [float("nan")] * 2
     return comp

@@ -18,18 +18,17 @@ The protocol's pieces live in :mod:`tscl.probes.protocol` and the probe models i
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .cells import check_finite, fmt, label_problem, untrainable_problem
+from .bootstrap import Resamples, macro_auroc_resampled
 from .models import C_GRID, LinearProbe
 from .protocol import (
     PatientLeakageError,
     PretrainingOverlapError,
     assert_no_patient_leakage,
-    bootstrap_weights,
     check_names,
     check_pretraining_overlap,
     choose_on_validation,
@@ -53,38 +52,34 @@ def weighted_auroc(y: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np
 
     ``y [n]`` binary, ``scores [n]``, ``weights [B, n]`` -> ``[B]`` AUROCs (NaN where a
     weighting leaves no positive or no negative). With all weights 1 this is the ordinary
-    Mann-Whitney AUROC; bootstrap resamples are multinomial counts as weights.
+    Mann-Whitney AUROC; bootstrap resamples are multinomial counts as weights. Rank-based: one
+    sort, then O(n) per weighting (:mod:`tscl.probes.bootstrap`).
     """
-    y = np.asarray(y).astype(bool)
-    values, inverse = np.unique(scores, return_inverse=True)
-    onehot = np.zeros((len(scores), len(values)))
-    onehot[np.arange(len(scores)), inverse] = 1.0
-    neg_by_value = (weights * ~y) @ onehot  # [B, U] negative weight at each distinct score
-    below = np.cumsum(neg_by_value, axis=1) - neg_by_value
-    credit = below + 0.5 * neg_by_value  # [B, U]
-    w_pos = weights[:, y]
-    num = (w_pos * credit[:, inverse[y]]).sum(axis=1)
-    n_pos, n_neg = w_pos.sum(axis=1), (weights * ~y).sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where((n_pos > 0) & (n_neg > 0), num / (n_pos * n_neg), np.nan)
+    return macro_auroc_resampled(np.asarray(y)[:, None], [np.asarray(scores)[:, None]],
+                                 Resamples.from_weights(weights))
 
 
-def macro_auroc(Y: np.ndarray, P: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """Mean AUROC over labels (labels without both classes are left out): ``[B]`` or a scalar."""
+def macro_auroc(Y: np.ndarray, P: np.ndarray, weights=None) -> np.ndarray:
+    """Mean AUROC over labels (labels without both classes are left out): ``[B]`` or a scalar.
+
+    ``weights``: record weights ``[B, n]`` or :class:`~tscl.probes.bootstrap.Resamples`; None: all ones."""
     Y, P = np.asarray(Y), np.asarray(P)
-    scalar = weights is None
-    weights = np.ones((1, len(Y))) if weights is None else weights
-    per_label = np.stack([weighted_auroc(Y[:, j], P[:, j], weights) for j in range(Y.shape[1])], axis=1)
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        out = np.nanmean(per_label, axis=1)
-    return float(out[0]) if scalar else out
+    resamples = _as_resamples(np.ones((1, len(Y))) if weights is None else weights)
+    out = macro_auroc_resampled(Y, [P], resamples)
+    return float(out[0]) if weights is None else out
 
 
 def bootstrap_macro_auroc(Y, P_repeats, groups, n_boot: int = 1000, seed: int = 0, weights=None) -> np.ndarray:
-    """``[n_boot]`` macro AUROCs, each averaged over the repeats' predictions ``P_repeats [R, n, L]``."""
-    W = bootstrap_weights(groups, n_boot, seed) if weights is None else weights
-    return np.mean([macro_auroc(Y, P, W) for P in P_repeats], axis=0)
+    """``[n_boot]`` macro AUROCs, each averaged over the repeats' predictions ``P_repeats [R, n, L]``.
+
+    ``weights``: the resamples (:class:`~tscl.probes.bootstrap.Resamples` or dense ``[B, n]``);
+    None draws a patient-level bootstrap of ``groups``."""
+    W = Resamples.patient_bootstrap(groups, n_boot, seed) if weights is None else _as_resamples(weights)
+    return macro_auroc_resampled(Y, P_repeats, W)
+
+
+def _as_resamples(weights) -> Resamples:
+    return weights if isinstance(weights, Resamples) else Resamples.from_weights(weights)
 
 
 def _choose_C(X, Y, rows, patient_ids, grid, seed) -> float:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .bootstrap import Resamples
+
 __all__ = [
     "PatientLeakageError", "assert_no_patient_leakage", "PretrainingOverlapError", "pretrained_patients",
     "check_pretraining_overlap", "patient_split", "subsample_patients", "bootstrap_weights", "choose_on_validation",
@@ -86,10 +88,11 @@ def subsample_patients(rows, patient_ids, fraction: float, seed: int = 0, min_pa
 
 
 def bootstrap_weights(groups, n_boot: int, seed: int) -> np.ndarray:
-    """Patient-level bootstrap ``[n_boot, n]``: whole patients are resampled; a record's weight is its patient's count."""
-    uniq, inverse = np.unique(np.asarray(groups), return_inverse=True)
-    counts = np.random.default_rng(seed).multinomial(len(uniq), np.full(len(uniq), 1 / len(uniq)), size=n_boot)
-    return counts[:, inverse].astype(np.float64)
+    """Patient-level bootstrap ``[n_boot, n]``: whole patients are resampled; a record's weight is its patient's count.
+
+    Dense, for small data; the probes keep the draws as :class:`~tscl.probes.bootstrap.Resamples`
+    (the same draws, one byte per patient and resample)."""
+    return Resamples.patient_bootstrap(groups, n_boot, seed).record_weights()
 
 
 def choose_on_validation(grid, score, rows, patient_ids, seed):
@@ -113,11 +116,11 @@ def check_names(features: dict, predictors: dict | None) -> dict:
     return predictors
 
 
-def prepare_split(patient_ids, train, test, n_boot: int, seed: int) -> tuple[np.ndarray, dict]:
-    """Check ``(train, test)`` for leakage; the test side's bootstrap weights (drawn with ``seed + 1``, one
-    draw shared by every encoder) and the split's summary."""
+def prepare_split(patient_ids, train, test, n_boot: int, seed: int) -> tuple[Resamples, dict]:
+    """Check ``(train, test)`` for leakage; the test side's patient-level bootstrap resamples (drawn with
+    ``seed + 1``, one draw shared by every encoder) and the split's summary."""
     assert_no_patient_leakage(patient_ids, train, test)
-    W = bootstrap_weights(patient_ids[test], n_boot, seed + 1)
+    W = Resamples.patient_bootstrap(patient_ids[test], n_boot, seed + 1)
     return W, {"train_patients": int(len(np.unique(patient_ids[train]))),
                "test_patients": int(len(np.unique(patient_ids[test]))),
                "train_records": int(len(train)), "test_records": int(len(test)), "bootstrap": n_boot}
