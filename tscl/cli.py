@@ -500,7 +500,7 @@ def cmd_embed(args) -> Path:
                               progress=not args.quiet)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    from tscl.probes.linear import pretrained_patients
+    from tscl.probes.protocol import pretrained_patients
 
     seen = [] if args.random_init else sorted(pretrained_patients(run) or [])
     np.savez(out, features=feats, record_id=np.array(data.index["record_id"].to_list()),
@@ -545,111 +545,58 @@ def cmd_retrieval(args):
     return report
 
 
-def _probe_report(index, features: dict, labels, out: Path, fractions, reference, n_boot, seed, split=None):
-    from tscl.plots import plot_label_efficiency
-    from tscl.probes import run_probe
+def _report(spec, out: str | Path | None, stem: str, quiet: bool):
+    """Run the evaluation ``spec`` (:func:`tscl.probes.evaluate`), print its table and write its report."""
+    from tscl.probes import evaluate
 
-    Y = index.select(labels).to_numpy()  # cmd_probe checked the columns exist and dropped rows without values
-    result = run_probe(features, Y, list(labels), index["patient_id"].to_numpy(), fractions=fractions,
-                       reference=reference, n_boot=n_boot, seed=seed, split=split)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "probe.json").write_text(result.to_json())
-    table = result.to_markdown()
-    (out / "probe.md").write_text(f"# Linear probe, macro AUROC over {', '.join(labels)}\n\n{table}\n")
-    plot_label_efficiency(result.rows, out / "label_efficiency.png", title="linear probe")
-    return result, table
-
-
-def _load_embeddings(path: str):
-    """An .npz of tscl embed: refused in one line when it cannot be read, lacks its arrays, or holds non-finite
-    features (naming the rows)."""
-    from tscl.probes.cells import check_finite
-
-    try:
-        z = np.load(path)
-        missing = [k for k in ("features", "record_id") if k not in z.files]
-    except (OSError, ValueError, EOFError) as err:
-        raise UsageError(f"{path}: not a readable .npz of tscl embed ({_one_line(err)})") from None
-    if missing:
-        raise UsageError(f"{path}: no {missing[0]!r} array; an .npz written by tscl embed has features and record_id")
-    try:
-        features = z["features"]
-    except (OSError, ValueError, EOFError) as err:  # a cut file fails only when the array is read
-        raise UsageError(f"{path}: features cannot be read ({_one_line(err)}); re-run tscl embed") from None
-    check_finite(features, f"{path}: features", record_ids=z["record_id"])
-    return z
+    report = evaluate(spec)
+    if out:
+        report.write(out, stem=stem)
+    print(report.to_markdown())
+    return report
 
 
 def cmd_probe(args):
-    from tscl.probes.linear import check_pretraining_overlap
+    """Probes of embeddings files (and the random-init row of their run) on a dataset's own split."""
+    from tscl.probes import EvalSpec
 
-    data = _open(_dataset_spec(args, "all"), progress=not args.quiet)
-    index = data.index
-    ids = index["record_id"].to_list()
-    if args.split == "random":  # a sample too small for its own split to have a test side
-        from tscl.probes.linear import patient_split
+    spec = _dataset_spec(args, None)
+    return _report(EvalSpec(dataset=spec["dataset"], root=spec["root"], dataset_kwargs=spec["options"],
+                            labels=args.labels.split(","), encoders=list(args.embeddings),
+                            fractions=tuple(_floats(args.fractions)), n_boot=args.bootstrap, seed=args.seed,
+                            cache=spec["cache"], allow_test_overlap=args.allow_test_overlap,
+                            split="random" if args.split == "random" else _probe_split(args.split),
+                            reference=args.reference or "random-init", progress=not args.quiet),
+                   args.out, "probe", args.quiet)
 
-        train_rows, test_rows = patient_split(index["patient_id"].to_numpy(), 0.3, args.seed)
-        side = np.full(len(index), "train", dtype=object)
-        side[test_rows] = "test"
-        print(f"--split random: {len(np.unique(index['patient_id'].to_numpy()[test_rows]))} test patients drawn at "
-              "random instead of the dataset's split")
-    elif args.split in (None, "dataset"):
-        side = index["split"].to_numpy()
-    else:
-        raise UsageError(f"--split: the probe takes 'dataset' (the source's test split) or 'random', got {args.split!r}")
-    train, test = np.flatnonzero(side != "test"), np.flatnonzero(side == "test")
-    if not len(test) or not len(train):
-        raise UsageError(f"the dataset's split column gives {len(train)} training and {len(test)} test rows; "
-                         "both sides need rows (--split random draws a patient-level split)")
-    features = {}
-    for path in args.embeddings:
-        z = _load_embeddings(path)
-        if z["record_id"].tolist() != ids:
-            raise UsageError(f"{path}: embeddings are not aligned with the cohort's records (re-run tscl embed)")
-        seen = z["pretrained_patients"].tolist() if "pretrained_patients" in z.files else []
-        check_pretraining_overlap(seen, index["patient_id"].to_numpy()[test], allow=args.allow_test_overlap,
-                                  what=f"the encoder behind {path}")
-        features[Path(path).stem] = z["features"]
-    labels = args.labels.split(",")
-    missing = [lab for lab in labels if lab not in index.columns]
-    if missing:
-        raise UsageError(f"--labels: column(s) {missing} not in the cohort metadata; available: {data.label_columns}")
-    import polars as pl
 
-    present = pl.all().is_not_null() & pl.all().cast(pl.Float64, strict=False).is_not_nan().fill_null(True)
-    keep = np.flatnonzero(index.select(labels).with_columns(present).to_numpy().all(axis=1))
-    if len(keep) < len(index):  # e.g. PTB-XL rows a task's label table leaves out: not negatives, not probed
-        print(f"{len(index) - len(keep)} of {len(index)} rows have no value for {', '.join(labels)} and are left "
-              "out of the probe")
-        side = side[keep]
-        train, test = np.flatnonzero(side != "test"), np.flatnonzero(side == "test")
-        index, features = index[keep.tolist()], {k: v[keep] for k, v in features.items()}
-    result, table = _probe_report(index, features, labels, Path(args.out), _floats(args.fractions),
-                                  args.reference, args.bootstrap, args.seed, split=(train, test))
-    print(table)
-    return result
+def _probe_split(split):
+    if split in (None, "dataset"):
+        return "dataset"
+    raise UsageError(f"--split: the probe takes 'dataset' (the source's test split) or 'random', got {split!r}")
 
 
 def cmd_mimic_probe(args):
     """MIMIC-IV admissions at admission + 24 h: a run's EHR encoder vs random init vs the tabular baseline."""
-    from tscl.tasks.mimic_ehr import mimic_probe
+    from tscl.probes import EvalSpec, evaluate
 
     run = Path(args.run) if args.run else None
     if run is not None and not (run / "config.json").exists():
         raise UsageError(f"--run {run}: not a tscl run folder (config.json missing)")
-    report = mimic_probe(args.root, run, labels=tuple(args.labels.split(",")), cache=args.cache, n_boot=args.bootstrap,
-                         seed=args.seed, allow_test_overlap=args.allow_test_overlap)
-    text = report.to_markdown()
-    print(text)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "mimic_probe.md").write_text(f"# MIMIC-IV admissions at admission + 24 h\n\n{text}\n")
+    out = Path(args.out) if args.out else None
+    reports = {}
+    for label in args.labels.split(","):
+        reports[label] = evaluate(EvalSpec(task=f"mimic-{label.replace('_', '-')}", root=args.root,
+                                           encoders=[run] if run else [], fractions=(1.0,), n_boot=args.bootstrap,
+                                           seed=args.seed, cache=args.cache, allow_test_overlap=args.allow_test_overlap,
+                                           progress=not args.quiet))
+        print(reports[label].to_markdown() + "\n")
+        if out:
+            reports[label].write(out / label)
+    if out:
         (out / "mimic_probe.json").write_text(json.dumps(
-            {"labels": {k: json.loads(v.to_json()) for k, v in report.results.items()}, "counts": report.counts,
-             "notes": report.notes}, indent=1, default=float))
-    return report
+            {"labels": {k: json.loads(r.to_json()) for k, r in reports.items()}}, indent=1, default=str))
+    return reports
 
 
 def cmd_export(args):
@@ -684,8 +631,8 @@ def cmd_datasets(args):
 
 def cmd_demo(args):
     """Simulate the default cohort, pretrain PCLR, report it against random-init and supervised baselines."""
+    from tscl.probes import EvalSpec, evaluate
     from tscl.simulate import CohortConfig, write_cohort
-    from tscl.tasks import write_report
     from tscl.train import PretrainConfig, pretrain
 
     t0 = time.time()
@@ -712,57 +659,56 @@ def cmd_demo(args):
     t_rep = time.time()
     print("\nprobing: PCLR and random-init (frozen features, linear probe) and the same encoder trained "
           "from scratch on the labels (supervised baseline)", flush=True)
-    report = write_report(["sim-risk"], data, out / "report", run=run, fractions=_floats(args.fractions),
-                          n_boot=args.bootstrap, seed=args.seed, supervised=not args.no_supervised,
-                          progress=not args.quiet)
-    payload = json.loads((report / "report.json").read_text())["sim-risk"]
-    eff = payload.get("label_efficiency")
-    if eff is not None:
-        from tscl.probes.linear import ProbeResult
-
-        result = ProbeResult(labels=eff["labels"], rows=eff["rows"], comparisons=eff["comparisons"], split=eff["split"])
-        s = result.split
-        print(f"\nmacro AUROC over {', '.join(result.labels)} [95 % patient-level bootstrap CI]\n"
-              f"test: {s['test_records']} recordings of {s['test_patients']} patients; "
-              f"train pool: {s['train_patients']} patients\n")
-        print(result.to_markdown())
-    print(f"\nreport: {report / 'summary.md'} (AUROC/AUPRC/Brier/ECE, audit, label-efficiency, reliability and "
-          f"embedding plots); run: {run}")
+    report = evaluate(EvalSpec(task="sim-risk", root=data, encoders=[run], supervised=not args.no_supervised,
+                               fractions=tuple(_floats(args.fractions)), n_boot=args.bootstrap, seed=args.seed,
+                               audit=True, progress=not args.quiet))
+    report.write(out / "report")
+    s = report.result.split
+    print(f"\nmacro AUROC over {', '.join(report.result.labels)} [95 % patient-level bootstrap CI]\n"
+          f"test: {s['test_records']} recordings of {s['test_patients']} patients; "
+          f"train pool: {s['train_patients']} patients\n")
+    print(report.result.to_markdown(metrics_table=False))
+    print(f"\nreport: {out / 'report' / 'report.md'} (AUROC/AUPRC/Brier/ECE, audit, label-efficiency, reliability "
+          f"and embedding plots); run: {run}")
     print(f"report written in {time.time() - t_rep:.0f} s; demo finished in {time.time() - t0:.0f} s")
-    return payload
+    return report
 
 
 def cmd_task(args):
-    """``task list`` or ``task run NAME``: embed, probe and audit a named task."""
-    from tscl.tasks import TASKS, run_task
+    """``task list`` or ``task run NAME --data ROOT``: a named task's probe, with the audit."""
+    from tscl.tasks import list_tasks
 
     if args.action == "list":
-        for name, task in TASKS.items():
-            print(f"{name:20s} {task.kind:10s} {task.description}")
+        for task in list_tasks():
+            print(f"{task.name:22s} {task.source:10s} {task.kind:10s} {task.description}")
         return None
     if not args.name or not args.data:
-        raise UsageError("task run: give NAME and --data ROOT")
-    tr = run_task(args.name, args.data, run=args.run, cache_dir=args.cache, probe=args.probe, n_boot=args.bootstrap,
-                  seed=args.seed, supervised=not args.no_supervised, progress=not args.quiet,
-                  allow_test_overlap=args.allow_test_overlap)
-    text = tr.to_markdown()
-    print(text)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"{args.name}.md").write_text(text + "\n")
-        (out / f"{args.name}.json").write_text(tr.to_json())
-    return tr
+        raise UsageError("task run: give NAME and --data ROOT (the task's source folder)")
+    out = Path(args.out) if args.out else None
+    return _report(_task_spec(args, args.name, fractions=(1.0,)), out, args.name, args.quiet)
+
+
+def _task_spec(args, name: str, fractions):
+    from tscl.probes import EvalSpec
+
+    return EvalSpec(task=name, root=args.data, encoders=[args.run] if args.run else [], probe=args.probe,
+                    fractions=tuple(fractions), n_boot=args.bootstrap, seed=args.seed, cache=args.cache,
+                    supervised=not args.no_supervised, allow_test_overlap=args.allow_test_overlap, audit=True,
+                    progress=not args.quiet)
 
 
 def cmd_report(args):
-    """Run named tasks and write a report folder (Markdown, JSON, figures)."""
-    from tscl.tasks import write_report
+    """Run named tasks on one data root; ``<out>/<task>/`` holds each report, ``<out>/summary.md`` them all."""
+    from tscl.probes import evaluate
 
-    out = write_report(args.tasks.split(","), args.data, args.out, run=args.run, cache_dir=args.cache,
-                       probe=args.probe, fractions=_floats(args.fractions), n_boot=args.bootstrap, seed=args.seed,
-                       supervised=not args.no_supervised, progress=not args.quiet,
-                       allow_test_overlap=args.allow_test_overlap)
+    out = Path(args.out)
+    parts = []
+    for name in args.tasks.split(","):
+        report = evaluate(_task_spec(args, name, _floats(args.fractions)))
+        report.write(out / name)
+        parts.append(f"## [{name}]({name}/report.md)\n\n{report.result.to_markdown()}\n")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.md").write_text("# Downstream evaluation\n\n" + "\n".join(parts))
     print(f"report: {out / 'summary.md'}")
     return out
 
@@ -901,7 +847,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--bootstrap", type=_positive_int, default=500)
     sp.add_argument("--cache", default=None, help="cache folder (default: $TSCL_CACHE or ~/.cache/tscl)")
     sp.add_argument("--allow-test-overlap", action="store_true")
-    sp.add_argument("--out", default=None, help="folder for mimic_probe.md and mimic_probe.json")
+    sp.add_argument("--out", default=None, help="folder for mimic_probe.json and a report per label")
     common(sp)
     sp.set_defaults(func=cmd_mimic_probe)
 
@@ -922,12 +868,13 @@ def build_parser() -> argparse.ArgumentParser:
                         formatter_class=fmt)
     sp.add_argument("action", choices=["list", "run"])
     sp.add_argument("name", nargs="?", default=None)
-    sp.add_argument("--data", default=None, help="data root holding ptbxl/, physionet/, meds_demo/")
-    sp.add_argument("--run", default=None, help="run folder whose encoder embeds waveforms (default: random-init resnet1d)")
+    sp.add_argument("--data", default=None, help="the task's source folder (tscl task list names the source)")
+    sp.add_argument("--run", default=None, help="run folder whose encoder embeds the data (default: the modality's "
+                                                "default architecture, untrained)")
     sp.add_argument("--probe", default="linear", choices=["linear", "knn", "mlp"])
     sp.add_argument("--bootstrap", type=_positive_int, default=1000)
-    sp.add_argument("--cache", default=None, help="cache folder (default ~/.cache/tscl/tasks)")
-    sp.add_argument("--out", default=None, help="folder for <task>.md and <task>.json")
+    sp.add_argument("--cache", default=None, help="cache folder (default: $TSCL_CACHE or ~/.cache/tscl)")
+    sp.add_argument("--out", default=None, help="folder for <task>.md, <task>.json and figures")
     sp.add_argument("--no-supervised", action="store_true", help="skip the supervised-from-scratch baseline")
     sp.add_argument("--allow-test-overlap", action="store_true",
                     help="evaluate even when the run was pretrained on some of the task's test patients")
@@ -936,12 +883,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("report", help="run named tasks; write summary.md, report.json and figures", formatter_class=fmt)
     sp.add_argument("--tasks", required=True, help="comma-separated task names (tscl task list)")
-    sp.add_argument("--data", required=True, help="data root holding ptbxl/, physionet/, meds_demo/")
-    sp.add_argument("--run", default=None, help="run folder whose encoder embeds waveforms (default: random-init resnet1d)")
+    sp.add_argument("--data", required=True, help="the tasks' source folder")
+    sp.add_argument("--run", default=None, help="run folder whose encoder embeds the data (default: the modality's "
+                                                "default architecture, untrained)")
     sp.add_argument("--probe", default="linear", choices=["linear", "knn", "mlp"])
     sp.add_argument("--fractions", default="0.1,0.5,1")
     sp.add_argument("--bootstrap", type=_positive_int, default=500)
-    sp.add_argument("--cache", default=None, help="cache folder (default ~/.cache/tscl/tasks)")
+    sp.add_argument("--cache", default=None, help="cache folder (default: $TSCL_CACHE or ~/.cache/tscl)")
     sp.add_argument("--no-supervised", action="store_true", help="skip the supervised-from-scratch baseline")
     sp.add_argument("--allow-test-overlap", action="store_true",
                     help="evaluate even when the run was pretrained on some of the tasks' test patients")

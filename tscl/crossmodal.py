@@ -107,7 +107,8 @@ def retrieval_report(run_dir, dataset, ks: Sequence[int] = (1, 5, 10), n_boot: i
     from pathlib import Path
 
     from tscl.methods.clip import load_clip
-    from tscl.probes.linear import _bootstrap_weights
+    from tscl.probes.bootstrap import Resamples, mean_resampled
+    from tscl.probes.protocol import percentile_ci
 
     run_dir = Path(run_dir)
     pids = np.asarray(dataset.index["patient_id"].to_list())
@@ -127,15 +128,14 @@ def retrieval_report(run_dir, dataset, ks: Sequence[int] = (1, 5, 10), n_boot: i
     zb = clip.embed_b(clip.tabular_inputs(dataset.index).to(device))
     ranks = retrieval_ranks(torch.cat(za), zb)
     n = len(dataset)
-    W = _bootstrap_weights(pids, n_boot, seed)  # [n_boot, n]: each record weighted by its patient's count
+    W = Resamples.patient_bootstrap(pids, n_boot, seed)  # the probes' patient-level bootstrap
     out = {"n": n, "n_patients": int(len(set(pids))), "n_boot": n_boot,
            "temperature": float(clip.temperature.detach())}
     for name, rank in zip(("a_to_b", "b_to_a"), ranks):
         for k in ks:
             hit = (rank < k).astype(np.float64)
-            boot = (W @ hit) / W.sum(axis=1)
-            lo, hi = np.quantile(boot, [0.025, 0.975])
-            out[f"{name}@{k}"] = {"recall": float(hit.mean()), "ci_low": float(lo), "ci_high": float(hi)}
+            lo, hi = percentile_ci(mean_resampled(hit, W))
+            out[f"{name}@{k}"] = {"recall": float(hit.mean()), "ci_low": lo, "ci_high": hi}
     for k in ks:
         out[f"chance@{k}"] = min(k, n) / n
     return out
