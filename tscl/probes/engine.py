@@ -676,13 +676,16 @@ def _data_summary(name, spec, internal, external, labels, train, val, test, ext_
         parts.append(f"external test {_count(external, ext_rows)}")
     text = (f"{len(internal.rows)} labelled rows of {len(np.unique(internal.patient_ids))} patients "
             f"({internal.data.modality}); " + ", ".join(parts))
+    positives = {}
     if kind != "regression":
-        pos = [f"{lab} {int(internal.Y[train, j].sum())}/{int(internal.Y[test, j].sum())}"
-               + (f"/{int(external.Y[ext_rows, j].sum())}" if external is not None else "")
-               for j, lab in enumerate(labels)]
-        text += "; positives train/test" + ("/external" if external is not None else "") + ": " + "; ".join(pos)
+        positives = {lab: {"train": int(internal.Y[train, j].sum()), "test": int(internal.Y[test, j].sum()),
+                           **({"external": int(external.Y[ext_rows, j].sum())} if external is not None else {})}
+                     for j, lab in enumerate(labels)}
+        text += "; positives train/test" + ("/external" if external is not None else "") + ": " + "; ".join(
+            f"{lab} " + "/".join(str(v) for v in p.values()) for lab, p in positives.items())
     return {"dataset": name, "root": str(spec.root), "task": task.name if task else None, "labels": labels,
             "kind": kind, "rows": int(len(internal.rows)), "left_out_rows": int(internal.left_out), "summary": text,
+            "positives": positives,
             "external": None if external is None else {"dataset": spec.test_dataset or name,
                                                        "root": str(spec.test_root), "rows": int(len(ext_rows))}}
 
