@@ -53,7 +53,7 @@ def _pipeline(cwd: Path, data_args: list, method_args: list, labels: str, probe_
     tscl("probe", *data_args, "--embeddings", "run.npz", "random.npz", "--labels", labels, "--fractions", "1",
          "--bootstrap", "20", "--reference", "random", "--out", "probe", "--quiet", *probe_extra, cwd=cwd)
     report = json.loads((cwd / "probe" / "probe.json").read_text())
-    assert {r["encoder"] for r in report["rows"]} == {"run", "random"}
+    assert {r["encoder"] for r in report["rows"]} == {"run", "random", "random-init"}
     assert (cwd / "probe" / "label_efficiency.png").stat().st_size > 1000
     return cfg
 

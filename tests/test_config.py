@@ -58,3 +58,15 @@ def test_defaults_are_fresh_copies():
     a, b = defaults(PretrainConfig), defaults(PretrainConfig)
     a["method_kwargs"]["x"] = 1
     assert b["method_kwargs"] == {} and asdict(PretrainConfig())["method_kwargs"] == {}
+
+
+def test_the_cli_shows_the_evaluation_engines_defaults():
+    """tscl probe shows EvalDefaults without importing the engine; EvalSpec, the engine's own, must agree."""
+    from dataclasses import fields
+
+    from tscl.config import EvalDefaults
+    from tscl.probes import EvalSpec
+
+    spec = {f.name: f.default for f in fields(EvalSpec)}
+    for f in fields(EvalDefaults):
+        assert spec[f.name] == f.default, f.name

@@ -15,11 +15,10 @@ import threading
 import warnings
 
 from tscl import catalog
-from tscl.config import DemoConfig, PretrainConfig, defaults
+from tscl.config import DemoConfig, EvalDefaults, PretrainConfig, defaults
 from tscl.grammar import UsageError, parse_floats, parse_ints, parse_kwargs
 
-_PRETRAIN, _DEMO = defaults(PretrainConfig), defaults(DemoConfig)
-_SIM_LABELS = "lvh,bbb,af,tachy,brady,mace"  # the simulated cohort's conditions (tscl.simulate.CONDITIONS)
+_PRETRAIN, _DEMO, _EVAL = defaults(PretrainConfig), defaults(DemoConfig), defaults(EvalDefaults)
 _DATA_KEYS = ("dataset", "root", "data", "metadata", "dataset_kwargs", "cache")
 
 
@@ -74,16 +73,45 @@ def cmd_embed(a):
               progress=not a.quiet, **_data(a))
 
 
-def cmd_probe(a):
-    from tscl.datasets.spec import data_spec, open_spec
-    from tscl.probes.files import probe_embeddings
+def _eval_spec(a, **fixed):
+    """The evaluation the options describe (:class:`tscl.probes.EvalSpec`); ``fixed`` overrides them."""
+    from tscl.probes import EvalSpec
 
-    fractions = _fractions(a.fractions)
-    data = open_spec(data_spec(**_data(a), split="all"), progress=not a.quiet)
-    result = probe_embeddings(data, a.embeddings, (a.labels or _SIM_LABELS).split(","), a.out, fractions=fractions,
-                              reference=a.reference, n_boot=a.bootstrap, seed=a.seed, split=a.split,
-                              allow_test_overlap=a.allow_test_overlap)
-    print(result.to_markdown())
+    dataset, root = getattr(a, "dataset", None), getattr(a, "root", None)
+    if getattr(a, "data", None) and not root:  # --data FOLDER: a WFDB folder, as everywhere
+        dataset, root = dataset or "wfdb", a.data
+    options = parse_kwargs(getattr(a, "dataset_kwargs", None), "--dataset-kwargs")
+    if getattr(a, "metadata", None):
+        options["metadata"] = a.metadata
+    given = {"dataset": dataset, "root": root, "dataset_kwargs": options, "task": getattr(a, "task", None),
+             "labels": a.labels.split(",") if getattr(a, "labels", None) else None,
+             "encoders": list(getattr(a, "encoders", None) or []), "probe": a.probe,
+             "fractions": tuple(_fractions(a.fractions)) if getattr(a, "fractions", None) else _EVAL["fractions"],
+             "repeats": getattr(a, "repeats", _EVAL["repeats"]), "n_boot": a.bootstrap, "seed": a.seed,
+             "cache": a.cache, "allow_test_overlap": a.allow_test_overlap, "split": getattr(a, "split", None),
+             "random_init": not getattr(a, "no_random_init", False), "supervised": getattr(a, "supervised", False),
+             "finetune": getattr(a, "finetune", None) or False, "reference": getattr(a, "reference", _EVAL["reference"]),
+             "test_dataset": getattr(a, "test_dataset", None), "test_root": getattr(a, "test_root", None),
+             "test_dataset_kwargs": parse_kwargs(getattr(a, "test_dataset_kwargs", None), "--test-dataset-kwargs"),
+             "test_split": getattr(a, "test_split", _EVAL["test_split"]), "audit": getattr(a, "audit", False),
+             "progress": not a.quiet}
+    return EvalSpec(**{**given, **fixed})
+
+
+def cmd_probe(a):
+    from tscl.probes import evaluate
+
+    report = evaluate(_eval_spec(a))
+    print(report.to_markdown())
+    if a.out:
+        report.write(a.out, stem="probe")
+
+
+def _print_many(reports: dict, out) -> None:
+    for report in reports.values():
+        print(report.to_markdown() + "\n")
+    if out:
+        print(f"report: {out}/summary.md")
 
 
 def cmd_retrieval(a):
@@ -115,38 +143,36 @@ def _device(text: str) -> str:
     return check_device(text)
 
 
-def cmd_mimic_probe(a):
-    from tscl.tasks.mimic_ehr import mimic_probe
+def cmd_mimic_probe(a):  # the old name of: tscl probe --task mimic-<label> (per label) --root ROOT
+    from tscl.probes.many import evaluate_many
 
-    report = mimic_probe(a.root, a.run, labels=tuple(a.labels.split(",")), cache=a.cache, n_boot=a.bootstrap,
-                         seed=a.seed, allow_test_overlap=a.allow_test_overlap)
-    print(report.to_markdown())
-    if a.out:
-        report.write(a.out)
+    specs = {label: _eval_spec(a, task=f"mimic-{label.replace('_', '-')}", encoders=[a.run] if a.run else [],
+                               fractions=(1.0,)) for label in a.labels.split(",")}
+    _print_many(evaluate_many(specs, a.out, key="labels", json_name="mimic_probe.json"), a.out)
 
 
-def cmd_task(a):
-    from tscl.tasks import TASKS, run_task
+def cmd_task(a):  # the old name of: tscl probe --task NAME --root ROOT --supervised --audit --fractions 1
+    from tscl.probes import evaluate
+    from tscl.tasks import list_tasks
 
     if a.action == "list":
-        print("\n".join(f"{name:20s} {task.kind:10s} {task.description}" for name, task in TASKS.items()))
+        print("\n".join(f"{t.name:22s} {t.source:10s} {t.kind:10s} {t.description}" for t in list_tasks()))
         return
     if not a.name or not a.data:
-        raise UsageError("task run: give NAME and --data ROOT")
-    result = run_task(a.name, a.data, run=a.run, cache_dir=a.cache, probe=a.probe, n_boot=a.bootstrap, seed=a.seed,
-                      supervised=not a.no_supervised, progress=not a.quiet, allow_test_overlap=a.allow_test_overlap)
-    print(result.to_markdown())
+        raise UsageError("task run: give NAME and --data ROOT (the task's source folder)")
+    report = evaluate(_eval_spec(a, task=a.name, root=a.data, encoders=[a.run] if a.run else [], fractions=(1.0,),
+                                 supervised=not a.no_supervised, audit=True))
+    print(report.to_markdown())
     if a.out:
-        result.write(a.out)
+        report.write(a.out, stem=a.name)
 
 
-def cmd_report(a):
-    from tscl.tasks import write_report
+def cmd_report(a):  # the old name of: tscl probe --task NAME --root ROOT --supervised --audit, for each task
+    from tscl.probes.many import evaluate_many
 
-    out = write_report(a.tasks.split(","), a.data, a.out, run=a.run, cache_dir=a.cache, probe=a.probe,
-                       fractions=_fractions(a.fractions), n_boot=a.bootstrap, seed=a.seed,
-                       supervised=not a.no_supervised, progress=not a.quiet, allow_test_overlap=a.allow_test_overlap)
-    print(f"report: {out / 'summary.md'}")
+    specs = {name: _eval_spec(a, task=name, root=a.data, encoders=[a.run] if a.run else [],
+                              supervised=not a.no_supervised, audit=True) for name in a.tasks.split(",")}
+    _print_many(evaluate_many(specs, a.out), a.out)
 
 
 # ---- the parser ----------------------------------------------------------------------------------------
@@ -234,7 +260,11 @@ def _parents() -> dict:
     evaluation = argparse.ArgumentParser(add_help=False, parents=[bootstrap])
     evaluation.add_argument("--allow-test-overlap", action="store_true",
                             help="evaluate even when an encoder was pretrained on some of the test patients")
-    return {"run": run, "data": data, "training": training, "bootstrap": bootstrap, "evaluation": evaluation}
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--probe", default=_EVAL["probe"], choices=["linear", "knn", "mlp"],
+                       help="the model fitted on frozen features (ridge for regression targets)")
+    return {"run": run, "data": data, "training": training, "bootstrap": bootstrap, "evaluation": evaluation,
+            "probe": probe}
 
 
 def _add_pretrain(sub, fmt, p: dict) -> None:
@@ -276,17 +306,37 @@ def _add_evaluation(sub, fmt, p: dict) -> None:
                                                  "written under exactly this name")
     sp.set_defaults(func=cmd_embed)
 
-    sp = sub.add_parser("probe", help="linear probes with patient-level splits and bootstrap CIs", formatter_class=fmt,
-                        parents=[p["data"], p["run"], p["evaluation"]])
-    sp.add_argument("--split", default=None, help="dataset: test on the source's test split, train on the rest "
-                    "(default); random: a random patient-level split (30 %% test patients), for samples whose split "
-                    "has no test side")
-    sp.add_argument("--embeddings", nargs="+", required=True, help=".npz or .parquet files from tscl embed")
-    sp.add_argument("--labels", default=None, help=f"comma-separated label columns (default: {_SIM_LABELS}, the "
-                                                   "simulated cohort's)")
-    sp.add_argument("--fractions", default="0.01,0.1,1", help="fractions of the training patients' labels")
-    sp.add_argument("--reference", default=None, help="embedding name the others are compared against")
-    sp.add_argument("--out", required=True, help="folder for probe.md, probe.json and label_efficiency.png")
+    sp = sub.add_parser("probe", help="the evaluation: probes of encoders beside random init (and supervised, "
+                        "fine-tuned) rows, patient-level splits and bootstrap CIs, external validation",
+                        formatter_class=fmt, parents=[p["data"], p["run"], p["evaluation"], p["probe"]])
+    sp.add_argument("--task", default=None, metavar="NAME", help="a named task (tscl task list): its source, labels, "
+                                                                 "rows and split; --root gives its folder")
+    sp.add_argument("--encoders", "--embeddings", nargs="+", default=None, metavar="PATH",
+                    help="run folders and/or embeddings files (.npz, .parquet from tscl embed), one row each")
+    sp.add_argument("--labels", default=None, help="comma-separated label columns (col, col=value, prefix*; default: "
+                                                   "the task's)")
+    sp.add_argument("--split", default=None, choices=["dataset", "random"],
+                    help="dataset: the source's own split (default; a task's split when given); random: a "
+                         "patient-level split of 30 %% of the patients, for samples whose split has no test side")
+    sp.add_argument("--fractions", default=",".join(f"{f:g}" for f in _EVAL["fractions"]),
+                    help="fractions of the training patients' labels")
+    sp.add_argument("--repeats", type=_positive_int, default=_EVAL["repeats"],
+                    help="subsamples of the training patients per fraction below 100 %%")
+    sp.add_argument("--no-random-init", action="store_true", help="leave out the random-init row (the reference of "
+                                                                  "every comparison by default)")
+    sp.add_argument("--supervised", action="store_true", help="add the same architecture trained from scratch on the "
+                                                              "labels")
+    sp.add_argument("--finetune", nargs="?", const=True, default=None, metavar="RUN",
+                    help="add a run's encoder trained end to end on the labels (default: the first run)")
+    sp.add_argument("--reference", default=_EVAL["reference"], help="the row every other row is compared with")
+    sp.add_argument("--test-dataset", default=None, metavar="NAME",
+                    help="external validation: train the probes here, test them also on this source")
+    sp.add_argument("--test-root", default=None, help="external validation: the second dataset's folder")
+    sp.add_argument("--test-dataset-kwargs", default=None, metavar="K=V,...", help="the second dataset's options")
+    sp.add_argument("--test-split", default=_EVAL["test_split"], choices=["test", "all"],
+                    help="the second dataset's rows to test on")
+    sp.add_argument("--audit", action="store_true", help="the representation audit and its embedding maps")
+    sp.add_argument("--out", default=None, help="folder for probe.md, probe.json and the figures")
     sp.set_defaults(func=cmd_probe)
 
     sp = sub.add_parser("retrieval", help="held-out recall@k of a clip run, both ways, with patient-level CIs",
@@ -298,38 +348,41 @@ def _add_evaluation(sub, fmt, p: dict) -> None:
     sp.set_defaults(func=cmd_retrieval)
 
 
-def _add_tasks(sub, fmt, p: dict) -> None:
-    sp = sub.add_parser("mimic-probe", help="probe a run's EHR encoder on MIMIC-IV admissions (mortality, long stay, "
-                        "readmission at admission + 24 h) beside random init and the tabular baseline",
-                        formatter_class=fmt, parents=[p["run"], p["evaluation"]])
+def _add_aliases(sub, fmt, p: dict) -> None:
+    """The evaluation's old command names, kept for a release as aliases of tscl probe."""
+    old = "(old name, kept for a release: "
+    tasks = argparse.ArgumentParser(add_help=False)
+    tasks.add_argument("--run", default=None, help="run folder whose encoder embeds the data (default: the modality's "
+                                                   "default architecture, untrained)")
+    tasks.add_argument("--cache", default=None, help="cache folder (default: $TSCL_CACHE or ~/.cache/tscl)")
+    tasks.add_argument("--no-supervised", action="store_true", help="skip the supervised-from-scratch baseline")
+
+    sp = sub.add_parser("mimic-probe", help=f"{old}tscl probe --task mimic-LABEL per label) a run's EHR encoder on "
+                        "MIMIC-IV admissions at admission + 24 h beside random init and the tabular baseline",
+                        formatter_class=fmt, parents=[p["run"], p["evaluation"], p["probe"]])
     sp.add_argument("--root", required=True, help="MIMIC-IV folder (hosp/, icu/ CSVs)")
     sp.add_argument("--run", default=None, help="run folder pretrained on the mimic-iv source (default: random init only)")
     sp.add_argument("--labels", default="mortality,long_stay,readmission", help="outcomes to probe")
     sp.add_argument("--cache", default=None, help="cache folder (default: $TSCL_CACHE or ~/.cache/tscl)")
-    sp.add_argument("--out", default=None, help="folder for mimic_probe.md and mimic_probe.json")
+    sp.add_argument("--out", default=None, help="folder for a report per label, summary.md and mimic_probe.json")
     sp.set_defaults(func=cmd_mimic_probe)
 
-    tasks = argparse.ArgumentParser(add_help=False)
-    tasks.add_argument("--run", default=None, help="run folder whose encoder embeds waveforms (default: random-init "
-                                                   "resnet1d)")
-    tasks.add_argument("--probe", default="linear", choices=["linear", "knn", "mlp"], help="the probe's model")
-    tasks.add_argument("--cache", default=None, help="cache folder (default ~/.cache/tscl/tasks)")
-    tasks.add_argument("--no-supervised", action="store_true", help="skip the supervised-from-scratch baseline")
-
-    sp = sub.add_parser("task", help="named downstream tasks on real data: list, or run NAME (probe + audit)",
-                        formatter_class=fmt, parents=[tasks, p["run"], p["evaluation"]])
+    sp = sub.add_parser("task", help=f"named downstream tasks: list, or run NAME {old}tscl probe --task NAME "
+                        "--supervised --audit --fractions 1)", formatter_class=fmt,
+                        parents=[tasks, p["run"], p["evaluation"], p["probe"]])
     sp.add_argument("action", choices=["list", "run"], help="list the tasks, or run one")
     sp.add_argument("name", nargs="?", default=None, help="the task to run (tscl task list)")
-    sp.add_argument("--data", default=None, help="data root holding ptbxl/, physionet/, meds_demo/")
-    sp.add_argument("--out", default=None, help="folder for <task>.md and <task>.json")
+    sp.add_argument("--data", default=None, help="the task's source folder (tscl task list names the source)")
+    sp.add_argument("--out", default=None, help="folder for <task>.md, <task>.json and the figures")
     sp.set_defaults(func=cmd_task)
 
-    sp = sub.add_parser("report", help="run named tasks; write summary.md, report.json and figures", formatter_class=fmt,
-                        parents=[tasks, p["run"], p["evaluation"]])
+    sp = sub.add_parser("report", help=f"{old}tscl probe --task NAME --supervised --audit, per task) named tasks on "
+                        "one folder: a report per task and summary.md", formatter_class=fmt,
+                        parents=[tasks, p["run"], p["evaluation"], p["probe"]])
     sp.add_argument("--tasks", required=True, help="comma-separated task names (tscl task list)")
-    sp.add_argument("--data", required=True, help="data root holding ptbxl/, physionet/, meds_demo/")
+    sp.add_argument("--data", required=True, help="the tasks' source folder")
     sp.add_argument("--fractions", default="0.1,0.5,1", help="fractions of the training patients' labels")
-    sp.add_argument("--out", required=True, help="folder for summary.md, report.json and the figures")
+    sp.add_argument("--out", required=True, help="folder for a report per task, summary.md and report.json")
     sp.set_defaults(func=cmd_report)
 
 
@@ -393,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fractions of the training patients' labels")
     sp.set_defaults(func=cmd_demo)
 
-    _add_tasks(sub, fmt, parents)
+    _add_aliases(sub, fmt, parents)
     return p
 
 

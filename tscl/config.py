@@ -21,7 +21,8 @@ import re
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
-__all__ = ["PretrainConfig", "DemoConfig", "RunFileError", "check_config", "load_config", "nearest", "defaults"]
+__all__ = ["PretrainConfig", "DemoConfig", "EvalDefaults", "RunFileError", "check_config", "load_config", "nearest",
+           "defaults"]
 
 
 class RunFileError(ValueError):
@@ -63,6 +64,22 @@ class PretrainConfig:
 
 
 @dataclass
+class EvalDefaults:
+    """The evaluation's defaults as ``tscl probe`` shows them: :class:`tscl.probes.EvalSpec` has the same
+    (a test compares them field by field), kept here so ``--help`` needs no import of the engine."""
+
+    probe: str = "linear"
+    fractions: tuple = (0.01, 0.1, 1.0)
+    repeats: int = 3
+    n_boot: int = 1000
+    seed: int = 0
+    test_split: str = "test"
+    reference: str = "random-init"
+    random_init: bool = True
+    supervised: bool = False
+
+
+@dataclass
 class DemoConfig:
     """``tscl demo``: simulate a cohort, pretrain PCLR on its training patients, report against random init
     and a supervised baseline (:func:`tscl.demo.run_demo`)."""
@@ -74,8 +91,8 @@ class DemoConfig:
     encoder_kwargs: dict | None = None  # None: the encoder's declared defaults
     epochs: int = PretrainConfig.epochs
     lr: float = PretrainConfig.lr
-    fractions: tuple = (0.01, 0.1, 1.0)
-    n_boot: int = 1000
+    fractions: tuple = EvalDefaults.fractions
+    n_boot: int = EvalDefaults.n_boot
     supervised: bool = True
     seed: int = 0
     device: str = "auto"

@@ -1,9 +1,10 @@
 """``tscl demo``: simulate the built-in cohort, pretrain PCLR on its training patients, and report it against a
 random-init encoder and a supervised one trained from scratch, on the held-out patients.
 
-:func:`run_demo` takes a :class:`~tscl.config.DemoConfig` (the CLI's defaults are its fields) and returns
-the label-efficiency :class:`~tscl.probes.linear.ProbeResult` it printed; the full report (tables,
-audit, figures) is written under ``<out>/report``.
+:func:`run_demo` takes a :class:`~tscl.config.DemoConfig` (the CLI's defaults are its fields), evaluates
+the run on the ``sim-risk`` task with :func:`tscl.probes.evaluate` and returns the
+:class:`~tscl.probes.EvalReport` whose table it printed; the full report (tables, audit, figures) is
+written under ``<out>/report``.
 """
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from pathlib import Path
 
 from tscl.config import DemoConfig, PretrainConfig
 from tscl.datasets import open_dataset
+from tscl.probes import EvalSpec, evaluate
 from tscl.simulate import CohortConfig, write_cohort
-from tscl.tasks import write_report
 from tscl.train import pretrain
 
 __all__ = ["run_demo"]
@@ -21,7 +22,8 @@ __all__ = ["run_demo"]
 
 def run_demo(cfg: DemoConfig = DemoConfig()):
     """Simulate ``cfg.patients`` patients (kept when already there), pretrain PCLR on the training split,
-    probe it beside random init and the supervised baseline; prints the macro-AUROC table and returns it."""
+    probe it beside random init and the supervised baseline; prints the macro-AUROC table and returns the
+    report."""
     t0 = time.time()
     out = Path(cfg.out)
     data = out / "cohort"
@@ -43,18 +45,16 @@ def run_demo(cfg: DemoConfig = DemoConfig()):
     t_rep = time.time()
     print("\nprobing: PCLR and random-init (frozen features, linear probe) and the same encoder trained "
           "from scratch on the labels (supervised baseline)", flush=True)
-    results: dict = {}
-    report = write_report(["sim-risk"], data, out / "report", run=run, fractions=tuple(cfg.fractions),
-                          n_boot=cfg.n_boot, seed=cfg.seed, supervised=cfg.supervised, progress=cfg.progress,
-                          results=results)
-    result = results["sim-risk"]["label_efficiency"]
-    if result is not None:
-        s = result.split
-        print(f"\nmacro AUROC over {', '.join(result.labels)} [95 % patient-level bootstrap CI]\n"
-              f"test: {s['test_records']} recordings of {s['test_patients']} patients; "
-              f"train pool: {s['train_patients']} patients\n")
-        print(result.to_markdown())
-    print(f"\nreport: {report / 'summary.md'} (AUROC/AUPRC/Brier/ECE, audit, label-efficiency, reliability and "
-          f"embedding plots); run: {run}")
+    report = evaluate(EvalSpec(task="sim-risk", root=data, encoders=[run], supervised=cfg.supervised,
+                               fractions=tuple(cfg.fractions), n_boot=cfg.n_boot, seed=cfg.seed, audit=True,
+                               progress=cfg.progress))
+    report.write(out / "report")
+    s = report.result.split
+    print(f"\nmacro AUROC over {', '.join(report.result.labels)} [95 % patient-level bootstrap CI]\n"
+          f"test: {s['test_records']} recordings of {s['test_patients']} patients; "
+          f"train pool: {s['train_patients']} patients\n")
+    print(report.result.to_markdown(metrics_table=False))
+    print(f"\nreport: {out / 'report' / 'report.md'} (AUROC/AUPRC/Brier/ECE, audit, label-efficiency, reliability "
+          f"and embedding plots); run: {run}")
     print(f"report written in {time.time() - t_rep:.0f} s; demo finished in {time.time() - t0:.0f} s")
-    return result
+    return report

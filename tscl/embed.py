@@ -15,9 +15,8 @@ from tscl.config import load_config
 from tscl.datasets.spec import open_spec, run_data_spec
 from tscl.embeddings import Embeddings, save_embeddings
 from tscl.grammar import UsageError
-from tscl.probes.protocol import pretrained_patients
 from tscl.progress import progress_bar
-from tscl.runs import load_encoder, load_tower
+from tscl.runs import load_encoder, load_tower, pretrained_patients
 from tscl.train import check_encoder_fits
 
 __all__ = ["embed_signals", "embed_dataset", "embed_rows", "embed_run"]

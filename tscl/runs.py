@@ -12,6 +12,7 @@ method from outside the package (an entry point, or ``module:Name``) records tha
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -22,7 +23,14 @@ from tscl.encoders import build_encoder
 from tscl.methods import get_method, method_class
 from tscl.methods.clip import CLIP, Tower
 
-__all__ = ["load_config", "load_encoder", "from_run", "load_clip", "load_tower", "tower_names", "PretrainConfig"]
+__all__ = ["load_config", "load_encoder", "from_run", "load_clip", "load_tower", "tower_names", "pretrained_patients",
+           "PretrainConfig"]
+
+
+def pretrained_patients(run_dir: str | Path) -> set[str] | None:
+    """The patients a run folder's encoder was pretrained on (its ``patients.json``), or None if not recorded."""
+    path = Path(run_dir) / "patients.json"
+    return set(json.loads(path.read_text())["patients"]) if path.exists() else None
 
 
 def load_encoder(run_dir: str | Path, device: str = "cpu", random_init: bool = False, seed: int = 0):

@@ -30,6 +30,10 @@ records' lead sets must agree. ``fs`` resamples each record first.
   ``subject``) and the split is a hash of the window, so each record's beats fall on both sides;
 - ``dechazal-beats``: ``beats`` over ``dechazal``'s records and classes (records 201 and 202
   both kept), the leaky counterpart of ``dechazal`` on the same beats.
+
+Tasks (:mod:`tscl.tasks`): ``mitdb-beats``, V against N beats (``aami_V`` on the N and V beats) split by
+patient; ``mitdb-dechazal``, the four AAMI classes N/S/V/F on de Chazal's DS1 / DS2; ``cpsc2021-af``, AF
+against normal-rhythm 10 s windows (unannotated stretches count as N), split by patient.
 """
 from __future__ import annotations
 
@@ -40,7 +44,9 @@ import polars as pl
 
 from tscl.loaders import LoaderError, load_annotated
 from tscl.loaders.annotations import AAMI_CLASSES, MITDB_DS1, MITDB_DS2, MITDB_RECORDS, MITDB_SAME_SUBJECT, annotated_records
-from . import hash_split, declare_source
+from tscl.tasks import register_task
+
+from . import declare_source, hash_split
 from .waveform import _COMMON, WaveformDataset, _cache_dir, cache_notes
 
 __all__ = ["SPLIT_RULES", "KINDS"]
@@ -168,3 +174,16 @@ def _annotated(root: Path, *, cache=None, progress=True, kind="beats", normalize
     notes = cache_notes(c.report)
     notes["skipped"] = [*orphans, *notes.get("skipped", [])]
     return WaveformDataset(cache_rows, normalize=normalize, index=index, notes=notes)
+
+
+register_task("mitdb-beats", "annotated", ("aami_V",), "binary", split="random", rows={"aami": ["N", "V"]},
+              description="MIT-BIH-style beats: AAMI V against N, 0.7 s windows around the R peak, a random "
+                          "patient-level split (30 % of the patients, stratified)")
+register_task("mitdb-dechazal", "annotated", ("aami_N", "aami_S", "aami_V", "aami_F"), "multilabel",
+              options={"split_rule": "dechazal", "channels": "MLII"},
+              description="MIT-BIH beats, AAMI N/S/V/F one-vs-rest, de Chazal et al. 2004's inter-patient DS1 train / "
+                          "DS2 test (paced records left out), lead MLII")
+register_task("cpsc2021-af", "annotated", ("afib",), "binary", split="random", rows={"rhythm": ["N", "AFIB"]},
+              options={"kind": "rhythm", "window_s": 10, "default_rhythm": "N"},
+              description="CPSC 2021-style rhythm windows: AF against normal rhythm, 10 s windows, a random "
+                          "patient-level split (30 % of the patients, stratified)")

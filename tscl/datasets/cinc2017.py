@@ -20,6 +20,9 @@ are ordered by the SHA-256 of their name; the first 20 % (rounded) are ``test``,
 on every machine and run, and a record's side depends only on its name, its class and the
 other records of its class in the table: the label version (``labels=``) can move a relabelled
 record, and its neighbours, to another side.
+
+Task (:mod:`tscl.tasks`): ``cinc2017-rhythm``, the four classes one-vs-rest (``normal``, ``af``, ``other``,
+``noisy``) on that split.
 """
 from __future__ import annotations
 
@@ -29,6 +32,8 @@ from pathlib import Path
 import polars as pl
 
 from tscl.loaders.cinc2017 import load_cinc2017
+from tscl.tasks import register_task
+
 from . import declare_source
 from .waveform import _COMMON, WaveformDataset, _cache_dir
 
@@ -84,3 +89,8 @@ def _seconds_or_hz(name: str, value) -> float:
     if not out > 0 or out == float("inf"):
         raise ValueError(f"{name} must be a positive number, got {value!r}")
     return out
+
+
+register_task("cinc2017-rhythm", "cinc2017", ("normal", "af", "other", "noisy"), "multilabel",
+              description="CinC 2017 single-lead recordings: normal / AF / other rhythm / noisy one-vs-rest; the "
+                          "source's split stratified by class (20 % test, 10 % validation)")

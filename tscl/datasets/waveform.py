@@ -13,6 +13,16 @@
 ``normalize="zscore"`` standardises each channel of each item over time when the item is
 fetched, so pretraining, ``embed`` and the probes see the same input; EEG sources default to it
 (µV amplitudes differ by electrode and subject), ECG sources to ``none`` (mV is meaningful).
+
+Downstream tasks (:mod:`tscl.tasks`, run by :func:`tscl.probes.evaluate`) on these sources' label columns:
+
+- ``ptbxl-superdiagnostic``, ``-subdiagnostic``, ``-form``, ``-rhythm``: every code column of the task
+  (``super:*`` ...) on the ECGs some label source lists for it (``has:<task>``), strat_fold 1-8 train,
+  9 chooses the probe's strength, 10 tests (Strodthoff et al. 2020); ``ptbxl-superclass`` is the
+  superclasses ``NORM`` ... ``HYP`` from every label source; ``ptbxl-sex`` (``female``) and
+  ``ptbxl-age`` (years, ridge regression);
+- ``eegmat-task``: rest (``task`` 0) vs mental arithmetic (1), 10 s epochs at 100 Hz, z-scored per channel;
+- ``sim-risk``: the six risk labels of a cohort written by ``tscl simulate`` / ``tscl demo``, its split.
 """
 from __future__ import annotations
 
@@ -28,7 +38,11 @@ from tscl.loaders import LoaderError, edf_epochs, load_cinc, load_eegmat, load_p
 from tscl.loaders.cache import ON_ERROR, cached_load, read_all
 from tscl.loaders.edf import EEG_1020
 from tscl.loaders.identity import check_unique, check_unique_names, clean_ids, csv_line, relative_id
-from . import Dataset, hash_split, declare_source
+from tscl.loaders.ptbxl import SUPERCLASSES
+from tscl.simulate import CONDITIONS
+from tscl.tasks import register_task
+
+from . import Dataset, declare_source, hash_split
 
 __all__ = ["WaveformDataset", "NORMALIZE", "cache_notes"]
 
@@ -267,3 +281,26 @@ def _number(text):
         return float(text) if any(c in text for c in ".eE") else int(text)
     except (TypeError, ValueError):
         return text
+
+
+# --- downstream tasks on these sources' label columns ----------------------------------------------------
+
+register_task("ptbxl-superclass", "ptbxl", SUPERCLASSES, "multilabel", options={"on_error": "skip"},
+              source_column="device", description="PTB-XL diagnostic superclasses from every label source (tables and "
+              "database), multi-label; strat_fold 1-8 train, 9 validation, 10 test")
+for _task, _prefix, _what in (("superdiagnostic", "super", "superclasses"), ("subdiagnostic", "sub", "subclasses"),
+                              ("form", "form", "form statements"), ("rhythm", "rhythm", "rhythm statements")):
+    register_task(f"ptbxl-{_task}", "ptbxl", (f"{_prefix}:*",), "multilabel", options={"on_error": "skip"},
+                  rows={f"has:{_prefix}": [1]}, source_column="device",
+                  description=f"PTB-XL {_what} (every {_prefix}: column) on the ECGs listed for the task, multi-label; "
+                              "strat_fold 1-8 train, 9 validation, 10 test")
+register_task("ptbxl-sex", "ptbxl", ("female",), "binary", options={"on_error": "skip"}, source_column="device",
+              description="PTB-XL sex (female) from the ECG; strat_fold split")
+register_task("ptbxl-age", "ptbxl", ("age",), "regression", options={"on_error": "skip"}, source_column="device",
+              description="PTB-XL age in years (ages above 89 are unknown), ridge regression; strat_fold split")
+register_task("eegmat-task", "eegmat", ("task",), "binary", options={"epoch_s": 10, "fs": 100},
+              description="EEGMAT rest vs mental arithmetic, 10 s epochs at 100 Hz z-scored per channel; the source's "
+                          "subject split (hash of the subject)")
+register_task("sim-risk", "wfdb", CONDITIONS, "multilabel",
+              description="simulated cohort (tscl simulate / tscl demo; the root is the cohort folder): the six risk "
+                          "labels, multi-label, its split column (test patients are never pretrained on)")

@@ -2,8 +2,8 @@
 
 For pairs ``(a_i, b_i)`` (a visit's ECG and its labs), tower A -> tower B recall@k is the fraction of
 items whose partner is among the k most cosine-similar rows of the other tower (ties counted against
-it); chance is k / N. The CIs resample whole patients (:func:`~tscl.probes.protocol.bootstrap_weights`,
-the gallery fixed), as every probe does. ``tscl retrieval`` prints :meth:`RetrievalReport.to_markdown`
+it); chance is k / N. The CIs resample whole patients (:class:`~tscl.probes.bootstrap.Resamples`, the
+gallery fixed), as every probe does. ``tscl retrieval`` prints :meth:`RetrievalReport.to_markdown`
 with the towers named (``waveform→tabular``).
 """
 from __future__ import annotations
@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tscl.probes.protocol import bootstrap_weights, check_pretraining_overlap, percentile_ci, pretrained_patients
 from tscl.datasets.spec import open_spec, run_data_spec
-from tscl.runs import load_clip, tower_names
+from tscl.probes.bootstrap import Resamples, mean_resampled
+from tscl.probes.protocol import check_pretraining_overlap, percentile_ci
+from tscl.runs import load_clip, pretrained_patients, tower_names
 
 __all__ = ["retrieval_recall", "retrieval_ranks", "retrieval_report", "retrieval", "RetrievalReport"]
 
@@ -106,7 +107,7 @@ def retrieval_report(run_dir, dataset, ks: Sequence[int] = (1, 5, 10), n_boot: i
                     for s in range(0, len(dataset), batch_size)])
     zb = clip.embed_b(clip.tabular_inputs(dataset.index).to(device))
     ranks = retrieval_ranks(za, zb)
-    W = bootstrap_weights(pids, n_boot, seed)  # [n_boot, n]: each record weighted by its patient's count
+    resamples = Resamples.patient_bootstrap(pids, n_boot, seed)  # whole patients, as every probe resamples
     report = RetrievalReport(run=str(run_dir), towers=tower_names(run_dir), n=len(dataset),
                              n_patients=int(len(set(pids))), n_boot=n_boot,
                              temperature=float(clip.temperature.detach()), ks=[int(k) for k in ks])
@@ -114,7 +115,7 @@ def retrieval_report(run_dir, dataset, ks: Sequence[int] = (1, 5, 10), n_boot: i
         report.recall[name] = {}
         for k in report.ks:
             hit = (rank < k).astype(np.float64)
-            lo, hi = percentile_ci((W @ hit) / W.sum(axis=1))
+            lo, hi = percentile_ci(mean_resampled(hit, resamples))
             report.recall[name][k] = {"recall": float(hit.mean()), "ci_low": lo, "ci_high": hi}
     report.chance = {k: min(k, report.n) / report.n for k in report.ks}
     return report
