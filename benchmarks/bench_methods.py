@@ -249,7 +249,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.patients, args.epochs, args.bootstrap = 40, 2, 100
-    from tscl.cli import _kwargs
+    from tscl.grammar import parse_kwargs as _kwargs
 
     args.encoder_kwargs = _kwargs(args.encoder_kwargs)
     args.methods = [m for m in args.methods.split(",") if m]

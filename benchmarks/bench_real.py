@@ -548,7 +548,7 @@ def main(argv=None) -> int:
         return run_at_commit(args.at_commit, argv, args)
     import os
     command = os.environ.get("TSCL_BENCH_COMMAND") or "python benchmarks/bench_real.py " + " ".join(argv)
-    from tscl.cli import _kwargs
+    from tscl.grammar import parse_kwargs as _kwargs
 
     if args.dataset == "mimic" and args.encoder_kwargs == p.get_default("encoder_kwargs"):
         args.encoder_kwargs = MIMIC_ENCODER
