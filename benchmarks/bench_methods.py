@@ -115,10 +115,11 @@ SETTINGS = ("method", "encoder", "encoder_kwargs", "method_kwargs", "epochs", "l
 def code_digest(method: str, encoder: str) -> str:
     """SHA-256 (12 hex digits) of the source files of the method's and the encoder's modules: a changed
     objective or encoder makes earlier runs stale even where their settings match."""
-    from tscl.encoders import ENCODERS
+    from tscl.encoders import get_encoder
+    from tscl.methods import get_method
 
     files = []
-    for obj in (METHODS[method], ENCODERS[encoder]):
+    for obj in (get_method(method), get_encoder(encoder)):
         obj = getattr(obj, "func", obj)  # functools.partial (the CLOCS modes)
         files.append(Path(inspect.getsourcefile(obj)).read_bytes())
     return hashlib.sha256(b"\0".join(files)).hexdigest()[:12]
