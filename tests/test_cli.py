@@ -144,3 +144,8 @@ def test_bad_values_are_one_line_and_exit_2(tmp_path, capsys, argv, message):
     assert main([a if a not in ("x", "r") else str(tmp_path / a) for a in argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and err.startswith(f"tscl {argv[0]}: error:")
+
+
+def test_probe_without_labels_or_task_says_what_to_give(tmp_path, capsys):
+    assert main(["probe", "--data", str(tmp_path), "--encoders", "x.npz"]) == 2
+    assert "give the labels to probe: --labels COLUMNS, or --task NAME" in capsys.readouterr().err

@@ -95,7 +95,10 @@ def _eval_spec(a, **fixed):
              "test_dataset_kwargs": parse_kwargs(getattr(a, "test_dataset_kwargs", None), "--test-dataset-kwargs"),
              "test_split": getattr(a, "test_split", _EVAL["test_split"]), "audit": getattr(a, "audit", False),
              "progress": not a.quiet}
-    return EvalSpec(**{**given, **fixed})
+    spec = {**given, **fixed}
+    if not spec["task"] and not spec["labels"]:
+        raise UsageError("give the labels to probe: --labels COLUMNS, or --task NAME (tscl task list)")
+    return EvalSpec(**spec)
 
 
 def cmd_probe(a):

@@ -33,7 +33,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
-import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -41,27 +40,22 @@ import numpy as np
 import polars as pl
 import torch
 
+from tscl.catalog import DEFAULT_ENCODER
 from tscl.datasets import cat_payloads, open_dataset
 from tscl.embed import embed_dataset
-from tscl.catalog import DEFAULT_ENCODER
+from tscl.embeddings import load_embeddings
 from tscl.encoders import build_encoder, encoder_defaults
 from tscl.plots import plot_embedding_map, plot_label_efficiency, plot_reliability
 from tscl.tasks import Task, get_task
 from tscl.train import check_encoder_fits, load_config, load_encoder
 
 from .audit import audit_embeddings, audit_markdown
-from .cells import check_finite
 from .metrics import metrics_for
 from .models import PROBES
 from .protocol import (MIN_TUNING_PATIENTS, PatientLeakageError, check_pretraining_overlap, pretrained_patients,
                        stratified_patient_split)
 from .supervised import SupervisedBaseline
 from .table import INTERNAL, ProbeResult, infer_kind, run_probe
-
-try:  # the embeddings file format (.npz and .parquet) and its one reader, where the package has it
-    from tscl.embeddings import load_embeddings as _load_embeddings_file
-except ImportError:
-    _load_embeddings_file = None
 
 __all__ = ["EvalSpec", "EvalReport", "evaluate", "SUPERVISED", "RANDOM_INIT", "EXTERNAL"]
 
@@ -368,25 +362,9 @@ def _is_run(path: Path) -> bool:
 
 
 def _read_embeddings(path: Path):
-    """``(features, record_id, patient_id, run, pretrained_patients)`` of an embeddings file."""
-    if _load_embeddings_file is not None:
-        e = _load_embeddings_file(path)
-        return e.features, [str(r) for r in e.record_id], e.run, list(e.pretrained_patients)
-    if path.suffix != ".npz":
-        raise ValueError(f"{path}: this installation reads embeddings from .npz files")
-    try:
-        z = np.load(path)
-        missing = [k for k in ("features", "record_id") if k not in z.files]
-        if missing:
-            raise ValueError(f"{path}: no {missing[0]!r} array; an .npz written by tscl embed has features and "
-                             "record_id")
-        features, ids = np.asarray(z["features"]), [str(r) for r in z["record_id"].tolist()]
-        run = str(z["run"]) if "run" in z.files else ""
-        seen = [str(p) for p in z["pretrained_patients"].tolist()] if "pretrained_patients" in z.files else []
-    except (OSError, EOFError, KeyError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{path}: not a readable .npz of tscl embed ({type(err).__name__}: {err})") from None
-    check_finite(features, f"{path}: features", record_ids=ids)
-    return features, ids, run, seen
+    """``(features, record_id, run, pretrained_patients)`` of an embeddings file (:mod:`tscl.embeddings`)."""
+    e = load_embeddings(path)
+    return e.features, list(e.record_id), e.run, list(e.pretrained_patients)
 
 
 def _encoders(spec: EvalSpec, internal: _Side) -> list[_Encoder]:
