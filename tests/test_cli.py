@@ -149,3 +149,24 @@ def test_bad_values_are_one_line_and_exit_2(tmp_path, capsys, argv, message):
 def test_probe_without_labels_or_task_says_what_to_give(tmp_path, capsys):
     assert main(["probe", "--data", str(tmp_path), "--encoders", "x.npz"]) == 2
     assert "give the labels to probe: --labels COLUMNS, or --task NAME" in capsys.readouterr().err
+
+
+def test_the_old_evaluation_commands_are_aliases_of_probe(tiny, capsys):
+    """task, report and mimic-probe stay for a release: each builds the evaluation probe runs, and says so."""
+    parser, _ = _subparsers()
+    top = " ".join(parser.format_help().split())
+    assert top.count("(old name, kept for a release: tscl probe --task") == 3
+    run = tiny / "run"
+    if not (run / "encoder.safetensors").exists():
+        pytest.skip("needs the run of test_simulate_pretrain_embed_probe (run the module, not this test alone)")
+    assert main(["task", "list"]) == 0
+    assert "sim-risk" in capsys.readouterr().out
+    assert main(["task", "run", "sim-risk", "--data", str(tiny / "cohort"), "--run", str(run), "--no-supervised",
+                 "--bootstrap", "20", "--out", str(tiny / "task"), "--quiet"]) == 0
+    rows = json.loads((tiny / "task" / "sim-risk.json").read_text())["rows"]
+    assert {r["encoder"] for r in rows} == {"run", "random-init"} and {r["fraction"] for r in rows} == {1.0}
+    assert main(["report", "--tasks", "sim-risk", "--data", str(tiny / "cohort"), "--run", str(run), "--no-supervised",
+                 "--bootstrap", "20", "--fractions", "1", "--out", str(tiny / "report"), "--quiet"]) == 0
+    assert (tiny / "report" / "summary.md").exists() and (tiny / "report" / "sim-risk" / "report.md").exists()
+    assert main(["task", "run", "no-such-task", "--data", str(tiny / "cohort"), "--quiet"]) == 2
+    assert "unknown task 'no-such-task'" in capsys.readouterr().err

@@ -57,3 +57,12 @@ def test_disabled_bars_write_nothing():
     for _ in progress.progress_bar(range(10), file=log, disable=True):
         pass
     assert log.getvalue() == ""
+
+
+def test_the_closing_frame_is_not_repeated():
+    log = Log()
+    bar = progress.progress_bar(range(3), desc="embedding", file=log)
+    for _ in bar:
+        pass
+    lines = log.getvalue().splitlines()
+    assert len(lines) == len(set(lines)) and lines[-1].startswith("embedding: 100%")

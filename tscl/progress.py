@@ -21,12 +21,13 @@ class _Lines:
     """A text stream for a bar in a log: every frame tqdm draws becomes one line of its own."""
 
     def __init__(self, stream):
-        self.stream = stream
+        self.stream, self.last = stream, None
 
     def write(self, text: str) -> None:
         frame = text.replace("\r", "").replace("\x1b[A", "").strip()  # tqdm draws "\r<frame>", closes with "\n"
-        if frame:
+        if frame and frame != self.last:  # closing redraws the last frame: once is enough
             self.stream.write(frame + "\n")
+            self.last = frame
 
     def flush(self) -> None:
         self.stream.flush()
