@@ -47,7 +47,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import polars as pl
 
-from tqdm.auto import tqdm
+from tscl.progress import progress_bar
 
 from . import shards as _shards
 from .recording import LoaderError, Recording
@@ -937,7 +937,7 @@ def read_all(read_one: Callable[[Any], Recording | list[Recording]], items: list
     try:
         results = (pool.map(attempt, items, chunksize=max(1, min(64, len(items) // (8 * workers)))) if pool
                    else map(attempt, items))
-        for result in tqdm(results, total=len(items), desc=desc, disable=not progress):
+        for result in progress_bar(results, total=len(items), desc=desc, disable=not progress):
             if isinstance(result, LoaderError):
                 _raise_or_skip(result, on_error, skipped)
                 continue

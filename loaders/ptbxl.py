@@ -23,9 +23,13 @@ Label columns of the cache index (see :func:`ptbxl_records`):
   counted as all-negative, and their task columns are null). From the label tables when the
   folder has them, else derived from scp_codes with scp_statements (diagnostic_class,
   diagnostic_subclass, form and rhythm flags) by the same rule.
-- database columns, kept under their earlier names for existing tasks: ``NORM``, ``MI``,
-  ``STTC``, ``CD``, ``HYP`` and ``sub_<subclass>`` from scp_codes, age, sex, scp_codes; null for an
-  ECG without a database row (``in_database`` = 0).
+- the superclasses ``NORM``, ``MI``, ``STTC``, ``CD``, ``HYP`` from every label source: the task
+  columns ``super:<class>`` where the ECG has a superclass code in them (``has:super`` = 1; the
+  tables where the folder has them), else the database row's scp_codes (an ECG of the database
+  with no superclass code is 0 in each), null for an ECG no source labels;
+- database columns: ``sub_<subclass>`` from scp_codes, ``age`` (years; null for PTB-XL's 300,
+  which stands for any age above 89), ``sex`` (0 male, 1 female), ``female`` (0/1), scp_codes;
+  null for an ECG without a database row (``in_database`` = 0).
 - ecg_id, strat_fold, split (folds 1-8 train, 9 val, 10 test).
 
 Ids are read as text from the first byte and converted deliberately: patient_id ``15709.0`` ->
@@ -51,6 +55,7 @@ __all__ = ["load_ptbxl", "ptbxl_labels", "ptbxl_label_tables", "ptbxl_records", 
            "PTBXL_TASKS", "ptbxl_split", "task_columns"]
 
 SUPERCLASSES = ("NORM", "MI", "STTC", "CD", "HYP")
+AGE_OVER_89 = 300  # PTB-XL writes this age for every patient older than 89 (anonymisation): read as unknown
 PTBXL_LEADS = ECG_LEADS
 PTBXL_TASKS = ("super", "sub", "form", "rhythm")
 _TABLE_TASK = {"super_class": "super", "sub_class": "sub"}  # MERL's file names -> column prefixes
@@ -330,8 +335,13 @@ def ptbxl_records(root: str | Path, labels: str = "auto", min_likelihood: float 
     has_cols = [c for c in table.columns if c.startswith("has:")]
     table = table.with_columns(pl.col("in_database").fill_null(0), *[pl.col(c).fill_null(0) for c in has_cols],
                                pl.col("strat_fold").map_elements(ptbxl_split, return_dtype=pl.Utf8).alias("split"))
-    first = ["ecg_id", "patient_id", "age", "sex", "recording_date", "strat_fold", "split", "in_database", "scp_codes",
-             "filename_lr", "filename_hr", *SUPERCLASSES]
+    if "has:super" in table.columns:  # a superclass column holds every label source's value for the ECG
+        table = table.with_columns(pl.when(pl.col("has:super") == 1).then(pl.col(f"super:{c}")).otherwise(pl.col(c))
+                                   .cast(pl.Int8).alias(c) for c in SUPERCLASSES if f"super:{c}" in table.columns)
+    table = table.with_columns(pl.when(pl.col("age") < AGE_OVER_89).then(pl.col("age")).alias("age"),
+                               (pl.col("sex") == 1).cast(pl.Int8).alias("female"))
+    first = ["ecg_id", "patient_id", "age", "sex", "female", "recording_date", "strat_fold", "split", "in_database",
+             "scp_codes", "filename_lr", "filename_hr", *SUPERCLASSES]
     rest = [c for c in table.columns if c not in first]
     legacy = [c for c in rest if c.startswith("sub_")]
     tasks = [c for t in ("has", *PTBXL_TASKS) for c in rest if c.startswith(f"{t}:")]
@@ -428,4 +438,4 @@ def load_ptbxl(root: str | Path, rate: int = 100, cache_dir: str | Path | None =
         return check_same_channels(recs, channels, on_error, skipped), report
 
     return cached_load("ptbxl", [*sources, *listing], f"ptbxl;rate={rate};channels={channels};on_error={on_error};"
-                       f"min_likelihood={min_likelihood};labels={labels};v2", cache_dir, build, root=root)
+                       f"min_likelihood={min_likelihood};labels={labels};v3", cache_dir, build, root=root)

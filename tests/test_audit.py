@@ -93,9 +93,16 @@ def test_audit_embeddings_and_markdown():
 
 from sklearn.metrics import average_precision_score, brier_score_loss  # noqa: E402
 
-from tscl.probes import evaluate_probe, make_probe  # noqa: E402
-from tscl.probes.evaluate import classification_metrics, expected_calibration_error, regression_metrics  # noqa: E402
-from tscl.probes.linear import PatientLeakageError  # noqa: E402
+from tscl.probes import make_probe, run_probe  # noqa: E402
+from tscl.probes.metrics import classification_metrics, expected_calibration_error, metrics_for, regression_metrics  # noqa: E402,E501
+from tscl.probes.protocol import PatientLeakageError  # noqa: E402
+
+
+def evaluate_probe(features, Y, labels, pids, split, kind=None, **kw):
+    """One fraction (100 %), every metric of the kind: what the task tables print."""
+    kind = kind or ("multilabel" if np.ndim(Y) == 2 and np.shape(Y)[1] > 1 else "binary")
+    return run_probe(features, Y, labels, pids, split=split, fractions=(1.0,), kind=kind, metrics=metrics_for(kind),
+                     **kw)
 
 
 def test_calibration_metrics_against_sklearn_and_known_cases():

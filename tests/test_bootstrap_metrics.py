@@ -11,9 +11,9 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from tscl.probes import bootstrap as bs
 from tscl.probes.bootstrap import Resamples, classification_resampled, macro_auroc_resampled, regression_resampled
-from tscl.probes.evaluate import (brier_score, classification_metrics, evaluate_probe, expected_calibration_error,
-                                  mae, r2, weighted_auprc)
-from tscl.probes.linear import bootstrap_macro_auroc, macro_auroc, weighted_auroc
+from tscl.probes.metrics import (bootstrap_macro_auroc, brier_score, classification_metrics, expected_calibration_error,
+                                 macro_auroc, mae, r2, weighted_auprc, weighted_auroc)
+from tscl.probes.table import run_probe
 from tscl.probes.protocol import bootstrap_weights
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -163,19 +163,20 @@ def test_degenerate_inputs():
         Resamples(np.ones((2, 3)), np.array([0, 3]))
 
 
-def test_evaluate_probe_scores_every_resample_without_a_dense_weight_matrix():
+def test_every_metric_of_a_cell_is_scored_on_every_resample_without_a_dense_weight_matrix():
     rng = np.random.default_rng(0)
     pids = np.repeat(np.arange(80), 3)
     Y = rng.integers(0, 2, (len(pids), 2))
     X = Y @ rng.normal(size=(2, 6)) + rng.normal(size=(len(pids), 6))
     train, test = np.flatnonzero(pids < 50), np.flatnonzero(pids >= 50)
-    res = evaluate_probe({"x": X, "noise": rng.normal(size=X.shape)}, Y, ["a", "b"], pids, (train, test),
-                         kind="multilabel", n_boot=200, reference="noise")
+    res = run_probe({"x": X, "noise": rng.normal(size=X.shape)}, Y, ["a", "b"], pids, split=(train, test),
+                    fractions=(1.0,), kind="multilabel", n_boot=200, reference="noise",
+                    metrics=("auroc", "auprc", "brier", "ece"))
     row = next(r for r in res.rows if r["encoder"] == "x")
     assert row["auroc_ci"][0] < row["auroc"] < row["auroc_ci"][1]
     assert res.comparisons[0]["auroc_ci"][0] > 0
-    W = Resamples.patient_bootstrap(pids[test], 200, 1)  # evaluate_probe draws with seed + 1
-    boots = [loop_classification(Y[test].astype(float), res.predictions["x"], w) for w in W]
+    W = Resamples.patient_bootstrap(pids[test], 200, 1)  # run_probe draws with seed + 1
+    boots = [loop_classification(Y[test].astype(float), res.predictions["internal"]["x"], w) for w in W]
     assert row["auroc_ci"] == pytest.approx(list(np.percentile([b["auroc"] for b in boots], [2.5, 97.5])), abs=1e-12)
 
 

@@ -33,7 +33,7 @@ def test_simulate_pretrain_embed_probe(tiny):
                  "--labels", "lvh,bbb", "--fractions", "0.5,1", "--bootstrap", "50", "--reference", "rand",
                  "--out", str(tiny / "probe"), "--quiet"]) == 0
     report = json.loads((tiny / "probe" / "probe.json").read_text())
-    assert {r["encoder"] for r in report["rows"]} == {"pclr", "rand"}
+    assert {r["encoder"] for r in report["rows"]} == {"pclr", "rand", "random-init"}  # random init by default
     assert (tiny / "probe" / "label_efficiency.png").stat().st_size > 1000
 
 
@@ -49,11 +49,11 @@ def test_demo_runs_end_to_end_and_prints_the_table(tmp_path):
     assert "| pclr |" in proc.stdout and "| random-init |" in proc.stdout
     assert "| supervised (from scratch) |" in proc.stdout
     assert "pclr − random-init" in proc.stdout and "supervised (from scratch) − random-init" in proc.stdout
-    summary = (out / "report" / "summary.md").read_text()
-    assert "## sim-risk" in summary and "supervised (from scratch)" in summary and "re-id [chance]" in summary
-    report = json.loads((out / "report" / "report.json").read_text())["sim-risk"]
-    assert {r["encoder"] for r in report["probe"]["rows"]} == {"pclr", "random-init", "supervised (from scratch)"}
-    for fig in ("sim-risk_label_efficiency.png", "sim-risk_reliability.png", "sim-risk_embedding_pclr.png"):
+    summary = (out / "report" / "report.md").read_text()
+    assert "sim-risk" in summary and "supervised (from scratch)" in summary and "re-id [chance]" in summary
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert {r["encoder"] for r in report["rows"]} == {"pclr", "random-init", "supervised (from scratch)"}
+    for fig in ("label_efficiency.png", "reliability.png", "embedding_pclr.png"):
         assert (out / "report" / fig).stat().st_size > 1000, fig
 
 
@@ -80,4 +80,93 @@ def test_bad_metadata_is_reported_with_the_file(tiny, capsys):
 def test_unknown_label_is_a_clear_error(tiny, capsys):
     assert main(["probe", "--data", str(tiny / "cohort"), "--embeddings", str(tiny / "pclr.npz"), "--labels", "nope",
                  "--out", str(tiny / "p2"), "--quiet"]) == 2
-    assert "--labels: column(s) ['nope'] not in the cohort metadata" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "label column 'nope' is not in the index" in err and "lvh" in err and len(err.splitlines()) == 1
+
+
+def _subparsers():
+    from tscl.cli import build_parser
+
+    parser = build_parser()
+    return parser, next(a for a in parser._actions if isinstance(a.choices, dict)).choices
+
+
+def test_help_lists_the_names_and_every_default_once():
+    from tscl import catalog
+
+    parser, subs = _subparsers()
+    top = parser.format_help()
+    for kind in ("sources", "encoders", "methods"):
+        assert all(name in top for name in catalog.builtin_names(kind)), kind
+    for command, sub in subs.items():
+        for action in sub._actions:
+            if not action.option_strings or action.help is None:
+                continue
+            shown = sub._get_formatter()._expand_help(action) if action.help else ""
+            assert shown.count("(default") <= 1, (command, action.option_strings, shown)
+            has_default = action.default not in (None, False) and action.default != "==SUPPRESS=="
+            if has_default:
+                assert "(default" in shown, (command, action.option_strings)  # every default is said
+    pretrain = " ".join(subs["pretrain"].format_help().split())  # wrapped lines joined
+    assert all(name in pretrain for name in catalog.builtin_names("sources"))
+    assert "(default: 40)" in pretrain and "waveform: resnet1d, ehr: ehr_sequence, image: resnet2d18" in pretrain
+
+
+def test_embed_writes_exactly_the_name_asked_for_and_probe_reads_parquet(tiny, capsys):
+    data = str(tiny / "cohort")
+    run = tiny / "run"  # made by test_simulate_pretrain_embed_probe
+    if not (run / "encoder.safetensors").exists():
+        pytest.skip("needs the run of test_simulate_pretrain_embed_probe (run the module, not this test alone)")
+    assert main(["embed", "--data", data, "--run", str(run), "--out", str(tiny / "emb" / "pclr.parquet"), "--quiet"]) == 0
+    assert [p.name for p in (tiny / "emb").iterdir()] == ["pclr.parquet"]
+    assert main(["embed", "--data", data, "--run", str(run), "--out", str(tiny / "emb" / "x.csv"), "--quiet"]) == 2
+    assert "ends in .npz or .parquet" in capsys.readouterr().err
+    assert main(["probe", "--data", data, "--embeddings", str(tiny / "emb" / "pclr.parquet"), str(tiny / "rand.npz"),
+                 "--labels", "lvh,bbb", "--fractions", "1", "--bootstrap", "20", "--reference", "rand",
+                 "--out", str(tiny / "probe-parquet"), "--quiet"]) == 0
+    rows = json.loads((tiny / "probe-parquet" / "probe.json").read_text())["rows"]
+    assert {r["encoder"] for r in rows} == {"pclr", "rand", "random-init"}  # a file's stem names its row, any format
+    from tscl.embeddings import load_embeddings
+
+    parquet, npz = load_embeddings(tiny / "emb" / "pclr.parquet"), load_embeddings(tiny / "pclr.npz")
+    np.testing.assert_array_equal(parquet.features, npz.features)  # the same run embeds the same features
+    assert parquet.record_id == npz.record_id and parquet.patient_id == npz.patient_id
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["probe", "--data", "x", "--embeddings", "e.npz", "--out", "p", "--fractions", "0,1"], "--fractions"),
+    (["retrieval", "--run", "r", "--k", "0"], "--k"),
+    (["pretrain", "--data", "x", "--out", "r", "--device", "tpu"], "--device"),
+    (["pretrain", "--data", "x", "--out", "r", "--split", "folds:a"], "folds must be numbers"),
+])
+def test_bad_values_are_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    (tmp_path / "x").mkdir()
+    assert main([a if a not in ("x", "r") else str(tmp_path / a) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and err.startswith(f"tscl {argv[0]}: error:")
+
+
+def test_probe_without_labels_or_task_says_what_to_give(tmp_path, capsys):
+    assert main(["probe", "--data", str(tmp_path), "--encoders", "x.npz"]) == 2
+    assert "give the labels to probe: --labels COLUMNS, or --task NAME" in capsys.readouterr().err
+
+
+def test_the_old_evaluation_commands_are_aliases_of_probe(tiny, capsys):
+    """task, report and mimic-probe stay for a release: each builds the evaluation probe runs, and says so."""
+    parser, _ = _subparsers()
+    top = " ".join(parser.format_help().split())
+    assert top.count("(old name, kept for a release: tscl probe --task") == 3
+    run = tiny / "run"
+    if not (run / "encoder.safetensors").exists():
+        pytest.skip("needs the run of test_simulate_pretrain_embed_probe (run the module, not this test alone)")
+    assert main(["task", "list"]) == 0
+    assert "sim-risk" in capsys.readouterr().out
+    assert main(["task", "run", "sim-risk", "--data", str(tiny / "cohort"), "--run", str(run), "--no-supervised",
+                 "--bootstrap", "20", "--out", str(tiny / "task"), "--quiet"]) == 0
+    rows = json.loads((tiny / "task" / "sim-risk.json").read_text())["rows"]
+    assert {r["encoder"] for r in rows} == {"run", "random-init"} and {r["fraction"] for r in rows} == {1.0}
+    assert main(["report", "--tasks", "sim-risk", "--data", str(tiny / "cohort"), "--run", str(run), "--no-supervised",
+                 "--bootstrap", "20", "--fractions", "1", "--out", str(tiny / "report"), "--quiet"]) == 0
+    assert (tiny / "report" / "summary.md").exists() and (tiny / "report" / "sim-risk" / "report.md").exists()
+    assert main(["task", "run", "no-such-task", "--data", str(tiny / "cohort"), "--quiet"]) == 2
+    assert "unknown task 'no-such-task'" in capsys.readouterr().err

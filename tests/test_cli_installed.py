@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +53,7 @@ def _pipeline(cwd: Path, data_args: list, method_args: list, labels: str, probe_
     tscl("probe", *data_args, "--embeddings", "run.npz", "random.npz", "--labels", labels, "--fractions", "1",
          "--bootstrap", "20", "--reference", "random", "--out", "probe", "--quiet", *probe_extra, cwd=cwd)
     report = json.loads((cwd / "probe" / "probe.json").read_text())
-    assert {r["encoder"] for r in report["rows"]} == {"run", "random"}
+    assert {r["encoder"] for r in report["rows"]} == {"run", "random", "random-init"}
     assert (cwd / "probe" / "label_efficiency.png").stat().st_size > 1000
     return cfg
 
@@ -206,10 +207,12 @@ EHR_TINY = ["--encoder", "ehr_sequence", "--encoder-kwargs", "dim=16,depth=1,hea
 @needs_data
 def test_mimic_iv_ehr_pretraining_and_the_admission_probe(outside):
     root = DATA / "meds_demo" / "mimic-iv-clinical-database-demo-2.2"
+    no_encoder = EHR_TINY[2:]  # without --encoder: the modality's default encoder
     tscl("pretrain", "--dataset", "mimic-iv", "--root", root, "--dataset-kwargs", "max_len=64", "--method", "pclr",
-         "--method-kwargs", "patients_per_batch=16", *EHR_TINY, "--out", "run", cwd=outside)
+         "--method-kwargs", "patients_per_batch=16", *no_encoder, "--out", "run", cwd=outside)
     cfg = json.loads((outside / "run" / "config.json").read_text())
     assert cfg["data_info"]["modality"] == "ehr" and cfg["dataset"]["split"] == "train"
+    assert cfg["encoder"] == "ehr_sequence"
     tscl("embed", "--run", "run", "--out", "run.npz", "--quiet", cwd=outside)
     tscl("mimic-probe", "--root", root, "--run", "run", "--labels", "long_stay", "--bootstrap", "50", "--out", "probe",
          "--quiet", cwd=outside)
@@ -225,8 +228,6 @@ def test_meds_ehr_pretraining(outside):
     tscl("pretrain", "--dataset", "meds", "--root", root, "--split", "all", "--method", "simclr", "--method-kwargs",
          "batch_size=8", *EHR_TINY, "--out", "run", cwd=outside)
     tscl("embed", "--run", "run", "--out", "run.npz", "--quiet", cwd=outside)
-    import numpy as np
-
     z = np.load(outside / "run.npz")
     assert z["features"].shape == (len(z["record_id"]), 16) and np.isfinite(z["features"]).all()
 
@@ -244,14 +245,18 @@ def test_clip_two_towers_and_retrieval(outside):
     tscl("simulate", "--out", "cohort", "--patients", "40", "--quiet", cwd=outside)
     tscl("pretrain", "--data", "cohort", "--method", "clip", "--method-kwargs", "batch_size=16,log=lab_bnp", *TINY,
          "--out", "run", cwd=outside)
-    for tower, width in (("waveform", 16), ("tabular", None)):
-        tscl("embed", "--run", "run", "--tower", tower, "--out", f"{tower}.npz", "--quiet", cwd=outside)
-        import numpy as np
+    for tower, width, suffix in (("waveform", 16, ".npz"), ("tabular", None, ".parquet")):
+        proc = tscl("embed", "--run", "run", "--tower", tower, "--out", f"{tower}{suffix}", "--quiet", cwd=outside)
+        assert f"to {tower}{suffix}" in proc.stdout and {p.name for p in outside.glob(f"{tower}*")} == {tower + suffix}
+        from tscl.embeddings import load_embeddings
 
-        z = np.load(outside / f"{tower}.npz")
-        assert np.isfinite(z["features"]).all() and (width is None or z["features"].shape[1] == width)
-    tscl("retrieval", "--run", "run", "--k", "1,10", "--bootstrap", "50", "--out", "retrieval", "--quiet", cwd=outside)
+        z = load_embeddings(outside / f"{tower}{suffix}").features
+        assert np.isfinite(z).all() and (width is None or z.shape[1] == width)
+    proc = tscl("retrieval", "--run", "run", "--k", "1,10", "--bootstrap", "50", "--out", "retrieval", "--quiet",
+                cwd=outside)
+    assert "| waveform→tabular recall@k [95 % CI] | tabular→waveform recall@k [95 % CI] |" in proc.stdout
     report = json.loads((outside / "retrieval" / "retrieval.json").read_text())
+    assert report["towers"] == {"a": "waveform", "b": "tabular"}
     assert report["n"] > 10 and 0 <= report["a_to_b@10"]["ci_low"] <= report["a_to_b@10"]["recall"] <= 1
     proc = tscl("retrieval", "--run", "run", "--split", "train", "--out", "r2", "--quiet", cwd=outside, ok=False)
     assert proc.returncode == 2 and "pretrain" in proc.stderr  # the training patients are refused

@@ -47,25 +47,28 @@ def trained(cohort, tmp_path_factory):
 
 
 def test_ecg_lab_clip_retrieves_held_out_visits_above_chance(cohort, trained):
-    from tscl.crossmodal import retrieval_report
+    from tscl.probes.retrieval import retrieval_report
 
     held = open_dataset("wfdb", cohort, split="val+test", progress=False)
     report = retrieval_report(trained, held, ks=(1, 10), n_boot=500)
-    assert report["n"] == len(held) >= 40 and report["n_patients"] >= 10
-    chance = report["chance@10"]
-    for side in ("a_to_b@10", "b_to_a@10"):
-        r = report[side]
+    assert report.n == len(held) >= 40 and report.n_patients >= 10 and report.towers == ("waveform", "tabular")
+    chance = report.chance[10]
+    for side in ("a_to_b", "b_to_a"):
+        r = report.recall[side][10]
         assert r["ci_low"] <= r["recall"] <= r["ci_high"]
         assert r["ci_low"] > chance, (side, r, chance)  # the whole 95 % CI above chance
+    table = report.to_markdown()
+    assert "| waveform→tabular recall@k [95 % CI] | tabular→waveform recall@k [95 % CI] |" in table
+    assert "A→B" not in table and json.loads(report.to_json())["towers"] == {"a": "waveform", "b": "tabular"}
     losses = [v for _, v in _curve(trained)]
     assert np.mean(losses[-6:]) < 0.7 * np.mean(losses[:6])
-    assert report["temperature"] != pytest.approx(0.07, abs=1e-4)  # learned
-    with pytest.raises(ValueError, match="were in pretraining"):
+    assert report.temperature != pytest.approx(0.07, abs=1e-4)  # learned
+    with pytest.raises(ValueError, match="pretrained on .* test patients"):
         retrieval_report(trained, open_dataset("wfdb", cohort, progress=False))
 
 
 def test_both_towers_rebuild_from_the_run_folder(cohort, trained):
-    from tscl.methods.clip import load_clip, load_tower
+    from tscl.runs import load_clip, load_tower
 
     cfg = json.loads((trained / "config.json").read_text())
     assert cfg["method"] == "clip" and cfg["method_kwargs"]["log"] == "lab_bnp"
@@ -82,7 +85,7 @@ def test_both_towers_rebuild_from_the_run_folder(cohort, trained):
         torch.testing.assert_close(za, clip.embed_a(xa))
         torch.testing.assert_close(zb.norm(dim=1), torch.ones(len(held)))
     # tower A is the run's encoder (encoder.safetensors), as load_encoder rebuilds it
-    from tscl.train import load_encoder
+    from tscl.runs import load_encoder
 
     with torch.no_grad():
         torch.testing.assert_close(load_encoder(trained)(xa), fa)
@@ -95,7 +98,7 @@ def test_both_towers_rebuild_from_the_run_folder(cohort, trained):
 
 def test_clip_input_errors_are_clear(cohort, tmp_path):
     from tscl.encoders import build_encoder
-    from tscl.methods.clip import load_clip
+    from tscl.runs import load_clip
 
     train = open_dataset("wfdb", cohort, split="train", progress=False)
     enc = build_encoder("cnn1d", 12, widths=[8])

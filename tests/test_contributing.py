@@ -1,14 +1,14 @@
 """CONTRIBUTING.md's recipe "Add a contrastive method", followed step by step from a test.
 
 The method below is written as the recipe says (a Method subclass with its streams declared, a
-sampler, a forward that hands `kernels.info_nce` its ids) and registered with one `METHODS`
-entry; nothing else in the package is touched, and the trainer, checkpoint/resume and the spy
-patch point work for it unchanged.
+sampler, a forward that hands `kernels.info_nce` its ids) and named with one line of the catalog
+(`tscl.catalog.BUILTIN["methods"]`); nothing else in the package is touched, and the trainer,
+checkpoint/resume and the spy patch point work for it unchanged.
 """
 import torch
 from torch import nn
 
-from tscl import kernels
+from tscl import catalog, kernels
 from tscl.distributed import gather_embeddings
 from tscl.encoders import ProjectionHead, build_encoder
 from tscl.methods import METHODS, build_method
@@ -55,7 +55,8 @@ def test_a_method_added_by_the_recipe_trains_resumes_and_is_spied(tmp_path, monk
     from tscl.datasets import open_dataset
     from tscl.simulate import CohortConfig, write_cohort
 
-    monkeypatch.setitem(METHODS, "halves", Halves)  # step 2: the one METHODS line
+    monkeypatch.setitem(catalog.BUILTIN["methods"], "halves", f"{__name__}:Halves")  # step 2: the one catalog line
+    monkeypatch.setattr("tscl.methods.METHODS", dict(METHODS))  # the name, resolved on first use, is forgotten after
     write_cohort(tmp_path / "cohort", CohortConfig(n_patients=10), progress=False)
     data = open_dataset("wfdb", tmp_path / "cohort", progress=False).split("train")
 

@@ -143,7 +143,7 @@ def test_windows_option_cuts_long_histories(cache):
 
 def test_ehr_augmentations_are_seeded_and_keep_the_payload_valid(mimic):
     from tscl.augment import EHR_AUGMENT, build_augment
-    from tscl.augment_image import spec_modality
+    from tscl.augment import spec_modality
     from tscl.datasets.ehr import MASK_ID
 
     ev = mimic.fetch(np.arange(8))

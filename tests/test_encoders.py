@@ -79,9 +79,20 @@ def test_registry_lists_and_builds():
     names = list_encoders()
     assert names == sorted(names)
     for name in TS_SMALL:
-        assert name in ENCODERS
+        assert name in names
     enc = build_encoder("cnn1d", 3)
     assert enc.embed_dim == 128
+
+
+def test_encoders_declare_their_modality_and_defaults():
+    from tscl.catalog import DEFAULT_ENCODER
+    from tscl.encoders import encoder_defaults, encoder_modality
+
+    assert encoder_defaults("resnet1d") == {"width": 0.25} and encoder_defaults("cnn1d") == {}
+    assert encoder_defaults("resnet1d") is not encoder_defaults("resnet1d")  # a copy: callers cannot change it
+    for modality, name in DEFAULT_ENCODER.items():
+        assert encoder_modality(name) == modality
+    assert {encoder_modality(n) for n in list_encoders()} == {"waveform", "ehr", "image", "tabular"}
 
 
 def test_unknown_encoder_names_the_known_ones():

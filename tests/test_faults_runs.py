@@ -322,7 +322,7 @@ def _schema_oracle(values: dict):
     """The first key an independent reading of PretrainConfig's fields refuses, or None."""
     from dataclasses import fields
 
-    kinds = {f.name: f.type for f in fields(PretrainConfig)}
+    kinds = {f.name: f.type.split("|")[0].strip() for f in fields(PretrainConfig)}  # "dict | None": a dict or null
     for key, v in values.items():
         if key not in kinds:
             return key

@@ -332,7 +332,7 @@ def test_left_out_items_are_printed_and_written_into_the_run(home, cli):
 
 
 def test_ctrl_c_or_sigterm_while_the_data_loads_is_one_line_and_leaves_no_folder(home, cli, monkeypatch):
-    import tscl.cli
+    import tscl.launch
 
     def interrupted(spec, progress):
         raise KeyboardInterrupt
@@ -342,7 +342,7 @@ def test_ctrl_c_or_sigterm_while_the_data_loads_is_one_line_and_leaves_no_folder
         raise AssertionError("SIGTERM did not stop the command")
 
     for stop, code, name in ((interrupted, 130, "SIGINT"), (terminated, 143, "SIGTERM")):
-        monkeypatch.setattr(tscl.cli, "_open", stop)
+        monkeypatch.setattr(tscl.launch, "open_spec", stop)  # where pretraining opens its data
         proc = cli("pretrain", "--data", "cohort", *TINY, "--out", "stopped-early", ok=False)
         line = f"tscl pretrain: stopped by {name} before a checkpoint could be written: a run folder, if one was made, " \
                "keeps its last checkpoint"

@@ -107,7 +107,8 @@ def test_bad_image_input_errors_are_clear(tmp_path):
 # ---- augmentations -------------------------------------------------------------------------------
 
 def test_image_augmentations_are_batched_seeded_and_shape_preserving():
-    from tscl.augment_image import IMAGE_AUGMENT, IMAGE_OPS, spec_modality
+    from tscl.augment import spec_modality
+    from tscl.augment_image import IMAGE_AUGMENT, IMAGE_OPS
 
     x = torch.rand(6, 1, 20, 28, generator=torch.Generator().manual_seed(0))
     for name in IMAGE_OPS:

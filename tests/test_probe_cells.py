@@ -2,7 +2,7 @@
 
 Degenerate cells (one class in the test split, fewer than k = MIN_CLASS_ROWS rows of a class there,
 a label untrainable in every fit) are ``n/a (why)`` in every table: ``tscl probe`` (ProbeResult), task
-and report tables (EvalResult), mimic-probe (EHRProbeReport) and bench_real's tables.
+and report tables (the evaluation report, every fraction or 100 % alone) and bench_real's tables.
 """
 import json
 
@@ -11,8 +11,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tscl.probes import evaluate_probe, run_probe
+from tscl.probes import run_probe
 from tscl.probes.cells import MIN_CLASS_ROWS, fmt, label_problem
+from tscl.probes.metrics import metrics_for
+
+
+def evaluate_probe(features, Y, labels, pids, split, kind=None, **kw):
+    """One fraction (100 %), every metric of the kind: what the task tables print."""
+    kind = kind or ("multilabel" if np.shape(Y)[1] > 1 else "binary")
+    return run_probe(features, Y, labels, pids, split=split, fractions=(1.0,), kind=kind, metrics=metrics_for(kind),
+                     **kw)
 
 N_TRAIN, N_TEST = 40, 30  # one row per patient
 
@@ -98,7 +106,8 @@ def test_a_label_untrainable_in_every_fit_counts_as_half_and_is_named():
     assert "- never at 100 %: untrainable: the training rows hold one class; its prevalence prediction counts as " \
            "AUROC 0.5" in res.to_markdown()
     ev = evaluate_probe({"enc": X}, Y, ["never", "b"], pids, split, n_boot=50)
-    assert ev.rows[0]["n/a"] is None and "- enc: never untrainable" in ev.to_markdown()
+    assert ev.rows[0]["n/a"] is None and "- never at 100 %: untrainable: the training rows hold one class" in \
+        ev.to_markdown()
 
 
 def test_one_test_patient_gives_a_value_without_a_ci():
@@ -142,27 +151,24 @@ def test_tscl_probe_refuses_an_embeddings_file_with_nan_rows_naming_it(tmp_path,
 
 
 def test_every_table_prints_na_with_the_reason():
-    """mimic-probe's and bench_real's tables go through the same cells."""
+    """The evaluation report's and bench_real's tables go through the same cells."""
     from tscl.benchmarks import bench_real
-    from tscl.tasks.mimic_ehr import EHRProbeReport
+    from tscl.probes import EvalReport, EvalSpec
+    from tscl.probes.table import score_pooled
 
     X, Y, pids, split = _data(test_positives=1)
-    report = EHRProbeReport()
-    report.results["mortality"] = run_probe({"enc": X}, Y, ["mortality"], pids, fractions=(1.0,), n_boot=20,
-                                            split=split)
-    report.counts["mortality"] = {"train_rows": 40, "train_patients": 40, "train_pos": 12, "test_rows": 30,
-                                  "test_patients": 30, "test_pos": 1}
+    result = run_probe({"enc": X}, Y, ["mortality"], pids, fractions=(1.0,), n_boot=20, split=split)
+    report = EvalReport(EvalSpec(task="mimic-mortality"), result, {"dataset": "mimic-iv", "root": "x", "summary": "s"})
     text = report.to_markdown()
     assert "n/a (1 positive row in the test split, fewer than 5)" in text
     _assert_no_number_with_a_ci(text)
-    args = type("Args", (), {"bootstrap": 20, "seed": 0})()
-    pooled = bench_real.pooled(Y[split[1]], {"random-init": X[split[1], :1], "simclr": X[split[1], 1:2]},
-                               pids[split[1]], args, refs=("random-init",))
+    pooled = score_pooled(Y[split[1]], {"random-init": X[split[1], :1], "simclr": X[split[1], 1:2]}, pids[split[1]],
+                          n_boot=20, seed=1, references=("random-init",))
     table = bench_real.markdown_pooled("eegmat", pooled)
     assert table.count("n/a (1 positive row in the test split, fewer than 5)") == 3  # two rows and the difference
     _assert_no_number_with_a_ci(table)
-    ok = bench_real.pooled(Y[split[1]] * 0 + (np.arange(N_TEST) % 2)[:, None], {"a": X[split[1], :1]},
-                           pids[split[1]], args)
+    ok = score_pooled(Y[split[1]] * 0 + (np.arange(N_TEST) % 2)[:, None], {"a": X[split[1], :1]}, pids[split[1]],
+                      n_boot=20, seed=1)
     assert ok["rows"][0]["ci_low"] <= ok["rows"][0]["auroc"] <= ok["rows"][0]["ci_high"]
     assert json.loads(json.dumps(pooled, default=float))["rows"][0]["n/a"].startswith("1 positive")
 

@@ -10,7 +10,8 @@ from tscl.probes import (
     run_probe,
     subsample_patients,
 )
-from tscl.probes.linear import PatientLeakageError, weighted_auroc
+from tscl.probes.metrics import weighted_auroc
+from tscl.probes.protocol import PatientLeakageError
 
 
 def _patients(n_patients=60, seed=0):

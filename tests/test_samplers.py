@@ -1,6 +1,11 @@
+import warnings
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from tscl.methods.sampling import RecordBatchSampler, TrialShuffleSampler
 from tscl.samplers import PatientBatchSampler, encode_ids
 
 
@@ -11,7 +16,7 @@ def _cohort(counts):
 
 def test_batches_hold_distinct_patients_with_two_distinct_recordings_each():
     pids = _cohort([2, 3, 4, 5, 6, 2, 3, 2, 4, 2])
-    sampler = PatientBatchSampler(pids, patients_per_batch=4, recordings_per_patient=2, seed=1)
+    sampler = PatientBatchSampler(pids, patients_per_batch=4, recordings_per_patient=2, seed=1, drop_last=False)
     seen_patients = []
     for batch in sampler:
         batch = np.asarray(batch)
@@ -22,6 +27,7 @@ def test_batches_hold_distinct_patients_with_two_distinct_recordings_each():
         seen_patients.extend(pairs[:, 0].tolist())
     assert sorted(seen_patients) == list(range(10)), "every eligible patient is visited once per epoch"
     assert len(sampler) == 3
+    assert len(PatientBatchSampler(pids, patients_per_batch=4, seed=1)) == 2  # by default the partial batch is left out
 
 
 def test_single_recording_patients_are_excluded_explicitly():
@@ -59,3 +65,43 @@ def test_last_batch_with_one_patient_is_dropped():
 
 def test_encode_ids_dense_codes():
     assert encode_ids(["b", "a", "b", "c"]).tolist() == [0, 1, 0, 2]
+
+
+@settings(max_examples=60, deadline=None)
+@given(counts=st.lists(st.integers(1, 4), min_size=2, max_size=40), per_batch=st.integers(2, 9),
+       seed=st.integers(0, 5))
+def test_every_batch_of_every_epoch_has_the_same_size(counts, per_batch, seed):
+    """drop_last: the last, partial batch is left out (so the loss has as many negatives at the end of an epoch as
+    at its start), unless the data fill no batch, when the one batch holds them all."""
+    pids = _cohort(counts)
+    eligible = sum(c >= 2 for c in counts)
+    samplers = [RecordBatchSampler(len(pids), batch_size=per_batch, seed=seed),
+                TrialShuffleSampler(pids, batch_size=per_batch, seed=seed)]
+    if eligible >= 2:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            samplers.append(PatientBatchSampler(pids, patients_per_batch=per_batch, seed=seed))
+    for sampler in samplers:
+        n = getattr(sampler, "n_patients", len(pids))
+        unit = 2 if isinstance(sampler, PatientBatchSampler) else 1  # rows per patient in a PCLR batch
+        want = per_batch if n >= per_batch else n
+        for epoch in range(3):
+            sampler.set_epoch(epoch)
+            sizes = [len(b) for b in sampler]
+            assert len(sizes) == len(sampler) == max(1, n // per_batch)
+            assert set(sizes) == {want * unit}, (type(sampler).__name__, sizes)
+
+
+def test_drop_last_can_be_turned_off():
+    assert [len(b) for b in RecordBatchSampler(10, batch_size=4)] == [4, 4]
+    assert [len(b) for b in RecordBatchSampler(10, batch_size=4, drop_last=False)] == [4, 4, 2]
+    assert len(RecordBatchSampler(9, batch_size=4, drop_last=False)) == 2  # a last batch of one has no negatives
+
+
+def test_a_dropped_remainder_is_a_different_set_of_items_each_epoch():
+    sampler = RecordBatchSampler(10, batch_size=4, seed=0)
+    seen = set()
+    for epoch in range(6):
+        sampler.set_epoch(epoch)
+        seen |= {i for b in sampler for i in b}
+    assert seen == set(range(10))

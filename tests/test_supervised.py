@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from tscl.probes import SupervisedBaseline, run_probe
-from tscl.probes.evaluate import evaluate_probe
-from tscl.probes.linear import macro_auroc, patient_split
+from tscl.probes.metrics import macro_auroc
+from tscl.probes.protocol import patient_split
 
 torch.set_num_threads(1)
 ENC = {"encoder": "cnn1d", "encoder_kwargs": {"widths": [8, 16]}}
@@ -113,9 +113,9 @@ def test_sits_beside_the_probes_on_the_same_rows():
     train_all = seen[-1][0]
     assert all(rows <= train_all and not rows & test for rows, test in seen)
     assert any(c["encoder"] == "supervised" and c["reference"] == "noise" for c in res.comparisons)
-    ev = evaluate_probe(feats, Y, ["a", "b"], pids, patient_split(pids, 0.3, 0), kind="multilabel", n_boot=50,
-                        predictors={"supervised": base})
+    ev = run_probe(feats, Y, ["a", "b"], pids, split=patient_split(pids, 0.3, 0), fractions=(1.0,), kind="multilabel",
+                   n_boot=50, predictors={"supervised": base})
     row = next(r for r in ev.rows if r["encoder"] == "supervised")
-    assert row["params"]["model"] == "trained on the labels" and row["auroc"] > 0.8
+    assert row["params"][0]["model"] == "trained on the labels" and row["auroc"] > 0.8
     with pytest.raises(ValueError, match="both as features and as predictors"):
         run_probe(feats, Y, ["a", "b"], pids, predictors={"noise": base})

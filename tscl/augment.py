@@ -26,10 +26,13 @@ import math
 import torch
 from torch import Tensor
 
+from tscl.augment_image import IMAGE_OPS, apply_image
+
 __all__ = [
     "gaussian_noise", "amplitude_scale", "baseline_wander", "powerline", "random_crop", "time_shift",
     "time_mask", "lead_dropout", "bandpass_jitter", "event_dropout", "time_jitter", "code_mask",
-    "numeric_noise", "Augment", "build_augment", "AUGMENTS", "EHR_OPS", "EHR_AUGMENT",
+    "numeric_noise", "Augment", "build_augment", "AUGMENTS", "EHR_OPS", "EHR_AUGMENT", "OPS_BY_MODALITY",
+    "register_modality_ops", "spec_modality",
 ]
 
 
@@ -160,21 +163,15 @@ AUGMENTS = {
 }
 
 
-# modality -> its op table; a modality's module adds its own (see ``register_modality_ops``)
-OPS_BY_MODALITY: dict[str, dict] = {"waveform": AUGMENTS}
-
-
 def register_modality_ops(modality: str, ops: dict, apply) -> None:
-    """Register a modality's augmentation ops and ``apply(op, payload, generator, **params) -> payload``."""
+    """Add a modality's augmentation ops and ``apply(op, payload, generator, **params) -> payload`` in this
+    process (a modality from outside the package; the built-in ones are in :data:`OPS_BY_MODALITY`)."""
     OPS_BY_MODALITY[modality] = ops
     _APPLY[modality] = apply
 
 
 def _apply_waveform(op, x, g, fs: float, **kw):
     return op(x, g, fs=fs, **kw)
-
-
-_APPLY = {"waveform": _apply_waveform}
 
 
 class Augment:
@@ -276,11 +273,31 @@ def _apply_ehr(op, x, g, fs: float = 0.0, **kw):
     Every draw comes from ``g``, the pipeline's seeded generator (checkpointed with the run), so
     a resumed run draws the same events, jitters and masks step for step. Code masking writes
     :data:`EHR_MASK_ID` unless the spec gives ``mask_code``."""
-    from tscl.datasets import Events
-
     if op is code_mask:
         kw = {"mask_code": EHR_MASK_ID, **kw}
-    return Events(*op(x.codes, x.values, x.times, x.mask, g, **kw))
+    return type(x)(*op(x.codes, x.values, x.times, x.mask, g, **kw))  # an Events of the perturbed fields
 
 
-register_modality_ops("ehr", EHR_OPS, _apply_ehr)
+# every modality's op table and how its ops apply to a payload: the built-ins, in one place
+OPS_BY_MODALITY: dict[str, dict] = {"waveform": AUGMENTS, "ehr": EHR_OPS, "image": IMAGE_OPS}
+_APPLY = {"waveform": _apply_waveform, "ehr": _apply_ehr, "image": apply_image}
+
+
+def spec_modality(spec, default: str = "waveform") -> str:
+    """The modality whose op table holds every op of an augmentation ``spec`` (``default`` when
+    several or none do, or for ``None``/``"none"``/an :class:`Augment`), so a method
+    given ``augment="rrc,flip"`` builds an image pipeline without being told."""
+    if spec is None or isinstance(spec, Augment) or str(spec).strip().lower() in ("", "none"):
+        return getattr(spec, "modality", default)
+    names = _op_names(str(spec))
+    fits = [m for m, table in OPS_BY_MODALITY.items() if names <= set(table)]
+    return default if default in fits or len(fits) != 1 else fits[0]
+
+
+def _op_names(spec: str) -> set[str]:
+    names = set()
+    for item in spec.split(","):
+        head = item.strip().split(":")[0]
+        if head and "=" not in head:
+            names.add(head)
+    return names

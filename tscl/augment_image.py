@@ -2,9 +2,8 @@
 
 Every op draws its randomness from the ``torch.Generator`` it is handed (the
 :class:`~tscl.augment.Augment`'s per-device generator), on the images' device, one draw per image,
-so a checkpointed generator state resumes the exact same views. Registered as the ``image``
-modality's ops (:func:`tscl.augment.register_modality_ops`) when this module is imported, which
-``tscl.datasets.images`` does::
+so a checkpointed generator state resumes the exact same views. The ``image`` entry of
+:data:`tscl.augment.OPS_BY_MODALITY`::
 
     aug = build_augment(IMAGE_AUGMENT, modality="image", seed=0)
     v1, v2 = aug(x), aug(x)
@@ -34,10 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tscl.augment import OPS_BY_MODALITY, register_modality_ops
-
 __all__ = ["random_resized_crop", "flip", "rotate", "intensity_jitter", "gaussian_blur", "pixel_noise",
-           "IMAGE_OPS", "IMAGE_AUGMENT", "spec_modality"]
+           "IMAGE_OPS", "IMAGE_AUGMENT", "apply_image"]
 
 # MICLe / SimCLR-for-radiology style defaults, tuned down for 64-256 px grayscale films
 IMAGE_AUGMENT = "rrc:scale=0.5,flip,rotate:degrees=10,jitter:brightness=0.2:contrast=0.3,blur:p=0.5"
@@ -126,33 +123,8 @@ IMAGE_OPS = {"rrc": random_resized_crop, "flip": flip, "rotate": rotate, "jitter
              "blur": gaussian_blur, "pixnoise": pixel_noise}
 
 
-def _apply_image(op, x, g, fs: float = 0.0, **kw):
+def apply_image(op, x, g, fs: float = 0.0, **kw):
     if not torch.is_tensor(x) or x.dim() != 4:
         shape = list(x.shape) if torch.is_tensor(x) else type(x).__name__
         raise ValueError(f"image augmentation {op.__name__} takes images [B, C, H, W], got {shape}")
     return op(x, g, **kw)
-
-
-register_modality_ops("image", IMAGE_OPS, _apply_image)
-
-
-def spec_modality(spec, default: str = "waveform") -> str:
-    """The modality whose op table holds every op of an augmentation ``spec`` (``default`` when
-    several or none do, or for ``None``/``"none"``/an :class:`~tscl.augment.Augment`), so a method
-    given ``augment="rrc,flip"`` builds an image pipeline without being told."""
-    from tscl.augment import Augment
-
-    if spec is None or isinstance(spec, Augment) or str(spec).strip().lower() in ("", "none"):
-        return getattr(spec, "modality", default)
-    names = _op_names(str(spec))
-    fits = [m for m, table in OPS_BY_MODALITY.items() if names <= set(table)]
-    return default if default in fits or len(fits) != 1 else fits[0]
-
-
-def _op_names(spec: str) -> set[str]:
-    names = set()
-    for item in spec.split(","):
-        head = item.strip().split(":")[0]
-        if head and "=" not in head:
-            names.add(head)
-    return names

@@ -18,9 +18,12 @@ or weights file is refused the same way (:func:`read_checkpoint_meta`, :func:`lo
 from __future__ import annotations
 
 import errno
+import fcntl
+import hashlib
 import itertools
 import json
 import os
+import platform
 import random
 import socket
 import time
@@ -34,16 +37,15 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
+from tscl import __version__
+from tscl.config import RunFileError  # defined with the config, which imports no torch
+
 __all__ = ["CHECKPOINT", "LOCK", "save_checkpoint", "load_checkpoint", "read_checkpoint_meta", "load_weights",
            "save_weights", "write_file", "RunFileError", "RunLock", "RunLockedError", "rng_state", "set_rng_state",
            "run_identity", "check_identity", "nonfinite_state", "environment", "record_environment"]
 
 CHECKPOINT = "checkpoint.safetensors"
 LOCK = ".lock"  # the writer's pid, held under flock while a process writes the run folder
-
-
-class RunFileError(ValueError):
-    """A run file that cannot be written or read back: one line naming the file and what to do."""
 
 
 class RunLockedError(ValueError):
@@ -116,8 +118,6 @@ _DATA_PLACE = ("root", "cache")
 
 
 def _digest(options: dict) -> str:
-    import hashlib
-
     return hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -267,16 +267,12 @@ def load_weights(path: Path, device: str = "cpu") -> dict:
 
 def environment(device: torch.device, world: int = 1) -> dict:
     """What decides the numbers of a run besides its config: versions, device, CPU ISA, threads."""
-    import platform
-
-    import tscl
-
     try:
         import triton
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    env = {"tscl": tscl.__version__, "torch": torch.__version__, "triton": triton_version,
+    env = {"tscl": __version__, "torch": torch.__version__, "triton": triton_version,
            "python": platform.python_version(), "device": str(device), "world_size": world,
            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
            "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -313,8 +309,6 @@ class RunLock:
 
     @classmethod
     def acquire(cls, out: str | Path) -> "RunLock":
-        import fcntl
-
         out = Path(out)
         created = False
         if not out.exists():
@@ -344,8 +338,6 @@ class RunLock:
     @staticmethod
     def holder(out: str | Path) -> str | None:
         """Who holds the lock of ``out`` now (``pid N, since ...``), or None; takes nothing."""
-        import fcntl
-
         path = Path(out) / LOCK
         try:
             fd = os.open(path, os.O_RDONLY)

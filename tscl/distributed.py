@@ -22,6 +22,7 @@ import atexit
 import gc
 import os
 from contextlib import contextmanager
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -76,8 +77,6 @@ def init_distributed(device: str = "auto") -> torch.device:
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if n > 1 and not dist.is_initialized():
-        from datetime import timedelta
-
         global _MONITOR
         timeout = timedelta(seconds=pg_timeout())
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", device_id=dev if dev.type == "cuda" else None,
@@ -93,7 +92,6 @@ def check_ranks(where: str, timeout_s: float | None = None) -> None:
     of blocking the others until the collective's own timeout. Identity in one process."""
     if not is_distributed():
         return
-    from datetime import timedelta
 
     seconds = timeout_s if timeout_s is not None else pg_timeout()
     try:

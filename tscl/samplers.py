@@ -1,12 +1,24 @@
 """Batch samplers whose composition encodes who is positive for whom."""
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["PatientBatchSampler", "RankBatches", "encode_ids"]
+__all__ = ["PatientBatchSampler", "RankBatches", "encode_ids", "batch_count"]
+
+
+def batch_count(n: int, size: int, smallest: int = 2, drop_last: bool = True) -> int:
+    """Batches of ``size`` an epoch of ``n`` items yields. ``drop_last``: only full batches, so every batch of
+    every epoch has the same number of negatives and the loss curve does not saw-tooth at epoch ends — unless
+    ``n`` fills no batch, when the one batch is all ``n`` (if at least ``smallest``). Without ``drop_last`` a
+    last, smaller batch is kept when it has at least ``smallest`` items."""
+    full, rest = divmod(n, size)
+    if drop_last and full:
+        return full
+    return full + (rest >= smallest)
 
 
 def encode_ids(values) -> np.ndarray:
@@ -24,14 +36,16 @@ class PatientBatchSampler:
     out of pretraining explicitly: ``excluded_patients`` lists them and ``__post_init__``
     warns with their count, so nothing disappears unnoticed. Each epoch visits every
     eligible patient once, in a seeded random order (``set_epoch`` changes the order);
-    recordings are drawn without replacement within a patient. A final batch with fewer
-    than two patients is dropped (it would have no negatives).
+    recordings are drawn without replacement within a patient. The last, partial batch of an
+    epoch is dropped (``drop_last``, :func:`batch_count`): every batch holds the same number of
+    patients, so the loss does not jump at epoch ends; with fewer eligible patients than one
+    batch, the one batch holds them all (at least two: one patient alone has no negatives).
 
     Data parallel (``world_size`` W > 1): each step draws one global batch of P·W patients
     and rank ``rank`` gets its slice of P patients, so ranks never share a patient within a
     step, every rank sees the same number of steps, and the order depends only on
-    (seed, epoch). A final global batch is kept when it has at least max(2, W) patients; it is
-    then split as evenly as possible. W = 1 is the single-process sampler above.
+    (seed, epoch). Without ``drop_last`` a final global batch is kept when it has at least
+    max(2, W) patients, split as evenly as possible. W = 1 is the single-process sampler above.
 
     Iterating yields lists of row indices into ``patient_ids``; ``len`` is batches per epoch.
     """
@@ -43,6 +57,7 @@ class PatientBatchSampler:
     epoch: int = 0
     rank: int = 0
     world_size: int = 1
+    drop_last: bool = True
     excluded_patients: list = field(default_factory=list, init=False)
 
     def __post_init__(self):
@@ -61,8 +76,6 @@ class PatientBatchSampler:
                 f"recordings ({len(groups)} patients in all); patient-aware pairing needs at least two"
             )
         if self.excluded_patients:
-            import warnings
-
             warnings.warn(
                 f"{len(self.excluded_patients)} of {len(groups)} patients have fewer than "
                 f"{self.recordings_per_patient} recordings and are left out of patient-pair sampling",
@@ -78,17 +91,15 @@ class PatientBatchSampler:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        full, rest = divmod(len(self._patients), self.patients_per_batch * self.world_size)
-        return full + (rest >= max(2, self.world_size))
+        return batch_count(len(self._patients), self.patients_per_batch * self.world_size, max(2, self.world_size),
+                           self.drop_last)
 
     def __iter__(self):
         rng = np.random.default_rng((self.seed, self.epoch))
         order = rng.permutation(len(self._patients))
         size = self.patients_per_batch * self.world_size
-        for start in range(0, len(order), size):
-            chunk = order[start : start + size]
-            if len(chunk) < max(2, self.world_size):
-                return
+        for step in range(len(self)):
+            chunk = order[step * size : (step + 1) * size]
             batch = [rng.choice(self._groups[self._patients[i]], size=self.recordings_per_patient, replace=False).tolist()
                      for i in chunk]  # every rank draws the whole global batch, so all stay in step
             mine = np.array_split(np.arange(len(chunk)), self.world_size)[self.rank]

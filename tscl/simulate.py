@@ -28,15 +28,21 @@ PhysioNet data. Everything is deterministic given ``seed``.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 
+from tscl.datasets import hash_split
 from tscl.loaders.recording import ECG_LEADS
+from tscl.loaders.wfdb_write import write_wfdb
+from tscl.progress import progress_bar
+from tscl.simulate_images import ImageSetConfig, write_image_set
 
-__all__ = ["LEADS", "CONDITIONS", "CohortConfig", "simulate_patients", "synthesize_ecg", "write_cohort"]
+__all__ = ["LEADS", "CONDITIONS", "CohortConfig", "simulate_patients", "synthesize_ecg", "write_cohort", "simulate"]
 
 LEADS = ECG_LEADS
 CONDITIONS = ("lvh", "bbb", "af", "tachy", "brady", "mace")
@@ -194,18 +200,10 @@ def write_cohort(out_dir: str | Path, cfg: CohortConfig | None = None, progress:
     ``train`` and the probes test on ``test``. ``truth.json`` records the configuration.
     Returns the path of the metadata table.
     """
-    import json
-
-    import polars as pl
-    from tqdm.auto import tqdm
-
-    from tscl.loaders.wfdb_write import write_wfdb
-
     cfg = cfg or CohortConfig()
     out_dir = Path(out_dir)
     rec_dir = out_dir / "records"
     rec_dir.mkdir(parents=True, exist_ok=True)
-    from tscl.datasets import hash_split
 
     patients = simulate_patients(cfg)
     sides = dict(zip([p["patient_id"] for p in patients],
@@ -213,7 +211,7 @@ def write_cohort(out_dir: str | Path, cfg: CohortConfig | None = None, progress:
     rng = np.random.default_rng(cfg.seed + 1)
     rows = []
     total = sum(len(p["visit_dates"]) for p in patients)
-    with tqdm(total=total, desc="simulating ECGs", disable=not progress) as bar:
+    with progress_bar(total=total, desc="simulating ECGs", disable=not progress) as bar:
         for p in patients:
             for v, date in enumerate(p["visit_dates"]):
                 signal, af_now, labs = synthesize_ecg(p, v, rng, cfg.fs, cfg.duration_s)
@@ -243,3 +241,15 @@ def write_cohort(out_dir: str | Path, cfg: CohortConfig | None = None, progress:
     pl.DataFrame(rows).write_csv(meta)
     (out_dir / "truth.json").write_text(json.dumps({"config": asdict(cfg), "conditions": CONDITIONS}, indent=2))
     return meta
+
+
+def simulate(out_dir: str | Path, kind: str = "ecg", n_patients: int = 500, seed: int = 0, progress: bool = True) -> Path:
+    """``tscl simulate``: a patient-structured cohort, as 12-lead WFDB records and ``metadata.csv``
+    (``kind="ecg"``, :func:`write_cohort`, read with ``--dataset wfdb``) or as chest-like films and
+    ``labels.csv`` (``kind="images"``, :func:`tscl.simulate_images.write_image_set`, ``--dataset images``).
+    Returns the table's path."""
+    if kind == "images":
+        return write_image_set(out_dir, ImageSetConfig(n_patients=n_patients, seed=seed))
+    if kind != "ecg":
+        raise ValueError(f"kind must be ecg or images, got {kind!r}")
+    return write_cohort(out_dir, CohortConfig(n_patients=n_patients, seed=seed), progress=progress)

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 
 __all__ = ["ImageSetConfig", "simulate_image_patients", "render_film", "write_image_set"]
 
@@ -117,8 +118,6 @@ def render_film(patient: dict, rng: np.random.Generator, size: int = 64, effusio
 
 def write_image_set(out_dir: str | Path, cfg: ImageSetConfig | None = None) -> Path:
     """Write the films under ``out_dir/images`` and ``out_dir/labels.csv``; returns the CSV's path."""
-    import polars as pl
-
     cfg = cfg or ImageSetConfig()
     if cfg.fmt not in ("npy", "png"):
         raise ValueError(f"fmt must be npy or png, got {cfg.fmt!r}")

@@ -49,132 +49,39 @@ import itertools
 import json
 import math
 import random
+import shutil
 import signal
 import sys
+import threading
 import time
 import traceback
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
 
 from tscl import distributed
+from tscl.catalog import default_encoder
 from tscl.checkpoint import (CHECKPOINT, LOCK, RunFileError, RunLock, check_identity, environment, load_checkpoint,
-                             load_weights, nonfinite_state, record_environment, rng_state,
-                             run_identity, save_checkpoint, save_weights, set_rng_state, write_file)
-from tscl.datasets import payload_len, to_device
-from tscl.encoders import build_encoder
-from tscl.encoders.resnet1d import CPU_WIDTH
+                             nonfinite_state, record_environment, rng_state, run_identity, save_checkpoint, save_weights,
+                             set_rng_state, write_file)
+from tscl.config import PretrainConfig, check_config, load_config
+from tscl.datasets import Dataset, payload_len, to_device
+from tscl.datasets.waveform import WaveformDataset
+from tscl.encoders import build_encoder, encoder_defaults
 from tscl.methods import build_method
+from tscl.plots import plot_loss_curve
 from tscl.prefetch import Prefetcher
+from tscl.progress import progress_bar
+from tscl.runs import load_encoder
 from tscl.samplers import RankBatches, encode_ids
 
 # environment, save_checkpoint, load_checkpoint and CHECKPOINT live in tscl.checkpoint; re-exported here
 __all__ = ["PretrainConfig", "pretrain", "load_encoder", "load_config", "check_config", "seed_everything",
            "cosine_with_warmup", "save_checkpoint", "load_checkpoint", "CHECKPOINT", "environment", "Interrupted",
-           "check_encoder_fits", "left_out"]
-
-
-@dataclass
-class PretrainConfig:
-    out_dir: str = "runs/pretrain"
-    method: str = "pclr"
-    encoder: str = "resnet1d"
-    encoder_kwargs: dict = field(default_factory=lambda: {"width": CPU_WIDTH})
-    method_kwargs: dict = field(default_factory=dict)
-    epochs: int = 20
-    lr: float = 3e-3
-    weight_decay: float = 1e-2
-    warmup_frac: float = 0.05
-    grad_clip: float = 1.0
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True  # bf16 autocast on CUDA; CPU runs in fp32
-    compile: bool = False  # torch.compile the encoder
-    ckpt_every: int = 500  # steps between checkpoints (0: none by step count; epochs, minutes and the end still)
-    ckpt_every_min: float = 5.0  # minutes of wall time between checkpoints (0: none by time)
-    resume: bool = False  # continue from out_dir/checkpoint.safetensors when it exists
-    max_steps: int = 0  # stop after this many steps (0: all epochs); the LR schedule still spans all epochs
-    prefetch: int = 2  # batches the loader thread prepares ahead
-    progress: bool = True
-    in_channels: int = 12
-    channels: list = field(default_factory=list)
-    dataset: dict = field(default_factory=dict)  # source: dataset, root, split, options (tscl pretrain --config)
-    data_info: dict = field(default_factory=dict)  # modality, in_channels, channels, fs, normalize
-
-
-# the config schema: each field's JSON type comes from its annotation; these bound the numbers
-_AT_LEAST = {"epochs": 1, "weight_decay": 0, "warmup_frac": 0, "grad_clip": 0, "ckpt_every": 0, "ckpt_every_min": 0,
-             "max_steps": 0, "prefetch": 0, "in_channels": 1}
-_AT_MOST = {"warmup_frac": 1}
-_POSITIVE = ("lr",)
-_DATASET_KEYS = {"dataset": str, "root": str, "split": (str, type(None)), "options": dict, "cache": (str, type(None)),
-                 "pretrain_rows": str}  # pretrain_rows: which rows, when they are not a named split (benchmarks)
-_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "dict": (dict,), "list": (list,)}
-_TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-               "dict": "an object {...}", "list": "a list [...]"}
-
-
-def _nearest(key: str, known) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def check_config(values: dict, where: str = "config") -> None:
-    """Refuse (``ValueError``, one line naming ``where`` and the key) what the :class:`PretrainConfig` schema
-    does not allow: unknown keys (with the nearest known one), values of the wrong JSON type, numbers out of
-    range, and malformed ``dataset`` entries."""
-    import re
-
-    known = {f.name: f.type for f in fields(PretrainConfig)}
-    for key, value in values.items():
-        if key not in known:
-            raise ValueError(f"{where}: unknown key {key!r}{_nearest(key, known)}; the keys: {', '.join(known)}")
-        kind = known[key]
-        if isinstance(value, bool) and kind != "bool" or not isinstance(value, _TYPES[kind]):
-            raise ValueError(f"{where}: {key} must be {_TYPE_NAMES[kind]}, got {json.dumps(value)}")
-        if kind == "float" and not math.isfinite(value):
-            raise ValueError(f"{where}: {key} must be a finite number, got {value}")
-        if value is not None and key in _AT_LEAST and value < _AT_LEAST[key]:
-            raise ValueError(f"{where}: {key} must be >= {_AT_LEAST[key]}, got {value}")
-        if key in _AT_MOST and value > _AT_MOST[key]:
-            raise ValueError(f"{where}: {key} must be <= {_AT_MOST[key]}, got {value}")
-        if key in _POSITIVE and value <= 0:
-            raise ValueError(f"{where}: {key} must be > 0, got {value}")
-    if "device" in values and not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", values["device"]):
-        raise ValueError(f"{where}: device must be auto, cpu, cuda or cuda:N, got {values['device']!r}")
-    for key, value in values.get("dataset", {}).items():
-        if key not in _DATASET_KEYS:
-            raise ValueError(f"{where}: dataset: unknown key {key!r}{_nearest(key, _DATASET_KEYS)}; the keys: "
-                             f"{', '.join(_DATASET_KEYS)}")
-        if not isinstance(value, _DATASET_KEYS[key]):
-            raise ValueError(f"{where}: dataset.{key} has the wrong type: {json.dumps(value)}")
-
-
-def load_config(run_dir: str | Path) -> PretrainConfig:
-    """The :class:`PretrainConfig` of a run folder's ``config.json`` (or of a config file given by its path),
-    checked against the schema (:func:`check_config`): the one reader of ``config.json``."""
-    path = Path(run_dir)
-    if path.is_dir() or not path.exists() and path.suffix != ".json":  # a run folder, or a file given by name
-        path = path / "config.json"
-    if not path.exists():
-        what = "config file not found" if path.name != "config.json" else "not a tscl run folder (config.json missing)"
-        raise FileNotFoundError(f"{path}: {what}")
-    try:
-        saved = json.loads(path.read_text())
-    except ValueError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
-    except OSError as err:
-        raise RunFileError(f"{path}: cannot read ({err.strerror})") from None
-    if not isinstance(saved, dict):
-        raise ValueError(f"{path}: expected a JSON object of config keys, got {type(saved).__name__}")
-    check_config(saved, str(path))
-    return PretrainConfig(**saved)
+           "check_encoder_fits", "left_out", "resolve_encoder"]
 
 
 def seed_everything(seed: int) -> None:
@@ -217,8 +124,6 @@ class _Signals:
     (``received``) and the loop stops after its step; a second SIGINT raises ``KeyboardInterrupt`` at once."""
 
     def __init__(self):
-        import threading
-
         self.received, self.previous = 0, {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -290,10 +195,16 @@ def _restart_metrics(path: Path, start: int, steps_per_epoch: int) -> list[dict]
 
 def as_dataset(data):
     """A :class:`~tscl.datasets.Dataset` for ``data`` (a dataset already, or a ``WaveformCache`` or its subset)."""
-    from tscl.datasets import Dataset
-    from tscl.datasets.waveform import WaveformDataset
-
     return data if isinstance(data, Dataset) else WaveformDataset(data)
+
+
+def resolve_encoder(config: PretrainConfig, modality: str) -> PretrainConfig:
+    """``config`` with its encoder named (the modality's default when ``encoder`` is None) and its keyword
+    arguments given (the encoder's declared defaults when ``encoder_kwargs`` is None), as ``config.json``
+    records them."""
+    encoder = config.encoder or default_encoder(modality)
+    kwargs = encoder_defaults(encoder) if config.encoder_kwargs is None else config.encoder_kwargs
+    return replace(config, encoder=encoder, encoder_kwargs=kwargs)
 
 
 def _build_method(config: "PretrainConfig", dataset, device):
@@ -444,8 +355,6 @@ def _prepare_out(out: Path, config: "PretrainConfig", resuming: bool, device, wo
 def _clear_or_refuse(out: Path, overwrite: bool) -> None:
     """A new run in ``out``: refuse a folder holding a run (or anything else) unless ``overwrite``, which
     empties it (the lock stays); stale temporary files of a dead writer are removed."""
-    import shutil
-
     entries = [p for p in out.iterdir() if p.name != LOCK]
     if not entries:
         return
@@ -508,8 +417,6 @@ def _resume_point(out: Path, config, identity: dict, world: int, stop: int, main
 def _mark_failed(out: Path, err: BaseException, step: int, created: bool) -> None:
     """A failure during training: a new run with no checkpoint is removed; otherwise FAILED.json says why
     (best effort: a full disk may refuse even that; the terminal line says it anyway)."""
-    import shutil
-
     if created and not (out / CHECKPOINT).exists():
         shutil.rmtree(out, ignore_errors=True)
         return
@@ -551,6 +458,7 @@ def pretrain(data, config: PretrainConfig, *, overwrite: bool = False) -> Path:
     dataset = as_dataset(data)
     out = Path(config.out_dir)
     index = dataset.index
+    config = resolve_encoder(config, dataset.modality)
     config = replace(config, in_channels=dataset.in_channels, channels=list(dataset.info.get("channels", [])),
                      data_info=dataset.info, dataset=config.dataset or dataset.source)
     identity = run_identity(config, dataset.fingerprint)
@@ -648,7 +556,7 @@ def _train(out: Path, config, dataset, method, sampler, optim: tuple, steps: tup
             save_checkpoint(out / CHECKPOINT, method, opt, sched, step, states, identity, total=total)
 
     log = _Log(out, step, steps_per_epoch, main)
-    bar = tqdm(total=stop, initial=step, desc=f"pretrain {config.method}/{config.encoder}",
+    bar = progress_bar(total=stop, initial=step, desc=f"pretrain {config.method}/{config.encoder}",
                disable=not config.progress or not main)
     loader = Prefetcher(_schedule(sampler, step, steps_per_epoch, stop), dataset.fetch, columns,
                         pin=device.type == "cuda", depth=config.prefetch)
@@ -664,7 +572,7 @@ def _train(out: Path, config, dataset, method, sampler, optim: tuple, steps: tup
             log.step({"step": step, "epoch": epoch, "loss": value, "lr": sched.get_last_lr()[0],
                       "samples_per_s": payload_len(x) * world / dt, "data_wait_frac": min(1.0, loader.wait / dt)})
             step = progress["step"] = step + 1
-            bar.set_postfix(loss=f"{value:.3f}")
+            bar.set_postfix(loss=f"{value:.3f}", refresh=False)  # drawn with the next update, not every step
             bar.update()
             if step % steps_per_epoch == 0:
                 log.epoch(epoch, step - steps_per_epoch, step)
@@ -705,20 +613,7 @@ def _save_weights(out: Path, method, losses, config) -> None:
     save_weights(out / "method.safetensors", method, then)
     save_weights(out / "encoder.safetensors", method.encoder, then)  # last: its presence marks a finished run
     if losses:
-        from tscl.plots import plot_loss_curve
-
         try:
             plot_loss_curve(*zip(*losses), out / "loss.png", title=f"{config.method} / {config.encoder}")
         except OSError as err:
             raise RunFileError(f"{out / 'loss.png'}: cannot write ({err.strerror}); the weights are written") from None
-
-
-def load_encoder(run_dir: str | Path, device: str = "cpu", random_init: bool = False, seed: int = 0):
-    """Rebuild the encoder of a run folder from its config (and its weights unless ``random_init``)."""
-    run_dir = Path(run_dir)
-    cfg = load_config(run_dir)
-    torch.manual_seed(seed)
-    encoder = build_encoder(cfg.encoder, cfg.in_channels, **cfg.encoder_kwargs)
-    if not random_init:
-        encoder.load_state_dict(load_weights(run_dir / "encoder.safetensors", device=device))
-    return encoder.to(device).eval()

@@ -40,15 +40,16 @@ import polars as pl
 import torch
 from torch import Tensor
 
+from tscl import catalog
+from tscl.grammar import SPLITS, parse_split
+from tscl.loaders import LoaderError
 # $TSCL_CACHE or ~/.cache/tscl: where sources keep their caches (never the data folder); the loaders' own
 from tscl.loaders.cache import cache_root as default_cache_root
 
-__all__ = ["Dataset", "Events", "Source", "SOURCES", "register_source", "open_dataset", "list_sources",
-           "to_device", "cat_payloads", "payload_len", "pin_payload", "hash_split", "hash_split_column", "SPLITS",
-           "select_split", "default_cache_root", "notes_line"]
-
-SPLITS = ("train", "val", "test")
-
+__all__ = ["Dataset", "Events", "Source", "SOURCES", "declare_source", "register_source", "get_source", "open_dataset",
+           "list_sources", "to_device", "cat_payloads", "payload_len", "pin_payload", "hash_split", "hash_split_column", "SPLITS",
+           "select_split",
+           "default_cache_root", "notes_line"]
 
 # ---- payloads --------------------------------------------------------------------------------------
 
@@ -133,28 +134,17 @@ def hash_split_column(patient_ids: pl.Series, fractions=(0.7, 0.15, 0.15)) -> pl
 
 
 def select_split(index: pl.DataFrame, split: str | None) -> np.ndarray:
-    """Rows of ``index`` in ``split``: ``None``/``"all"`` every row, else a ``+``-joined set of
-    split names (``train``, ``train+val``) or fold numbers when the index has ``strat_fold``
-    (``folds:1-8``, ``folds:1,2,3``)."""
-    if split in (None, "", "all"):
+    """Rows of ``index`` in ``split`` (the grammar of :func:`tscl.grammar.parse_split`): ``None``/``"all"``
+    every row, else a ``+``-joined set of split names (``train``, ``train+val``) or fold numbers when the
+    index has ``strat_fold`` (``folds:1-8``, ``folds:1,2,3``)."""
+    kind, values = parse_split(split, option="split")
+    if kind == "all":
         return np.arange(index.height)
-    if split.startswith("folds:"):
+    if kind == "folds":
         if "strat_fold" not in index.columns:
             raise ValueError(f"split {split!r}: this dataset has no strat_fold column")
-        folds: set[int] = set()
-        for part in split[len("folds:"):].split(","):
-            lo, _, hi = part.partition("-")
-            try:
-                folds.update(range(int(lo), int(hi or lo) + 1))
-            except ValueError:
-                raise ValueError(f"split {split!r}: folds must be numbers or ranges such as 1-8") from None
-        return np.flatnonzero(np.isin(index["strat_fold"].to_numpy(), sorted(folds)))
-    names = split.split("+")
-    bad = [n for n in names if n not in SPLITS]
-    if bad:
-        raise ValueError(f"unknown split {bad[0]!r}; use all, {', '.join(SPLITS)}, a '+' of them (train+val) "
-                         "or folds:1-8")
-    return np.flatnonzero(np.isin(index["split"].to_numpy(), names))
+        return np.flatnonzero(np.isin(index["strat_fold"].to_numpy(), values))
+    return np.flatnonzero(np.isin(index["split"].to_numpy(), values))
 
 
 # ---- the dataset -------------------------------------------------------------------------------------
@@ -304,26 +294,48 @@ class Source:
     default_split: str = "train"  # what pretraining reads unless told otherwise
 
 
+# sources resolved in this process, by name: the built-ins (tscl.catalog), entry points and module:name once used,
+# and any registered in-process with register_source
 SOURCES: dict[str, Source] = {}
 
 
-def register_source(name: str, modality: str, needs: str, options: dict | None = None, default_split: str = "train"):
+def declare_source(name: str, modality: str, needs: str, options: dict | None = None, default_split: str = "train"):
+    """Decorator: declare ``fn(root, *, cache, progress, **options) -> Dataset`` as the opener of source
+    ``name`` (its modality, what its root must hold, its options with their help text, the split pretraining
+    reads by default). It registers nothing: built-ins are named in :mod:`tscl.catalog`; others are found by
+    an entry point of group ``tscl.sources`` or as ``module:function``."""
+
     def wrap(fn):
-        SOURCES[name] = Source(name, modality, needs, fn, options or {}, default_split)
+        fn.source = Source(name, modality, needs, fn, options or {}, default_split)
+        return fn
+
+    return wrap
+
+
+def register_source(name: str, modality: str, needs: str, options: dict | None = None, default_split: str = "train"):
+    """Decorator: :func:`declare_source`, and make ``open_dataset(name, ...)`` find it in this process."""
+
+    def wrap(fn):
+        SOURCES[name] = declare_source(name, modality, needs, options, default_split)(fn).source
         return fn
 
     return wrap
 
 
 def list_sources() -> list[str]:
-    _load_builtin()
-    return sorted(SOURCES)
+    """Source names: built-in, installed entry points and any registered in this process, sorted."""
+    return sorted(set(catalog.names("sources")) | set(SOURCES))
 
 
 def get_source(name: str) -> Source:
-    _load_builtin()
+    """The :class:`Source` behind ``name``: registered in this process, built in, an entry point of group
+    ``tscl.sources``, or ``module:function``; an unknown name raises ``ValueError`` naming the known ones."""
     if name not in SOURCES:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(SOURCES))}")
+        fn = catalog.load("sources", name)
+        src = getattr(fn, "source", None)
+        if not isinstance(src, Source):
+            raise ValueError(f"dataset {name!r} is not a tscl source (declare it with tscl.datasets.declare_source)")
+        SOURCES[name] = Source(name, src.modality, src.needs, src.open, src.options, src.default_split)
     return SOURCES[name]
 
 
@@ -339,7 +351,6 @@ def open_dataset(name: str, root: str | Path, *, split: str | None = None, cache
         root = Path(root)
         if not root.exists():
             raise FileNotFoundError(f"{root}: dataset root not found")
-    from tscl.loaders import LoaderError
 
     try:
         ds = src.open(root, cache=Path(cache) if cache else None, progress=progress, **options)
@@ -357,13 +368,3 @@ def open_dataset(name: str, root: str | Path, *, split: str | None = None, cache
 def _is_url(root) -> bool:
     text = str(root)
     return "://" in text or text.startswith("pipe:")
-
-
-def _load_builtin() -> None:
-    from . import waveform  # noqa: F401  (registers its sources)
-    for module in ("ehr", "images", "annotated", "cinc2017", "medmnist", "stream"):
-        try:
-            __import__(f"{__name__}.{module}")
-        except ModuleNotFoundError as err:  # a modality whose module is not present
-            if err.name != f"{__name__}.{module}":
-                raise

@@ -30,6 +30,10 @@ records' lead sets must agree. ``fs`` resamples each record first.
   ``subject``) and the split is a hash of the window, so each record's beats fall on both sides;
 - ``dechazal-beats``: ``beats`` over ``dechazal``'s records and classes (records 201 and 202
   both kept), the leaky counterpart of ``dechazal`` on the same beats.
+
+Tasks (:mod:`tscl.tasks`): ``mitdb-beats``, V against N beats (``aami_V`` on the N and V beats) split by
+patient; ``mitdb-dechazal``, the four AAMI classes N/S/V/F on de Chazal's DS1 / DS2; ``cpsc2021-af``, AF
+against normal-rhythm 10 s windows (unannotated stretches count as N), split by patient.
 """
 from __future__ import annotations
 
@@ -38,7 +42,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from . import hash_split, register_source
+from tscl.loaders import LoaderError, load_annotated
+from tscl.loaders.annotations import AAMI_CLASSES, MITDB_DS1, MITDB_DS2, MITDB_RECORDS, MITDB_SAME_SUBJECT, annotated_records
+from tscl.tasks import register_task
+
+from . import declare_source, hash_split
 from .waveform import _COMMON, WaveformDataset, _cache_dir, cache_notes
 
 __all__ = ["SPLIT_RULES", "KINDS"]
@@ -73,9 +81,6 @@ def _channels(channels) -> tuple[str, ...] | None:
 
 def _dechazal_records(records: list[Path], root: Path) -> list[Path]:
     """De Chazal's DS1 and DS2 records among ``records`` (in that order); one missing is named."""
-    from tscl.loaders import LoaderError
-    from tscl.loaders.annotations import MITDB_DS1, MITDB_DS2
-
     by_name = {r.name: r for r in records}
     missing = [n for n in MITDB_DS1 + MITDB_DS2 if n not in by_name]
     if missing:
@@ -86,8 +91,6 @@ def _dechazal_records(records: list[Path], root: Path) -> list[Path]:
 
 def _orphan_annotations(root: Path, on_error: str) -> list[dict]:
     """Annotation files without their record header: refused, or with ``on_error="skip"`` listed as left out."""
-    from tscl.loaders import LoaderError
-
     orphans = [{"path": str(p), "problem": "annotation file without its record header (.hea); left out"}
                for p in sorted(root.rglob("*.atr")) if not p.with_suffix(".hea").is_file()]
     if orphans and on_error == "raise":
@@ -107,8 +110,6 @@ def _check_one_lead_set(index: pl.DataFrame, root: Path) -> None:
 
 def _with_split(index: pl.DataFrame, rule: str, kind: str) -> pl.DataFrame:
     """The index under ``rule`` (rows it leaves out removed), with ``split`` and, for beats, ``aami_<class>``."""
-    from tscl.loaders.annotations import AAMI_CLASSES, MITDB_DS1
-
     index = index.with_row_index("_row")
     classes = AAMI_CLASSES
     if rule.startswith("dechazal") and kind == "beats":
@@ -128,7 +129,7 @@ def _with_split(index: pl.DataFrame, rule: str, kind: str) -> pl.DataFrame:
     return index.filter((pl.col("split") == "test") | ~pl.col("patient_id").is_in(tested.to_list()))
 
 
-@register_source("annotated", "waveform", "WFDB records with .atr annotations (MIT-BIH, SVDB, CPSC 2021): the records "
+@declare_source("annotated", "waveform", "WFDB records with .atr annotations (MIT-BIH, SVDB, CPSC 2021): the records "
                  "of RECORDS (else every .hea + .atr) as beat windows (AAMI classes, aami_N..aami_Q) or rhythm windows "
                  "(AF); split_rule=dechazal for MIT-BIH's inter-patient DS1/DS2",
                  options={**_COMMON, "kind": "beats | rhythm",
@@ -144,9 +145,6 @@ def _with_split(index: pl.DataFrame, rule: str, kind: str) -> pl.DataFrame:
 def _annotated(root: Path, *, cache=None, progress=True, kind="beats", normalize="none", on_error="raise",
                window_s=10.0, default_rhythm=None, before_s=0.25, after_s=0.45, channels=None, fs=None,
                split_rule="patients"):
-    from tscl.loaders import load_annotated
-    from tscl.loaders.annotations import MITDB_RECORDS, MITDB_SAME_SUBJECT, annotated_records
-
     kind, rule = _choice("kind", kind, KINDS), _choice("split_rule", split_rule, SPLIT_RULES)
     records = annotated_records(root)
     orphans = _orphan_annotations(root, on_error)
@@ -176,3 +174,16 @@ def _annotated(root: Path, *, cache=None, progress=True, kind="beats", normalize
     notes = cache_notes(c.report)
     notes["skipped"] = [*orphans, *notes.get("skipped", [])]
     return WaveformDataset(cache_rows, normalize=normalize, index=index, notes=notes)
+
+
+register_task("mitdb-beats", "annotated", ("aami_V",), "binary", split="random", rows={"aami": ["N", "V"]},
+              description="MIT-BIH-style beats: AAMI V against N, 0.7 s windows around the R peak, a random "
+                          "patient-level split (30 % of the patients, stratified)")
+register_task("mitdb-dechazal", "annotated", ("aami_N", "aami_S", "aami_V", "aami_F"), "multilabel",
+              options={"split_rule": "dechazal", "channels": "MLII"},
+              description="MIT-BIH beats, AAMI N/S/V/F one-vs-rest, de Chazal et al. 2004's inter-patient DS1 train / "
+                          "DS2 test (paced records left out), lead MLII")
+register_task("cpsc2021-af", "annotated", ("afib",), "binary", split="random", rows={"rhythm": ["N", "AFIB"]},
+              options={"kind": "rhythm", "window_s": 10, "default_rhythm": "N"},
+              description="CPSC 2021-style rhythm windows: AF against normal rhythm, 10 s windows, a random "
+                          "patient-level split (30 % of the patients, stratified)")

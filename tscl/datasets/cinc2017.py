@@ -20,6 +20,9 @@ are ordered by the SHA-256 of their name; the first 20 % (rounded) are ``test``,
 on every machine and run, and a record's side depends only on its name, its class and the
 other records of its class in the table: the label version (``labels=``) can move a relabelled
 record, and its neighbours, to another side.
+
+Task (:mod:`tscl.tasks`): ``cinc2017-rhythm``, the four classes one-vs-rest (``normal``, ``af``, ``other``,
+``noisy``) on that split.
 """
 from __future__ import annotations
 
@@ -28,7 +31,10 @@ from pathlib import Path
 
 import polars as pl
 
-from . import register_source
+from tscl.loaders.cinc2017 import load_cinc2017
+from tscl.tasks import register_task
+
+from . import declare_source
 from .waveform import _COMMON, WaveformDataset, _cache_dir
 
 __all__ = ["stratified_hash_split", "FRACTIONS"]
@@ -52,7 +58,7 @@ def stratified_hash_split(ids, strata, fractions: dict = FRACTIONS) -> list[str]
     return out
 
 
-@register_source("cinc2017", "waveform", "PhysioNet/CinC 2017 training2017/ (or its parent): A00001.hea + .mat (MAT "
+@declare_source("cinc2017", "waveform", "PhysioNet/CinC 2017 training2017/ (or its parent): A00001.hea + .mat (MAT "
                  "v4) per record and a reference table (REFERENCE-v3.csv, REFERENCE.csv or REFERENCE-original.csv); "
                  "lead 'I', patient = record, labels class + normal/af/other/noisy, split stratified by class "
                  "(20 % test, 10 % val, hash of the record name)",
@@ -64,8 +70,6 @@ def stratified_hash_split(ids, strata, fractions: dict = FRACTIONS) -> list[str]
                           "windows": "first | all: the first length_s of each record, or every whole window"})
 def _cinc2017(root: Path, *, cache=None, progress=True, labels="auto", fs=None, length_s=30.0, windows="first",
               normalize="none", on_error="raise"):
-    from tscl.loaders.cinc2017 import load_cinc2017
-
     fs = _seconds_or_hz("fs", fs) if fs not in (None, "", "none") else None
     length_s = _seconds_or_hz("length_s", length_s)
     options = {"labels": labels, "fs": fs, "length_s": length_s, "windows": windows, "on_error": on_error}
@@ -85,3 +89,8 @@ def _seconds_or_hz(name: str, value) -> float:
     if not out > 0 or out == float("inf"):
         raise ValueError(f"{name} must be a positive number, got {value!r}")
     return out
+
+
+register_task("cinc2017-rhythm", "cinc2017", ("normal", "af", "other", "noisy"), "multilabel",
+              description="CinC 2017 single-lead recordings: normal / AF / other rhythm / noisy one-vs-rest; the "
+                          "source's split stratified by class (20 % test, 10 % validation)")

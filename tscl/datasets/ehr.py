@@ -53,8 +53,14 @@ cannot make its code's statistics non-finite. ``dataset.notes`` carries these co
 ``mimic-iv``, the conversion report (rows without a time, duplicates removed, admissions discharged
 before admitted: :mod:`tscl.loaders.mimic_meds`).
 
-:func:`ehr_embed` embeds items with a run's encoder; the MIMIC-IV admission probe that uses it
-lives with the MIMIC task (:func:`tscl.tasks.mimic_ehr.mimic_probe`).
+**Admissions at a prediction time** (``mimic-iv`` with ``predict_at=24``): one item per admission
+still in hospital and alive 24 h after admission, from the events strictly before that time, with the
+vocabulary of the source's own items (so a run pretrained on them reads it), labelled ``mortality``,
+``long_stay`` and ``readmission``, and a tabular feature baseline (:func:`ehr_features`). Its tasks
+(:mod:`tscl.tasks`): ``mimic-mortality``, ``mimic-long-stay``, ``mimic-readmission`` — trained on the
+subjects of the ``train`` split, tested on those of ``val`` and ``test`` (never pretrained on).
+
+:func:`ehr_embed` embeds items with a run's encoder.
 """
 from __future__ import annotations
 
@@ -63,16 +69,23 @@ import os
 import re
 import shutil
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import torch
 
-from . import Dataset, Events, default_cache_root, hash_split, register_source
+from tscl.loaders.cache import fingerprint_files
+from tscl.loaders.meds import read_subject_splits, scan_meds, tabular_features
+from tscl.loaders.mimic_meds import MIMIC_TABLES, conversion_notes, mimic_iv_to_meds, table_path
+from tscl.tasks import register_task
 
-__all__ = ["EHRDataset", "PAD_ID", "UNKNOWN_ID", "MASK_ID", "build_ehr_items", "open_meds_items", "mimic_meds_root",
-           "split_events", "neighbour_events", "ehr_embed", "ehr_notes"]
+from . import Dataset, Events, declare_source, default_cache_root, hash_split
+
+__all__ = ["EHRDataset", "AdmissionsDataset", "PAD_ID", "UNKNOWN_ID", "MASK_ID", "build_ehr_items", "open_meds_items",
+           "mimic_meds_root", "mimic_admissions", "ehr_features", "split_events", "neighbour_events", "ehr_embed",
+           "ehr_notes"]
 
 PAD_ID, UNKNOWN_ID, MASK_ID = 0, 1, 2
 _FIRST_CODE_ID = 3
@@ -161,8 +174,6 @@ def _subject_splits(meds_root: Path, subjects: list[int]) -> dict[int, str]:
     path = meds_root / "metadata" / "subject_splits.parquet"
     given: dict[int, str] = {}
     if path.exists():
-        from tscl.loaders.meds import read_subject_splits
-
         table = read_subject_splits(meds_root)
         bad = sorted(set(table["split"].to_list()) - set(_SPLIT_NAMES))
         if bad:
@@ -351,9 +362,6 @@ def open_meds_items(meds_root: Path, cache_dir: Path, *, progress: bool = False,
     """Items of the MEDS folder ``meds_root`` (module docstring), built once into ``cache_dir/items-<key>``
     (``items.parquet``, ``events.parquet``, ``vocabulary.parquet``, ``meta.json``) and reused while the
     source files and the options are unchanged."""
-    from tscl.loaders.cache import fingerprint_files
-    from tscl.loaders.meds import scan_meds
-
     meds_root = Path(meds_root)
     files = _meds_files(meds_root)
     opts = json.dumps({k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(options.items())}, sort_keys=True)
@@ -367,8 +375,6 @@ def open_meds_items(meds_root: Path, cache_dir: Path, *, progress: bool = False,
     events = scan_meds(meds_root).select("subject_id", "time", "code", "numeric_value").collect()
     known = []
     if (meds_root / "metadata" / "subject_splits.parquet").exists():
-        from tscl.loaders.meds import read_subject_splits
-
         known = read_subject_splits(meds_root)["subject_id"].to_list()
     subjects = sorted(set(events["subject_id"].to_list()) | set(known))
     index, flat, vocab, meta = build_ehr_items(events, _subject_splits(meds_root, subjects), extra_subjects=known,
@@ -400,6 +406,13 @@ _OPTIONS = {
     "on_empty": "raise | skip: a subject with no timed event stops the load, or is left out (counted in info)",
     "admission_prefix": "code prefix that starts an admission item (default HOSPITAL_ADMISSION//)",
 }
+_COHORT_OPTIONS = {
+    "predict_at": "hours after admission (e.g. 24): items are instead the admissions still in hospital and alive "
+                  "then, each from the events strictly before it, labelled mortality, long_stay and readmission "
+                  "(default: none)",
+    "long_stay_days": "with predict_at: long_stay is a stay of more than this many days (default 7)",
+    "readmit_days": "with predict_at: readmission is another admission within this many days of discharge (default 30)",
+}
 
 
 def _options(window, max_len, min_count, on_empty, admission_prefix) -> dict:
@@ -407,7 +420,7 @@ def _options(window, max_len, min_count, on_empty, admission_prefix) -> dict:
             "admission_prefix": admission_prefix}
 
 
-@register_source("meds", "ehr", "a MEDS folder: data/<split>/*.parquet (subject_id, time, code, numeric_value), "
+@declare_source("meds", "ehr", "a MEDS folder: data/<split>/*.parquet (subject_id, time, code, numeric_value), "
                  "metadata/codes.parquet, metadata/subject_splits.parquet (train/tuning/held_out -> train/val/test; "
                  "else hash split)", options=_OPTIONS)
 def _meds(root: Path, *, cache=None, progress=True, window="30d", max_len=256, min_count=1, on_empty="raise",
@@ -422,9 +435,6 @@ def mimic_meds_root(root: str | Path, cache: str | Path | None = None) -> Path:
     """The MEDS conversion of the MIMIC-IV folder ``root`` in the cache (made on first use with
     :func:`~tscl.loaders.mimic_meds.mimic_iv_to_meds`, never inside ``root``), keyed by the content of
     its CSVs: ``<cache or default_cache_root()>/mimic-iv/<fingerprint>/meds``."""
-    from tscl.loaders.cache import fingerprint_files
-    from tscl.loaders.mimic_meds import MIMIC_TABLES, mimic_iv_to_meds, table_path
-
     root = Path(root)
     if not (root / "hosp").is_dir():
         raise FileNotFoundError(f"{root}: not a MIMIC-IV folder (no hosp/ with *.csv.gz tables)")
@@ -445,20 +455,159 @@ def mimic_meds_root(root: str | Path, cache: str | Path | None = None) -> Path:
     return out
 
 
-@register_source("mimic-iv", "ehr", "MIMIC-IV as PhysioNet publishes it: hosp/*.csv.gz (patients, admissions, "
+@declare_source("mimic-iv", "ehr", "MIMIC-IV as PhysioNet publishes it: hosp/*.csv.gz (patients, admissions, "
                  "diagnoses_icd, labevents, prescriptions, transfers) and icu/*.csv.gz (icustays, chartevents), "
-                 "converted to MEDS in the cache on first use", options=_OPTIONS)
+                 "converted to MEDS in the cache on first use; predict_at=24: admissions at admission + 24 h with "
+                 "mortality, long_stay and readmission labels", options={**_OPTIONS, **_COHORT_OPTIONS})
 def _mimic_iv(root: Path, *, cache=None, progress=True, window="admission", max_len=256, min_count=1,
-              on_empty="raise", admission_prefix="HOSPITAL_ADMISSION//"):
-    from tscl.loaders.mimic_meds import conversion_notes
-
+              on_empty="raise", admission_prefix="HOSPITAL_ADMISSION//", predict_at=None, long_stay_days=7.0,
+              readmit_days=30.0):
     meds = mimic_meds_root(root, cache)
     ds = open_meds_items(meds, meds.parent, progress=progress,
                          **_options(window, max_len, min_count, on_empty, admission_prefix))
     report = json.loads((meds / "metadata" / "conversion_report.json").read_text())
     conv = conversion_notes(report)
     ds.notes = {**ds.notes, **conv, "left_out": {**conv["left_out"], **ds.notes.get("left_out", {})}}
-    return ds
+    if predict_at in (None, "", "none"):
+        return ds
+    return admission_items(root, meds, ds, horizon_h=_positive_number("predict_at", predict_at),
+                           long_stay_days=_positive_number("long_stay_days", long_stay_days),
+                           readmit_days=_positive_number("readmit_days", readmit_days))
+
+
+def _positive_number(name: str, value) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive number, got {value!r}") from None
+    if not out > 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return out
+
+
+# ---- MIMIC-IV admissions at a prediction time ---------------------------------------------------------
+
+def mimic_admissions(mimic_root: Path, horizon_h: float = 24.0, readmit_days: float = 30.0) -> pl.DataFrame:
+    """Admissions still in hospital (and alive) at ``admittime + horizon_h``: subject_id, hadm_id,
+    prediction_time, mortality (in-hospital death), discharged_alive, readmission (next admission of the
+    subject within ``readmit_days`` of discharge)."""
+    adm = pl.read_csv(mimic_root / "hosp" / "admissions.csv.gz", infer_schema_length=None).select(
+        pl.col("subject_id").cast(pl.Int64), pl.col("hadm_id").cast(pl.Int64),
+        pl.col("admittime").str.to_datetime(), pl.col("dischtime").str.to_datetime(),
+        pl.col("deathtime").str.to_datetime(strict=False), pl.col("hospital_expire_flag").cast(pl.Int8))
+    adm = adm.sort("subject_id", "admittime").with_columns(
+        pl.col("admittime").shift(-1).over("subject_id").alias("next_admit"))
+    pt = pl.col("admittime") + pl.duration(hours=horizon_h)
+    adm = adm.with_columns(pt.alias("prediction_time")).filter(
+        (pl.col("dischtime") > pl.col("prediction_time"))
+        & (pl.col("deathtime").is_null() | (pl.col("deathtime") > pl.col("prediction_time"))))
+    soon = pl.col("next_admit").is_not_null() & (
+        pl.col("next_admit") - pl.col("dischtime") <= pl.duration(days=readmit_days))
+    return adm.select("subject_id", "hadm_id", pl.col("prediction_time").cast(pl.Datetime("us")),
+                      pl.col("hospital_expire_flag").alias("mortality"),
+                      (pl.col("hospital_expire_flag") == 0).alias("discharged_alive"),
+                      soon.cast(pl.Int8).alias("readmission"))
+
+
+def ehr_features(events: pl.LazyFrame | pl.DataFrame, cohort: pl.DataFrame, train_subjects, *, top_k: int = 200,
+                 lookback: timedelta = timedelta(days=365), exclude=("MEDS_DEATH",)) -> tuple[np.ndarray, list]:
+    """``[n, d]`` features per cohort row (subject_id, prediction_time) from events strictly before
+    the prediction time (see the module docstring), z-scored with training-row statistics; the code
+    list, imputation and scaling use training rows only. ``exclude`` codes are never features
+    (MIMIC's date of death is a date, so its midnight event can precede a same-day prediction time)."""
+    lf = events.lazy()
+    pt = cohort.select("subject_id", pl.col("prediction_time").cast(pl.Datetime("us"))).unique()
+    before = (lf.join(pt.lazy(), on="subject_id", how="inner")
+              .filter(pl.col("time").is_not_null() & (pl.col("time") < pl.col("prediction_time"))
+                      & (pl.col("time") >= pl.col("prediction_time") - lookback)))
+    train_pt = pt.filter(pl.col("subject_id").is_in(list(train_subjects)))
+    freq = (before.join(train_pt.lazy(), on=["subject_id", "prediction_time"], how="inner")
+            .group_by("code").agg(pl.struct("subject_id", "prediction_time").n_unique().alias("n"))
+            .sort(["n", "code"], descending=[True, False]).collect())
+    codes = freq.filter(~pl.col("code").is_in(list(exclude)))["code"].head(top_k).to_list()
+    tab = tabular_features(lf, pt, lookback=lookback, codes=codes)
+    tab = cohort.select("subject_id", pl.col("prediction_time").cast(pl.Datetime("us"))).join(
+        tab, on=["subject_id", "prediction_time"], how="left", maintain_order="left")
+    is_train = tab["subject_id"].is_in(list(train_subjects)).to_numpy()
+    cols, names = [], []
+    for c in codes:
+        cols.append(np.log1p(tab[f"count//{c}"].fill_null(0).to_numpy().astype(np.float64)))
+        names.append(f"log1p count//{c}")
+        last = tab[f"last//{c}"].cast(pl.Float64).to_numpy()
+        if np.isfinite(last[is_train]).any():
+            med = np.nanmedian(last[is_train])
+            cols.append(np.where(np.isfinite(last), last, med))
+            names.append(f"last//{c}")
+    static = lf.filter(pl.col("code").str.starts_with("GENDER//") | (pl.col("code") == "MEDS_BIRTH")).collect()
+    birth = dict(static.filter(pl.col("code") == "MEDS_BIRTH").select("subject_id", "time").iter_rows())
+    female = set(static.filter(pl.col("code") == "GENDER//F")["subject_id"].to_list())
+    subj, when = tab["subject_id"].to_list(), tab["prediction_time"].to_list()
+    age = np.array([(w - birth[s]).days / 365.25 if birth.get(s) is not None and birth[s] < w else np.nan
+                    for s, w in zip(subj, when)])
+    cols.append(np.where(np.isfinite(age), age, np.nanmedian(age[is_train]) if np.isfinite(age[is_train]).any() else 0))
+    names.append("age")
+    cols.append(np.array([float(s in female) for s in subj]))
+    names.append("female")
+    X = np.column_stack(cols)
+    mean, std = X[is_train].mean(axis=0), X[is_train].std(axis=0)
+    return (X - mean) / np.where(std > 0, std, 1.0), names
+
+
+class AdmissionsDataset(EHRDataset):
+    """MIMIC-IV admissions at a prediction time (``predict_at``): one item per admission still in hospital and
+    alive then, from the events strictly before it, with :meth:`feature_baselines` (the tabular baseline)."""
+
+    def __init__(self, *args, events: pl.DataFrame, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._events = events
+
+    def feature_baselines(self, rows, train_rows) -> dict:
+        """``{"tabular": [len(rows), d]}``: :func:`ehr_features` of the admissions ``rows`` (index rows), its
+        codes, imputation and scaling from the admissions ``train_rows`` only."""
+        sub = self.index[np.asarray(rows).tolist()].select(pl.col("subject_id"), "prediction_time")
+        train_subjects = set(self.index[np.asarray(train_rows).tolist()]["subject_id"].to_list())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            X, _ = ehr_features(self._events.lazy(), sub, train_subjects)
+        return {"tabular": X}
+
+
+def admission_items(mimic_root: Path, meds: Path, ds: EHRDataset, *, horizon_h: float = 24.0,
+                    long_stay_days: float = 7.0, readmit_days: float = 30.0) -> AdmissionsDataset:
+    """The admissions of :func:`mimic_admissions` at ``admittime + horizon_h`` as items, built as the source
+    builds its pretraining items and with ``ds``'s vocabulary (same ids, same value statistics) but only from
+    events **strictly before the prediction time**: the admission's events from its admission time (a subject's
+    first admission: its whole earlier history), the subject's static rows and age; ``MEDS_DEATH`` is never an
+    input (MIMIC's date of death is a date, its midnight can precede the prediction time).
+
+    Labels: ``mortality`` (in-hospital death), ``long_stay`` (discharge more than ``long_stay_days`` after
+    admission) and ``readmission`` (another admission within ``readmit_days`` of discharge; null for an
+    admission not discharged alive). ``split``: the subject's split in ``ds``."""
+    events = scan_meds(meds).select("subject_id", "time", "code", "numeric_value").collect()
+    events = events.filter(pl.col("code") != "MEDS_DEATH")
+    adm = pl.read_csv(mimic_root / "hosp" / "admissions.csv.gz", infer_schema_length=0).select(
+        pl.col("subject_id").cast(pl.Int64), pl.col("hadm_id").cast(pl.Int64),
+        pl.col("admittime").str.to_datetime(), pl.col("dischtime").str.to_datetime())
+    first = adm.group_by("subject_id").agg(pl.col("admittime").min().alias("first_admit"))
+    cohort = (mimic_admissions(mimic_root, horizon_h=horizon_h, readmit_days=readmit_days)
+              .join(adm.drop("subject_id"), on="hadm_id", how="left").join(first, on="subject_id", how="left")
+              .with_columns(pl.when(pl.col("admittime") > pl.col("first_admit")).then(pl.col("admittime"))
+                            .otherwise(None).alias("item_start"),
+                            ((pl.col("dischtime") - pl.col("admittime")).dt.total_hours() / 24 > long_stay_days)
+                            .cast(pl.Int8).alias("long_stay")))
+    splits = dict(zip(ds.index["patient_id"].cast(pl.Int64).to_list(), ds.index["split"].to_list()))
+    splits.update({s: "test" for s in cohort["subject_id"].to_list() if s not in splits})  # no item: never pretrained
+    index, flat, _, meta = build_ehr_items(events, splits, cutoffs=cohort, vocab=ds.vocab, max_len=ds.max_len,
+                                           where=str(mimic_root))
+    labels = cohort.select("subject_id", "hadm_id", pl.col("mortality").cast(pl.Int8), "long_stay",
+                           pl.when(pl.col("discharged_alive")).then(pl.col("readmission")).alias("readmission"),
+                           pl.col("discharged_alive").cast(pl.Int8))
+    index = pl.concat([index, labels], how="horizontal")
+    out = _dataset(index, flat, ds.vocab, {**ds.meta, **{k: meta[k] for k in ("n_items", "n_events")}})
+    notes = {**ds.notes, "cohort": f"{cohort.height} admissions of {cohort['subject_id'].n_unique()} subjects in hospital "
+                                   f"at admission + {horizon_h:g} h; items from events strictly before it"}
+    return AdmissionsDataset(out.index, out._codes, out._values, out._times, out._start, out._length, vocab=ds.vocab,
+                             meta=out.meta, notes=notes, events=events)
 
 
 # ---- views -------------------------------------------------------------------------------------------
@@ -500,7 +649,7 @@ def neighbour_events(x: Events, segments: int = 1) -> tuple[Events, Events]:
     return stack(chunks[0::2]), stack(chunks[1::2])
 
 
-# ---- embedding and the MIMIC-IV probe ----------------------------------------------------------------
+# ---- embedding -------------------------------------------------------------------------------------------
 
 @torch.no_grad()
 def ehr_embed(encoder: torch.nn.Module, dataset: EHRDataset, batch_size: int = 64, device="cpu") -> np.ndarray:
@@ -513,3 +662,11 @@ def ehr_embed(encoder: torch.nn.Module, dataset: EHRDataset, batch_size: int = 6
     if not np.isfinite(out).all():
         raise FloatingPointError("the EHR encoder produced non-finite features; check the weights and the input")
     return out
+
+
+for _label, _what in (("mortality", "in-hospital death"), ("long_stay", "a stay of more than 7 days"),
+                      ("readmission", "another admission within 30 days of a discharge alive")):
+    register_task(f"mimic-{_label.replace('_', '-')}", "mimic-iv", (_label,), "binary", options={"predict_at": 24},
+                  test_splits=("val", "test"),
+                  description=f"MIMIC-IV admissions at admission + 24 h: {_what}; trained on the train split's "
+                              "subjects, tested on the val and test splits' (never pretrained on)")

@@ -21,7 +21,7 @@ the dataset's shape), so a missing, corrupt, transparent (RGBA with alpha < 1), 
 image is refused then, naming it, not found mid-training; ``on_error=skip`` leaves such images out
 and lists them in ``dataset.notes["skipped"]``. Images are read when a batch is fetched (the trainer's
 loader thread), or held in memory after the first read when they fit (``preload=auto``: under
-1 GiB). Importing this module registers the image augmentations (:mod:`tscl.augment_image`).
+1 GiB).
 
 MICLe (Azizi et al., "Big Self-Supervised Models Advance Medical Image Classification", ICCV
 2021: two films of one patient as positives) is ``--method pclr`` on an image dataset: PCLR's
@@ -36,9 +36,12 @@ import numpy as np
 import polars as pl
 import torch
 
-import tscl.augment_image  # noqa: F401  (registers the image ops)
-
-from . import SPLITS, Dataset, hash_split, register_source
+from tscl.loaders import LoaderError
+from tscl.loaders.cache import fingerprint_files
+from tscl.loaders.identity import check_unique, clean_ids, csv_line, relative_id
+from tscl.loaders.images import ImageTable, load_image_table, read_image
+from tscl.progress import progress_bar
+from . import SPLITS, Dataset, hash_split, declare_source
 
 __all__ = ["ImageDataset", "image_shape", "parse_size"]
 
@@ -68,8 +71,6 @@ def parse_size(size) -> tuple[int, int] | None:
 
 def image_shape(path: str | Path) -> tuple[int, int]:
     """``(H, W)`` of an image file from its header, without decoding the pixels."""
-    from tscl.loaders import LoaderError
-
     path = Path(path)
     try:
         if path.suffix.lower() == ".npy":
@@ -123,9 +124,6 @@ class ImageDataset(Dataset):
         return self._fingerprint
 
     def _read(self, path: str) -> np.ndarray:
-        from tscl.loaders import LoaderError
-        from tscl.loaders.images import read_image
-
         img = self._memory.get(path)
         if img is not None:
             return img
@@ -171,9 +169,6 @@ class ImageDataset(Dataset):
 
 
 def _image_index(table, csv: Path, root: Path) -> pl.DataFrame:
-    from tscl.loaders import LoaderError
-    from tscl.loaders.identity import check_unique, clean_ids
-
     index = table.index
     if "record_id" in index.columns:
         ids = clean_ids(index["record_id"].cast(pl.Utf8).to_list(), csv, "record_id")
@@ -199,15 +194,13 @@ def _image_index(table, csv: Path, root: Path) -> pl.DataFrame:
 
 
 def _relative_record(path: str, root: Path) -> str:
-    from tscl.loaders.identity import relative_id
-
     try:
         return relative_id(path, root)
     except ValueError:  # an absolute path outside the root: the path itself
         return Path(path).with_suffix("").as_posix()
 
 
-@register_source("images", "image", "a folder of .npy/.png images and a CSV (labels.csv) with path and patient_id "
+@declare_source("images", "image", "a folder of .npy/.png images and a CSV (labels.csv) with path and patient_id "
                  "columns (optional record_id, split, label columns); one image size, or size=HxW to resize",
                  options={"csv": "the index CSV, relative to the root (default labels.csv)",
                           "size": "H or HxW: resize every image to it (default: all images must share one size)",
@@ -218,11 +211,6 @@ def _relative_record(path: str, root: Path) -> str:
                                       "stops the load, or is left out and listed"})
 def _images(root: Path, *, cache=None, progress=True, csv="labels.csv", size=None, channels=None, normalize="none",
             preload="auto", on_error="raise"):
-    from tscl.loaders import LoaderError
-    from tscl.loaders.cache import fingerprint_files
-    from tscl.loaders.identity import csv_line
-    from tscl.loaders.images import load_image_table
-
     if normalize not in _NORMALIZE:
         raise ValueError(f"normalize must be one of {_NORMALIZE}, got {normalize!r}")
     if on_error not in ("raise", "skip"):
@@ -261,8 +249,6 @@ def _images(root: Path, *, cache=None, progress=True, csv="labels.csv", size=Non
 
 
 def _raise_first(skipped: list[dict], on_error: str, n: int) -> None:
-    from tscl.loaders import LoaderError
-
     if skipped and on_error == "raise":
         first = skipped[0]
         raise LoaderError(first["path"], f"{first['problem']}" + (f"; {len(skipped)} of {n} images cannot be used "
@@ -273,7 +259,6 @@ def _raise_first(skipped: list[dict], on_error: str, n: int) -> None:
 def _without(table, paths: set):
     if not paths:
         return table
-    from tscl.loaders.images import ImageTable
 
     return ImageTable(table.index.filter(~pl.col("path").is_in(sorted(paths))), table.label_columns, table.drop_alpha)
 
@@ -281,8 +266,6 @@ def _without(table, paths: set):
 def _check_one_size(paths: list[str], on_error: str, skipped: list[dict]) -> None:
     """Every image's size from its header (no decoding): the first size is the dataset's; another one is refused
     naming both files, or with ``on_error="skip"`` left out and listed, as are headers that cannot be read."""
-    from tscl.loaders import LoaderError
-
     first = None
     for p in paths:
         try:
@@ -304,11 +287,6 @@ def _validated(table, csv_path, root, size, channels, normalize, preload, on_err
     """The dataset over every image that reads as the dataset's shape, each read once now (decoded, channels
     and size converted, finite): a corrupt, transparent, NaN or odd-shaped image is refused here, naming it,
     or with ``on_error="skip"`` left out and listed, instead of being found mid-training."""
-    from tqdm.auto import tqdm
-
-    from tscl.loaders import LoaderError
-    from tscl.loaders.images import read_image
-
     paths = table.index["path"].to_list()
     shape = None
     for p in paths:  # the dataset's shape: that of the first image that reads
@@ -330,7 +308,7 @@ def _validated(table, csv_path, root, size, channels, normalize, preload, on_err
     ds = ImageDataset(table, _image_index(table, csv_path, root), shape=shape, size=size, channels=channels,
                       normalize=normalize, preload=bool(preload), notes={"skipped": skipped})
     bad = []
-    for p in tqdm(ds.index["path"].to_list(), desc=f"checking {root.name}", disable=not progress):
+    for p in progress_bar(ds.index["path"].to_list(), desc=f"checking {root.name}", disable=not progress):
         try:
             ds._read(p)
         except LoaderError as err:

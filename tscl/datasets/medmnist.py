@@ -27,7 +27,9 @@ import numpy as np
 import polars as pl
 import torch
 
-from . import register_source
+from tscl.loaders.cache import fingerprint_files
+from tscl.loaders.medmnist import MEDMNIST_SPLITS, find_medmnist_file, read_medmnist
+from . import declare_source
 from .images import _NORMALIZE, ImageDataset, parse_size
 
 __all__ = ["ArrayImageDataset"]
@@ -78,7 +80,7 @@ def _label_table(labels: np.ndarray) -> dict[str, np.ndarray]:
     return {"label": label, **one_hot}
 
 
-@register_source("medmnist", "image", "a MedMNIST 2-D .npz (train/val/test _images and _labels; any size, gray or "
+@declare_source("medmnist", "image", "a MedMNIST 2-D .npz (train/val/test _images and _labels; any size, gray or "
                  "RGB), or a folder holding one; official split, patient = image, labels 'label' (+ one-hot "
                  "label_k) or label_k for multi-label files",
                  options={"file": "the .npz to read when the root is a folder holding several",
@@ -86,9 +88,6 @@ def _label_table(labels: np.ndarray) -> dict[str, np.ndarray]:
                           "channels": "1 (average RGB to gray) or 3 (repeat gray); default: as stored",
                           "normalize": "none | zscore: standardise each image (default none)"})
 def _medmnist(root: Path, *, cache=None, progress=True, file=None, size=None, channels=None, normalize="none"):
-    from tscl.loaders.cache import fingerprint_files
-    from tscl.loaders.medmnist import MEDMNIST_SPLITS, find_medmnist_file, read_medmnist
-
     channels = None if channels in (None, "") else channels
     if channels is not None and str(channels) not in ("1", "3"):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")

@@ -54,7 +54,9 @@ import numpy as np
 import polars as pl
 import torch
 
-from . import Dataset, register_source
+from tscl.progress import progress_bar
+
+from . import Dataset, declare_source
 from . import _is_url as is_url
 
 __all__ = ["export_webdataset", "StreamDataset", "ShardPlan", "open_stream", "FORMAT", "parse_size"]
@@ -161,8 +163,6 @@ def export_webdataset(dataset: Dataset, out, *, shard_bytes: int = DEFAULT_SHARD
                       batch: int = 256, progress: bool = True) -> dict:
     """Write ``dataset`` (every row, payloads as ``fetch`` returns them) as WebDataset shards in ``out``;
     returns the manifest. Refuses a folder that already holds an export or other files."""
-    from tqdm.auto import tqdm
-
     if dataset.modality != "waveform":
         raise ValueError(f"export writes tensor payloads (waveform); this dataset is {dataset.modality} data")
     if not len(dataset):
@@ -178,7 +178,7 @@ def export_webdataset(dataset: Dataset, out, *, shard_bytes: int = DEFAULT_SHARD
     order = _export_order(index, seed)
     shard = _shard_of(index, order, item_bytes, shard_bytes)
     n_shards = int(shard[-1]) + 1
-    bar = tqdm(total=len(order), desc=f"export {out.name}", disable=not progress, unit="item")
+    bar = progress_bar(total=len(order), desc=f"export {out.name}", disable=not progress, unit="item")
     bounds = np.r_[0, np.flatnonzero(np.diff(shard)) + 1, len(order)]
     shards = [_write_shard(dataset, out / f"shard-{s:06d}.tar", order, bounds[s], bounds[s + 1], batch, bar)
               for s in range(n_shards)]
@@ -408,7 +408,7 @@ def open_stream(root, readers=None) -> StreamDataset:
     return StreamDataset(root, manifest, table.drop(["shard", "key"]), shard, key, readers)
 
 
-@register_source("webdataset", "waveform", "a folder or URL prefix written by tscl export --format webdataset: "
+@declare_source("webdataset", "waveform", "a folder or URL prefix written by tscl export --format webdataset: "
                  "shard-*.tar, index.parquet, manifest.json",
                  options={"readers": "shard lanes per epoch (default: the number of ranks); one process with "
                                      "readers=R gets the batches R ranks get together"})

@@ -13,17 +13,36 @@
 ``normalize="zscore"`` standardises each channel of each item over time when the item is
 fetched, so pretraining, ``embed`` and the probes see the same input; EEG sources default to it
 (µV amplitudes differ by electrode and subject), ECG sources to ``none`` (mV is meaningful).
+
+Downstream tasks (:mod:`tscl.tasks`, run by :func:`tscl.probes.evaluate`) on these sources' label columns:
+
+- ``ptbxl-superdiagnostic``, ``-subdiagnostic``, ``-form``, ``-rhythm``: every code column of the task
+  (``super:*`` ...) on the ECGs some label source lists for it (``has:<task>``), strat_fold 1-8 train,
+  9 chooses the probe's strength, 10 tests (Strodthoff et al. 2020); ``ptbxl-superclass`` is the
+  superclasses ``NORM`` ... ``HYP`` from every label source; ``ptbxl-sex`` (``female``) and
+  ``ptbxl-age`` (years, ridge regression);
+- ``eegmat-task``: rest (``task`` 0) vs mental arithmetic (1), 10 s epochs at 100 Hz, z-scored per channel;
+- ``sim-risk``: the six risk labels of a cohort written by ``tscl simulate`` / ``tscl demo``, its split.
 """
 from __future__ import annotations
 
 import hashlib
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import torch
 
-from . import Dataset, hash_split_column, register_source
+from tscl.loaders import LoaderError, edf_epochs, load_cinc, load_eegmat, load_ptbxl, load_wfdb_cohort
+from tscl.loaders.cache import ON_ERROR, cached_load, read_all
+from tscl.loaders.edf import EEG_1020
+from tscl.loaders.identity import check_unique, check_unique_names, clean_ids, csv_line, relative_id
+from tscl.loaders.ptbxl import SUPERCLASSES
+from tscl.simulate import CONDITIONS
+from tscl.tasks import register_task
+
+from . import Dataset, declare_source, hash_split, hash_split_column
 
 __all__ = ["WaveformDataset", "NORMALIZE", "cache_notes"]
 
@@ -125,49 +144,41 @@ _COMMON = {"normalize": "none | zscore: per-channel standardisation of each item
            "on_error": "raise | skip: an unreadable record stops the load, or is left out and listed in the report"}
 
 
-@register_source("wfdb", "waveform", "a folder of WFDB records (.hea + signal files) and a metadata table with "
+@declare_source("wfdb", "waveform", "a folder of WFDB records (.hea + signal files) and a metadata table with "
                  "patient_id and record_id columns (optional path, visit_time, split, label columns)",
                  options={**_COMMON, "metadata": "the metadata table (default <root>/metadata.csv)",
                           "nan_policy": "fail | interpolate | drop"})
 def _wfdb(root: Path, *, cache=None, progress=True, metadata=None, normalize="none", on_error="raise",
           nan_policy="fail"):
-    from tscl.loaders import load_wfdb_cohort
-
     c = load_wfdb_cohort(root, metadata, cache_dir=_cache_dir(cache, "wfdb", root, metadata=metadata,
                                                                on_error=on_error, nan_policy=nan_policy),
                          progress=progress, on_error=on_error, nan_policy=nan_policy)
     return WaveformDataset(c, normalize=normalize)
 
 
-@register_source("ptbxl", "waveform", "PTB-XL as PhysioNet publishes it: records100/ (or records500/) and "
+@declare_source("ptbxl", "waveform", "PTB-XL as PhysioNet publishes it: records100/ (or records500/) and "
                  "ptbxl_database.csv + scp_statements.csv and/or labels/ptbxl_<task>_<part>.csv label tables; "
                  "split from strat_fold (1-8 train, 9 val, 10 test)",
                  options={**_COMMON, "rate": "100 or 500 (Hz): records100/ or records500/"})
 def _ptbxl(root: Path, *, cache=None, progress=True, rate=100, normalize="none", on_error="raise"):
-    from tscl.loaders import load_ptbxl
-
     c = load_ptbxl(root, rate=int(rate), cache_dir=_cache_dir(cache, "ptbxl", root, rate=rate, on_error=on_error),
                    on_error=on_error, progress=progress)
     return WaveformDataset(c, normalize=normalize)
 
 
-@register_source("cinc", "waveform", "PhysioNet/CinC 2020/2021 records: .hea + .mat with '# Dx:' SNOMED codes "
+@declare_source("cinc", "waveform", "PhysioNet/CinC 2020/2021 records: .hea + .mat with '# Dx:' SNOMED codes "
                  "(any folder depth)", options={**_COMMON})
 def _cinc(root: Path, *, cache=None, progress=True, normalize="none", on_error="raise"):
-    from tscl.loaders import load_cinc
-
     c = load_cinc(root, cache_dir=_cache_dir(cache, "cinc", root, on_error=on_error), on_error=on_error,
                   progress=progress)
     return WaveformDataset(c, normalize=normalize)
 
 
-@register_source("eegmat", "waveform", "EEGMAT: SubjectNN_1.edf (rest) and SubjectNN_2.edf (mental arithmetic), "
+@declare_source("eegmat", "waveform", "EEGMAT: SubjectNN_1.edf (rest) and SubjectNN_2.edf (mental arithmetic), "
                  "EDF+, 19 10-20 channels; label 'task'",
                  options={**_COMMON, "epoch_s": "epoch length in s (30)",
                           "fs": "resample every file to this rate in Hz first (default: as recorded, 500)"})
 def _eegmat(root: Path, *, cache=None, progress=True, epoch_s=30.0, normalize="zscore", on_error="raise", fs=None):
-    from tscl.loaders import load_eegmat
-
     fs = float(fs) if fs is not None else None
     c = load_eegmat(root, cache_dir=_cache_dir(cache, "eegmat", root, epoch_s=epoch_s, on_error=on_error, fs=fs),
                     epoch_s=float(epoch_s), fs=fs, on_error=on_error, progress=progress)
@@ -176,17 +187,12 @@ def _eegmat(root: Path, *, cache=None, progress=True, epoch_s=30.0, normalize="z
     return WaveformDataset(c, normalize=normalize, notes={"unlisted": below} if below else None)
 
 
-@register_source("edf", "waveform", "a folder of EDF(+) files (any names, any depth; patient = file stem, record = "
+@declare_source("edf", "waveform", "a folder of EDF(+) files (any names, any depth; patient = file stem, record = "
                  "path), or with a metadata.csv of 'file', 'patient_id' and label columns",
                  options={**_COMMON, "epoch_s": "epoch length in s (30)",
                           "channels": "comma-separated channel names to keep (default: the 19 10-20 EEG channels)"})
 def _edf(root: Path, *, cache=None, progress=True, epoch_s=30.0, normalize="zscore", on_error="raise",
          channels=None):
-    from functools import partial
-
-    from tscl.loaders.cache import ON_ERROR, cached_load, read_all
-    from tscl.loaders.edf import EEG_1020
-
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     files = sorted(root.rglob("*.edf"))
@@ -213,8 +219,6 @@ def _edf(root: Path, *, cache=None, progress=True, epoch_s=30.0, normalize="zsco
 
 def _edf_plain_rows(root: Path, files: list[Path]) -> list[tuple]:
     """``(file, patient = stem, record = relative path, {})`` per file; one stem in two folders is refused."""
-    from tscl.loaders.identity import check_unique_names, relative_id
-
     check_unique_names(files, why="without a metadata.csv the patient id is the file's stem, so the two would be one "
                        "patient: rename one, or give a metadata.csv with a patient_id per file")
     return [(f, f.stem, relative_id(f, root), {}) for f in files]
@@ -226,9 +230,6 @@ def _edf_rows(root: Path, files: list[Path], meta: Path, on_error: str) -> tuple
     ``file`` is a path relative to the root, or a bare file name matching exactly one file under it
     (two matches are refused naming both). A listed file that is absent is refused, or left out
     with ``on_error="skip"``; files on disk that no row lists are left out and listed (``unlisted``)."""
-    from tscl.loaders import LoaderError
-    from tscl.loaders.identity import check_unique, clean_ids, csv_line, relative_id
-
     try:
         table = pl.read_csv(meta, infer_schema=False)  # ids stay text
     except Exception as err:
@@ -261,8 +262,6 @@ def _edf_rows(root: Path, files: list[Path], meta: Path, on_error: str) -> tuple
 
 def _edf_listed_file(root: Path, name: str, by_name: dict, meta: Path, line: str) -> Path | None:
     """The file a metadata row names: ``root/name``, else the one file of that name under the root; None if absent."""
-    from tscl.loaders import LoaderError
-
     if (root / name).is_file():
         return root / name
     matches = by_name.get(name, []) if "/" not in name else []
@@ -273,8 +272,6 @@ def _edf_listed_file(root: Path, name: str, by_name: dict, meta: Path, line: str
 
 
 def _edf_file(epoch_s, channels, counts, item):
-    from tscl.loaders import edf_epochs
-
     path, patient, record, labels = item
     return edf_epochs(path, epoch_s=epoch_s, channels=channels, patient_id=str(patient), labels=labels, report=counts,
                       record_id=record)
@@ -285,3 +282,26 @@ def _number(text):
         return float(text) if any(c in text for c in ".eE") else int(text)
     except (TypeError, ValueError):
         return text
+
+
+# --- downstream tasks on these sources' label columns ----------------------------------------------------
+
+register_task("ptbxl-superclass", "ptbxl", SUPERCLASSES, "multilabel", options={"on_error": "skip"},
+              source_column="device", description="PTB-XL diagnostic superclasses from every label source (tables and "
+              "database), multi-label; strat_fold 1-8 train, 9 validation, 10 test")
+for _task, _prefix, _what in (("superdiagnostic", "super", "superclasses"), ("subdiagnostic", "sub", "subclasses"),
+                              ("form", "form", "form statements"), ("rhythm", "rhythm", "rhythm statements")):
+    register_task(f"ptbxl-{_task}", "ptbxl", (f"{_prefix}:*",), "multilabel", options={"on_error": "skip"},
+                  rows={f"has:{_prefix}": [1]}, source_column="device",
+                  description=f"PTB-XL {_what} (every {_prefix}: column) on the ECGs listed for the task, multi-label; "
+                              "strat_fold 1-8 train, 9 validation, 10 test")
+register_task("ptbxl-sex", "ptbxl", ("female",), "binary", options={"on_error": "skip"}, source_column="device",
+              description="PTB-XL sex (female) from the ECG; strat_fold split")
+register_task("ptbxl-age", "ptbxl", ("age",), "regression", options={"on_error": "skip"}, source_column="device",
+              description="PTB-XL age in years (ages above 89 are unknown), ridge regression; strat_fold split")
+register_task("eegmat-task", "eegmat", ("task",), "binary", options={"epoch_s": 10, "fs": 100},
+              description="EEGMAT rest vs mental arithmetic, 10 s epochs at 100 Hz z-scored per channel; the source's "
+                          "subject split (hash of the subject)")
+register_task("sim-risk", "wfdb", CONDITIONS, "multilabel",
+              description="simulated cohort (tscl simulate / tscl demo; the root is the cohort folder): the six risk "
+                          "labels, multi-label, its split column (test patients are never pretrained on)")

@@ -8,8 +8,12 @@ Build any of them by name::
 
 Time-series encoders take ``(x [B, C, T], channel_mask=None)``; see :mod:`.registry` for
 the mask convention (True = channel present). Other modalities document their own inputs.
+Names resolve through :mod:`tscl.catalog` (built-ins, entry points of group ``tscl.encoders``,
+``module:Name``); each encoder declares its modality and its default keyword arguments
+(:func:`declare_encoder`, :func:`encoder_defaults`).
 """
-from .registry import ENCODER_MODALITY, ENCODERS, build_encoder, check_channel_mask, list_encoders, mask_channels, register_encoder
+from .registry import (ENCODERS, build_encoder, check_channel_mask, declare_encoder, encoder_defaults, encoder_modality,
+                       get_encoder, list_encoders, mask_channels, register_encoder)
 from .heads import ProjectionHead
 from .resnet1d import ResNet1d
 from .cnn1d import CNN1d
@@ -20,7 +24,8 @@ from .tabular import TabularEncoder
 from .images import ResNet2d, ViT
 
 __all__ = [
-    "ENCODERS", "ENCODER_MODALITY", "register_encoder", "build_encoder", "list_encoders", "mask_channels", "check_channel_mask",
+    "ENCODERS", "declare_encoder", "register_encoder", "get_encoder", "build_encoder", "list_encoders",
+    "encoder_modality", "encoder_defaults", "mask_channels", "check_channel_mask",
     "ProjectionHead", "ResNet1d", "CNN1d", "XResNet1d", "Transformer1d",
     "EHRSequenceEncoder", "truncate_recent", "TabularEncoder", "ResNet2d", "ViT",
 ]

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .registry import mask_channels, register_encoder
+from .registry import declare_encoder, mask_channels
 
 __all__ = ["CNN1d"]
 
 
-@register_encoder("cnn1d")
+@declare_encoder("waveform")
 class CNN1d(nn.Module):
     """A few [Conv -> BN -> ReLU -> MaxPool2] blocks and global average pooling.
 

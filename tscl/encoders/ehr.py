@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 from tscl.datasets import Events
 
-from .registry import register_encoder
+from .registry import declare_encoder
 from .transformer import Block
 
 __all__ = ["EHRSequenceEncoder", "ContinuousTime", "truncate_recent"]
@@ -50,7 +50,7 @@ class ContinuousTime(nn.Module):
         return torch.cat([h[..., :1], torch.sin(h[..., 1:])], dim=-1)
 
 
-@register_encoder("ehr_sequence", modality="ehr")
+@declare_encoder("ehr")
 class EHRSequenceEncoder(nn.Module):
     """Transformer over an EHR event stream (one event = one MEDS row: code, time, value),
     in the spirit of BEHRT (Li et al., Sci Rep 2020) and of time-aware EHR transformers.

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .registry import register_encoder
+from .registry import declare_encoder
 from .transformer import Block, sinusoidal_encoding
 
-__all__ = ["ResNet2d", "ViT", "sincos_2d"]
+__all__ = ["ResNet2d", "ViT", "sincos_2d", "resnet2d18", "resnet2d50", "vit_small"]
 
 
 def conv_bn2d(c_in: int, c_out: int, kernel_size: int, stride: int = 1, act: bool = True, zero_bn: bool = False) -> nn.Sequential:
@@ -76,13 +76,13 @@ class ResNet2d(nn.Module):
         return self.blocks(self.stem(x)).mean(dim=(2, 3))
 
 
-@register_encoder("resnet2d18", modality="image")
+@declare_encoder("image")
 def resnet2d18(in_channels: int, width: float = 1.0, small_input: bool = False) -> ResNet2d:
     """ResNet-18: basic blocks (2, 2, 2, 2), 512-d (x width). See :class:`ResNet2d`."""
     return ResNet2d(in_channels, (2, 2, 2, 2), 1, width=width, small_input=small_input)
 
 
-@register_encoder("resnet2d50", modality="image")
+@declare_encoder("image")
 def resnet2d50(in_channels: int, width: float = 1.0, small_input: bool = False) -> ResNet2d:
     """ResNet-50: bottleneck blocks (3, 4, 6, 3), 2048-d (x width). See :class:`ResNet2d`."""
     return ResNet2d(in_channels, (3, 4, 6, 3), 4, width=width, small_input=small_input)
@@ -126,7 +126,7 @@ class ViT(nn.Module):
         return self.ln(hid[:, 0])
 
 
-@register_encoder("vit_small", modality="image")
+@declare_encoder("image")
 def vit_small(in_channels: int, **kwargs) -> ViT:
     """ViT-Small/16: dim 384, depth 12, 6 heads (keyword arguments override). See :class:`ViT`."""
     return ViT(in_channels, **{"patch": 16, "dim": 384, "depth": 12, "heads": 6, **kwargs})

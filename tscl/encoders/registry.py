@@ -19,40 +19,77 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ENCODERS", "ENCODER_MODALITY", "register_encoder", "build_encoder", "list_encoders", "mask_channels",
-           "check_channel_mask"]
+from tscl import catalog
 
+__all__ = ["ENCODERS", "declare_encoder", "register_encoder", "get_encoder", "build_encoder", "list_encoders",
+           "encoder_modality", "encoder_defaults", "mask_channels", "check_channel_mask"]
+
+# encoders resolved in this process, by name: the built-ins (tscl.catalog), entry points and module:Name once
+# used, and any registered in-process with register_encoder
 ENCODERS: dict[str, Callable[..., nn.Module]] = {}
-ENCODER_MODALITY: dict[str, str] = {}  # name -> the payload it encodes: waveform, ehr, image or tabular
 
 
-def register_encoder(name: str, modality: str = "waveform"):
-    """Decorator: make ``build_encoder(name, in_channels, **kwargs)`` call the decorated class or function,
-    an encoder of ``modality`` payloads (``waveform`` [B, C, T], ``ehr`` Events, ``image`` [B, C, H, W],
-    ``tabular`` [B, F])."""
+def declare_encoder(modality: str = "waveform", defaults: dict | None = None):
+    """Decorator: record what an encoder (class or factory) encodes — ``modality``: ``waveform`` [B, C, T],
+    ``ehr`` Events, ``image`` [B, C, H, W], ``tabular`` [B, F] — and the keyword arguments it is built with
+    when none are given (``defaults``, e.g. resnet1d's CPU width), held by the encoder itself. It registers
+    nothing: built-ins are named in :mod:`tscl.catalog`, others by entry point or ``module:Name``."""
 
     def wrap(factory):
-        if name in ENCODERS and ENCODERS[name] is not factory:
-            raise ValueError(f"encoder {name!r} is already registered to {ENCODERS[name]!r}")
-        ENCODERS[name] = factory
-        ENCODER_MODALITY[name] = modality
+        factory.modality = modality
+        factory.defaults = dict(defaults or {})
         return factory
 
     return wrap
 
 
+def register_encoder(name: str, modality: str = "waveform", defaults: dict | None = None):
+    """Decorator: :func:`declare_encoder`, and make ``build_encoder(name, ...)`` call it in this process
+    (notebooks, tests; a run made with it is rebuilt in another process only where it is registered again
+    — an entry point or ``module:Name`` needs no registration)."""
+
+    def wrap(factory):
+        if name in ENCODERS and ENCODERS[name] is not factory:
+            raise ValueError(f"encoder {name!r} is already registered to {ENCODERS[name]!r}")
+        ENCODERS[name] = declare_encoder(modality, defaults)(factory)
+        return factory
+
+    return wrap
+
+
+def get_encoder(name: str) -> Callable[..., nn.Module]:
+    """The class or factory of encoder ``name``: registered in this process, built in, an entry point of
+    group ``tscl.encoders``, or ``module:Name``; an unknown name raises ``ValueError`` naming the known ones."""
+    if name not in ENCODERS:
+        factory = catalog.load("encoders", name)
+        if not callable(factory):
+            raise ValueError(f"encoder {name!r} is a {type(factory).__name__}, not an nn.Module class or factory")
+        ENCODERS[name] = factory
+    return ENCODERS[name]
+
+
+def encoder_modality(name: str) -> str:
+    """The payload encoder ``name`` encodes (``waveform`` unless it declares another)."""
+    return getattr(get_encoder(name), "modality", "waveform")
+
+
+def encoder_defaults(name: str) -> dict:
+    """The keyword arguments encoder ``name`` is built with when none are given (a copy)."""
+    return dict(getattr(get_encoder(name), "defaults", None) or {})
+
+
 def list_encoders() -> list[str]:
-    """Registered encoder names, sorted."""
-    return sorted(ENCODERS)
+    """Encoder names: built-in, installed entry points and any registered in this process, sorted."""
+    return sorted(set(catalog.names("encoders")) | set(ENCODERS))
 
 
 def build_encoder(name: str, in_channels: int, **kwargs) -> nn.Module:
     """Instantiate encoder ``name``. ``in_channels`` is the number of input channels (leads,
     electrodes, image planes); for ``ehr_sequence`` it is the code vocabulary size and for
-    ``tabular`` the number of features."""
-    if name not in ENCODERS:
-        raise ValueError(f"unknown encoder {name!r}; known encoders: {', '.join(list_encoders())}")
-    return ENCODERS[name](in_channels, **kwargs)
+    ``tabular`` the number of features. The architecture's own keyword defaults apply; the defaults an
+    encoder declares for tscl runs (:func:`encoder_defaults`) are applied by :class:`~tscl.config.PretrainConfig`
+    when it is given no ``encoder_kwargs``."""
+    return get_encoder(name)(in_channels, **kwargs)
 
 
 def check_channel_mask(channel_mask: Tensor, batch: int, channels: int) -> Tensor:

@@ -6,7 +6,7 @@ import math
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .registry import mask_channels, register_encoder
+from .registry import declare_encoder, mask_channels
 
 __all__ = ["CPU_WIDTH", "ResNet1d", "same_pad"]
 
@@ -49,7 +49,7 @@ class ResidualUnit1d(nn.Module):
         return x, y
 
 
-@register_encoder("resnet1d")
+@declare_encoder("waveform", defaults={"width": CPU_WIDTH})  # CPU-sized unless told otherwise
 class ResNet1d(nn.Module):
     """PCLR's 1-D ResNet after Ribeiro et al., "Automatic diagnosis of the 12-lead ECG using a
     deep neural network", Nat Commun 11:1760 (2020).

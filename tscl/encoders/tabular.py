@@ -4,13 +4,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .registry import register_encoder
+from .registry import declare_encoder
 from .transformer import Block
 
 __all__ = ["TabularEncoder"]
 
 
-@register_encoder("tabular", modality="tabular")
+@declare_encoder("tabular")
 class TabularEncoder(nn.Module):
     """Per-feature embeddings, then an MLP or an FT-Transformer.
 

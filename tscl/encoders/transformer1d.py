@@ -8,13 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .registry import check_channel_mask, register_encoder
+from .registry import check_channel_mask, declare_encoder
 from .transformer import AttentionPool, Block, sinusoidal_encoding
 
 __all__ = ["Transformer1d"]
 
 
-@register_encoder("transformer1d")
+@declare_encoder("waveform")
 class Transformer1d(nn.Module):
     """Channel-independent patch transformer: one token per (channel, patch).
 

@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .registry import mask_channels, register_encoder
+from .registry import declare_encoder, mask_channels
 
-__all__ = ["XResNet1d"]
+__all__ = ["XResNet1d", "xresnet1d18", "xresnet1d34", "xresnet1d50", "xresnet1d101"]
 
 
 def conv_bn(c_in: int, c_out: int, kernel_size: int, stride: int = 1, act: bool = True, zero_bn: bool = False) -> nn.Sequential:
@@ -111,5 +111,4 @@ def _xresnet_factory(depth: int):
     return build
 
 
-for _depth in _DEPTHS:
-    register_encoder(f"xresnet1d{_depth}")(_xresnet_factory(_depth))
+xresnet1d18, xresnet1d34, xresnet1d50, xresnet1d101 = (declare_encoder("waveform")(_xresnet_factory(d)) for d in _DEPTHS)

@@ -36,8 +36,11 @@ name               paper                       positives (ids) / bank
 ``clip``           Radford et al. 2021         the visit's other modality (tabular columns), symmetric
 =================  ==========================  ================================================
 """
+from tscl import catalog
+
+from .base import Method
 from .clip import CLIP
-from .clocs import CLOCS, CLOCS_CMLC, CLOCS_CMSC, CLOCS_CMSMLC
+from .clocs import CLOCS
 from .comet import COMET
 from .moco import MoCo
 from .pclr import PCLR
@@ -46,27 +49,33 @@ from .polywindow import PolyWindow
 from .simclr import SimCLR
 from .supcon import SupCon
 
-METHODS = {
-    "simclr": SimCLR,
-    "moco": MoCo,
-    "supcon": SupCon,
-    "pclr": PCLR,
-    "polywindow": PolyWindow,
-    "pmq": PMQ,
-    "clocs-cmsc": CLOCS_CMSC,
-    "clocs-cmlc": CLOCS_CMLC,
-    "clocs-cmsmlc": CLOCS_CMSMLC,
-    "comet": COMET,
-    "clip": CLIP,
-}
+# the built-in methods, by name, as tscl.catalog lists them; entry points (group tscl.methods) and
+# module:Name join it when first used
+METHODS = {name: catalog.load("methods", name) for name in catalog.builtin_names("methods")}
+
+
+def get_method(name: str):
+    """The class of method ``name``: built in, an entry point of group ``tscl.methods``, or ``module:Name``
+    (a :class:`~tscl.methods.base.Method` subclass); an unknown name raises ``ValueError`` naming the known ones."""
+    if name not in METHODS:
+        cls = catalog.load("methods", name)
+        if not (isinstance(cls, type) and issubclass(cls, Method)):
+            raise ValueError(f"method {name!r} is not a tscl Method subclass (tscl.methods.base.Method)")
+        METHODS[name] = cls
+    return METHODS[name]
+
+
+def method_class(name: str):
+    """The class behind method ``name`` (CLOCS modes are ``functools.partial`` s of :class:`CLOCS`)."""
+    cls = get_method(name)
+    return getattr(cls, "func", cls)
 
 
 def build_method(name: str, encoder, **kwargs):
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; known: {sorted(METHODS)}")
-    method = METHODS[name](encoder, **kwargs)
+    method = get_method(name)(encoder, **kwargs)
     method.augment_given = "augment" in kwargs  # set_modality keeps a chosen augmentation, "none" included
     return method
 
 
-__all__ = ["METHODS", "build_method", "PCLR", "SimCLR", "MoCo", "SupCon", "PolyWindow", "PMQ", "CLOCS", "COMET", "CLIP"]
+__all__ = ["METHODS", "get_method", "method_class", "build_method", "Method", "PCLR", "SimCLR", "MoCo", "SupCon",
+           "PolyWindow", "PMQ", "CLOCS", "COMET", "CLIP"]

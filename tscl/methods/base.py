@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from tscl.augment import build_augment
+
 __all__ = ["Method"]
 
 
@@ -80,8 +82,6 @@ class Method(nn.Module):
     def set_modality(self, modality: str) -> None:
         """Check ``modality`` and, where an augmentation is still the method's waveform default, swap in
         the method's default for that modality (``default_augment``)."""
-        from tscl.augment import build_augment
-
         self.check_modality(modality)
         given = getattr(self, "augment_given", False)  # set by build_method when the caller chose one
         if modality != "waveform" and modality in self.default_augment and not given:

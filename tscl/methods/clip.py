@@ -25,13 +25,18 @@ standard deviation of the *training* rows (saved as buffers ``b_mean`` / ``b_std
 method), so any source whose index carries the columns works unchanged (``wfdb`` on the
 simulated cohort, ``images`` with lab columns in its CSV). Tower B is built when the sampler sees
 the index (F = number of selected columns) unless ``b_channels`` is given;
-:func:`load_tower` rebuilds either tower from a run folder (``config.json`` + ``method.safetensors``).
+:func:`tscl.runs.load_tower` rebuilds either tower from a run folder (``config.json`` + ``method.safetensors``).
+
+Outside the trainer, ``CLIP(encoder_a, tower_b=encoder_b)`` is a two-tower model over any paired inputs
+(ECG <-> labs, ECG <-> EHR, image <-> text): :meth:`CLIP.pair_loss` and :func:`fit_pairs` train it on
+paired tensors; :func:`tscl.probes.retrieval.retrieval_recall` measures how often the partner is among
+the k nearest, both ways.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from fnmatch import fnmatch
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,14 +44,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tscl import kernels
-from tscl.augment import build_augment
-from tscl.augment_image import spec_modality
+from tscl.augment import build_augment, spec_modality
 from tscl.distributed import gather_embeddings
 from tscl.encoders import build_encoder
 from tscl.methods.base import Method
 from tscl.methods.sampling import RecordBatchSampler
 
-__all__ = ["CLIP", "select_columns", "tabular_table", "load_clip", "load_tower", "Tower"]
+__all__ = ["CLIP", "select_columns", "tabular_table", "Tower", "fit_pairs"]
 
 
 def select_columns(columns, pattern) -> list[str]:
@@ -94,7 +98,7 @@ class CLIP(Method):
     def __init__(self, encoder: nn.Module, columns: str = "lab_*", log: str = "", b_channels: int | None = None,
                  b_encoder: str = "tabular", b_encoder_kwargs: dict | None = None, proj_dim: int = 128,
                  temperature: float = 0.07, learn_temperature: bool = True, max_logit_scale: float = 100.0,
-                 batch_size: int = 64, positives: str = "pair", augment=None):
+                 batch_size: int = 64, positives: str = "pair", augment=None, tower_b: nn.Module | None = None):
         super().__init__()
         if positives not in ("pair", "patient"):
             raise ValueError(f"positives must be 'pair' or 'patient', got {positives!r}")
@@ -108,20 +112,27 @@ class CLIP(Method):
         self.augment = build_augment(augment, modality=spec_modality(augment))  # tower A's input; none by default
         self.tower_b: nn.Module | None = None
         self.b_columns: list[str] = []
-        if b_channels:
+        if tower_b is not None:
+            self._set_tower_b(tower_b)
+        elif b_channels:
             self._build_tower_b(int(b_channels))
 
     # ---- tower B -----------------------------------------------------------------------------------
-    def _build_tower_b(self, n_features: int) -> None:
+    def _set_tower_b(self, tower: nn.Module) -> None:
         device = next(self.encoder.parameters()).device
-        self.tower_b = build_encoder(self.b_encoder, n_features, **self.b_encoder_kwargs).to(device)
-        self.proj_b = nn.Linear(self.tower_b.embed_dim, self.proj_dim, bias=False).to(device)
+        self.tower_b = tower.to(device)
+        self.proj_b = nn.Linear(tower.embed_dim, self.proj_dim, bias=False).to(device)
+
+    def _build_tower_b(self, n_features: int) -> None:
+        self._set_tower_b(build_encoder(self.b_encoder, n_features, **self.b_encoder_kwargs))
+        device = self.proj_b.weight.device
         self.register_buffer("b_mean", torch.zeros(n_features, device=device))  # float32: every device has it
         self.register_buffer("b_std", torch.ones(n_features, device=device))
 
     @property
     def b_channels(self) -> int | None:
-        return None if self.tower_b is None else int(self.b_mean.shape[0])
+        """Tower B's number of tabular features (None before it is built, or for a tower given as a module)."""
+        return int(self.b_mean.shape[0]) if getattr(self, "b_mean", None) is not None else None
 
     def fit_tabular(self, index) -> None:
         """Select the columns in ``index``, build tower B if needed, and set the standardisation from these
@@ -133,8 +144,8 @@ class CLIP(Method):
             raise ValueError(f"CLIP tower B takes {self.b_channels} features but columns={self.columns!r} selects "
                              f"{len(cols)} ({cols})")
         table = tabular_table(index, cols, self.log)
-        with np.errstate(invalid="ignore"), __import__("warnings").catch_warnings():
-            __import__("warnings").simplefilter("ignore", RuntimeWarning)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
             mean, std = np.nanmean(table, axis=0), np.nanstd(table, axis=0)
         mean = np.where(np.isfinite(mean), mean, 0.0)
         std = np.where(np.isfinite(std) & (std > 1e-12), std, 1.0)
@@ -171,11 +182,20 @@ class CLIP(Method):
         """tau = exp(-min(logit_scale, log max_logit_scale)): a 0-dim tensor with a gradient."""
         return torch.exp(-self.logit_scale.clamp(max=self.max_log_scale))
 
-    def embed_a(self, x) -> Tensor:
-        return F.normalize(self.proj_a(self.encoder(x)), dim=-1)
+    def embed_a(self, *inputs) -> Tensor:
+        """Tower A's unit-norm joint-space embedding ``[B, proj_dim]`` of its input (the run's payload)."""
+        return F.normalize(self.proj_a(self.encoder(*inputs)), dim=-1)
 
-    def embed_b(self, table: Tensor) -> Tensor:
-        return F.normalize(self.proj_b(self.tower_b(table)), dim=-1)
+    def embed_b(self, *inputs) -> Tensor:
+        """Tower B's unit-norm joint-space embedding ``[B, proj_dim]`` (its standardised table, or what a
+        tower given as a module takes)."""
+        return F.normalize(self.proj_b(self.tower_b(*inputs)), dim=-1)
+
+    def pair_loss(self, inputs_a, inputs_b) -> Tensor:
+        """The symmetric InfoNCE over pairs ``(a_i, b_i)`` given as tuples of tensors (dim 0 aligned), no ids:
+        pair i is only its own partner's positive (:func:`fit_pairs` trains on it)."""
+        za, zb = self.embed_a(*inputs_a), self.embed_b(*inputs_b)
+        return kernels.info_nce(za, zb, symmetric=True, temperature=self.temperature, normalize=False)
 
     def forward(self, x, batch: dict) -> Tensor:
         if "tabular" not in batch:
@@ -213,34 +233,20 @@ class Tower(nn.Module):
         return F.normalize(self.proj(h), dim=-1) if self.projected else h
 
 
-def load_clip(run_dir: str | Path, device: str = "cpu") -> CLIP:
-    """The trained :class:`CLIP` of a run folder (both towers, standardisation, temperature), in eval mode."""
-    from tscl.checkpoint import load_weights
-    from tscl.train import load_config
-
-    run_dir = Path(run_dir)
-    cfg = load_config(run_dir)
-    if cfg.method != "clip":
-        raise ValueError(f"{run_dir} is a {cfg.method!r} run, not clip: it has no second tower")
-    state = load_weights(run_dir / "method.safetensors", device=device)  # missing or damaged: one line
-    encoder = build_encoder(cfg.encoder, cfg.in_channels, **cfg.encoder_kwargs)
-    kwargs = {**cfg.method_kwargs, "b_channels": int(state["b_mean"].shape[0])}
-    clip = CLIP(encoder, **kwargs)
-    clip.load_state_dict(state)
-    return clip.to(device).eval()
-
-
-def load_tower(run_dir: str | Path, name: str = "a", projected: bool = False, device: str = "cpu") -> Tower:
-    """Tower ``name`` of a clip run: ``a`` (or the data's modality, e.g. ``waveform``, ``image``, or
-    ``encoder``) / ``b`` (or ``tabular``), as features or (``projected``) joint-space embeddings —
-    what ``tscl embed --tower NAME`` runs."""
-    from tscl.train import load_config
-
-    clip = load_clip(run_dir, device)
-    a_names = {"a", "encoder", load_config(run_dir).data_info.get("modality", "a")}
-    b_names = {"b", clip.b_encoder, "tabular"}
-    if name in a_names:
-        return Tower(clip, "a", projected).eval()
-    if name in b_names:
-        return Tower(clip, "b", projected).eval()
-    raise ValueError(f"unknown tower {name!r}; this run has {sorted(a_names)} (tower A) and {sorted(b_names)} (tower B)")
+def fit_pairs(model: CLIP, inputs_a, inputs_b, steps: int = 200, batch_size: int = 64, lr: float = 1e-3,
+              weight_decay: float = 1e-4, seed: int = 0) -> list[float]:
+    """Train both towers of ``model`` on paired tensors (tuples of tensors, dim 0 aligned) with random
+    batches, outside the trainer (no run folder, no dataset); returns the loss per step."""
+    n = inputs_a[0].shape[0]
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        idx = torch.randperm(n, generator=g)[: min(batch_size, n)]
+        loss = model.pair_loss([t[idx] for t in inputs_a], [t[idx] for t in inputs_b])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses

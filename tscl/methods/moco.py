@@ -27,8 +27,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from tscl import kernels
-from tscl.augment import EHR_AUGMENT, build_augment
-from tscl.augment_image import IMAGE_AUGMENT, spec_modality
+from tscl.augment import EHR_AUGMENT, build_augment, spec_modality
+from tscl.augment_image import IMAGE_AUGMENT
 from tscl.distributed import gather_embeddings
 from tscl.encoders import ProjectionHead
 from tscl.methods.base import Method

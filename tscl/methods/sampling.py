@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tscl.samplers import batch_count
+
 __all__ = ["RecordBatchSampler", "TrialShuffleSampler"]
 
 
@@ -14,26 +16,26 @@ __all__ = ["RecordBatchSampler", "TrialShuffleSampler"]
 class RecordBatchSampler:
     """Every recording once per epoch in a seeded random order, ``batch_size`` at a time.
 
-    A last batch with fewer than two recordings is dropped (no negatives)."""
+    The last, partial batch is dropped (``drop_last``, :func:`~tscl.samplers.batch_count`): every
+    batch has the same number of negatives; with fewer recordings than one batch, the one batch is
+    all of them (at least two). Which recordings an epoch leaves out changes with the epoch."""
 
     n_records: int
     batch_size: int = 64
     seed: int = 0
     epoch: int = 0
+    drop_last: bool = True
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        full, rest = divmod(self.n_records, self.batch_size)
-        return full + (rest >= 2)
+        return batch_count(self.n_records, self.batch_size, 2, self.drop_last)
 
     def __iter__(self):
         order = np.random.default_rng((self.seed, self.epoch)).permutation(self.n_records)
-        for start in range(0, self.n_records, self.batch_size):
-            chunk = order[start : start + self.batch_size]
-            if len(chunk) >= 2:
-                yield chunk.tolist()
+        for step in range(len(self)):
+            yield order[step * self.batch_size : (step + 1) * self.batch_size].tolist()
 
 
 @dataclass
@@ -43,13 +45,15 @@ class TrialShuffleSampler:
 
     Per epoch: shuffle the patients, shuffle each patient's recordings, concatenate, cut into
     consecutive batches of ``batch_size``, then shuffle the order inside each batch (Sun et
-    al. 2025, 3hiuwoo/PMQ; Wang et al. 2023, COMET). ``patient_ids [N]`` int codes.
+    al. 2025, 3hiuwoo/PMQ; Wang et al. 2023, COMET). ``patient_ids [N]`` int codes. The last,
+    partial batch is dropped as in :class:`RecordBatchSampler`.
     """
 
     patient_ids: np.ndarray
     batch_size: int = 64
     seed: int = 0
     epoch: int = 0
+    drop_last: bool = True
 
     def __post_init__(self):
         groups = defaultdict(list)
@@ -61,13 +65,10 @@ class TrialShuffleSampler:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        full, rest = divmod(len(self.patient_ids), self.batch_size)
-        return full + (rest >= 2)
+        return batch_count(len(self.patient_ids), self.batch_size, 2, self.drop_last)
 
     def __iter__(self):
         rng = np.random.default_rng((self.seed, self.epoch))
         rows = np.concatenate([rng.permutation(self._groups[p]) for p in rng.permutation(len(self._groups))])
-        for start in range(0, len(rows), self.batch_size):
-            chunk = rows[start : start + self.batch_size]
-            if len(chunk) >= 2:
-                yield rng.permutation(chunk).tolist()
+        for step in range(len(self)):
+            yield rng.permutation(rows[step * self.batch_size : (step + 1) * self.batch_size]).tolist()

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tscl.augment import build_augment
-from tscl.augment_image import IMAGE_AUGMENT, spec_modality
+from tscl.augment import build_augment, spec_modality
+from tscl.augment_image import IMAGE_AUGMENT
 from tscl.encoders import ProjectionHead
 from tscl.methods.base import Method
 from tscl.methods.sampling import RecordBatchSampler

@@ -26,7 +26,7 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from .linear import assert_no_patient_leakage, patient_split
+from .protocol import assert_no_patient_leakage, patient_split
 
 __all__ = ["l2_normalise", "alignment", "uniformity", "effective_rank", "patient_reidentification",
            "source_shortcut", "audit_embeddings", "audit_markdown"]

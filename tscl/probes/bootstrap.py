@@ -29,7 +29,8 @@ import warnings
 
 import numpy as np
 
-__all__ = ["Resamples", "CHUNK_BYTES", "macro_auroc_resampled", "classification_resampled", "regression_resampled"]
+__all__ = ["Resamples", "CHUNK_BYTES", "macro_auroc_resampled", "classification_resampled", "regression_resampled",
+           "mean_resampled"]
 
 CHUNK_BYTES = 128 * 2**20  # float64 work arrays per chunk of resamples
 _DRAW_ROWS = 64  # resamples drawn per call of the generator (the stream does not depend on it)
@@ -232,4 +233,15 @@ def regression_resampled(Y, Yhat, resamples: Resamples) -> dict:
         r2 = np.where((spread > 0) & (ss_tot > 0), 1 - _ratio(sq_err, np.where(ss_tot > 0, ss_tot, 1)), np.nan)
         out["mae"][start:start + len(C)] = _ratio(abs_err, w).mean(axis=1)
         out["r2"][start:start + len(C)] = r2.mean(axis=1)
+    return out
+
+
+def mean_resampled(values, resamples: Resamples) -> np.ndarray:
+    """``[B]`` weighted means of ``values [n]`` (e.g. a retrieval's 0/1 hits) under each resample: per-group sums
+    times the counts, never a ``[B, n]`` matrix."""
+    sums = _per_group(resamples, np.column_stack([np.ones(len(values)), np.asarray(values, dtype=np.float64)]))
+    out = np.empty(len(resamples))
+    for start, C in resamples.chunks(resamples.n_groups):
+        total, hits = (C @ sums).T
+        out[start:start + len(C)] = _ratio(hits, total)
     return out

@@ -1,21 +1,21 @@
 """The evaluation protocol every probe shares: patient-level splits checked in code, label
-fractions that subsample patients, hyper-parameters chosen on a validation split carved out of
-the training side, and a patient-level bootstrap of the test side drawn once and shared by every
-encoder, so comparisons between encoders are paired (the CI of the difference on the same resamples).
+fractions that subsample patients, hyper-parameters chosen on the data's validation split or on
+one carved out of the training side (:func:`choose_params`, which says which), and a patient-level
+bootstrap of the test side drawn once and shared by every encoder, so comparisons between encoders
+are paired (the CI of the difference on the same resamples).
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
+
+from tscl.runs import pretrained_patients  # noqa: F401  (re-exported: the probes' overlap check reads it)
 
 from .bootstrap import Resamples
 
 __all__ = [
     "PatientLeakageError", "assert_no_patient_leakage", "PretrainingOverlapError", "pretrained_patients",
-    "check_pretraining_overlap", "patient_split", "subsample_patients", "bootstrap_weights", "choose_on_validation",
-    "check_names", "prepare_split", "percentile_ci", "paired_ci",
+    "check_pretraining_overlap", "patient_split", "subsample_patients", "bootstrap_weights", "choose_params",
+    "MIN_TUNING_PATIENTS", "stratified_patient_split", "check_names", "prepare_split", "percentile_ci", "paired_ci",
 ]
 
 
@@ -37,12 +37,6 @@ def assert_no_patient_leakage(patient_ids, *row_sets) -> None:
 
 class PretrainingOverlapError(ValueError):
     """The encoder under evaluation was pretrained on some of the probe's test patients."""
-
-
-def pretrained_patients(run_dir) -> set[str] | None:
-    """The patients a run folder's encoder was pretrained on (its ``patients.json``), or None if not recorded."""
-    path = Path(run_dir) / "patients.json"
-    return set(json.loads(path.read_text())["patients"]) if path.exists() else None
 
 
 def check_pretraining_overlap(pretrained, test_patient_ids, *, allow: bool = False, what: str = "the encoder") -> list:
@@ -95,16 +89,61 @@ def bootstrap_weights(groups, n_boot: int, seed: int) -> np.ndarray:
     return Resamples.patient_bootstrap(groups, n_boot, seed).record_weights()
 
 
-def choose_on_validation(grid, score, rows, patient_ids, seed):
-    """The entry of ``grid`` whose ``score(entry, fit_rows, val_rows)`` is highest on a patient-level
-    validation split carved out of ``rows`` (never the test side); NaN scores never win. With
-    fewer than 10 patients there is no split to trust and the middle of the grid is returned."""
-    if len(np.unique(patient_ids[rows])) < 10:
-        return grid[len(grid) // 2]
-    fit_local, val_local = patient_split(patient_ids[rows], test_fraction=0.25, seed=seed)
-    fit_rows, val_rows = rows[fit_local], rows[val_local]
-    scores = np.array([score(entry, fit_rows, val_rows) for entry in grid], dtype=float)
-    return grid[int(np.argmax(np.nan_to_num(scores, nan=-np.inf)))]
+MIN_TUNING_PATIENTS = 10  # patients a validation split (given, or carved out of training) needs to choose on
+
+
+def choose_params(grid, predict, score, rows, patient_ids, seed: int, val_rows=None) -> tuple:
+    """The entry of ``grid`` that scores best, and how it was chosen (a phrase for the report).
+
+    ``predict(entry, fit_rows, pred_rows) -> P`` fits on ``fit_rows`` and predicts ``pred_rows``;
+    ``score(pred_rows, P)`` scores the predictions (higher is better; NaN never wins). The test side is
+    never touched. In order:
+
+    - ``val_rows`` given (a validation split of the data, e.g. PTB-XL fold 9): fit on ``rows``, score there;
+    - ``rows`` holding at least :data:`MIN_TUNING_PATIENTS` patients: a patient-level split of them, 25 %
+      of the patients scoring, 75 % fitting (nested: only the training rows are used);
+    - 3 to 9 patients: leave-one-patient-out over them, every patient predicted once by a fit on the
+      others, scored on the pooled predictions;
+    - fewer: no choice is possible and the middle of the grid is returned, saying so.
+    """
+    grid = list(grid)
+    rows = np.asarray(rows)
+    n_patients = len(np.unique(patient_ids[rows]))
+    if len(grid) == 1:
+        return grid[0], "fixed (one value)"
+    if val_rows is not None:
+        val_rows = np.asarray(val_rows)
+        how = f"on the validation split ({len(val_rows)} rows of {len(np.unique(patient_ids[val_rows]))} patients)"
+        return _best(grid, [score(val_rows, predict(e, rows, val_rows)) for e in grid]), how
+    if n_patients >= MIN_TUNING_PATIENTS:
+        fit_local, val_local = patient_split(patient_ids[rows], test_fraction=0.25, seed=seed)
+        fit_rows, held = rows[fit_local], rows[val_local]
+        how = f"nested: 25 % of the {n_patients} training patients held out"
+        return _best(grid, [score(held, predict(e, fit_rows, held)) for e in grid]), how
+    if n_patients >= 3:
+        folds = [rows[patient_ids[rows] == p] for p in np.unique(patient_ids[rows])]
+        order = np.concatenate(folds)
+        scores = [score(order, np.concatenate([predict(e, rows[patient_ids[rows] != patient_ids[f[0]]], f)
+                                               for f in folds])) for e in grid]
+        return _best(grid, scores), f"nested: leave-one-patient-out over the {n_patients} training patients"
+    return grid[len(grid) // 2], f"untuned: {n_patients} training patient(s) cannot choose; the middle of the grid"
+
+
+def _best(grid, scores):
+    return grid[int(np.argmax(np.nan_to_num(np.asarray(scores, dtype=float), nan=-np.inf)))]
+
+
+def stratified_patient_split(patient_ids, Y, test_fraction: float = 0.3, seed: int = 0, tries: int = 200):
+    """A patient-level split whose both sides hold both classes of every binary label, when one exists
+    among seeds ``seed .. seed + tries - 1``; else the split of ``seed``. Regression targets: ``seed``."""
+    patient_ids = np.asarray(patient_ids)
+    Y = np.asarray(Y)
+    binary = np.isin(Y, (0, 1)).all()
+    for s in range(seed, seed + (tries if binary else 1)):
+        train, test = patient_split(patient_ids, test_fraction, s)
+        if not binary or all(0 < Y[rows, j].sum() < len(rows) for rows in (train, test) for j in range(Y.shape[1])):
+            return train, test
+    return patient_split(patient_ids, test_fraction, seed)
 
 
 def check_names(features: dict, predictors: dict | None) -> dict:

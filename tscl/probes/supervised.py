@@ -1,12 +1,13 @@
-"""Supervised baseline: the same encoder architecture trained from scratch on the probe's labels.
+"""Supervised baseline and fine-tuning: an encoder plus a linear head trained end to end on the probe's labels.
 
 Pretraining is worth something when its frozen features plus a linear probe beat both an
 untrained encoder (random-init) and an encoder trained end to end on the labelled rows alone.
 :class:`SupervisedBaseline` is that second comparison. Called with the training rows of a
 label subsample it trains ``encoder + linear head`` from freshly initialised weights and
 returns test-side predictions, so it sits beside frozen-feature probes in
-:func:`~tscl.probes.linear.run_probe` and :func:`~tscl.probes.evaluate.evaluate_probe`
-(argument ``predictors``) on the same rows, test side and bootstrap resamples.
+:func:`~tscl.probes.table.run_probe` (argument ``predictors``) on the same rows, test side and
+bootstrap resamples. Started from a pretrained run's weights (``init``, or
+:meth:`SupervisedBaseline.like_run` with ``pretrained=True``) the same loop is fine-tuning.
 
 Training: binary / multi-label targets use the mean binary cross-entropy over labels
 (``BCEWithLogits``); regression targets the mean squared error of targets standardised on
@@ -19,25 +20,30 @@ hyper-parameters), validation macro AUROC (−MAE for regression) is measured ev
 is no validation split to trust: all rows are trained on and the last weights are used. The
 test rows are only ever predicted.
 
-Inputs: ``X [N, C, T]`` waveforms (any time-series encoder of :mod:`tscl.encoders`) or
-``X [N, F]`` tabular features (encoder ``tabular``; NaN = missing, standardised on the training
-rows). Results are memoised on (rows, test rows, targets, seed), so a report that asks for the
-same fit twice trains once.
+Inputs: a :class:`~tscl.datasets.Dataset` (any modality: its ``fetch(rows)`` payload, as
+pretraining and ``embed`` read it), ``X [N, C, T]`` waveforms (any time-series encoder of
+:mod:`tscl.encoders`) or ``X [N, F]`` tabular features (encoder ``tabular``; NaN = missing,
+standardised on the training rows). Results are memoised on (rows, test rows, targets, seed),
+so a report that asks for the same fit twice trains once.
 """
 from __future__ import annotations
 
 import copy
 import hashlib
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from tscl.encoders.resnet1d import CPU_WIDTH
+from tscl.checkpoint import load_weights
+from tscl.encoders import build_encoder, encoder_defaults
+from tscl.progress import progress_bar
+from tscl.train import cosine_with_warmup, load_config
 
-from .linear import macro_auroc, patient_split
+from .metrics import macro_auroc
+from .protocol import patient_split
 
 __all__ = ["SupervisedBaseline"]
 
@@ -63,39 +69,50 @@ class _Net(nn.Module):
 class SupervisedBaseline:
     """``baseline(Y, train_rows, test_rows, patient_ids, seed) -> P [len(test_rows), L]``.
 
-    ``X``: all rows' inputs (array or memmap), indexed by the row numbers given at call time.
-    ``kind``: ``binary`` / ``multilabel`` (probabilities returned) or ``regression`` (predictions
-    in the targets' units). ``encoder`` / ``encoder_kwargs``: any registered encoder; for a run
-    folder use :meth:`like_run` to get the pretrained encoder's architecture. After each call
-    ``last_info`` holds ``steps``, ``best_step``, ``best_val`` and ``untrainable_labels``.
+    ``X``: all rows' inputs — a dataset (``fetch(rows)`` and ``in_channels``), or an array or memmap —
+    indexed by the row numbers given at call time. ``kind``: ``binary`` / ``multilabel`` (probabilities
+    returned) or ``regression`` (predictions in the targets' units). ``encoder`` / ``encoder_kwargs``: any
+    registered encoder; for a run folder use :meth:`like_run` to get the pretrained encoder's
+    architecture. ``init``: a run folder whose encoder weights the encoder starts from (fine-tuning;
+    the head is new either way). After each call ``last_info`` holds ``steps``, ``best_step``,
+    ``best_val`` and ``untrainable_labels``.
     """
 
     def __init__(self, X, kind: str = "multilabel", encoder: str = "resnet1d", encoder_kwargs: dict | None = None,
                  *, epochs: int = 30, max_steps: int = 300, batch_size: int = 64, lr: float = 3e-3,
-                 weight_decay: float = 1e-4, eval_every: int = 20, device: str = "cpu", progress: bool = False):
+                 weight_decay: float = 1e-4, eval_every: int = 20, device: str = "cpu", progress: bool = False,
+                 init=None):
         if kind not in ("binary", "multilabel", "regression"):
             raise ValueError(f"kind must be binary, multilabel or regression, got {kind!r}")
-        if np.ndim(X) not in (2, 3):
-            raise ValueError(f"X must be [N, C, T] waveforms or [N, F] tabular features, got shape {np.shape(X)}")
+        self._dataset = hasattr(X, "fetch")
+        if not self._dataset and np.ndim(X) not in (2, 3):
+            raise ValueError(f"X must be a dataset, [N, C, T] waveforms or [N, F] tabular features, got shape "
+                             f"{np.shape(X)}")
         self.X, self.kind = X, kind
-        self.encoder = "tabular" if np.ndim(X) == 2 else encoder
-        self.encoder_kwargs = dict(encoder_kwargs or ({"width": CPU_WIDTH} if self.encoder == "resnet1d" else {}))
+        self.encoder = "tabular" if not self._dataset and np.ndim(X) == 2 else encoder
+        self.encoder_kwargs = dict(encoder_defaults(self.encoder) if encoder_kwargs is None else encoder_kwargs)
         self.epochs, self.max_steps, self.batch_size = epochs, max_steps, batch_size
         self.lr, self.weight_decay, self.eval_every = lr, weight_decay, eval_every
         self.device, self.progress = torch.device(device), progress
+        self.init = init
         self.last_info: dict = {}
         self._memo: dict = {}
 
     @classmethod
-    def like_run(cls, X, run_dir, kind: str = "multilabel", **kwargs) -> "SupervisedBaseline":
-        """The architecture of a pretraining run's encoder (its ``config.json``), trained from scratch."""
-        from tscl.train import load_config
-
+    def like_run(cls, X, run_dir, kind: str = "multilabel", pretrained: bool = False, **kwargs) -> "SupervisedBaseline":
+        """The architecture of a pretraining run's encoder (its ``config.json``), trained from scratch, or with
+        ``pretrained`` fine-tuned from the run's weights."""
         cfg = load_config(run_dir)
-        return cls(X, kind, cfg.encoder, cfg.encoder_kwargs, **kwargs)
+        return cls(X, kind, cfg.encoder, cfg.encoder_kwargs, init=run_dir if pretrained else None, **kwargs)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.X.in_channels if self._dataset else self.X.shape[1])
 
     # -- data ------------------------------------------------------------------------------------------
-    def _inputs(self, rows, scale) -> torch.Tensor:
+    def _inputs(self, rows, scale):
+        if self._dataset:
+            return self.X.fetch(np.asarray(rows)).to(self.device)
         x = np.asarray(self.X[rows], dtype=np.float32)
         if scale is not None:
             x = (x - scale[0]) / scale[1]
@@ -133,17 +150,21 @@ class SupervisedBaseline:
         self._memo[key] = (self.last_info, P)
         return P.copy()
 
-    def _fit_predict(self, Y, rows, test_rows, patient_ids, seed) -> np.ndarray:
-        from tscl.encoders import build_encoder
-        from tscl.train import cosine_with_warmup
+    def _network(self, n_out: int) -> "_Net":
+        """A fresh encoder (or the ``init`` run's weights) and head; seeded by the caller."""
+        encoder = build_encoder(self.encoder, self.in_channels, **self.encoder_kwargs)
+        if self.init is not None:
+            encoder.load_state_dict(load_weights(Path(self.init) / "encoder.safetensors"))
+        return _Net(encoder, n_out).to(self.device).train()
 
+    def _fit_predict(self, Y, rows, test_rows, patient_ids, seed) -> np.ndarray:
         if len(np.unique(patient_ids[rows])) >= 10:
             fit_local, val_local = patient_split(patient_ids[rows], test_fraction=0.25, seed=seed)
             fit, val = rows[fit_local], rows[val_local]
         else:
             fit, val = rows, None
         scale = None
-        if self.encoder == "tabular":  # standardise on the fitting rows; NaN stays NaN (= missing)
+        if self.encoder == "tabular" and not self._dataset:  # standardise on the fitting rows; NaN = missing
             xf = np.asarray(self.X[fit], dtype=np.float64)
             mean = np.nan_to_num(np.nanmean(np.where(np.isfinite(xf), xf, np.nan), axis=0))
             std = np.nan_to_num(np.nanstd(np.where(np.isfinite(xf), xf, np.nan), axis=0), nan=1.0)
@@ -154,8 +175,7 @@ class SupervisedBaseline:
         target = torch.from_numpy(((Y - y_mean) / y_std).astype(np.float32))
 
         torch.manual_seed(seed)
-        in_ch = self.X.shape[1]
-        net = _Net(build_encoder(self.encoder, in_ch, **self.encoder_kwargs), Y.shape[1]).to(self.device).train()
+        net = self._network(Y.shape[1])
         bs = min(self.batch_size, len(fit))
         steps = int(min(self.max_steps, max(1, self.epochs * math.ceil(len(fit) / bs))))
         opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
@@ -164,7 +184,7 @@ class SupervisedBaseline:
         rng = np.random.default_rng(seed)
         order = np.empty(0, dtype=np.int64)
         best = (-math.inf, None, 0)
-        for step in tqdm(range(1, steps + 1), desc="supervised baseline", disable=not self.progress, leave=False):
+        for step in progress_bar(range(1, steps + 1), desc="supervised baseline", disable=not self.progress, leave=False):
             if len(order) < bs:
                 order = np.concatenate([order, rng.permutation(fit)])
             batch, order = order[:bs], order[bs:]

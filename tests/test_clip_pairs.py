@@ -1,11 +1,12 @@
-"""CLIP-style two-tower training and retrieval recall."""
+"""CLIP as a two-tower model outside the trainer (any paired tensors), and retrieval recall."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tscl.crossmodal import TwoTower, fit_two_tower, retrieval_recall
 from tscl.encoders import build_encoder
+from tscl.methods.clip import CLIP, fit_pairs
+from tscl.probes.retrieval import retrieval_recall
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -35,20 +36,21 @@ def paired(n=256, seed=0):
     return a, b
 
 
-def test_two_tower_learns_pairs_and_temperature():
+def test_clip_pairs_learns_pairs_and_temperature():
     torch.manual_seed(0)
     a, b = paired()
-    model = TwoTower(build_encoder("tabular", 16, embed_dim=32, hidden_dim=64), build_encoder("tabular", 10, embed_dim=32, hidden_dim=64), dim=32)
+    model = CLIP(build_encoder("tabular", 16, embed_dim=32, hidden_dim=64),
+                 tower_b=build_encoder("tabular", 10, embed_dim=32, hidden_dim=64), proj_dim=32)
     tau0 = float(model.temperature.detach())
     assert tau0 == pytest.approx(0.07)
     # the temperature is learnable: the loss sends a gradient to it
-    model.loss([a[:32]], [b[:32]]).backward()
+    model.pair_loss([a[:32]], [b[:32]]).backward()
     assert model.logit_scale.grad is not None and model.logit_scale.grad.abs() > 0
     model.zero_grad()
     model.eval()
     with torch.no_grad():
         before = retrieval_recall(model.embed_a(a), model.embed_b(b), ks=(1, 10))
-    losses = fit_two_tower(model, [a], [b], steps=80, batch_size=64, lr=3e-3)
+    losses = fit_pairs(model, [a], [b], steps=80, batch_size=64, lr=3e-3)
     assert losses[-1] < 0.5 * losses[0], losses[::10]
     assert float(model.temperature.detach()) != pytest.approx(tau0)
     model.eval()
@@ -58,13 +60,14 @@ def test_two_tower_learns_pairs_and_temperature():
         assert after[key] > 5 * after["chance@10"] and after[key] > before[key] + 0.2
 
 
-def test_two_tower_ecg_with_tabular():
+def test_clip_pairs_ecg_with_tabular():
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
     labs = torch.randn(32, 4, generator=g)
     t = torch.linspace(0, 1, 200)
     ecg = (labs[:, :1, None] * torch.sin(2 * torch.pi * (2 + labs[:, 1:2, None]) * t)).expand(-1, 12, -1).contiguous()
-    model = TwoTower(build_encoder("cnn1d", 12, widths=(16, 32)), build_encoder("tabular", 4, embed_dim=32, hidden_dim=32), dim=16)
+    model = CLIP(build_encoder("cnn1d", 12, widths=(16, 32)), tower_b=build_encoder("tabular", 4, embed_dim=32, hidden_dim=32),
+                 proj_dim=16)
     assert model.embed_a(ecg).shape == (32, 16) and torch.allclose(model.embed_a(ecg).norm(dim=-1), torch.ones(32), atol=1e-5)
-    losses = fit_two_tower(model, [ecg], [labs], steps=30, batch_size=32, lr=3e-3)
+    losses = fit_pairs(model, [ecg], [labs], steps=30, batch_size=32, lr=3e-3)
     assert losses[-1] < 0.8 * losses[0], losses
