@@ -764,7 +764,7 @@ def _run_shards(plan: Plan, first, bounds, staging: Path, workers: int, verify: 
     """Every shard's info, in order (None when another builder committed this cache meanwhile)."""
     infos: dict[int, dict] = {i: info for i in range(len(bounds)) if (info := _shard_done(staging, i))}
     todo = [i for i in range(len(bounds)) if i not in infos]
-    bar = tqdm(total=len(bounds), initial=len(infos), desc=plan.desc, unit="shard", disable=not plan.progress)
+    bar = progress_bar(total=len(bounds), initial=len(infos), desc=plan.desc, unit="shard", disable=not plan.progress)
     jobs = {i: partial(_shard_job, replace(plan, items=plan.items[a:b]), first, staging, i, verify) for i, (a, b) in
             enumerate(bounds) if i in todo}
     try:

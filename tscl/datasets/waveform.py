@@ -42,7 +42,7 @@ from tscl.loaders.ptbxl import SUPERCLASSES
 from tscl.simulate import CONDITIONS
 from tscl.tasks import register_task
 
-from . import Dataset, declare_source, hash_split, hash_split_column
+from . import Dataset, declare_source, hash_split_column
 
 __all__ = ["WaveformDataset", "NORMALIZE", "cache_notes"]
 
