@@ -41,7 +41,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from tscl.datasets import cat_payloads, open_dataset
+from tscl.datasets import _ID_COLUMNS, cat_payloads, get_source, open_dataset
 from tscl.embed import embed_dataset
 from tscl.encoders import build_encoder
 from tscl.encoders.resnet1d import CPU_WIDTH
@@ -255,6 +255,20 @@ def _resolve(spec: EvalSpec) -> tuple[Task | None, str, dict, str]:
     return task, name, options, split
 
 
+def _check_runs_fit(spec: EvalSpec, task: Task | None, name: str, options: dict) -> None:
+    """A run whose encoder cannot take the task's data (modality; channels and rate the task declares) is refused
+    before any data loads."""
+    runs = [Path(e) for e in spec.encoders if _is_run(Path(e))]
+    runs += [Path(spec.finetune)] if spec.finetune not in (True, False, None) and _is_run(Path(spec.finetune)) else []
+    fits = dict(task.fits) if task else {}
+    if "fs" in options:
+        fits["fs"] = float(options["fs"])
+    for run in runs:
+        check_encoder_fits(load_config(run).data_info, modality=get_source(name).modality,
+                           in_channels=fits.get("in_channels"), fs=fits.get("fs"),
+                           what=f"task {task.name}" if task else f"{name} data", run=run)
+
+
 def _run_options(spec: EvalSpec, name: str) -> dict:
     """The source options the first run folder among the encoders was pretrained with, when it read ``name``."""
     run = next((Path(e) for e in spec.encoders if _is_run(Path(e))), None)
@@ -274,8 +288,9 @@ def _label_columns(index: pl.DataFrame, labels, where: str) -> list[str]:
             continue
         column = lab.split("=", 1)[0]
         if column not in index.columns:
-            known = [c for c in index.columns if c not in ("patient_id", "record_id", "split")]
-            raise ValueError(f"{where}: label column {column!r} is not in the index; columns: {', '.join(known[:40])}")
+            known = [c for c in index.columns if c not in _ID_COLUMNS]
+            raise ValueError(f"{where}: label column {column!r} is not in the index; label columns: "
+                             f"{', '.join(known[:40])}{', ...' if len(known) > 40 else ''}")
         out.append(lab)
     return out
 
@@ -541,6 +556,7 @@ def evaluate(spec: EvalSpec) -> EvalReport:
     for entry in spec.encoders:
         if not Path(entry).exists():
             raise FileNotFoundError(f"{entry}: encoder not found (a run folder or an embeddings file)")
+    _check_runs_fit(spec, task, name, options)
     notes: list = []
     data = open_dataset(name, spec.root, cache=spec.cache, progress=spec.progress, **options)
     where = f"{name} at {spec.root}"
