@@ -502,8 +502,12 @@ class _Stacked:
 
 
 def _check_overlaps(spec: EvalSpec, encoders: list, sides: list, test_rows: list, notes: list) -> None:
-    """No encoder pretrained on a test patient (of the internal test split, and of the external one when its ids
-    share the internal space) unless ``allow_test_overlap``, which is then said in the notes."""
+    """No encoder (nor the fine-tuned run) pretrained on a test patient (of the internal test split, and of the
+    external one when its ids share the internal space) unless ``allow_test_overlap``, which is then said."""
+    tuned = Path(spec.finetune) if spec.finetune not in (True, False, None) else None
+    if tuned is not None and _is_run(tuned) and all(e.run != tuned for e in encoders):
+        encoders = [*encoders, _Encoder(f"fine-tune ({tuned.name})", tuned, tuned,
+                                        pretrained=sorted(pretrained_patients(tuned) or []))]
     for enc in encoders:
         for side, rows in zip(sides, test_rows):
             overlap = check_pretraining_overlap(enc.pretrained, side.patient_ids[rows], allow=spec.allow_test_overlap,
@@ -536,10 +540,14 @@ def _predictors(spec: EvalSpec, kind: str, arch: _Arch | None, sides: list) -> d
     return out
 
 
-def _baselines(spec: EvalSpec, internal: _Side, train: np.ndarray, external: _Side | None) -> dict:
+def _baselines(spec: EvalSpec, internal: _Side, train: np.ndarray, external: _Side | None, notes: list) -> dict:
     """``{name: [n, d]}`` feature baselines the dataset offers (``data.feature_baselines(rows, train_rows)``)."""
     make = getattr(internal.data, "feature_baselines", None) if spec.baselines else None
-    if make is None or external is not None:
+    if make is None:
+        return {}
+    if external is not None:
+        notes.append("the dataset's feature baselines are left out: they are built from its own training rows and "
+                     "cannot describe the external dataset")
         return {}
     return make(internal.rows, internal.rows[train])
 
@@ -573,7 +581,7 @@ def evaluate(spec: EvalSpec) -> EvalReport:
     arch = _Arch.of(encoders, data)
     features = _features(spec, encoders, arch, sides, notes)
     predictors = _predictors(spec, kind, arch, sides)
-    features.update({k: v for k, v in _baselines(spec, internal, train, external).items() if k not in features})
+    features.update({k: v for k, v in _baselines(spec, internal, train, external, notes).items() if k not in features})
     pids = np.concatenate([s.patient_ids for s in sides])
     Y = np.concatenate([s.Y for s in sides])
     ext = {EXTERNAL: len(internal.rows) + ext_rows} if external else None
