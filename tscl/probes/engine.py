@@ -383,7 +383,8 @@ def _is_run(path: Path) -> bool:
 
 
 def _read_embeddings(path: Path):
-    """``(features, record_id, patient_id, run, pretrained_patients)`` of an embeddings file."""
+    """``(features, record_ids, run, pretrained_patients)`` of an embeddings file; refused in one line naming it when
+    it cannot be read, lacks its arrays, or holds non-finite features (naming the rows)."""
     if _load_embeddings_file is not None:
         e = _load_embeddings_file(path)
         return e.features, [str(r) for r in e.record_id], e.run, list(e.pretrained_patients)
@@ -392,14 +393,15 @@ def _read_embeddings(path: Path):
     try:
         z = np.load(path)
         missing = [k for k in ("features", "record_id") if k not in z.files]
-        if missing:
-            raise ValueError(f"{path}: no {missing[0]!r} array; an .npz written by tscl embed has features and "
-                             "record_id")
-        features, ids = np.asarray(z["features"]), [str(r) for r in z["record_id"].tolist()]
-        run = str(z["run"]) if "run" in z.files else ""
-        seen = [str(p) for p in z["pretrained_patients"].tolist()] if "pretrained_patients" in z.files else []
-    except (OSError, EOFError, KeyError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{path}: not a readable .npz of tscl embed ({type(err).__name__}: {err})") from None
+        if not missing:  # a cut file fails only when its arrays are read
+            features, ids = np.asarray(z["features"]), [str(r) for r in z["record_id"].tolist()]
+            run = str(z["run"]) if "run" in z.files else ""
+            seen = [str(p) for p in z["pretrained_patients"].tolist()] if "pretrained_patients" in z.files else []
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
+        text = " ".join(str(err).split())
+        raise ValueError(f"{path}: not a readable .npz of tscl embed ({type(err).__name__}: {text})") from None
+    if missing:
+        raise ValueError(f"{path}: no {missing[0]!r} array; an .npz written by tscl embed has features and record_id")
     check_finite(features, f"{path}: features", record_ids=ids)
     return features, ids, run, seen
 
