@@ -78,8 +78,9 @@ def _eval_spec(a, **fixed):
     from tscl.probes import EvalSpec
 
     dataset, root = getattr(a, "dataset", None), getattr(a, "root", None)
-    if getattr(a, "data", None) and not root:  # --data FOLDER: a WFDB folder, as everywhere
-        dataset, root = dataset or "wfdb", a.data
+    task = fixed.get("task", getattr(a, "task", None))
+    if getattr(a, "data", None) and not root:  # --data FOLDER: a WFDB folder, as everywhere, or the task's source's
+        dataset, root = dataset or (None if task else "wfdb"), a.data
     options = parse_kwargs(getattr(a, "dataset_kwargs", None), "--dataset-kwargs")
     if getattr(a, "metadata", None):
         options["metadata"] = a.metadata
