@@ -205,10 +205,10 @@ AUGMENTS = {
     "bandpass": bandpass_jitter, "bandmask": band_mask, "chscale": channel_scale, "flip": sign_flip,
 }
 
-# EEG views: a 80 % crop, one 4 Hz band and one 10 % span masked, 20 % of the electrodes dropped, per-electrode
-# gain in [0.8, 1.25]; no whole-sample gain (``scale``): absolute band power separates rest from mental
-# arithmetic on EEGMAT, and a view pair that differs in gain teaches the encoder to ignore it
-# (docs/benchmarks/eegmat.md measures each choice).
+# EEG views: a 80 % crop, one 4 Hz band and one 10 % span masked, 20 % of the electrodes dropped, a gain per
+# electrode in [0.8, 1.25]; no whole-item gain (``scale``), since a view pair that differs in gain teaches the
+# encoder to ignore an item's power, which (as log band power) separates rest from mental arithmetic on EEGMAT
+# (docs/benchmarks/eegmat.md, where this pipeline is measured against the ECG views).
 EEG_AUGMENT = "crop:len=0.8,bandmask:width=4,mask:frac=0.1,dropout:p=0.2,chscale"
 
 
