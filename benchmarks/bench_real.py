@@ -21,12 +21,16 @@ exclude fold k's patients (the probe's C is chosen on fold k+1), fold k is predi
 predictions of all ECGs are pooled into one macro AUROC per task with a patient-level bootstrap CI.
 
 EEGMAT (``--dataset eegmat``; ``--root`` a folder of ``SubjectNN_1.edf`` / ``SubjectNN_2.edf``):
-rest (``_1``) vs mental arithmetic (``_2``), 10 s epochs resampled to 100 Hz, each epoch z-scored per
-channel (in pretraining and probing alike); leave-subjects-out cross-validation (``--folds`` groups
-of subjects; pretraining and probe training never see a test subject); per-epoch AUROC and
-per-recording AUROC (mean epoch probability per file); encoders ``cnn1d`` and ``transformer1d``
-pretrained with SimCLR, poly-window and PCLR (positives: epochs of one subject's recordings), against
-random init and supervised from scratch.
+rest (``_1``) vs mental arithmetic (``_2``), 10 s windows resampled to 100 Hz, read through the
+``eegmat`` source with ``--normalize`` (default ``patient``: each channel standardised over all
+windows of the subject, label-free; ``zscore``: per window), in pretraining and probing alike;
+leave-subjects-out cross-validation (``--folds`` groups of subjects; pretraining and probe training
+never see a test subject, asserted); per-window AUROC and per-recording AUROC (mean window
+probability per file). Rows (:data:`EEG_ROWS`): SimCLR, PCLR with subject positives and PCLR with
+recording positives (``group="source"``: two windows of one file), each pretrained for about
+``--steps`` optimiser steps, against random init, supervised from scratch and log band power per
+channel with the same probe (the recipe and its ablation: ``benchmarks/eeg_ablation.py``,
+docs/benchmarks/eegmat.md).
 
 Runs are resumable: a finished pretraining run in ``--out`` is reused only when made with the same
 settings and the same code of its method and encoder (``bench_methods.finished_run``). Results
@@ -79,7 +83,7 @@ ANCHORS = [
 
 def code_state() -> dict:
     """The git commit the engine's code is at and any uncommitted change to it (tscl, kernels, loaders,
-    this file). A table is only as good as the code that made it: uncommitted changes are listed."""
+    this file, bench_methods, eeg_ablation). A table is only as good as the code that made it: uncommitted changes are listed."""
     def git(*a):
         try:
             return subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True, timeout=30).stdout
@@ -91,7 +95,8 @@ def code_state() -> dict:
             return {"commit": (parent / "SNAPSHOT_COMMIT").read_text().strip(), "uncommitted": [],
                     "snapshot": str(parent)}
     dirty = [line[3:] for line in git("status", "--porcelain", "--", "tscl", "kernels", "loaders",
-                                      "benchmarks/bench_real.py", "benchmarks/bench_methods.py").splitlines()]
+                                      "benchmarks/bench_real.py", "benchmarks/bench_methods.py",
+                                      "benchmarks/eeg_ablation.py").splitlines()]
     return {"commit": git("rev-parse", "HEAD").strip() or None, "uncommitted": dirty}
 
 
@@ -99,8 +104,8 @@ def pretrain_once(cache, run_dir: Path, method: str, encoder: str, encoder_kwarg
                   epochs: int | None = None) -> tuple[Path, float]:
     """Pretrain (or reuse a finished run made with these settings and code); (run folder, seconds)."""
     kw = {**method_kwargs(method, args.batch), **extra}
-    if method == "pclr":  # a batch cannot hold more patients than pretraining has
-        kw["patients_per_batch"] = int(min(kw["patients_per_batch"], cache.index["patient_id"].n_unique()))
+    if method == "pclr":  # a batch cannot hold more patients (groups of positives) than pretraining has
+        kw["patients_per_batch"] = int(min(kw["patients_per_batch"], cache.index[kw.get("group", "patient_id")].n_unique()))
     cfg = PretrainConfig(out_dir=str(run_dir), method=method, encoder=encoder, encoder_kwargs=encoder_kwargs,
                          method_kwargs=kw, epochs=epochs or args.epochs, lr=args.lr, seed=args.seed, progress=False,
                          device="cpu" if args.cpu else "auto")
@@ -404,81 +409,99 @@ def pooled(Y, preds: dict, groups, args, refs=("random-init",)) -> dict:
 
 # --- EEGMAT -----------------------------------------------------------------------------------------------
 
-def zscored_eegmat(args, out: Path):
-    """EEGMAT 10 s epochs at 100 Hz, each epoch z-scored per channel, as a cache (pretraining and probing read it)."""
-    from tscl.loaders import build_cache, load_eegmat
-    from tscl.loaders.recording import Recording
+# row -> (method, its extra settings): what --methods picks from on EEGMAT
+EEG_ROWS = {
+    "simclr": ("simclr", {}),  # two views of one window (the method's default, ECG, views)
+    "polywindow": ("polywindow", {}),  # windows of one window
+    "pclr": ("pclr", {}),  # two windows of one subject (rest and arithmetic may pair)
+    "pclr-recording": ("pclr", {"group": "source"}),  # two windows of one file; every training file in each batch
+}
+EEG_DEFAULT_ROWS = ["simclr", "pclr", "pclr-recording"]
+EEG_ENCODERS = {"cnn1d": {"widths": [16, 32, 64]},
+                "transformer1d": {"patch_len": 100, "dim": 32, "depth": 2, "heads": 4}}  # 1 s patches: 19 x 10 tokens
 
-    raw = load_eegmat(args.root, cache_dir=None if args.cache is None else Path(args.cache) / "eegmat",
-                      epoch_s=args.epoch_s, fs=args.fs, progress=False, on_error="skip")
-    target = out / "eegmat_zscored"
-    if (target / "fingerprint.txt").exists() and (target / "fingerprint.txt").read_text() == raw.fingerprint + ";z":
-        from tscl.loaders import WaveformCache
-        return WaveformCache(target), raw.report
 
-    def recs():
-        for i, r in enumerate(raw.index.iter_rows(named=True)):
-            x = np.asarray(raw[i], dtype=np.float64)
-            z = (x - x.mean(1, keepdims=True)) / np.maximum(x.std(1, keepdims=True), 1e-6)
-            yield Recording(signal=z.astype(np.float32), fs=r["fs"], channels=tuple(r["channels"].split(",")),
-                            patient_id=r["patient_id"], record_id=f"{Path(r['source']).stem}/{r['window_start']}",
-                            labels={"task": r["task"], "recording": Path(r["source"]).stem,
-                                    "window_start": r["window_start"]}, source=r["source"])
-    return build_cache(recs(), target, fingerprint=raw.fingerprint + ";z", report=raw.report), raw.report
+def epochs_for_steps(method: str, index: pl.DataFrame, kw: dict, steps: int) -> int:
+    """Whole epochs giving about ``steps`` optimiser steps: PCLR's sampler takes one batch per
+    ``patients_per_batch`` groups (one step an epoch on a few dozen subjects), the others one per ``batch_size``."""
+    if method == "pclr":
+        from tscl.samplers import PatientBatchSampler, encode_ids
+
+        per_epoch = len(PatientBatchSampler(encode_ids(index[kw.get("group", "patient_id")].to_list()),
+                                            kw["patients_per_batch"]))
+    else:
+        per_epoch = math.ceil(index.height / kw["batch_size"])
+    return max(1, round(steps / max(1, per_epoch)))
+
+
+def eegmat_probe(X, y, pids, tr, te, seed: int) -> np.ndarray:
+    """Standardised logistic regression on ``tr``, C chosen on a subject-level split of ``tr``; P(task) of ``te``."""
+    def score(C, fit_rows, val_rows):
+        P = LinearProbe(C=C).fit(X[fit_rows], y[fit_rows]).predict_proba(X[val_rows])
+        return macro_auroc(y[val_rows, None], P)
+
+    C = choose_on_validation(list(C_GRID), score, tr, pids, seed)
+    return LinearProbe(C=C).fit(X[tr], y[tr]).predict_proba(X[te])[:, 0]
 
 
 def bench_eegmat(args, out: Path) -> dict:
-    cache, report = zscored_eegmat(args, out)
-    idx = cache.index
+    from tscl.benchmarks.eeg_ablation import band_power_features
+    from tscl.datasets import open_dataset
+
+    ds = open_dataset("eegmat", args.root, cache=args.cache, progress=False, epoch_s=args.epoch_s, fs=args.fs,
+                      normalize=args.normalize, on_error="skip")
+    report = ds.cache.report
+    idx = ds.index
     pids, y = idx["patient_id"].to_numpy(), idx["task"].to_numpy().astype(float)
-    recs = idx["recording"].to_numpy()
-    signals = np.asarray(cache.stack())
+    recs = np.array([Path(s).stem for s in idx["source"].to_list()])
+    signals = ds.array()  # normalised as pretraining fetches them
     subjects = np.unique(pids)
     perm = np.random.default_rng(args.seed).permutation(subjects)
     fold_of = {s: i % args.folds for i, s in enumerate(perm)}
     sfold = np.array([fold_of[p] for p in pids])
-    encoders = {"cnn1d": {"widths": [16, 32, 64]},
-                "transformer1d": {"patch_len": 100, "dim": 32, "depth": 2, "heads": 4}}  # 1 s patches: 19 x 10 tokens
-    if args.encoder_list:
-        encoders = {e: encoders[e] for e in args.encoder_list}
-    names = [(e, n) for e in encoders for n in ("random-init", "supervised", *args.methods)]
+    encoders = {e: EEG_ENCODERS[e] for e in (args.encoder_list or ["cnn1d"])}
+    names = [(e, n) for e in encoders for n in ("random-init", "supervised", "log band power", *args.methods)]
     oof = {en: np.full(len(idx), np.nan) for en in names}
+    bands = band_power_features(signals, args.fs)
     timings = {}
     for k in range(args.folds):
         tr, te = np.flatnonzero(sfold != k), np.flatnonzero(sfold == k)
         assert_no_patient_leakage(pids, tr, te)
-        pre = cache.subset(tr)
-        assert not np.isin(pre.index["patient_id"].to_numpy(), pids[te]).any()
+        pre = ds.subset(tr)
+        assert not np.isin(pre.index["patient_id"].to_numpy(), pids[te]).any(), "a test subject reached pretraining"
         for enc, ekw in encoders.items():
-            feats = {}
-            for m in args.methods:
-                run, s = pretrain_once(pre, out / "runs" / f"fold{k}" / enc / m, m, enc, ekw, {}, args)
-                timings[f"fold{k}/{enc}/{m}"] = s
-                feats[m] = embed_signals(load_encoder(run), signals, progress=False)
+            feats = {"log band power": bands}
+            for row in args.methods:
+                method, extra = EEG_ROWS[row]
+                extra = {**extra, "patients_per_batch": args.batch} if row == "pclr-recording" else extra
+                kw = {**method_kwargs(method, args.batch), **extra}
+                epochs = epochs_for_steps(method, pre.index, kw, args.steps)
+                run, s = pretrain_once(pre, out / "runs" / f"fold{k}" / enc / row, method, enc, ekw, extra, args,
+                                       epochs)
+                timings[f"fold{k}/{enc}/{row}"] = s
+                feats[row] = embed_signals(load_encoder(run), signals, progress=False)
                 if "random-init" not in feats:
                     feats["random-init"] = embed_signals(load_encoder(run, random_init=True, seed=args.seed), signals,
                                                          progress=False)
             for n, X in feats.items():
-                def score(C, fit_rows, val_rows, X=X):
-                    P = LinearProbe(C=C).fit(X[fit_rows], y[fit_rows]).predict_proba(X[val_rows])
-                    return macro_auroc(y[val_rows, None], P)
-                C = choose_on_validation(list(C_GRID), score, tr, pids, args.seed)
-                oof[(enc, n)][te] = LinearProbe(C=C).fit(X[tr], y[tr]).predict_proba(X[te])[:, 0]
+                oof[(enc, n)][te] = eegmat_probe(X, y, pids, tr, te, args.seed)
             sb = SupervisedBaseline(signals, "binary", enc, ekw, epochs=args.sup_epochs, max_steps=args.sup_steps,
                                     lr=args.sup_lr)
             oof[(enc, "supervised")][te] = sb(y, tr, te, pids, args.seed)[:, 0]
         print(f"[eegmat] fold {k + 1}/{args.folds} done", flush=True)
-    record = {"notes": [f"{len(idx)} epochs of {args.epoch_s:g} s at {args.fs:g} Hz from {len(np.unique(recs))} "
-                        f"recordings of {len(subjects)} subjects; {len(report.get('skipped', []))} file(s) skipped",
+    record = {"notes": [f"{len(idx)} windows of {args.epoch_s:g} s at {args.fs:g} Hz from {len(np.unique(recs))} "
+                        f"recordings of {len(subjects)} subjects, normalize={args.normalize}; "
+                        f"{len(report.get('skipped', []))} file(s) skipped",
                         f"{args.folds} folds of subjects: " + "; ".join(
                             ",".join(sorted(s for s in subjects if fold_of[s] == k)) for k in range(args.folds))],
-              "pretrain_s": timings, "encoders": encoders, "levels": {}}
-    # per epoch, and per recording (mean epoch probability of the file)
+              "pretrain_s": timings, "encoders": encoders, "rows": {r: EEG_ROWS[r] for r in args.methods},
+              "levels": {}}
+    # per window, and per recording (mean window probability of the file)
     rec_names = sorted(set(recs))
     rec_rows = [np.flatnonzero(recs == r) for r in rec_names]
     y_rec = np.array([y[r[0]] for r in rec_rows])
     g_rec = np.array([pids[r[0]] for r in rec_rows])
-    for level in ("epoch", "recording"):
+    for level in ("window", "recording"):
         record["levels"][level] = {}
         for enc in encoders:
             preds = {n: oof[(enc, n)] for e, n in names if e == enc}
@@ -627,7 +650,7 @@ def main(argv=None) -> int:
                    help="PTB-XL: also pretrain poly-window for this fraction of the epochs (0: none)")
     p.add_argument("--encoder", default="cnn1d")
     p.add_argument("--encoder-kwargs", default="widths=[16,32,64]")
-    p.add_argument("--encoders", dest="encoder_list", default=None, help="EEGMAT: cnn1d,transformer1d")
+    p.add_argument("--encoders", dest="encoder_list", default=None, help="EEGMAT: cnn1d (default), transformer1d")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3)
@@ -640,7 +663,11 @@ def main(argv=None) -> int:
     p.add_argument("--sup-steps", type=int, default=200)
     p.add_argument("--sup-lr", type=float, default=3e-3)
     p.add_argument("--ft-lr", type=float, default=1e-3)
-    p.add_argument("--folds", type=int, default=4, help="EEGMAT: groups of subjects for cross-validation")
+    p.add_argument("--folds", type=int, default=5, help="EEGMAT: groups of subjects for cross-validation")
+    p.add_argument("--steps", type=int, default=360, help="EEGMAT: optimiser steps of each pretraining run "
+                                                          "(whole epochs closest to it)")
+    p.add_argument("--normalize", default="patient", choices=("zscore", "patient"),
+                   help="EEGMAT: the eegmat source's normalize: per window and channel, or per subject and channel")
     p.add_argument("--epoch-s", type=float, default=10.0)
     p.add_argument("--fs", type=float, default=100.0)
     p.add_argument("--cpu", action="store_true", help="pretrain on the CPU even where a GPU is present")
@@ -659,7 +686,7 @@ def main(argv=None) -> int:
     args.encoder_kwargs = _kwargs(args.encoder_kwargs)
     default_methods = ([m for m in METHODS if m not in TWO_MODALITY] if args.dataset == "ptbxl" and not args.cv else
                        ["simclr", "pclr", "moco", "pmq"] if args.dataset == "mimic" else
-                       ["simclr", "pclr", "polywindow"])
+                       EEG_DEFAULT_ROWS if args.dataset == "eegmat" else ["simclr", "pclr", "polywindow"])
     args.methods = [m for m in args.methods.split(",") if m] if args.methods else default_methods
     if args.epochs is None:
         args.epochs = {"ptbxl": 20, "eegmat": 8, "mimic": 20}[args.dataset]
@@ -668,13 +695,14 @@ def main(argv=None) -> int:
     if args.encoder_list:
         args.encoder_list = args.encoder_list.split(",")
     if args.quick:
-        args.epochs, args.bootstrap, args.repeats, args.sup_steps = 1, 50, 1, 4
+        args.epochs, args.bootstrap, args.repeats, args.sup_steps, args.steps = 1, 50, 1, 4, 4
         args.fractions = (0.1, 1.0)
         if args.dataset == "eegmat":
             args.folds = min(args.folds, 2)
-    unknown = set(args.methods) - set(METHODS) | set(args.tasks) - set(TASKS)
+    known = EEG_ROWS if args.dataset == "eegmat" else METHODS
+    unknown = set(args.methods) - set(known) | set(args.tasks) - set(TASKS)
     if unknown:
-        sys.exit(f"unknown method(s)/task(s) {sorted(unknown)}; methods: {sorted(METHODS)}; tasks: {sorted(TASKS)}")
+        sys.exit(f"unknown method(s)/task(s) {sorted(unknown)}; methods: {sorted(known)}; tasks: {sorted(TASKS)}")
     for v in args.variant:
         try:
             parse_variant(v)
