@@ -512,6 +512,11 @@ def bench_eegmat(args, out: Path) -> dict:
                 Y, g = y, pids
             record["levels"][level][enc] = pooled(Y[:, None], {n: P[:, None] for n, P in preds.items()}, g, args,
                                                   refs=("random-init", "supervised"))
+    from tscl.benchmarks.eeg_ablation import plot_intervals
+
+    items = [(f"{enc}, per {level}: {r['encoder']}", r["auroc"], r["ci_low"], r["ci_high"], None)
+             for level, encs in record["levels"].items() for enc, res in encs.items() for r in res["rows"]]
+    plot_intervals(items, out / "eegmat_rows.png", "EEGMAT rest vs arithmetic, leave-subjects-out")
     return record
 
 

@@ -57,7 +57,8 @@ from tscl.datasets.waveform import patient_channel_stats
 from tscl.embed import embed_signals
 from tscl.methods.simclr import ECG_AUGMENT
 from tscl.probes import assert_no_patient_leakage
-from tscl.probes.linear import LinearProbe, choose_on_validation, macro_auroc
+from tscl.probes.linear import LinearProbe, bootstrap_macro_auroc, choose_on_validation, macro_auroc
+from tscl.probes.protocol import bootstrap_weights, paired_ci, percentile_ci
 from tscl.samplers import PatientBatchSampler, encode_ids
 from tscl.train import PretrainConfig, environment, load_encoder, pretrain
 
@@ -91,6 +92,12 @@ ROWS = [
     ("method=pclr/subject", "positives", {"method": "pclr", "augment": "none"}),
     ("method=pclr/recording", "positives", {"method": "pclr", "augment": "none", "positives": "recording",
                                             "batch": 128}),
+    ("method=pclr/subject/seed=1", "positives: seed", {"method": "pclr", "augment": "none", "seed": 1}),
+    ("method=pclr/subject/seed=2", "positives: seed", {"method": "pclr", "augment": "none", "seed": 2}),
+    ("method=pclr/recording/seed=1", "positives: seed", {"method": "pclr", "augment": "none",
+                                                         "positives": "recording", "batch": 128, "seed": 1}),
+    ("method=pclr/recording/seed=2", "positives: seed", {"method": "pclr", "augment": "none",
+                                                         "positives": "recording", "batch": 128, "seed": 2}),
     ("encoder=cnn1d-wide", "encoder", {"encoder_kwargs": {"widths": [32, 64, 128, 128]}}),
     ("steps=360", "steps", {"steps": 360}),
     ("recipe", "recipe", RECIPE),
@@ -103,6 +110,8 @@ ROWS = [
     ("recipe/steps=72", "recipe: steps", {**RECIPE, "steps": 72}),
     ("recipe/aug=EEG", "recipe: augmentation", {**RECIPE, "augment": EEG_AUGMENT}),
     ("recipe/window=4s", "recipe: window", {**RECIPE, "window_s": 4.0}),
+    ("recipe/window=4s/seed=1", "recipe: window, seed", {**RECIPE, "window_s": 4.0, "seed": 1}),
+    ("recipe/window=4s/seed=2", "recipe: window, seed", {**RECIPE, "window_s": 4.0, "seed": 2}),
 ]
 
 
@@ -282,6 +291,34 @@ def config_key(cfg: dict, args) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
+def seed_groups(results: list[dict]) -> list[list[dict]]:
+    """Rows whose settings differ only in the model's seed (groups of two or more, in table order)."""
+    groups: dict = {}
+    for r in results:
+        if r["config"]["method"] != "bandpower":
+            key = json.dumps({k: v for k, v in r["config"].items() if k != "seed"}, sort_keys=True, default=str)
+            groups.setdefault(key, []).append(r)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def seed_summary(rows: list[dict], data: dict, args) -> dict:
+    """Pooled AUROC averaged over the seeds' runs, for the pretrained encoders and their random inits, with
+    one subject-level bootstrap shared by both (the CI of the difference is paired over subjects and seeds)."""
+    y, pids = data["y"][:, None], data["pids"]
+    W = bootstrap_weights(pids, args.bootstrap, args.seed + 1)  # the resamples pooled() draws
+    out = {"rows": [r["name"] for r in rows], "seeds": [r["config"].get("seed", args.seed) for r in rows]}
+    boots = {}
+    for n in ("pretrained", "random-init"):
+        P = np.stack([np.asarray(r["oof"][n], dtype=float)[:, None] for r in rows])
+        boots[n] = bootstrap_macro_auroc(y, P, pids, weights=W)
+        out[n] = {"encoder": n, "auroc": float(np.mean([macro_auroc(y, p) for p in P])),
+                  **dict(zip(("ci_low", "ci_high"), percentile_ci(boots[n])))}
+    out["delta"] = {"encoder": "pretrained", "delta": out["pretrained"]["auroc"] - out["random-init"]["auroc"],
+                    **dict(zip(("ci_low", "ci_high"), paired_ci(boots["pretrained"], boots["random-init"])))}
+    out["delta_per_seed"] = [next(c["delta"] for c in r["comparisons"] if c["encoder"] == "pretrained") for r in rows]
+    return out
+
+
 # --- output -----------------------------------------------------------------------------------------------
 
 def describe(cfg: dict) -> str:
@@ -307,6 +344,49 @@ def markdown(rows: list[dict]) -> str:
         lines.append(f"| {r['name']} | {r['factor']} | {describe(r['config'])} | {_ci(main)} | "
                      f"{_ci(rand) if rand else '—'} | {_delta(comp) if comp else '—'} | "
                      f"{r['pretrain_s']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_intervals(items: list[tuple], path: Path, title: str) -> None:
+    """One line per ``(label, auroc, ci_low, ci_high, reference_auroc or None)``: the AUROC with its CI, and
+    the reference (the row's random init) as an open marker."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.3 * len(items) + 1.2))
+    ys = np.arange(len(items))[::-1]
+    for yv, (label, auc, lo, hi, ref) in zip(ys, items):
+        ax.errorbar(auc, yv, xerr=[[auc - lo], [hi - auc]], fmt="o", color="k", ms=4, capsize=2)
+        if ref is not None:
+            ax.plot(ref, yv, "o", mfc="none", mec="tab:red", ms=6)
+    ax.set_yticks(ys, [i[0] for i in items], fontsize=7)
+    ax.axvline(0.5, color="grey", lw=0.5, ls=":")
+    ax.set_xlabel("pooled AUROC, 95 % subject-bootstrap CI (open red: the row's random init)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_items(results: list[dict]) -> list[tuple]:
+    items = []
+    for r in results:
+        by = {x["encoder"]: x for x in r["rows"]}
+        main = by.get("pretrained", by.get("band power"))
+        ref = by.get("random-init")
+        items.append((r["name"], main["auroc"], main["ci_low"], main["ci_high"], ref["auroc"] if ref else None))
+    return items
+
+
+def markdown_seeds(summaries: list[dict]) -> str:
+    lines = ["| rows (seeds) | pretrained, mean over seeds [95 % CI] | random init, mean [95 % CI] | "
+             "Δ [95 % CI] | Δ per seed |", "|---|---|---|---|---|"]
+    for s in summaries:
+        per = ", ".join(f"{d:+.3f}" for d in s["delta_per_seed"])
+        lines.append(f"| {s['rows'][0]} ({', '.join(map(str, s['seeds']))}) | {_ci(s['pretrained'])} | "
+                     f"{_ci(s['random-init'])} | {_delta(s['delta'])} | {per} |")
     return "\n".join(lines) + "\n"
 
 
@@ -336,7 +416,8 @@ def run(argv=None) -> int:
     rows = ROWS
     if args.quick:
         args.folds, args.bootstrap = min(args.folds, 2), 50
-        rows = [(n, f, {**c, "steps": 4}) for n, f, c in ROWS if n in ("today", "anchor/fixed", "recipe")]
+        rows = [(n, f, {**c, "steps": 4}) for n, f, c in ROWS if n in ("today", "anchor/fixed", "recipe",
+                                                                      "recipe/seed=1")]
     if args.only:
         wanted = args.only.split(",")
         unknown = sorted(set(wanted) - {n for n, _, _ in ROWS})
@@ -368,17 +449,25 @@ def run(argv=None) -> int:
         path.write_text(json.dumps(res, default=str))
         results.append(res)
         print(markdown([res]).splitlines()[-1], flush=True)
+    summaries = []
+    for group in seed_groups(results):
+        window_s = group[0]["config"]["window_s"]
+        if window_s not in cache:
+            cache[window_s] = load_windows(args.root, window_s, args.fs, args.cache)
+        summaries.append(seed_summary(group, cache[window_s], args))
     record = {"command": "python benchmarks/eeg_ablation.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "config": vars(args), "environment": environment(torch.device("cpu")), "code": code_state(),
               "wall_s": time.time() - t0, "load_average_at_end": os.getloadavg(),
-              "rows": [{k: v for k, v in r.items() if k != "oof"} for r in results]}
-    md = markdown(results)
+              "rows": [{k: v for k, v in r.items() if k != "oof"} for r in results], "seeds": summaries}
+    md = markdown(results) + ("\n" + markdown_seeds(summaries) if summaries else "")
     (out / "eeg_ablation.json").write_text(json.dumps(record, indent=1, default=str))
     (out / "eeg_ablation.md").write_text(md)
+    plot_intervals(plot_items(results), out / "eeg_ablation.png", "EEGMAT rest vs arithmetic, leave-subjects-out")
     if args.docs:
         Path(args.docs).mkdir(parents=True, exist_ok=True)
         (Path(args.docs) / "eeg_ablation.json").write_text(json.dumps(record, indent=1, default=str))
         (Path(args.docs) / "eeg_ablation_table.md").write_text(md)
+        (Path(args.docs) / "eeg_ablation.png").write_bytes((out / "eeg_ablation.png").read_bytes())
     print(md)
     return 0
 

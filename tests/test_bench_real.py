@@ -90,5 +90,6 @@ def test_eegmat_quick_on_a_folder_of_subject_files(tmp_path):
         for row in ("simclr", "pclr-recording"):
             seen = set(json.loads((out / "runs" / f"fold{k}" / "cnn1d" / row / "patients.json").read_text())["patients"])
             assert seen and not seen & set(held_out.split(","))
+    assert (out / "eegmat_rows.png").stat().st_size > 0
     cfg = json.loads((out / "runs" / "fold0" / "cnn1d" / "pclr-recording" / "config.json").read_text())
     assert cfg["method_kwargs"]["group"] == "source" and cfg["method_kwargs"]["patients_per_batch"] == 4

@@ -84,6 +84,14 @@ def test_subject_folds_put_each_subject_in_one_fold_and_fold_rows_refuse_leakage
         E.subject_folds(pids[:10], 5, seed=0)
 
 
+def test_seed_groups_are_rows_that_differ_only_in_the_seed():
+    base = {**E.BASE, "method": "pclr"}
+    rows = [{"name": "a", "config": base}, {"name": "b", "config": {**base, "seed": 1}},
+            {"name": "c", "config": {**base, "steps": 9, "seed": 1}}, {"name": "d", "config": {**base, "seed": 2}},
+            {"name": "e", "config": {**base, "method": "bandpower"}}, {"name": "f", "config": {**base, "method": "bandpower"}}]
+    assert [[r["name"] for r in g] for g in E.seed_groups(rows)] == [["a", "b", "d"]]
+
+
 def test_unknown_row_is_refused_in_one_line(tmp_path, capsys):
     assert E.main(["--root", str(tmp_path), "--out", str(tmp_path / "o"), "--only", "today,bogus"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -103,8 +111,8 @@ def test_quick_ablation_on_a_folder_of_other_subjects(tmp_path):
     assert E.main(["--root", str(root), "--out", str(out), "--cache", str(tmp_path / "c"), "--quick"]) == 0
     res = json.loads((out / "eeg_ablation.json").read_text())
     rows = {r["name"]: r for r in res["rows"]}
-    assert set(rows) == {"today", "anchor/fixed", "recipe"}
-    for name in ("today", "recipe"):
+    assert set(rows) == {"today", "anchor/fixed", "recipe", "recipe/seed=1"}
+    for name in ("today", "recipe", "recipe/seed=1"):
         r = rows[name]
         assert {x["encoder"] for x in r["rows"]} == {"pretrained", "random-init"}
         assert r["groups"] == len(subjects) and r["subjects"] == len(subjects)
@@ -117,6 +125,15 @@ def test_quick_ablation_on_a_folder_of_other_subjects(tmp_path):
             seen = set(json.loads((run / "patients.json").read_text())["patients"])
             assert seen and not seen & {s for s, f in folds.items() if f == k}
     assert {x["encoder"] for x in rows["anchor/fixed"]["rows"]} == {"band power"}
+    (seeds,) = res["seeds"]  # the recipe's two seeds, averaged
+    assert seeds["rows"] == ["recipe", "recipe/seed=1"] and seeds["seeds"] == [0, 1]
+    for n in ("pretrained", "random-init"):
+        each = [next(x["auroc"] for x in rows[r]["rows"] if x["encoder"] == n) for r in seeds["rows"]]
+        assert seeds[n]["auroc"] == pytest.approx(np.mean(each))
+        assert seeds[n]["ci_low"] <= seeds[n]["ci_high"]
+    assert seeds["delta"]["delta"] == pytest.approx(seeds["pretrained"]["auroc"] - seeds["random-init"]["auroc"])
+    assert seeds["delta_per_seed"] == [next(c["delta"] for c in rows[r]["comparisons"]) for r in seeds["rows"]]
+    assert (out / "eeg_ablation.png").stat().st_size > 0
     md = (out / "eeg_ablation.md").read_text()
     assert md.count("| today |") == 1 and "recording positives" in md
     # the rows are reused when nothing changed
