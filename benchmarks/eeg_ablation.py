@@ -286,8 +286,12 @@ def run_row(name: str, cfg: dict, data: dict, folds: np.ndarray, args, out: Path
 
 
 def config_key(cfg: dict, args) -> str:
-    raw = json.dumps({**cfg, "folds": args.folds, "seed": args.seed, "bootstrap": args.bootstrap, "fs": args.fs,
-                      "root": str(Path(args.root).resolve())}, sort_keys=True)
+    """What a saved row must match to be reused: its settings, the fold seed (``--seed``), folds, resamples, rate
+    and root. A row's own model seed (``cfg["seed"]``) enters as ``model_seed``, so rows without one keep the key
+    they had before it was recorded."""
+    model_seed = {"model_seed": cfg["seed"]} if "seed" in cfg else {}
+    raw = json.dumps({**cfg, **model_seed, "folds": args.folds, "seed": args.seed, "bootstrap": args.bootstrap,
+                      "fs": args.fs, "root": str(Path(args.root).resolve())}, sort_keys=True)
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 

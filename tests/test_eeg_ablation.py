@@ -92,6 +92,18 @@ def test_seed_groups_are_rows_that_differ_only_in_the_seed():
     assert [[r["name"] for r in g] for g in E.seed_groups(rows)] == [["a", "b", "d"]]
 
 
+def test_config_key_tells_model_seeds_apart():
+    import argparse
+
+    args = argparse.Namespace(folds=5, seed=0, bootstrap=1000, fs=100.0, root=".")
+    base = {**E.BASE, "method": "pclr"}
+    keys = {E.config_key({**base, "seed": s}, args) for s in (0, 1, 2)}
+    assert len(keys) == 3
+    assert E.config_key(base, args) not in keys  # an explicit seed is a setting of its own
+    assert E.config_key(base, argparse.Namespace(**{**vars(args), "seed": 1})) != E.config_key(base, args)
+    assert E.config_key(base, args) == E.config_key(dict(reversed(base.items())), args)
+
+
 def test_unknown_row_is_refused_in_one_line(tmp_path, capsys):
     assert E.main(["--root", str(tmp_path), "--out", str(tmp_path / "o"), "--only", "today,bogus"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
