@@ -648,7 +648,7 @@ def main(argv=None) -> int:
     p.add_argument("--cv", action="store_true", help="PTB-XL: ten-fold patient-level cross-validation")
     p.add_argument("--quick", action="store_true", help="tiny budget for tests: 1 epoch, few methods and steps")
     p.add_argument("--methods", default=None, help="comma-separated; default: every method (CV: simclr,pclr,polywindow; "
-                                                   "EEGMAT: simclr,polywindow,pclr)")
+                                                   "EEGMAT: simclr,pclr,pclr-recording; also polywindow)")
     p.add_argument("--variant", action="append", default=[], metavar="ROW=METHOD:JSON")
     p.add_argument("--tasks", default=",".join(TASKS))
     p.add_argument("--polywindow-fraction", type=float, default=0.25,

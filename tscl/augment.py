@@ -14,7 +14,8 @@ the data's shape, so a parameter that the data rules out fails before training.
 
 EEG ops: ``bandmask`` (zero a random frequency band, SpecAugment-style), ``chscale`` (a gain per
 electrode), ``flip`` (polarity), beside ``dropout`` (channel dropout), ``mask`` (time masking) and
-``scale`` (one gain per item); :data:`EEG_AUGMENT` is the EEGMAT recipe's pipeline.
+``scale`` (one gain per item); :data:`EEG_AUGMENT` is the EEG view set that the EEGMAT ablation
+measures (the recipe it keeps, PCLR with recording positives, uses no augmentation).
 
 EHR event-sequence augmentations act on ``(codes [B, L] int, values [B, L] float,
 times [B, L] float, mask [B, L] bool)`` (True = real event) and return the same tuple. As the
