@@ -24,13 +24,17 @@ PTB-XL (``--dataset ptbxl``; ``--root`` a folder with ``records100/`` and label 
 exclude fold k's patients (the probe's C is chosen on fold k+1), fold k is predicted; the out-of-fold
 predictions of all ECGs are pooled into one macro AUROC per task with a patient-level bootstrap CI.
 
-EEGMAT (``--dataset eegmat``; ``--root`` a folder of ``SubjectNN_1.edf`` / ``SubjectNN_2.edf``, read by the
-``eegmat`` source): rest (``_1``) vs mental arithmetic (``_2``), 10 s epochs resampled to 100 Hz, each epoch
-z-scored per channel (the source's ``normalize=zscore``, in pretraining and probing alike);
-leave-subjects-out cross-validation (``--folds`` groups of subjects; pretraining and probe training never
-see a test subject); per-epoch AUROC and per-recording AUROC (mean epoch probability per file); encoders
-``cnn1d`` and ``transformer1d`` pretrained with SimCLR, poly-window and PCLR (positives: epochs of one
-subject's recordings), against random init and supervised from scratch.
+EEGMAT (``--dataset eegmat``; ``--root`` a folder of ``SubjectNN_1.edf`` / ``SubjectNN_2.edf``):
+rest (``_1``) vs mental arithmetic (``_2``), 10 s windows resampled to 100 Hz, read through the
+``eegmat`` source with ``--normalize`` (default ``patient``: each channel standardised over all
+windows of the subject, label-free; ``zscore``: per window), in pretraining and probing alike;
+leave-subjects-out cross-validation (``--folds`` groups of subjects; pretraining and probe training
+never see a test subject, asserted); per-window AUROC and per-recording AUROC (mean window
+probability per file). Rows (:data:`EEG_ROWS`): SimCLR, PCLR with subject positives and PCLR with
+recording positives (``group="source"``: two windows of one file), each pretrained for about
+``--steps`` optimiser steps, against random init, supervised from scratch and log band power per
+channel with the same probe (the recipe and its ablation: ``benchmarks/eeg_ablation.py``,
+docs/benchmarks/eegmat.md).
 
 MIMIC-IV (``--dataset mimic``): ``ehr_sequence`` pretrained per method on the ``mimic-iv`` source's train
 split; the tasks ``mimic-mortality``, ``mimic-long-stay`` and ``mimic-readmission`` (admissions at admission
@@ -48,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import time
@@ -87,7 +92,7 @@ ANCHORS = [
 
 def code_state() -> dict:
     """The git commit the engine's code is at and any uncommitted change to it (tscl, kernels, loaders,
-    this file). A table is only as good as the code that made it: uncommitted changes are listed."""
+    this file, bench_methods, eeg_ablation). A table is only as good as the code that made it: uncommitted changes are listed."""
     def git(*a):
         try:
             return subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True, timeout=30).stdout
@@ -99,7 +104,8 @@ def code_state() -> dict:
             return {"commit": (parent / "SNAPSHOT_COMMIT").read_text().strip(), "uncommitted": [],
                     "snapshot": str(parent)}
     dirty = [line[3:] for line in git("status", "--porcelain", "--", "tscl", "kernels", "loaders",
-                                      "benchmarks/bench_real.py", "benchmarks/bench_methods.py").splitlines()]
+                                      "benchmarks/bench_real.py", "benchmarks/bench_methods.py",
+                                      "benchmarks/eeg_ablation.py").splitlines()]
     return {"commit": git("rev-parse", "HEAD").strip() or None, "uncommitted": dirty}
 
 
@@ -107,8 +113,8 @@ def pretrain_once(cache, run_dir: Path, method: str, encoder: str, encoder_kwarg
                   epochs: int | None = None) -> tuple[Path, float]:
     """Pretrain (or reuse a finished run made with these settings and code); (run folder, seconds)."""
     kw = {**method_kwargs(method, args.batch), **extra}
-    if method == "pclr":  # a batch cannot hold more patients than pretraining has
-        kw["patients_per_batch"] = int(min(kw["patients_per_batch"], cache.index["patient_id"].n_unique()))
+    if method == "pclr":  # a batch cannot hold more patients (groups of positives) than pretraining has
+        kw["patients_per_batch"] = int(min(kw["patients_per_batch"], cache.index[kw.get("group", "patient_id")].n_unique()))
     cfg = PretrainConfig(out_dir=str(run_dir), method=method, encoder=encoder, encoder_kwargs=encoder_kwargs,
                          method_kwargs=kw, epochs=epochs or args.epochs, lr=args.lr, seed=args.seed, progress=False,
                          device="cpu" if args.cpu else "auto")
@@ -320,11 +326,38 @@ def bench_ptbxl_cv(args, out: Path) -> dict:
 
 # --- EEGMAT -----------------------------------------------------------------------------------------------
 
+# row -> (method, its extra settings): what --methods picks from on EEGMAT
+EEG_ROWS = {
+    "simclr": ("simclr", {}),  # two views of one window (the method's default, ECG, views)
+    "polywindow": ("polywindow", {}),  # windows of one window
+    "pclr": ("pclr", {}),  # two windows of one subject (rest and arithmetic may pair)
+    "pclr-recording": ("pclr", {"group": "source"}),  # two windows of one file; every training file in each batch
+}
+EEG_DEFAULT_ROWS = ["simclr", "pclr", "pclr-recording"]
+EEG_ENCODERS = {"cnn1d": {"widths": [16, 32, 64]},
+                "transformer1d": {"patch_len": 100, "dim": 32, "depth": 2, "heads": 4}}  # 1 s patches: 19 x 10 tokens
+
+
+def epochs_for_steps(method: str, index: pl.DataFrame, kw: dict, steps: int) -> int:
+    """Whole epochs giving about ``steps`` optimiser steps: PCLR's sampler takes one batch per
+    ``patients_per_batch`` groups (one step an epoch on a few dozen subjects), the others one per ``batch_size``."""
+    if method == "pclr":
+        from tscl.samplers import PatientBatchSampler, encode_ids
+
+        per_epoch = len(PatientBatchSampler(encode_ids(index[kw.get("group", "patient_id")].to_list()),
+                                            kw["patients_per_batch"]))
+    else:
+        per_epoch = math.ceil(index.height / kw["batch_size"])
+    return max(1, round(steps / max(1, per_epoch)))
+
+
 def bench_eegmat(args, out: Path) -> dict:
-    """Leave-subjects-out folds of the ``eegmat`` source (epochs z-scored per channel as every command reads them):
-    pretraining and the probes' training never see a fold's subjects; out-of-fold predictions pooled."""
+    """Leave-subjects-out folds of the ``eegmat`` source (``--normalize`` as every command reads it): pretraining
+    and the probes' training never see a fold's subjects (asserted); out-of-fold predictions pooled."""
+    from tscl.benchmarks.eeg_ablation import band_power_features, plot_intervals  # eeg_ablation imports this module
+
     data = open_dataset("eegmat", args.root, cache=args.cache, progress=False, epoch_s=args.epoch_s, fs=args.fs,
-                        on_error="skip")
+                        normalize=args.normalize, on_error="skip")
     idx = data.index
     pids, y = idx["patient_id"].to_numpy(), idx["task"].to_numpy().astype(float)[:, None]
     recs = np.asarray([Path(s).stem for s in idx["source"].to_list()])
@@ -332,23 +365,26 @@ def bench_eegmat(args, out: Path) -> dict:
     perm = np.random.default_rng(args.seed).permutation(subjects)
     fold_of = {s: i % args.folds for i, s in enumerate(perm)}
     sfold = np.array([fold_of[p] for p in pids])
-    encoders = {"cnn1d": {"widths": [16, 32, 64]},
-                "transformer1d": {"patch_len": 100, "dim": 32, "depth": 2, "heads": 4}}  # 1 s patches: 19 x 10 tokens
-    if args.encoder_list:
-        encoders = {e: encoders[e] for e in args.encoder_list}
+    encoders = {e: EEG_ENCODERS[e] for e in (args.encoder_list or ["cnn1d"])}
     oof: dict = {enc: {} for enc in encoders}
+    bands = band_power_features(data.array(), args.fs)  # the anchor: log band power per channel, same probe
     timings = {}
     for k in range(args.folds):
         tr, te = np.flatnonzero(sfold != k), np.flatnonzero(sfold == k)
         assert_no_patient_leakage(pids, tr, te)
         pre = data.subset(tr)
-        assert not np.isin(pre.index["patient_id"].to_numpy(), pids[te]).any()
+        assert not np.isin(pre.index["patient_id"].to_numpy(), pids[te]).any(), "a test subject reached pretraining"
         for enc, ekw in encoders.items():
-            feats = {}
-            for m in args.methods:
-                run, s = pretrain_once(pre, out / "runs" / f"fold{k}" / enc / m, m, enc, ekw, {}, args)
-                timings[f"fold{k}/{enc}/{m}"] = s
-                feats[m] = embed_dataset(load_encoder(run), data, progress=False)
+            feats = {"log band power": bands}
+            for row in args.methods:
+                method, extra = EEG_ROWS[row]
+                extra = {**extra, "patients_per_batch": args.batch} if row == "pclr-recording" else extra
+                kw = {**method_kwargs(method, args.batch), **extra}
+                epochs = epochs_for_steps(method, pre.index, kw, args.steps)
+                run, s = pretrain_once(pre, out / "runs" / f"fold{k}" / enc / row, method, enc, ekw, extra, args,
+                                       epochs)
+                timings[f"fold{k}/{enc}/{row}"] = s
+                feats[row] = embed_dataset(load_encoder(run), data, progress=False)
                 if "random-init" not in feats:
                     feats["random-init"] = embed_dataset(load_encoder(run, random_init=True, seed=args.seed), data,
                                                          progress=False)
@@ -357,23 +393,27 @@ def bench_eegmat(args, out: Path) -> dict:
                                     lr=args.sup_lr)
             oof[enc].setdefault("supervised", np.full(y.shape, np.nan))[te] = sb(y, tr, te, pids, args.seed)
         print(f"[eegmat] fold {k + 1}/{args.folds} done", flush=True)
-    record = {"notes": [f"{len(idx)} epochs of {args.epoch_s:g} s at {args.fs:g} Hz from {len(np.unique(recs))} "
-                        f"recordings of {len(subjects)} subjects (the eegmat source, z-scored per channel); "
+    record = {"notes": [f"{len(idx)} windows of {args.epoch_s:g} s at {args.fs:g} Hz from {len(np.unique(recs))} "
+                        f"recordings of {len(subjects)} subjects (the eegmat source, normalize={args.normalize}); "
                         f"{len(data.skipped)} file(s) skipped",
                         f"{args.folds} folds of subjects: " + "; ".join(
                             ",".join(sorted(s for s in subjects if fold_of[s] == k)) for k in range(args.folds))],
-              "pretrain_s": timings, "encoders": encoders, "levels": {}}
-    # per epoch, and per recording (mean epoch probability of the file)
+              "pretrain_s": timings, "encoders": encoders, "rows": {r: EEG_ROWS[r] for r in args.methods},
+              "levels": {}}
+    # per window, and per recording (mean window probability of the file)
     rec_rows = [np.flatnonzero(recs == r) for r in sorted(set(recs))]
-    levels = {"epoch": (y, pids, lambda P: P),
+    levels = {"window": (y, pids, lambda P: P),
               "recording": (np.array([y[r[0]] for r in rec_rows]), np.array([pids[r[0]] for r in rec_rows]),
                             lambda P: np.array([P[r].mean(axis=0) for r in rec_rows]))}
     for level, (Y, groups, pool) in levels.items():
         record["levels"][level] = {
-            enc: score_pooled(Y, {n: pool(oof[enc][n]) for n in ("random-init", "supervised", *args.methods)}, groups,
-                              n_boot=args.bootstrap, seed=args.seed + 1, references=("random-init", "supervised"),
+            enc: score_pooled(Y, {n: pool(oof[enc][n]) for n in ("random-init", "supervised", "log band power",
+                                                                   *args.methods)}, groups, n_boot=args.bootstrap, seed=args.seed + 1, references=("random-init", "supervised"),
                               labels=["task"])
             for enc in encoders}
+    items = [(f"{enc}, per {level}: {r['encoder']}", r["auroc"], r["ci_low"], r["ci_high"], None)
+             for level, encs in record["levels"].items() for enc, res in encs.items() for r in res["rows"]]
+    plot_intervals(items, out / "eegmat_rows.png", "EEGMAT rest vs arithmetic, leave-subjects-out")
     return record
 
 
@@ -516,27 +556,31 @@ def main(argv=None) -> int:
     p.add_argument("--cv", action="store_true", help="PTB-XL: ten-fold patient-level cross-validation")
     p.add_argument("--quick", action="store_true", help="tiny budget for tests: 1 epoch, few methods and steps")
     p.add_argument("--methods", default=None, help="comma-separated; default: every method (CV: simclr,pclr,polywindow; "
-                                                   "EEGMAT: simclr,polywindow,pclr)")
+                                                   "EEGMAT: simclr,pclr,pclr-recording; also polywindow)")
     p.add_argument("--variant", action="append", default=[], metavar="ROW=METHOD:JSON")
     p.add_argument("--tasks", default=",".join(TASKS))
     p.add_argument("--polywindow-fraction", type=float, default=0.25,
                    help="PTB-XL: also pretrain poly-window for this fraction of the epochs (0: none)")
     p.add_argument("--encoder", default="cnn1d")
     p.add_argument("--encoder-kwargs", default="widths=[16,32,64]")
-    p.add_argument("--encoders", dest="encoder_list", default=None, help="EEGMAT: cnn1d,transformer1d")
+    p.add_argument("--encoders", dest="encoder_list", default=None, help="EEGMAT: cnn1d (default), transformer1d")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bootstrap", type=int, default=1000)
-    p.add_argument("--repeats", type=int, default=3, help="label subsamples per fraction below 100 %")
+    p.add_argument("--repeats", type=int, default=3, help="label subsamples per fraction below 100 %%")
     p.add_argument("--min-positives", type=int, default=5)
     p.add_argument("--finetune", default="simclr", help="the pretrained row fine-tuned end to end ('' : none)")
     p.add_argument("--sup-epochs", type=int, default=20)
     p.add_argument("--sup-steps", type=int, default=200)
     p.add_argument("--sup-lr", type=float, default=3e-3)
     p.add_argument("--ft-lr", type=float, default=1e-3)
-    p.add_argument("--folds", type=int, default=4, help="EEGMAT: groups of subjects for cross-validation")
+    p.add_argument("--folds", type=int, default=5, help="EEGMAT: groups of subjects for cross-validation")
+    p.add_argument("--steps", type=int, default=360, help="EEGMAT: optimiser steps of each pretraining run "
+                                                          "(whole epochs closest to it)")
+    p.add_argument("--normalize", default="patient", choices=("zscore", "patient"),
+                   help="EEGMAT: the eegmat source's normalize: per window and channel, or per subject and channel")
     p.add_argument("--epoch-s", type=float, default=10.0)
     p.add_argument("--fs", type=float, default=100.0)
     p.add_argument("--cpu", action="store_true", help="pretrain on the CPU even where a GPU is present")
@@ -555,7 +599,7 @@ def main(argv=None) -> int:
     args.encoder_kwargs = _kwargs(args.encoder_kwargs)
     default_methods = ([m for m in METHODS if m not in TWO_MODALITY] if args.dataset == "ptbxl" and not args.cv else
                        ["simclr", "pclr", "moco", "pmq"] if args.dataset == "mimic" else
-                       ["simclr", "pclr", "polywindow"])
+                       EEG_DEFAULT_ROWS if args.dataset == "eegmat" else ["simclr", "pclr", "polywindow"])
     args.methods = [m for m in args.methods.split(",") if m] if args.methods else default_methods
     if args.epochs is None:
         args.epochs = {"ptbxl": 20, "eegmat": 8, "mimic": 20}[args.dataset]
@@ -564,13 +608,14 @@ def main(argv=None) -> int:
     if args.encoder_list:
         args.encoder_list = args.encoder_list.split(",")
     if args.quick:
-        args.epochs, args.bootstrap, args.repeats, args.sup_steps = 1, 50, 1, 4
+        args.epochs, args.bootstrap, args.repeats, args.sup_steps, args.steps = 1, 50, 1, 4, 4
         args.fractions = (0.1, 1.0)
         if args.dataset == "eegmat":
             args.folds = min(args.folds, 2)
-    unknown = set(args.methods) - set(METHODS) | set(args.tasks) - set(TASKS)
+    known = EEG_ROWS if args.dataset == "eegmat" else METHODS
+    unknown = set(args.methods) - set(known) | set(args.tasks) - set(TASKS)
     if unknown:
-        sys.exit(f"unknown method(s)/task(s) {sorted(unknown)}; methods: {sorted(METHODS)}; tasks: {sorted(TASKS)}")
+        sys.exit(f"unknown method(s)/task(s) {sorted(unknown)}; methods: {sorted(known)}; tasks: {sorted(TASKS)}")
     for v in args.variant:
         try:
             parse_variant(v)

@@ -76,10 +76,26 @@ def test_eegmat_quick_on_a_folder_of_subject_files(tmp_path):
             (root / f"{s}_{k}.edf").symlink_to(EEGMAT / f"{s}_{k}.edf")
     out = tmp_path / "out"
     assert main(["--dataset", "eegmat", "--root", str(root), "--out", str(out), "--cache", str(tmp_path / "c"),
-                 "--quick", "--methods", "simclr", "--encoders", "cnn1d", "--epoch-s", "30", "--fs", "50"]) == 0
+                 "--quick", "--methods", "simclr,pclr-recording", "--encoders", "cnn1d", "--epoch-s", "30",
+                 "--fs", "50"]) == 0
     res = json.loads((out / "eegmat.json").read_text())
-    for level, n in (("epoch", None), ("recording", 2 * len(subjects))):
+    for level, n in (("window", None), ("recording", 2 * len(subjects))):
         p = res["levels"][level]["cnn1d"]
         assert p["groups"] == len(subjects) and (n is None or p["records"] == n)
-        assert {r["encoder"] for r in p["rows"]} == {"random-init", "supervised", "simclr"}
-    assert "Subject" in res["notes"][1]
+        assert {r["encoder"] for r in p["rows"]} == {"random-init", "supervised", "log band power", "simclr",
+                                                     "pclr-recording"}
+    folds = res["notes"][1].split(": ", 1)[1].split("; ")
+    assert sorted(s for f in folds for s in f.split(",")) == subjects
+    for k, held_out in enumerate(folds):  # the hidden-subject rule, read back from every pretraining run
+        for row in ("simclr", "pclr-recording"):
+            seen = set(json.loads((out / "runs" / f"fold{k}" / "cnn1d" / row / "patients.json").read_text())["patients"])
+            assert seen and not seen & set(held_out.split(","))
+    assert (out / "eegmat_rows.png").stat().st_size > 0
+    cfg = json.loads((out / "runs" / "fold0" / "cnn1d" / "pclr-recording" / "config.json").read_text())
+    assert cfg["method_kwargs"]["group"] == "source" and cfg["method_kwargs"]["patients_per_batch"] == 4
+
+
+def test_help_runs(capsys):  # argparse formats every help string with %: a bare "%" breaks --help
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0 and "--normalize" in capsys.readouterr().out

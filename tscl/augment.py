@@ -8,7 +8,14 @@ its own random draw)::
 
 Spec grammar: ops separated by commas, ``name`` or ``name:key=value[:key=value]``; a bare
 ``key=value`` item continues the previous op (``scale:low=0.5,high=2``). ``"none"`` or ``""``
-is the identity. ``fs`` (Hz) matters for wander, powerline and band-pass jitter.
+is the identity. ``fs`` (Hz) matters for wander, powerline, band-pass jitter and band masking.
+When a method binds a pipeline to its data (``bind``), the pipeline runs once on a zero item of
+the data's shape, so a parameter that the data rules out fails before training.
+
+EEG ops: ``bandmask`` (zero a random frequency band, SpecAugment-style), ``chscale`` (a gain per
+electrode), ``flip`` (polarity), beside ``dropout`` (channel dropout), ``mask`` (time masking) and
+``scale`` (one gain per item); :data:`EEG_AUGMENT` is the EEG view set that the EEGMAT ablation
+measures (the recipe it keeps, PCLR with recording positives, uses no augmentation).
 
 EHR event-sequence augmentations act on ``(codes [B, L] int, values [B, L] float,
 times [B, L] float, mask [B, L] bool)`` (True = real event) and return the same tuple. As the
@@ -30,9 +37,9 @@ from tscl.augment_image import IMAGE_OPS, apply_image
 
 __all__ = [
     "gaussian_noise", "amplitude_scale", "baseline_wander", "powerline", "random_crop", "time_shift",
-    "time_mask", "lead_dropout", "bandpass_jitter", "event_dropout", "time_jitter", "code_mask",
-    "numeric_noise", "Augment", "build_augment", "AUGMENTS", "EHR_OPS", "EHR_AUGMENT", "OPS_BY_MODALITY",
-    "register_modality_ops", "spec_modality",
+    "time_mask", "lead_dropout", "bandpass_jitter", "band_mask", "channel_scale", "sign_flip", "event_dropout",
+    "time_jitter", "code_mask", "numeric_noise", "Augment", "build_augment", "AUGMENTS", "EHR_OPS", "EHR_AUGMENT",
+    "EEG_AUGMENT", "OPS_BY_MODALITY", "register_modality_ops", "spec_modality",
 ]
 
 
@@ -127,6 +134,46 @@ def bandpass_jitter(x: Tensor, g=None, low: float = 1.0, high: float = 0.8, fs: 
     return torch.fft.irfft(spec * band[:, None, :], n=t, dim=-1).to(x.dtype)
 
 
+# ---- EEG: spectral and per-electrode perturbations -------------------------------------------
+
+def band_mask(x: Tensor, g=None, width: float = 4.0, n: int = 1, low: float = 1.0, high: float = 40.0,
+              fs: float = 100.0) -> Tensor:
+    """Zero ``n`` random frequency bands of ``width`` Hz per sample (all channels alike), each starting
+    uniformly in [low, high − width] Hz (``high`` capped at Nyquist): SpecAugment's frequency masking
+    (Park et al. 2019) done on the rFFT of the raw signal, so the output is a waveform again.
+    A band narrower than one frequency bin of the sample's length removes that one bin."""
+    b, _, t = x.shape
+    top = min(float(high), fs / 2)
+    if not 0 < width <= top - low:
+        raise ValueError(f"bandmask: a band of width={width} Hz does not fit in [low={low}, {top:g}] Hz "
+                         f"(high={high} capped at fs/2 = {fs / 2:g})")
+    spec = torch.fft.rfft(x.float(), dim=-1)
+    freqs = torch.fft.rfftfreq(t, d=1.0 / fs).to(x.device)[None, :]  # [1, F]
+    keep = torch.ones(b, freqs.shape[1], dtype=torch.bool, device=x.device)
+    bin_hz = fs / t
+    for _ in range(int(n)):
+        start = _u((b, 1), g, x, low, top - width).float()
+        hit = (freqs >= start) & (freqs < start + max(width, bin_hz))
+        keep &= ~hit
+    return torch.fft.irfft(spec * keep[:, None, :].to(spec.dtype), n=t, dim=-1).to(x.dtype)
+
+
+def channel_scale(x: Tensor, g=None, low: float = 0.8, high: float = 1.25, fs: float = 100.0) -> Tensor:
+    """Multiply each channel of each sample by its own factor, log-uniform in [low, high] (electrode
+    impedance and contact differ per electrode); ``amplitude_scale`` is the one-factor-per-sample version."""
+    if not 0 < low <= high:
+        raise ValueError(f"channel_scale needs 0 < low <= high, got low={low}, high={high}")
+    b, c, _ = x.shape
+    log_f = _u((b, c, 1), g, x, math.log(low), math.log(high))
+    return x * log_f.exp()
+
+
+def sign_flip(x: Tensor, g=None, p: float = 0.5, fs: float = 100.0) -> Tensor:
+    """Invert the polarity of each sample (all channels) with probability ``p``; band power is unchanged."""
+    flip = _u((x.shape[0], 1, 1), g, x) < p
+    return torch.where(flip, -x, x)
+
+
 # ---- EHR event sequences: (codes [B,L], values [B,L], times [B,L], mask [B,L]) -----------------
 
 def event_dropout(codes, values, times, mask, g=None, p: float = 0.1):
@@ -159,8 +206,14 @@ def numeric_noise(codes, values, times, mask, g=None, std: float = 0.1):
 AUGMENTS = {
     "noise": gaussian_noise, "scale": amplitude_scale, "wander": baseline_wander, "powerline": powerline,
     "crop": random_crop, "shift": time_shift, "mask": time_mask, "dropout": lead_dropout,
-    "bandpass": bandpass_jitter,
+    "bandpass": bandpass_jitter, "bandmask": band_mask, "chscale": channel_scale, "flip": sign_flip,
 }
+
+# EEG views: a 80 % crop, one 4 Hz band and one 10 % span masked, 20 % of the electrodes dropped, a gain per
+# electrode in [0.8, 1.25]; no whole-item gain (``scale``), since a view pair that differs in gain teaches the
+# encoder to ignore an item's power, which (as log band power) separates rest from mental arithmetic on EEGMAT
+# (docs/benchmarks/eegmat.md, where this pipeline is measured against the ECG views).
+EEG_AUGMENT = "crop:len=0.8,bandmask:width=4,mask:frac=0.1,dropout:p=0.2,chscale"
 
 
 def register_modality_ops(modality: str, ops: dict, apply) -> None:
@@ -208,6 +261,15 @@ class Augment:
                 if name == "crop" and n >= 1 and n > t:
                     raise ValueError(f"augmentation crop:len={n} is longer than the recordings ({t} samples); "
                                      f"give len < {t} or a fraction such as len=0.8")
+            self._dry_run(int(index["n_channels"][0]) if "n_channels" in index.columns else 1, t)
+
+    def _dry_run(self, c: int, t: int) -> None:
+        """Run the pipeline once on a zero item of the data's shape with a throw-away generator, so a
+        parameter the data's rate or length rules out (a band above Nyquist) fails before training."""
+        x = torch.zeros(1, max(1, c), max(1, t))
+        g = torch.Generator().manual_seed(0)
+        for name, kw in self.ops:
+            x = _apply_waveform(AUGMENTS[name], x, g, fs=self.fs, **kw)
 
     def __bool__(self) -> bool:
         return bool(self.ops)

@@ -13,6 +13,10 @@
 ``normalize="zscore"`` standardises each channel of each item over time when the item is
 fetched, so pretraining, ``embed`` and the probes see the same input; EEG sources default to it
 (µV amplitudes differ by electrode and subject), ECG sources to ``none`` (mV is meaningful).
+``normalize="patient"`` standardises each channel over all items of the item's patient instead
+(statistics computed once when the dataset opens, from that patient's own items, no labels), so
+differences in power between one patient's items survive; a subset keeps the statistics of the
+dataset it was cut from.
 
 Downstream tasks (:mod:`tscl.tasks`, run by :func:`tscl.probes.evaluate`) on these sources' label columns:
 
@@ -44,9 +48,9 @@ from tscl.tasks import register_task
 
 from . import Dataset, declare_source, hash_split_column
 
-__all__ = ["WaveformDataset", "NORMALIZE", "cache_notes"]
+__all__ = ["WaveformDataset", "NORMALIZE", "cache_notes", "patient_channel_stats"]
 
-NORMALIZE = ("none", "zscore")
+NORMALIZE = ("none", "zscore", "patient")
 
 
 class WaveformDataset(Dataset):
@@ -55,7 +59,7 @@ class WaveformDataset(Dataset):
     modality = "waveform"
 
     def __init__(self, cache, *, normalize: str = "none", source: dict | None = None, index=None,
-                 notes: dict | None = None):
+                 notes: dict | None = None, patient_stats: dict | None = None):
         if normalize not in NORMALIZE:
             raise ValueError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
         if index is None:  # a subset passes its rows of the parent's index, split column included
@@ -67,6 +71,10 @@ class WaveformDataset(Dataset):
         super().__init__(index, source=source, notes=notes)
         self.cache, self.normalize = cache, normalize
         self._signals = cache.stack()
+        self._patient_stats = self._row_patients = None
+        if normalize == "patient":  # a subset passes its parent's statistics
+            self._row_patients = index["patient_id"].to_numpy()
+            self._patient_stats = patient_stats or patient_channel_stats(self._signals, self._row_patients)
 
     @property
     def in_channels(self) -> int:
@@ -86,6 +94,11 @@ class WaveformDataset(Dataset):
         order = np.argsort(rows, kind="stable")  # sorted reads are sequential in the shards
         x = np.ascontiguousarray(self._signals[rows[order]], dtype=np.float32)
         x = torch.from_numpy(x)[torch.from_numpy(np.argsort(order))]
+        if self.normalize == "patient":
+            pids = self._row_patients[rows]
+            mean = torch.from_numpy(np.stack([self._patient_stats[p][0] for p in pids]))[:, :, None]
+            std = torch.from_numpy(np.stack([self._patient_stats[p][1] for p in pids]))[:, :, None]
+            return (x - mean) / (std + 1e-6)
         return zscore(x) if self.normalize == "zscore" else x
 
     def array(self) -> np.ndarray:
@@ -97,7 +110,8 @@ class WaveformDataset(Dataset):
 
     def _take(self, rows):
         return WaveformDataset(self.cache.subset(rows), normalize=self.normalize, source=self.source,
-                               index=self.index[rows] if len(rows) else self.index.clear())
+                               index=self.index[rows] if len(rows) else self.index.clear(),
+                               patient_stats=self._patient_stats)
 
 
 def cache_notes(report: dict) -> dict:
@@ -123,6 +137,25 @@ def cache_notes(report: dict) -> dict:
     return notes
 
 
+def patient_channel_stats(signals, patient_ids, block: int = 256) -> dict:
+    """``{patient: (mean [C], std [C])}`` of each channel over every sample of every item of the patient
+    (``signals [N, C, T]``, read ``block`` items at a time)."""
+    pids = np.asarray(patient_ids)
+    stats = {}
+    for p in np.unique(pids):
+        rows = np.flatnonzero(pids == p)
+        total = total_sq = 0.0
+        for start in range(0, len(rows), block):
+            x = np.asarray(signals[rows[start:start + block]], dtype=np.float64)
+            total = total + x.sum(axis=(0, 2))
+            total_sq = total_sq + np.square(x).sum(axis=(0, 2))
+        n = len(rows) * signals.shape[-1]
+        mean = total / n
+        std = np.sqrt(np.maximum(total_sq / n - mean ** 2, 0.0))
+        stats[p] = (mean.astype(np.float32), std.astype(np.float32))
+    return stats
+
+
 def zscore(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Each channel of each item minus its mean over time, over its standard deviation."""
     mean = x.mean(dim=-1, keepdim=True)
@@ -139,8 +172,8 @@ def _cache_dir(cache: Path | None, name: str, root: Path, **options) -> Path | N
     return Path(cache) / f"{name}-{key}"
 
 
-_COMMON = {"normalize": "none | zscore: per-channel standardisation of each item (default: none for ECG, "
-                        "zscore for EEG)",
+_COMMON = {"normalize": "none | zscore | patient: per-channel standardisation of each item, or over all items "
+                        "of its patient (default: none for ECG, zscore for EEG)",
            "on_error": "raise | skip: an unreadable record stops the load, or is left out and listed in the report"}
 
 
