@@ -54,7 +54,10 @@ def _pipeline(cwd: Path, data_args: list, method_args: list, labels: str, probe_
          "--bootstrap", "20", "--reference", "random", "--out", "probe", "--quiet", *probe_extra, cwd=cwd)
     report = json.loads((cwd / "probe" / "probe.json").read_text())
     assert {r["encoder"] for r in report["rows"]} == {"run", "random", "random-init"}  # random init by default
-    assert (cwd / "probe" / "label_efficiency.png").stat().st_size > 1000
+    if report["kind"] != "regression":  # the label-efficiency and reliability plots are classification's
+        assert (cwd / "probe" / "label_efficiency.png").stat().st_size > 1000
+    elif report["split"]["test_records"] < 5:  # too few test rows to score a regression target: n/a, said why
+        assert all(r["n/a"] and "fewer than 5" in r["n/a"] for r in report["rows"])
     return cfg
 
 

@@ -181,3 +181,23 @@ def test_label_problem_and_cell_format():
     assert fmt(0.05, (-0.01, 0.1), signed=True) == "+0.050 [-0.010, +0.100]"
     assert fmt(float("nan"), (0.1, 0.2), "why") == "n/a (why)"
     assert fmt(0.5, (float("nan"), float("nan")), no_ci="1 test patient") == "0.500 (no CI: 1 test patient)"
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.integers(1, 9))
+def test_a_regression_target_is_scored_only_with_k_test_rows(n_test):
+    """Two test rows gave R² -65.1 [-65.1, -65.1]: below k test rows a regression cell is n/a, said why."""
+    rng = np.random.default_rng(n_test)
+    n = N_TRAIN + n_test
+    y = rng.normal(size=(n, 1))
+    X = np.concatenate([y + 0.3 * rng.normal(size=y.shape), rng.normal(size=(n, 3))], axis=1)
+    pids = np.array([f"p{i}" for i in range(n)])
+    res = evaluate_probe({"enc": X}, y, ["age"], pids, (np.arange(N_TRAIN), np.arange(N_TRAIN, n)), kind="regression",
+                         n_boot=50)
+    cell, text = res.rows[0], res.to_markdown()
+    if n_test < MIN_CLASS_ROWS:
+        why = f"{n_test} test row{'s' if n_test != 1 else ''}, fewer than {MIN_CLASS_ROWS}"
+        assert cell["n/a"] == why and f"n/a ({why})" in text and np.isnan(cell["mae"])
+        _assert_no_number_with_a_ci(text)
+    else:
+        assert cell["n/a"] is None and cell["mae_ci"][0] <= cell["mae"] <= cell["mae_ci"][1]

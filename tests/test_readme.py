@@ -36,6 +36,8 @@ def _commands() -> list[list[str]]:
         text = block.replace("\\\n", " ")
         for line in text.splitlines():
             line = line.split("  #")[0].strip()
+            if line.startswith("#"):  # a comment line, not a command
+                continue
             for part in line.split("&&"):
                 words = shlex.split(part.strip())
                 if words and (words[0] == "tscl" or words[0].endswith("/tscl")):

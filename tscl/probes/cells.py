@@ -10,6 +10,8 @@ every macro average of the table, when the test split cannot score it:
   resamples are dropped from the percentile interval, which is then computed on the lucky ones,
   and the AUROC itself moves in steps of 1/m of the other class's ranks. Below five the interval
   stops being a confidence interval: one positive gave ``0.183 [0.181, 0.240]``.
+- a regression target with **fewer than k test rows** (or a constant one): two test rows gave an R²
+  of ``-65.1 [-65.1, -65.1]``, the resamples that draw one patient twice having no variance.
 
 A label no fit of a cell could learn (its training rows hold one class) is predicted by its
 prevalence, a constant whose AUROC is 0.5: that is what the label budget of the cell gives, so it

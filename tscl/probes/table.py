@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .bootstrap import Resamples, classification_resampled, macro_auroc_resampled, regression_resampled
-from .cells import check_finite, fmt, label_problem, untrainable_problem
+from .cells import MIN_CLASS_ROWS, check_finite, fmt, label_problem, untrainable_problem
 from .metrics import METRIC_NAMES, metrics_for
 from .models import C_GRID, PROBE_GRIDS, make_probe
 from .protocol import (assert_no_patient_leakage, check_names, choose_params, paired_ci, patient_split, percentile_ci,
@@ -209,7 +209,9 @@ def _scorable(Y_test, labels, kind) -> tuple[list, dict]:
     keep, left_out = [], {}
     for j, lab in enumerate(labels):
         if kind == "regression":
-            why = None if len(Y_test) > 1 and np.ptp(Y_test[:, j]) > 0 else "constant target in the test split"
+            why = (f"{len(Y_test)} test row{'s' if len(Y_test) != 1 else ''}, fewer than {MIN_CLASS_ROWS}"
+                   if len(Y_test) < MIN_CLASS_ROWS else
+                   None if np.ptp(Y_test[:, j]) > 0 else "constant target in the test split")
         else:
             why = label_problem(Y_test[:, j])
         if why is None:
