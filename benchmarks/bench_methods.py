@@ -28,11 +28,11 @@ import numpy as np
 import polars as pl
 import torch
 
-from tscl.embed import embed_signals
+from tscl.datasets import open_dataset
+from tscl.embed import embed_dataset
 from tscl.methods import METHODS
 from tscl.plots import plot_label_efficiency
-from tscl.probes import patient_split, run_probe
-from tscl.probes.linear import check_pretraining_overlap, pretrained_patients
+from tscl.probes import check_pretraining_overlap, patient_split, pretrained_patients, run_probe
 from tscl.train import PretrainConfig, environment, load_encoder, pretrain
 
 COHORT_LABELS = ["lvh", "bbb", "af", "tachy", "brady", "mace"]
@@ -145,13 +145,16 @@ def finished_run(run_dir: Path, cfg) -> float | None:
     return done["pretrain_s"]
 
 
-def run_dataset(tag: str, cache, labels: list[str], args, out: Path) -> dict:
-    signals = cache.stack()
-    pids = cache.index["patient_id"].to_numpy()
-    Y = cache.index.select(labels).to_numpy().astype(float)
+def run_dataset(tag: str, data, labels: list[str], args, out: Path) -> dict:
+    """Every method pretrained on the training patients of ``data`` (a dataset source), probed by the engine
+    (:func:`tscl.probes.run_probe`) on the test patients; rows without a value for every label are left out."""
+    labelled = data.index.select(labels).with_columns(pl.all().is_not_null()).to_numpy().all(axis=1)
+    data = data.subset(np.flatnonzero(labelled))
+    pids = data.index["patient_id"].to_numpy()
+    Y = data.index.select(labels).to_numpy().astype(float)
     split = patient_split(pids, TEST_FRACTION, args.seed)  # (train rows, test rows) of every probe below
-    cache.index = cache.index.with_columns(supcon_labels(cache.index, labels, split[0]))
-    train = cache.subset(split[0])  # pretraining sees the training patients only, never a test patient's signal
+    data.index = data.index.with_columns(supcon_labels(data.index, labels, split[0]))
+    train = data.subset(split[0])  # pretraining sees the training patients only, never a test patient's signal
     held_out = f"training patients of patient_split(test_fraction={TEST_FRACTION}, seed={args.seed})"
     features, timings = {}, {}
     for row, name, epochs, extra in args.runs:
@@ -171,21 +174,21 @@ def run_dataset(tag: str, cache, labels: list[str], args, out: Path) -> dict:
             timings[row] = time.time() - t0
             check_pretraining_overlap(pretrained_patients(run), pids[split[1]], what=f"{row}")
             (run_dir / "done.json").write_text(json.dumps({"pretrain_s": timings[row], "code": code_digest(name, args.encoder)}))
-        features[row] = embed_signals(load_encoder(run), signals, progress=False)
+        features[row] = embed_dataset(load_encoder(run), data, progress=False)
         print(f"[{tag}] {row:16s} pretrained in {timings[row]:6.1f} s", flush=True)
     first = out / "runs" / tag / args.runs[0][0]
-    features["random-init"] = embed_signals(load_encoder(first, random_init=True, seed=args.seed), signals, progress=False)
+    features["random-init"] = embed_dataset(load_encoder(first, random_init=True, seed=args.seed), data, progress=False)
     result = run_probe(features, Y, labels, pids, fractions=FRACTIONS, n_boot=args.bootstrap, seed=args.seed,
                        reference="random-init", split=split)
     plot_label_efficiency(result.rows, out / f"label_efficiency_{tag}.png",
                           title=f"{tag}: linear probe, macro AUROC ({args.epochs} epochs)")
     record = {"labels": labels, "split": result.split, "rows": result.rows, "vs_random": result.comparisons,
-              "pretrain_s": timings}
+              "pretrain_s": timings, "left_out_rows": int((~labelled).sum())}
     method_of = {row: name for row, name, _, _ in args.runs}
     aware = [m for m in features if method_of.get(m) in PATIENT_AWARE]
     simclrs = [m for m in features if method_of.get(m) == "simclr"]  # SimCLR and its variants
     if tag == "cohort" and simclrs and aware:
-        Yp = cache.index.select(PATIENT_LEVEL).to_numpy().astype(float)
+        Yp = data.index.select(PATIENT_LEVEL).to_numpy().astype(float)
         record["patient_level_vs_simclr"], record["patient_level_rows"] = [], {}
         for ref in simclrs:  # the same split and bootstrap resamples for every reference
             vs = run_probe({m: features[m] for m in [ref, *aware]}, Yp, PATIENT_LEVEL, pids, fractions=(0.1, 1.0),
@@ -261,32 +264,28 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
 
-    from tscl.loaders import load_wfdb_cohort
     from tscl.simulate import CohortConfig, write_cohort
 
     data = out / f"cohort_{args.patients}_{args.seed}"
     if not (data / "metadata.csv").exists():
         write_cohort(data, CohortConfig(n_patients=args.patients, seed=args.seed), progress=False)
-    cohort = load_wfdb_cohort(data, progress=False)
+    cohort = open_dataset("wfdb", data, progress=False)
     print(f"cohort: {len(cohort)} recordings of {cohort.index['patient_id'].n_unique()} patients", flush=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where PretrainConfig's "auto" trains
     results = {"config": {k: v for k, v in vars(args).items()}, "environment": environment(device), "datasets": {}}
     results["datasets"]["cohort"] = run_dataset("cohort", cohort, COHORT_LABELS, args, out)
 
     root = Path(args.ptbxl)
-    if (root / "ptbxl_database.csv").exists():
-        from tscl.loaders.ptbxl import load_ptbxl
-
-        ptb = load_ptbxl(root, rate=100, cache_dir=out / "ptbxl_cache", on_error="skip", progress=False)
+    if (root / "ptbxl_database.csv").exists() or (root / "labels").is_dir():
+        ptb = open_dataset("ptbxl", root, cache=out / "ptbxl_cache", on_error="skip", progress=False)
         n_multi = int((ptb.index.group_by("patient_id").len()["len"] >= 2).sum())
         print(f"PTB-XL: {len(ptb)} recordings of {ptb.index['patient_id'].n_unique()} patients "
-              f"({n_multi} with >= 2 recordings); {len(ptb.report.get('skipped', []))} rows without files skipped",
-              flush=True)
+              f"({n_multi} with >= 2 recordings); {len(ptb.skipped)} rows without files skipped", flush=True)
         rec = run_dataset("ptbxl", ptb, PTBXL_LABELS, args, out)
         rec["patients_with_2_recordings"] = n_multi
         results["datasets"]["ptbxl"] = rec
     else:
-        print(f"PTB-XL skipped: {root / 'ptbxl_database.csv'} not found")
+        print(f"PTB-XL skipped: neither {root / 'ptbxl_database.csv'} nor {root / 'labels'} found")
 
     results["wall_s"] = time.time() - t_start
     md = [f"# Contrastive methods, linear probe (encoder {args.encoder} {args.encoder_kwargs}, {args.epochs} epochs, "

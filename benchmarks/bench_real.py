@@ -1,32 +1,40 @@
-"""Real-data benchmarks: PTB-XL (Strodthoff et al. 2020 protocol) and EEGMAT (rest vs mental arithmetic).
+"""Real-data benchmarks: PTB-XL (Strodthoff et al. 2020 protocol), EEGMAT (rest vs mental arithmetic), MIMIC-IV demo.
+
+Every probe, supervised and fine-tune row and every CI comes from the evaluation engine
+(:func:`tscl.probes.evaluate`, and for cross-validation its :func:`~tscl.probes.fit_predict` and
+:func:`~tscl.probes.score_pooled`); this file pretrains, chooses the protocol and writes the tables.
 
 PTB-XL (``--dataset ptbxl``; ``--root`` a folder with ``records100/`` and label tables and/or
-``ptbxl_database.csv``, see :mod:`tscl.loaders.ptbxl`):
+``ptbxl_database.csv``, read by the ``ptbxl`` source):
 
 - every method pretrains the same encoder for the same epochs and seed on folds 1-8 only (checked
   in code: no pretraining row is of a fold-9/10 patient, also for every label subsample);
-- frozen features + a linear probe at 1 / 10 / 100 % of the training patients (folds 1-8), the
-  probe's regularisation chosen on fold 9, tested once on fold 10; tasks superdiagnostic,
-  subdiagnostic, form, rhythm, each on the ECGs that have a code of the task (``has:<task>``);
+- the tasks ``ptbxl-superdiagnostic``, ``-subdiagnostic``, ``-form``, ``-rhythm`` (each on the ECGs that have
+  a code of the task, ``has:<task>``): frozen features + a linear probe at 1 / 10 / 100 % of the training
+  patients (folds 1-8), the probe's regularisation chosen on fold 9, tested once on fold 10;
 - macro AUROC over the task's labels with >= ``--min-positives`` training positives and a positive in
   fold 10, 95 % CIs from a patient-level bootstrap of fold 10, paired differences against random init;
 - rows: random init (same architecture, untrained), supervised from scratch
   (:class:`tscl.probes.SupervisedBaseline`, same architecture, same labels), one fine-tune row (a
-  pretrained encoder trained end to end with a linear head, same loop and budget as the supervised
-  row), and every method of :data:`tscl.methods.METHODS` (SupCon on the training folds' superclass
-  labels).
+  pretrained encoder trained end to end with a linear head: the same loop and budget as the supervised
+  row, started from the pretrained weights), and every method of :data:`tscl.methods.METHODS` (SupCon on
+  the training folds' superclass labels).
 
 ``--cv``: a patient-level estimate over the ten folds: for each fold k, pretraining and probe training
 exclude fold k's patients (the probe's C is chosen on fold k+1), fold k is predicted; the out-of-fold
 predictions of all ECGs are pooled into one macro AUROC per task with a patient-level bootstrap CI.
 
-EEGMAT (``--dataset eegmat``; ``--root`` a folder of ``SubjectNN_1.edf`` / ``SubjectNN_2.edf``):
-rest (``_1``) vs mental arithmetic (``_2``), 10 s epochs resampled to 100 Hz, each epoch z-scored per
-channel (in pretraining and probing alike); leave-subjects-out cross-validation (``--folds`` groups
-of subjects; pretraining and probe training never see a test subject); per-epoch AUROC and
-per-recording AUROC (mean epoch probability per file); encoders ``cnn1d`` and ``transformer1d``
-pretrained with SimCLR, poly-window and PCLR (positives: epochs of one subject's recordings), against
-random init and supervised from scratch.
+EEGMAT (``--dataset eegmat``; ``--root`` a folder of ``SubjectNN_1.edf`` / ``SubjectNN_2.edf``, read by the
+``eegmat`` source): rest (``_1``) vs mental arithmetic (``_2``), 10 s epochs resampled to 100 Hz, each epoch
+z-scored per channel (the source's ``normalize=zscore``, in pretraining and probing alike);
+leave-subjects-out cross-validation (``--folds`` groups of subjects; pretraining and probe training never
+see a test subject); per-epoch AUROC and per-recording AUROC (mean epoch probability per file); encoders
+``cnn1d`` and ``transformer1d`` pretrained with SimCLR, poly-window and PCLR (positives: epochs of one
+subject's recordings), against random init and supervised from scratch.
+
+MIMIC-IV (``--dataset mimic``): ``ehr_sequence`` pretrained per method on the ``mimic-iv`` source's train
+split; the tasks ``mimic-mortality``, ``mimic-long-stay`` and ``mimic-readmission`` (admissions at admission
++ 24 h) beside random init and the tabular baseline.
 
 Runs are resumable: a finished pretraining run in ``--out`` is reused only when made with the same
 settings and the same code of its method and encoder (``bench_methods.finished_run``). Results
@@ -40,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import subprocess
 import sys
 import time
@@ -50,14 +57,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-from torch import nn
 
 from tscl.benchmarks.bench_methods import code_digest, finished_run, method_kwargs, parse_variant
-from tscl.embed import embed_signals
+from tscl.datasets import open_dataset
+from tscl.embed import embed_dataset
 from tscl.methods import METHODS
-from tscl.probes import SupervisedBaseline, assert_no_patient_leakage, bootstrap_macro_auroc, macro_auroc, run_probe
-from tscl.probes.cells import fmt, label_problem
-from tscl.probes.linear import LinearProbe, choose_on_validation, patient_split
+from tscl.probes import (EvalSpec, SupervisedBaseline, assert_no_patient_leakage, evaluate, fit_predict, macro_auroc,
+                         score_pooled)
+from tscl.probes.cells import fmt
 from tscl.train import PretrainConfig, environment, load_encoder, pretrain
 
 FRACTIONS = (0.01, 0.1, 1.0)
@@ -161,95 +168,25 @@ def run_at_commit(rev: str, argv: list[str], args) -> int:
     return subprocess.run([sys.executable, "-m", "tscl.benchmarks.bench_real", *rest], cwd=snap, env=env).returncode
 
 
-# --- fine-tuning ------------------------------------------------------------------------------------------
+# --- the engine's specification for a benchmark row set ------------------------------------------------------
 
-class FineTune:
-    """A pretrained run's encoder + a linear head trained end to end: ``(Y, rows, test_rows, pids, seed) -> P``.
-
-    The same loop as :class:`~tscl.probes.SupervisedBaseline` (mean BCE, AdamW, warm-up + cosine,
-    ``max_steps``, early stopping on a patient-level 25 % split of the training rows, last weights
-    with fewer than 10 patients), started from the pretrained weights instead of random ones."""
-
-    def __init__(self, X, run_dir, *, epochs: int, max_steps: int, batch_size: int = 64, lr: float = 1e-3,
-                 weight_decay: float = 1e-4, eval_every: int = 20, kind: str = "multilabel"):
-        self.X, self.run_dir, self.kind = X, Path(run_dir), kind
-        self.epochs, self.max_steps, self.batch_size = epochs, max_steps, batch_size
-        self.lr, self.weight_decay, self.eval_every = lr, weight_decay, eval_every
-
-    def _predict(self, net, rows) -> np.ndarray:
-        net.eval()
-        with torch.no_grad():
-            out = [net(torch.from_numpy(np.asarray(self.X[rows[s:s + 256]], dtype=np.float32))).numpy()
-                   for s in range(0, len(rows), 256)]
-        net.train()
-        return 1 / (1 + np.exp(-np.concatenate(out).astype(np.float64)))
-
-    def __call__(self, Y, rows, test_rows, patient_ids, seed: int = 0) -> np.ndarray:
-        from tscl.train import cosine_with_warmup
-
-        Y = np.asarray(Y, dtype=np.float32).reshape(len(Y), -1)
-        rows, test_rows = np.asarray(rows), np.asarray(test_rows)
-        if len(np.unique(patient_ids[rows])) >= 10:
-            fit_l, val_l = patient_split(patient_ids[rows], test_fraction=0.25, seed=seed)
-            fit, val = rows[fit_l], rows[val_l]
-        else:
-            fit, val = rows, None
-        torch.manual_seed(seed)
-        encoder = load_encoder(self.run_dir).train()
-        net = nn.Sequential(encoder, nn.Linear(encoder.embed_dim, Y.shape[1]))
-        bs = min(self.batch_size, len(fit))
-        steps = int(min(self.max_steps, max(1, self.epochs * math.ceil(len(fit) / bs))))
-        opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(steps, max(1, steps // 20)))
-        loss_fn, rng, order = nn.BCEWithLogitsLoss(), np.random.default_rng(seed), np.empty(0, dtype=np.int64)
-        best = (-math.inf, None)
-        for step in range(1, steps + 1):
-            if len(order) < bs:
-                order = np.concatenate([order, rng.permutation(fit)])
-            batch, order = order[:bs], order[bs:]
-            x = torch.from_numpy(np.asarray(self.X[np.sort(batch)], dtype=np.float32))
-            loss = loss_fn(net(x), torch.from_numpy(Y[np.sort(batch)]))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-            opt.step()
-            sched.step()
-            if val is not None and (step % self.eval_every == 0 or step == steps):
-                score = macro_auroc(Y[val], self._predict(net, val))
-                if np.isfinite(score) and score > best[0]:
-                    best = (score, {k: v.clone() for k, v in net.state_dict().items()})
-        if best[1] is not None:
-            net.load_state_dict(best[1])
-        return self._predict(net, test_rows)
-
-
-def fold_probe(X, val_rows):
-    """A linear-probe predictor whose C is chosen on ``val_rows`` (PTB-XL fold 9) by macro AUROC."""
-    def predict(Y, rows, test_rows, patient_ids, seed):
-        scores = []
-        for C in C_GRID:
-            P = LinearProbe(C=C).fit(X[rows], Y[rows]).predict_proba(X[val_rows])
-            scores.append(macro_auroc(Y[val_rows], P))
-        C = C_GRID[int(np.argmax(np.nan_to_num(scores, nan=-np.inf)))]
-        return LinearProbe(C=C).fit(X[rows], Y[rows]).predict_proba(X[test_rows])
-    return predict
+def trained_rows(args, finetune_run=None) -> dict:
+    """The supervised and fine-tune rows' settings for :class:`tscl.probes.EvalSpec`: the same loop
+    (:class:`tscl.probes.SupervisedBaseline`) and budget, from scratch or from ``finetune_run``'s weights."""
+    budget = {"epochs": args.sup_epochs, "max_steps": args.sup_steps}
+    return {"supervised": True, "supervised_kwargs": {**budget, "lr": args.sup_lr},
+            "finetune": finetune_run or False, "finetune_kwargs": {**budget, "lr": args.ft_lr}}
 
 
 # --- PTB-XL -----------------------------------------------------------------------------------------------
 
-def load_ptbxl_cache(args):
-    from tscl.loaders.ptbxl import load_ptbxl
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        cache = load_ptbxl(args.root, rate=100, on_error="skip", progress=False,
-                           cache_dir=None if args.cache is None else Path(args.cache) / "ptbxl")
-    rep = cache.report
-    notes = [f"{len(cache)} ECGs of {cache.index['patient_id'].n_unique()} patients loaded from {args.root}",
-             f"{len(rep.get('skipped', []))} listed ECG(s) without record files left out; "
-             f"{len(rep.get('unlisted', []))} record(s) on disk listed in no label source left out"]
-    notes += [str(w.message) for w in caught if "label source" not in str(w.message)]
-    return cache, notes
+def open_ptbxl(args):
+    """The ``ptbxl`` source at ``--root`` (on_error=skip: the shared sample lists ECGs it has no records for)."""
+    data = open_dataset("ptbxl", args.root, cache=args.cache, progress=False, on_error="skip")
+    notes = [f"{len(data)} ECGs of {data.index['patient_id'].n_unique()} patients loaded from {args.root}",
+             f"{len(data.notes.get('skipped', []))} listed ECG(s) without record files left out; "
+             f"{len(data.notes.get('unlisted', []))} record(s) on disk listed in no label source left out"]
+    return data, notes
 
 
 def task_labels(index: pl.DataFrame, task: str, train_rows, test_rows, min_pos: int) -> list[str]:
@@ -278,66 +215,67 @@ def check_pretraining_rows(pids, folds, pre_rows, held_out_folds) -> None:
 
 
 def bench_ptbxl(args, out: Path) -> dict:
-    cache, notes = load_ptbxl_cache(args)
-    idx = cache.index
+    """Each method pretrained on folds 1-8; every task evaluated by :func:`tscl.probes.evaluate` (C on fold 9,
+    tested on fold 10, label fractions, random init, supervised and fine-tune rows)."""
+    data, notes = open_ptbxl(args)
+    idx = data.index
     pids, folds = idx["patient_id"].to_numpy(), idx["strat_fold"].to_numpy()
     train, val, test = (np.flatnonzero(folds <= 8), np.flatnonzero(folds == 9), np.flatnonzero(folds == 10))
     assert_no_patient_leakage(pids, train, val, test)
     check_pretraining_rows(pids, folds, train, (9, 10))
-    pre = cache.subset(train)
+    pre = data.subset(train)
     sup_cols = [c for c in idx.columns if c.startswith("super:")]
     pre.index = pre.index.with_columns(supcon_column(pre.index, sup_cols))  # training folds' labels only
-    signals = cache.stack()
-    features, timings, runs = {}, {}, {}
+    timings, runs = {}, {}
     for row, method, epochs, extra in ptbxl_runs(args):
-        run, timings[row] = pretrain_once(pre, out / "runs" / row, method, args.encoder, args.encoder_kwargs,
-                                          extra, args, epochs)
-        runs[row] = run
-        features[row] = embed_signals(load_encoder(run), signals, progress=False)
+        runs[row], timings[row] = pretrain_once(pre, out / "runs" / row, method, args.encoder, args.encoder_kwargs,
+                                                extra, args, epochs)
         print(f"[ptbxl] {row:14s} pretrained on {len(pre)} ECGs (folds 1-8) in {timings[row]:6.1f} s", flush=True)
-    first = next(iter(runs.values()))
-    features = {"random-init": embed_signals(load_encoder(first, random_init=True, seed=args.seed), signals,
-                                             progress=False), **features}
     record = {"notes": notes, "pretrain_rows": int(len(pre)), "pretrain_patients": int(pre.index["patient_id"].n_unique()),
               "pretrain_s": timings, "tasks": {}}
     t_probe = time.time()
     for task in args.tasks:
-        has = idx[f"has:{TASKS[task]}"].to_numpy() == 1
-        rows = np.flatnonzero(has)
-        local = {k: np.flatnonzero(np.isin(rows, v)) for k, v in (("train", train), ("val", val), ("test", test))}
+        rows = np.flatnonzero(idx[f"has:{TASKS[task]}"].to_numpy() == 1)
+        local = {k: np.flatnonzero(np.isin(rows, v)) for k, v in (("train", train), ("test", test))}
         labels = task_labels(idx[rows.tolist()], task, local["train"], local["test"], args.min_positives)
         if not labels:
             record["tasks"][task] = {"skipped": "no label with enough positives"}
             continue
-        Y = idx[rows.tolist()].select(labels).to_numpy().astype(float)
-        tp = pids[rows]
-        predictors = {name: fold_probe(X[rows], local["val"]) for name, X in features.items()}
-        X_task = signals[rows] if isinstance(signals, np.ndarray) else np.asarray(signals)[rows]
-        predictors["supervised"] = SupervisedBaseline(X_task, "multilabel", args.encoder, args.encoder_kwargs,
-                                                      epochs=args.sup_epochs, max_steps=args.sup_steps, lr=args.sup_lr)
-        if args.finetune in runs:
-            predictors[f"fine-tune ({args.finetune})"] = FineTune(X_task, runs[args.finetune], epochs=args.sup_epochs,
-                                                                  max_steps=args.sup_steps, lr=args.ft_lr)
-        res = run_probe({}, Y, labels, tp, fractions=args.fractions, repeats=args.repeats, n_boot=args.bootstrap,
-                        seed=args.seed, reference="random-init", split=(local["train"], local["test"]),
-                        predictors=predictors)
+        report = evaluate(EvalSpec(task=f"ptbxl-{task}", root=args.root, labels=labels, encoders=list(runs.values()),
+                                   fractions=args.fractions, repeats=args.repeats, n_boot=args.bootstrap,
+                                   seed=args.seed, cache=args.cache, grid=[{"C": c} for c in C_GRID],
+                                   **trained_rows(args, runs.get(args.finetune))))
+        res = report.result
         for r in res.rows:  # every subsample's rows were checked against the test side inside run_probe
             r["ecgs"] = int(len(rows))
         record["tasks"][task] = {"labels": labels, "split": res.split, "rows": res.rows, "vs_random": res.comparisons,
-                                 "val_records": int(len(local["val"]))}
+                                 "val_records": int(res.split.get("val_records", 0)), "notes": report.notes}
         plot(res.rows, out / f"ptbxl_{task}.png", f"PTB-XL {task}: macro AUROC, fold 10")
         print(f"[ptbxl] {task}: probed {len(rows)} ECGs, {len(labels)} labels", flush=True)
     record["probe_s"] = time.time() - t_probe
     return record
 
 
+def oof_probes(feats: dict, Y, tr, te, va, pids, seed: int, oof: dict) -> dict:
+    """Each feature set's linear probe trained on ``tr`` (C on ``va``, or nested inside ``tr`` when None) predicting
+    ``te`` into the out-of-fold arrays ``oof``; the fold's macro AUROC per row."""
+    fold_auc = {}
+    for n in feats:
+        P, _ = fit_predict(n, feats, {}, Y, tr, te, pids, seed, grid=[{"C": c} for c in C_GRID],
+                           kind="multilabel" if Y.shape[1] > 1 else "binary", val_rows=va)
+        if oof.get(n) is None:
+            oof[n] = np.full(Y.shape, np.nan)
+        oof[n][te] = P
+        fold_auc[n] = macro_auroc(Y[te], P)
+    return fold_auc
+
+
 def bench_ptbxl_cv(args, out: Path) -> dict:
-    cache, notes = load_ptbxl_cache(args)
-    idx = cache.index
+    data, notes = open_ptbxl(args)
+    idx = data.index
     pids, folds = idx["patient_id"].to_numpy(), idx["strat_fold"].to_numpy()
-    signals = cache.stack()
     names = ["random-init", *[m for m in args.methods]]
-    oof = {task: {n: None for n in names} for task in args.tasks}
+    oof: dict = {task: {} for task in args.tasks}
     task_rows = {t: np.flatnonzero(idx[f"has:{TASKS[t]}"].to_numpy() == 1) for t in args.tasks}
     # labels fixed once over all folds: >= min_positives overall
     task_cols = {}
@@ -351,14 +289,14 @@ def bench_ptbxl_cv(args, out: Path) -> dict:
         kval = k % 10 + 1
         pre_rows = np.flatnonzero(folds != k)
         check_pretraining_rows(pids, folds, pre_rows, (k,))
-        pre = cache.subset(pre_rows)
+        pre = data.subset(pre_rows)
         feats = {}
         for m in args.methods:
             run, s = pretrain_once(pre, out / "runs" / f"fold{k}" / m, m, args.encoder, args.encoder_kwargs, {}, args)
             timings[f"fold{k}/{m}"] = s
-            feats[m] = embed_signals(load_encoder(run), signals, progress=False)
+            feats[m] = embed_dataset(load_encoder(run), data, progress=False)
             if "random-init" not in feats:
-                feats["random-init"] = embed_signals(load_encoder(run, random_init=True, seed=args.seed), signals,
+                feats["random-init"] = embed_dataset(load_encoder(run, random_init=True, seed=args.seed), data,
                                                      progress=False)
         for t in args.tasks:
             rows = task_rows[t]
@@ -366,86 +304,30 @@ def bench_ptbxl_cv(args, out: Path) -> dict:
             tf = folds[rows]
             tr, va, te = np.flatnonzero((tf != k) & (tf != kval)), np.flatnonzero(tf == kval), np.flatnonzero(tf == k)
             assert_no_patient_leakage(pids[rows], tr, va, te)
-            fold_auc = {}
-            for n in names:
-                P = fold_probe(feats[n][rows], va)(Y, tr, te, pids[rows], args.seed)
-                if oof[t][n] is None:
-                    oof[t][n] = np.full(Y.shape, np.nan)
-                oof[t][n][te] = P
-                fold_auc[n] = macro_auroc(Y[te], P)
+            fold_auc = oof_probes({n: feats[n][rows] for n in names}, Y, tr, te, va, pids[rows], args.seed, oof[t])
             per_fold.append({"fold": k, "task": t, "auroc": fold_auc})
         print(f"[ptbxl-cv] fold {k} done", flush=True)
     record = {"notes": notes, "pretrain_s": timings, "per_fold": per_fold, "tasks": {}}
     for t in args.tasks:
         rows = task_rows[t]
         Y = idx[rows.tolist()].select(task_cols[t]).to_numpy().astype(float)
-        record["tasks"][t] = pooled(Y, {n: oof[t][n] for n in names}, pids[rows], args, refs=("random-init", "simclr"))
+        record["tasks"][t] = score_pooled(Y, {n: oof[t][n] for n in names}, pids[rows], n_boot=args.bootstrap,
+                                          seed=args.seed + 1, references=("random-init", "simclr"), labels=task_cols[t])
         record["tasks"][t]["labels"] = task_cols[t]
         record["tasks"][t]["ecgs"] = int(len(rows))
     return record
 
 
-def pooled(Y, preds: dict, groups, args, refs=("random-init",)) -> dict:
-    """Pooled out-of-fold macro AUROC per encoder with a group-level bootstrap CI, and paired differences.
-    Labels that cannot be scored (:func:`tscl.probes.cells.label_problem`) are left out; with none left every
-    row is n/a with the reason."""
-    problems = {j: label_problem(Y[:, j]) for j in range(Y.shape[1])}
-    keep = [j for j, why in problems.items() if why is None]
-    na = None if keep else "; ".join(sorted({why for why in problems.values()}))
-    boots, rows, comps = {}, [], []
-    for n, P in preds.items():
-        if na:
-            boots[n] = np.full(args.bootstrap, np.nan)
-            rows.append({"encoder": n, "auroc": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n/a": na})
-            continue
-        boots[n] = bootstrap_macro_auroc(Y[:, keep], P[None][:, :, keep], groups, n_boot=args.bootstrap,
-                                         seed=args.seed + 1)
-        rows.append({"encoder": n, "auroc": float(macro_auroc(Y[:, keep], P[:, keep])),
-                     "ci_low": float(np.nanpercentile(boots[n], 2.5)), "ci_high": float(np.nanpercentile(boots[n], 97.5)),
-                     "left_out": {str(j): why for j, why in problems.items() if why}})
-    refs = [r for r in refs if r in preds]
-    for i, ref in enumerate(refs):
-        for n in preds:
-            if n != ref and n not in refs[:i]:  # each pair once
-                d = boots[n] - boots[ref]
-                comps.append({"encoder": n, "reference": ref, "delta": rows[list(preds).index(n)]["auroc"] -
-                              rows[list(preds).index(ref)]["auroc"], "n/a": na,
-                              "ci_low": float(np.nanpercentile(d, 2.5)) if not na else float("nan"),
-                              "ci_high": float(np.nanpercentile(d, 97.5)) if not na else float("nan")})
-    return {"rows": rows, "comparisons": comps, "groups": int(len(np.unique(groups))), "records": int(len(Y))}
-
-
 # --- EEGMAT -----------------------------------------------------------------------------------------------
 
-def zscored_eegmat(args, out: Path):
-    """EEGMAT 10 s epochs at 100 Hz, each epoch z-scored per channel, as a cache (pretraining and probing read it)."""
-    from tscl.loaders import build_cache, load_eegmat
-    from tscl.loaders.recording import Recording
-
-    raw = load_eegmat(args.root, cache_dir=None if args.cache is None else Path(args.cache) / "eegmat",
-                      epoch_s=args.epoch_s, fs=args.fs, progress=False, on_error="skip")
-    target = out / "eegmat_zscored"
-    if (target / "fingerprint.txt").exists() and (target / "fingerprint.txt").read_text() == raw.fingerprint + ";z":
-        from tscl.loaders import WaveformCache
-        return WaveformCache(target), raw.report
-
-    def recs():
-        for i, r in enumerate(raw.index.iter_rows(named=True)):
-            x = np.asarray(raw[i], dtype=np.float64)
-            z = (x - x.mean(1, keepdims=True)) / np.maximum(x.std(1, keepdims=True), 1e-6)
-            yield Recording(signal=z.astype(np.float32), fs=r["fs"], channels=tuple(r["channels"].split(",")),
-                            patient_id=r["patient_id"], record_id=f"{Path(r['source']).stem}/{r['window_start']}",
-                            labels={"task": r["task"], "recording": Path(r["source"]).stem,
-                                    "window_start": r["window_start"]}, source=r["source"])
-    return build_cache(recs(), target, fingerprint=raw.fingerprint + ";z", report=raw.report), raw.report
-
-
 def bench_eegmat(args, out: Path) -> dict:
-    cache, report = zscored_eegmat(args, out)
-    idx = cache.index
-    pids, y = idx["patient_id"].to_numpy(), idx["task"].to_numpy().astype(float)
-    recs = idx["recording"].to_numpy()
-    signals = np.asarray(cache.stack())
+    """Leave-subjects-out folds of the ``eegmat`` source (epochs z-scored per channel as every command reads them):
+    pretraining and the probes' training never see a fold's subjects; out-of-fold predictions pooled."""
+    data = open_dataset("eegmat", args.root, cache=args.cache, progress=False, epoch_s=args.epoch_s, fs=args.fs,
+                        on_error="skip")
+    idx = data.index
+    pids, y = idx["patient_id"].to_numpy(), idx["task"].to_numpy().astype(float)[:, None]
+    recs = np.asarray([Path(s).stem for s in idx["source"].to_list()])
     subjects = np.unique(pids)
     perm = np.random.default_rng(args.seed).permutation(subjects)
     fold_of = {s: i % args.folds for i, s in enumerate(perm)}
@@ -454,70 +336,58 @@ def bench_eegmat(args, out: Path) -> dict:
                 "transformer1d": {"patch_len": 100, "dim": 32, "depth": 2, "heads": 4}}  # 1 s patches: 19 x 10 tokens
     if args.encoder_list:
         encoders = {e: encoders[e] for e in args.encoder_list}
-    names = [(e, n) for e in encoders for n in ("random-init", "supervised", *args.methods)]
-    oof = {en: np.full(len(idx), np.nan) for en in names}
+    oof: dict = {enc: {} for enc in encoders}
     timings = {}
     for k in range(args.folds):
         tr, te = np.flatnonzero(sfold != k), np.flatnonzero(sfold == k)
         assert_no_patient_leakage(pids, tr, te)
-        pre = cache.subset(tr)
+        pre = data.subset(tr)
         assert not np.isin(pre.index["patient_id"].to_numpy(), pids[te]).any()
         for enc, ekw in encoders.items():
             feats = {}
             for m in args.methods:
                 run, s = pretrain_once(pre, out / "runs" / f"fold{k}" / enc / m, m, enc, ekw, {}, args)
                 timings[f"fold{k}/{enc}/{m}"] = s
-                feats[m] = embed_signals(load_encoder(run), signals, progress=False)
+                feats[m] = embed_dataset(load_encoder(run), data, progress=False)
                 if "random-init" not in feats:
-                    feats["random-init"] = embed_signals(load_encoder(run, random_init=True, seed=args.seed), signals,
+                    feats["random-init"] = embed_dataset(load_encoder(run, random_init=True, seed=args.seed), data,
                                                          progress=False)
-            for n, X in feats.items():
-                def score(C, fit_rows, val_rows, X=X):
-                    P = LinearProbe(C=C).fit(X[fit_rows], y[fit_rows]).predict_proba(X[val_rows])
-                    return macro_auroc(y[val_rows, None], P)
-                C = choose_on_validation(list(C_GRID), score, tr, pids, args.seed)
-                oof[(enc, n)][te] = LinearProbe(C=C).fit(X[tr], y[tr]).predict_proba(X[te])[:, 0]
-            sb = SupervisedBaseline(signals, "binary", enc, ekw, epochs=args.sup_epochs, max_steps=args.sup_steps,
+            oof_probes(feats, y, tr, te, None, pids, args.seed, oof[enc])
+            sb = SupervisedBaseline(data, "binary", enc, ekw, epochs=args.sup_epochs, max_steps=args.sup_steps,
                                     lr=args.sup_lr)
-            oof[(enc, "supervised")][te] = sb(y, tr, te, pids, args.seed)[:, 0]
+            oof[enc].setdefault("supervised", np.full(y.shape, np.nan))[te] = sb(y, tr, te, pids, args.seed)
         print(f"[eegmat] fold {k + 1}/{args.folds} done", flush=True)
     record = {"notes": [f"{len(idx)} epochs of {args.epoch_s:g} s at {args.fs:g} Hz from {len(np.unique(recs))} "
-                        f"recordings of {len(subjects)} subjects; {len(report.get('skipped', []))} file(s) skipped",
+                        f"recordings of {len(subjects)} subjects (the eegmat source, z-scored per channel); "
+                        f"{len(data.skipped)} file(s) skipped",
                         f"{args.folds} folds of subjects: " + "; ".join(
                             ",".join(sorted(s for s in subjects if fold_of[s] == k)) for k in range(args.folds))],
               "pretrain_s": timings, "encoders": encoders, "levels": {}}
     # per epoch, and per recording (mean epoch probability of the file)
-    rec_names = sorted(set(recs))
-    rec_rows = [np.flatnonzero(recs == r) for r in rec_names]
-    y_rec = np.array([y[r[0]] for r in rec_rows])
-    g_rec = np.array([pids[r[0]] for r in rec_rows])
-    for level in ("epoch", "recording"):
-        record["levels"][level] = {}
-        for enc in encoders:
-            preds = {n: oof[(enc, n)] for e, n in names if e == enc}
-            if level == "recording":
-                preds = {n: np.array([P[r].mean() for r in rec_rows]) for n, P in preds.items()}
-                Y, g = y_rec, g_rec
-            else:
-                Y, g = y, pids
-            record["levels"][level][enc] = pooled(Y[:, None], {n: P[:, None] for n, P in preds.items()}, g, args,
-                                                  refs=("random-init", "supervised"))
+    rec_rows = [np.flatnonzero(recs == r) for r in sorted(set(recs))]
+    levels = {"epoch": (y, pids, lambda P: P),
+              "recording": (np.array([y[r[0]] for r in rec_rows]), np.array([pids[r[0]] for r in rec_rows]),
+                            lambda P: np.array([P[r].mean(axis=0) for r in rec_rows]))}
+    for level, (Y, groups, pool) in levels.items():
+        record["levels"][level] = {
+            enc: score_pooled(Y, {n: pool(oof[enc][n]) for n in ("random-init", "supervised", *args.methods)}, groups,
+                              n_boot=args.bootstrap, seed=args.seed + 1, references=("random-init", "supervised"),
+                              labels=["task"])
+            for enc in encoders}
     return record
 
 
-# --- output -----------------------------------------------------------------------------------------------
+# --- MIMIC-IV ---------------------------------------------------------------------------------------------
 
 MIMIC_ENCODER = "dim=64,depth=2,heads=4,max_len=128"
+MIMIC_LABELS = ("mortality", "long_stay", "readmission")
 
 
 def bench_mimic(args, out: Path) -> dict:
     """MIMIC-IV demo: each method pretrains ``ehr_sequence`` on the ``mimic-iv`` source's train split
-    (admissions as items); :func:`tscl.tasks.mimic_ehr.mimic_probe` then probes admissions at admission + 24 h
-    (features strictly before it) beside the random-init twin and the tabular baseline, testing on the
-    subjects of the val and test splits (never pretrained on: checked against each run's patients.json)."""
-    from tscl.datasets import open_dataset
-    from tscl.tasks.mimic_ehr import mimic_probe
-
+    (admissions as items); :func:`tscl.probes.evaluate` then probes admissions at admission + 24 h (the tasks
+    ``mimic-<label>``: features strictly before it) beside the random-init twin and the tabular baseline, testing on
+    the subjects of the val and test splits (never pretrained on: checked against each run's patients.json)."""
     enc_kwargs = args.encoder_kwargs
     train = open_dataset("mimic-iv", args.root, split="train", cache=args.cache, progress=False,
                          max_len=int(enc_kwargs.get("max_len", 128)))
@@ -525,11 +395,21 @@ def bench_mimic(args, out: Path) -> dict:
     for method in args.methods:
         extra = {"segments_per_record": 1} if method == "pmq" else {}
         run, seconds = pretrain_once(train, out / "runs" / method, method, "ehr_sequence", enc_kwargs, extra, args)
-        report = mimic_probe(args.root, run, cache=args.cache, n_boot=args.bootstrap, seed=args.seed)
-        rec["methods"][method] = {"pretrain_s": seconds, "counts": report.counts, "notes": report.notes,
-                                  "labels": {k: json.loads(v.to_json()) for k, v in report.results.items()}}
+        reports = {label: evaluate(EvalSpec(task=f"mimic-{label.replace('_', '-')}", root=args.root, encoders=[run],
+                                            fractions=(1.0,), n_boot=args.bootstrap, seed=args.seed, cache=args.cache))
+                   for label in MIMIC_LABELS}
+        rec["methods"][method] = {"pretrain_s": seconds, "counts": {k: _counts(r) for k, r in reports.items()},
+                                  "notes": [n for r in reports.values() for n in r.notes],
+                                  "labels": {k: json.loads(r.result.to_json()) for k, r in reports.items()}}
         print(f"[mimic] {method}: pretrained in {seconds:.0f} s", flush=True)
     return rec
+
+
+def _counts(report) -> dict:
+    """Rows, patients and positives per side of a one-label report."""
+    s, (pos,) = report.result.split, report.data["positives"].values()
+    return {"train_rows": s["train_records"], "train_patients": s["train_patients"], "train_pos": pos["train"],
+            "test_rows": s["test_records"], "test_patients": s["test_patients"], "test_pos": pos["test"]}
 
 
 def markdown_mimic(rec: dict) -> str:

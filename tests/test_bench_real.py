@@ -7,7 +7,7 @@ import pytest
 
 from tscl.benchmarks.bench_real import check_pretraining_rows, main, supcon_column
 from tscl.probes import assert_no_patient_leakage  # noqa: F401  (the check the benchmark relies on)
-from tscl.probes.linear import PatientLeakageError
+from tscl.probes.protocol import PatientLeakageError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PTBXL, EEGMAT = DATA / "ptbxl", DATA / "physionet" / "eegmat"
@@ -59,7 +59,7 @@ def test_ptbxl_quick_on_a_records_and_labels_folder(tmp_path):
     assert res["pretrain_rows"] == int((listed["strat_fold"] <= 8).sum())
     sup = res["tasks"]["superdiagnostic"]
     names = {r["encoder"] for r in sup["rows"]}
-    assert {"random-init", "simclr", "supervised", "fine-tune (simclr)"} <= names
+    assert {"random-init", "simclr", "supervised (from scratch)", "fine-tune (simclr)"} <= names
     assert all(0 <= r["auroc"] <= 1 for r in sup["rows"])
     assert sup["split"]["test_records"] == int(((listed["strat_fold"] == 10) & (listed["has:super"] == 1)).sum())
     assert (out / "ptbxl.md").read_text().count("| random-init |") == 2

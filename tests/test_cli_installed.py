@@ -52,7 +52,7 @@ def _pipeline(cwd: Path, data_args: list, method_args: list, labels: str, probe_
     tscl("probe", *data_args, "--embeddings", "run.npz", "random.npz", "--labels", labels, "--fractions", "1",
          "--bootstrap", "20", "--reference", "random", "--out", "probe", "--quiet", *probe_extra, cwd=cwd)
     report = json.loads((cwd / "probe" / "probe.json").read_text())
-    assert {r["encoder"] for r in report["rows"]} == {"run", "random"}
+    assert {r["encoder"] for r in report["rows"]} == {"run", "random", "random-init"}  # random init by default
     assert (cwd / "probe" / "label_efficiency.png").stat().st_size > 1000
     return cfg
 
@@ -96,8 +96,8 @@ def test_ptbxl_as_physionet_publishes_it(outside):
     assert cfg["dataset"]["split"] == "train"
     seen = json.loads((outside / "run" / "patients.json").read_text())
     assert seen["split"] == "train" and len(seen["patients"]) > 500
-    tscl("task", "run", "ptbxl-superclass", "--data", DATA, "--run", "run", "--no-supervised", "--bootstrap", "20",
-         "--out", "task", "--quiet", cwd=outside)
+    tscl("task", "run", "ptbxl-superclass", "--data", DATA / "ptbxl", "--run", "run", "--no-supervised", "--bootstrap",
+         "20", "--out", "task", "--quiet", cwd=outside)
     assert (outside / "task" / "ptbxl-superclass.json").exists()
 
 

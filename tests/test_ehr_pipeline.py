@@ -305,26 +305,34 @@ def test_mimic_root_without_hosp(tmp_path):
 
 # ---- the MIMIC-IV probe ------------------------------------------------------------------------------
 
-def test_mimic_probe_with_a_pretrained_run(mimic, cache, tmp_path):
-    from tscl.tasks.mimic_ehr import mimic_probe
-    from tscl.probes.linear import PretrainingOverlapError
+def test_mimic_admission_tasks_with_a_pretrained_run(mimic, cache, tmp_path):
+    """The mimic-<label> tasks: admissions at admission + 24 h, the run's encoder beside its random-init twin and the
+    tabular baseline, tested on the val and test subjects (never pretrained on)."""
+    from tscl.probes import EvalSpec, PretrainingOverlapError, evaluate
     from tscl.train import pretrain
 
+    adm = pl.read_csv(MIMIC / "hosp" / "admissions.csv.gz", infer_schema_length=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         run = pretrain(mimic.split("train"), _config(tmp_path / "pclr", "pclr", max_steps=4))
-        rep = mimic_probe(MIMIC, run, labels=("mortality", "long_stay"), cache=cache, n_boot=50)
-    for label in ("mortality", "long_stay"):
-        c = rep.counts[label]
-        assert c["train_patients"] + c["test_patients"] == 100 and c["test_rows"] + c["train_rows"] == 245
-    assert rep.counts["mortality"]["train_pos"] + rep.counts["mortality"]["test_pos"] == 14  # the demo's deaths
-    res = rep.results["long_stay"]
-    assert {r["encoder"] for r in res.rows} == {"pclr", "random-init", "tabular"}
+        reports = {label: evaluate(EvalSpec(task=task, root=MIMIC, encoders=[run], fractions=(1.0,), n_boot=50,
+                                            cache=cache))
+                   for label, task in (("mortality", "mimic-mortality"), ("long_stay", "mimic-long-stay"))}
+    deaths = int((adm["hospital_expire_flag"].cast(pl.Int64) == 1).sum())
+    for label, rep in reports.items():
+        s = rep.result.split
+        assert s["train_patients"] + s["test_patients"] == adm["subject_id"].n_unique()  # every subject once
+        assert s["test_patients"] == 17 and rep.data["dataset"] == "mimic-iv"  # the val + test subjects
+        assert {r["encoder"] for r in rep.rows} == {"pclr", "random-init", "tabular"}
+    assert sum(reports["mortality"].data["positives"]["mortality"].values()) == deaths == 14  # the demo's deaths
+    res = reports["long_stay"].result
     assert all(0 <= r["ci_low"] <= r["auroc"] <= r["ci_high"] <= 1 for r in res.rows)
-    assert res.split["test_patients"] == 17  # the val + test subjects: none reached pretraining
-    assert "long_stay" in rep.to_markdown()
-    with pytest.raises(PretrainingOverlapError):
-        mimic_probe(MIMIC, run, labels=("long_stay",), cache=cache, n_boot=10, split="stratified", tabular=False)
+    assert "long_stay" in reports["long_stay"].to_markdown()
+    with pytest.raises(PretrainingOverlapError):  # a test patient's admissions reached pretraining
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            evaluate(EvalSpec(task="mimic-long-stay", root=MIMIC, encoders=[run], split="random", fractions=(1.0,),
+                              n_boot=10, cache=cache, baselines=False))
 
 
 def test_probe_items_only_see_events_before_the_prediction_time():

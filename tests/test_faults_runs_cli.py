@@ -218,7 +218,7 @@ def test_an_encoder_that_does_not_fit_the_task_is_refused_before_any_data_loads(
     (home / "nodata").mkdir(exist_ok=True)  # nothing to load: the refusal must come first
     refused(tscl("task", "run", "eegmat-task", "--data", "nodata", "--run", "done", cwd=home, ok=False),
             "done: its encoder was pretrained on 12-channel waveform data at 100 Hz",
-            "task eegmat-task is 19-channel waveform data at 500 Hz")
+            "task eegmat-task is 19-channel waveform data at 100 Hz")
 
 
 @installed

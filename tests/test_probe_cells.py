@@ -106,7 +106,8 @@ def test_a_label_untrainable_in_every_fit_counts_as_half_and_is_named():
     assert "- never at 100 %: untrainable: the training rows hold one class; its prevalence prediction counts as " \
            "AUROC 0.5" in res.to_markdown()
     ev = evaluate_probe({"enc": X}, Y, ["never", "b"], pids, split, n_boot=50)
-    assert ev.rows[0]["n/a"] is None and "- enc: never untrainable" in ev.to_markdown()
+    assert ev.rows[0]["n/a"] is None and "- never at 100 %: untrainable: the training rows hold one class" in \
+        ev.to_markdown()
 
 
 def test_one_test_patient_gives_a_value_without_a_ci():

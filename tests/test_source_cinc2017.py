@@ -213,7 +213,7 @@ def test_pretrain_embed_probe_through_the_installed_cli(tmp_path):
     tscl("probe", *data, "--embeddings", "run.npz", "random.npz", "--labels", "af,normal,other,noisy", "--fractions",
           "1", "--bootstrap", "20", "--reference", "random", "--out", "probe", "--quiet", cwd=tmp_path)
     report = json.loads((tmp_path / "probe" / "probe.json").read_text())
-    assert {r["encoder"] for r in report["rows"]} == {"run", "random"}
+    assert {r["encoder"] for r in report["rows"]} == {"run", "random", "random-init"}  # random init by default
     assert report["split"]["test_patients"] == report["split"]["test_records"] == 8  # the test split: 2 per class
 
 

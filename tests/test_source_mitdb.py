@@ -162,7 +162,7 @@ def test_inter_patient_pipeline_through_the_installed_cli(mitdb, tmp_path):
           "--fractions", "1", "--bootstrap", "20", "--reference", "random", "--out", "probe", "--quiet", cwd=tmp_path)
     report = json.loads((tmp_path / "probe" / "probe.json").read_text())
     assert report["split"]["test_patients"] == 22 and report["split"]["train_patients"] == 21
-    assert {r["encoder"] for r in report["rows"]} == {"run", "random"}
+    assert {r["encoder"] for r in report["rows"]} == {"run", "random", "random-init"}  # random init by default
 
 
 needs_real = pytest.mark.skipif(not REAL, reason="set TSCL_MITDB_ROOT to the MIT-BIH Arrhythmia Database folder to read "

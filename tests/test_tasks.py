@@ -1,3 +1,5 @@
+"""Named tasks are (source, options, labels, rows, split, kind) tuples over the sources' label columns, and the
+engine runs them; the MIMIC-IV admission features never see the future."""
 import json
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -6,18 +8,26 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tscl.tasks import TASKS, TaskData, ehr_features, embed_task, get_task, mimic_admissions, stratified_patient_split
+from tscl.datasets import get_source
+from tscl.datasets.ehr import ehr_features, mimic_admissions
+from tscl.probes import EvalSpec, evaluate, stratified_patient_split
+from tscl.tasks import KINDS, SPLIT_RULES, TASKS, get_task, list_tasks
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real data folder {DATA} is absent")
 
 
-def test_registry_has_the_named_tasks():
-    assert {"ptbxl-superclass", "ptbxl-sex", "ptbxl-age", "mitdb-beats", "cpsc2021-af", "eegmat-task",
-            "mimic-mortality", "mimic-readmission"} <= set(TASKS)
+def test_every_task_names_a_source_its_options_and_labels():
+    tasks = list_tasks()
+    assert {"ptbxl-superclass", "ptbxl-superdiagnostic", "ptbxl-sex", "ptbxl-age", "mitdb-beats", "cpsc2021-af",
+            "eegmat-task", "mimic-mortality", "mimic-readmission", "mimic-long-stay", "sim-risk"} <= set(TASKS)
+    for task in tasks:
+        src = get_source(task.source)  # a registered source, opened like every command opens it
+        assert set(task.options) <= set(src.options), task.name
+        assert task.kind in KINDS and task.split in SPLIT_RULES and task.labels and task.description
     assert get_task("ptbxl-superclass").labels == ("NORM", "MI", "STTC", "CD", "HYP")
     assert get_task("ptbxl-age").kind == "regression"
-    with pytest.raises(KeyError, match="known tasks"):
+    with pytest.raises(ValueError, match="known tasks"):
         get_task("nope")
 
 
@@ -96,108 +106,97 @@ def test_mimic_admissions_cohort_and_labels(tmp_path):
     assert c["prediction_time"][0] == datetime(2150, 1, 2)
 
 
-# --- embedding -----------------------------------------------------------------------------------------
+# --- a task on a simulated cohort, through the engine ------------------------------------------------------
 
-def _toy_waveforms(n=12):
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(n, 2, 256)).astype(np.float32)
-    pids = np.repeat(np.arange(n // 2), 2).astype(str)
-    return TaskData("toy", "binary", "waveform", X, (np.arange(n) % 2)[:, None].astype(float), ["y"], pids,
-                    np.arange(n // 2), np.arange(n // 2, n))
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    from tscl.simulate import CohortConfig, write_cohort
+
+    folder = tmp_path_factory.mktemp("sim") / "cohort"
+    write_cohort(folder, CohortConfig(n_patients=40, seed=3), progress=False)
+    return folder
 
 
-def test_embed_task_with_a_run_and_without(tmp_path):
-    import torch
-    from safetensors.torch import save_file
+def test_sim_risk_without_a_run_uses_the_default_architecture_untrained(cohort):
+    meta = pl.read_csv(cohort / "metadata.csv")
+    rep = evaluate(EvalSpec(task="sim-risk", root=cohort, fractions=(1.0,), n_boot=30))
+    assert [r["encoder"] for r in rep.rows] == ["random-init"]
+    assert any("resnet1d" in n and "untrained" in n for n in rep.notes)
+    test_patients = meta.filter(pl.col("split") == "test")["patient_id"].n_unique()
+    assert rep.result.split["test_patients"] == test_patients  # the cohort's own split column
+    assert rep.result.labels == ["lvh", "bbb", "af", "tachy", "brady", "mace"]
 
-    from tscl.encoders import build_encoder
 
-    data = _toy_waveforms()
-    base = embed_task(data)
-    assert list(base) == ["random-init resnet1d"] and base["random-init resnet1d"].shape[0] == 12
-    torch.manual_seed(123)
-    enc = build_encoder("resnet1d", 2, width=0.25)
-    save_file({k: v.contiguous() for k, v in enc.state_dict().items()}, tmp_path / "encoder.safetensors")
-    (tmp_path / "config.json").write_text(json.dumps({"encoder": "resnet1d", "in_channels": 2,
-                                                      "encoder_kwargs": {"width": 0.25}}))
-    feats = embed_task(data, run=tmp_path)
-    assert set(feats) == {tmp_path.name, "random-init"}
-    assert not np.allclose(feats[tmp_path.name], feats["random-init"])
-    tab = TaskData("t", "binary", "tabular", np.ones((4, 3)), np.zeros((4, 1)), ["y"], np.arange(4), np.arange(2),
-                   np.arange(2, 4))
-    assert embed_task(tab)["tabular"] is tab.X
+def test_bad_specifications_are_one_line_naming_the_field(cohort, tmp_path):
+    cases = [(EvalSpec(task="sim-risk", root=cohort, probe="svm"), "probe 'svm'"),
+             (EvalSpec(task="sim-risk", root=cohort, fractions=(0,)), "fractions"),
+             (EvalSpec(dataset="wfdb", root=cohort, labels=["nope"]), "label column 'nope'"),
+             (EvalSpec(dataset="wfdb", root=cohort, labels=["lvh"], encoders=[tmp_path / "none"]), "encoder not found"),
+             (EvalSpec(task="sim-risk", dataset="ptbxl", root=cohort), "defined on source 'wfdb'"),
+             (EvalSpec(dataset="wfdb", root=cohort, labels=["lvh"], test_split="train"), "test_split"),
+             (EvalSpec(dataset="wfdb", root=cohort, labels=["lvh"], reference="x", fractions=(1.0,), n_boot=5),
+              "reference 'x' is not a row")]
+    for spec, words in cases:
+        with pytest.raises((ValueError, FileNotFoundError)) as err:
+            evaluate(spec)
+        assert words in str(err.value) and "\n" not in str(err.value), (words, str(err.value))
 
 
 # --- real data -------------------------------------------------------------------------------------------
 
-@needs_data
-def test_ptbxl_superclass_uses_strat_folds_and_reports_skipped_rows(tmp_path):
-    data = get_task("ptbxl-superclass").load(DATA, tmp_path)
-    assert data.X.shape[1:] == (12, 1000) and data.Y.shape[1] == 5
-    assert any("on_error='skip'" in n for n in data.notes)
-    assert set(data.patient_ids[data.train]).isdisjoint(data.patient_ids[data.test])
-    assert len(data.test) > 0 and data.source is not None
+def _listed(root: Path, pattern: str, fold=None) -> set:
+    """ecg_ids of the CSVs matching ``pattern`` under ``root`` (of ``fold`` only, when given), from the files."""
+    out = set()
+    for path in root.glob(pattern):
+        t = pl.read_csv(path, infer_schema=False)
+        out |= {int(float(e)) for e, f in zip(t["ecg_id"], t["strat_fold"]) if fold is None or int(float(f)) == fold}
+    return out
+
+
+def _fold10_labelled(root: Path) -> set:
+    """The fold-10 ECGs with records on disk that some label source gives a superclass (computed from the files)."""
+    ids = _listed(root, "ptbxl_database.csv", 10) | _listed(root, "labels/ptbxl_super_class_*.csv", 10)
+    return ids & {int(p.name[:5]) for p in (root / "records100").rglob("*_lr.hea")}
 
 
 @needs_data
-def test_mimic_real_features_ignore_a_planted_future_event(tmp_path):
-    from tscl.loaders.meds import scan_meds
-    from tscl.loaders.mimic_meds import mimic_iv_to_meds
+def test_ptbxl_superclass_tests_on_every_labelled_fold10_ecg(tmp_path):
+    """The README's PTB-XL probe: labels from the label tables and the database, so every labelled fold-10 ECG."""
+    from tscl.datasets import open_dataset
 
-    root = DATA / "meds_demo" / "mimic-iv-clinical-database-demo-2.2"
-    with pytest.warns(UserWarning):
-        mimic_iv_to_meds(root, tmp_path / "meds", tables=("hosp/patients", "hosp/admissions", "hosp/labevents",
-                                                          "icu/chartevents"))
-    events = scan_meds(tmp_path / "meds").collect()
-    cohort = mimic_admissions(root).head(20)
-    subjects = set(cohort["subject_id"].to_list())
-    X, names = ehr_features(events, cohort, subjects, top_k=30)
-    # the subject's last admission in the cohort: a planted event after its prediction time is after every
-    # prediction time of that subject (an earlier admission's future is a later admission's past)
-    last = cohort.sort("prediction_time").group_by("subject_id", maintain_order=True).last()
-    s, pt = last["subject_id"][0], last["prediction_time"][0]
-    lab = next(n.split("//", 1)[1] for n in names if n.startswith("last//"))
-    planted = pl.DataFrame({"subject_id": [s, s], "time": [pt, pt + timedelta(hours=2)], "code": [lab, "MEDS_DEATH"],
-                            "numeric_value": [1e6, None]},
-                           schema={"subject_id": pl.Int64, "time": pl.Datetime("us"), "code": pl.Utf8,
-                                   "numeric_value": pl.Float64})
-    X2, names2 = ehr_features(pl.concat([events.select(planted.columns), planted]), cohort, subjects, top_k=30)
-    assert names2 == names
-    np.testing.assert_allclose(X2, X)
+    root = DATA / "ptbxl"
+    data = open_dataset("ptbxl", root, cache=tmp_path, on_error="skip", progress=False)
+    idx = data.index.filter((pl.col("strat_fold") == 10) & pl.all_horizontal(
+        pl.col(c).is_not_null() for c in ("NORM", "MI", "STTC", "CD", "HYP")))
+    db_only = data.index.filter((pl.col("strat_fold") == 10) & (pl.col("in_database") == 1))
+    assert set(map(int, idx["record_id"])) == _fold10_labelled(root) and idx.height > 3 * db_only.height
+    listed = _listed(root, "ptbxl_database.csv") | _listed(root, "labels/ptbxl_*.csv")
+    on_disk = {int(p.name[:5]) for p in (root / "records100").rglob("*_lr.hea")}
+    assert len(data.notes.get("unlisted", [])) == len(on_disk - listed)  # "listed in no label source" is true
 
 
 @needs_data
-def test_cli_task_run_mitdb_beats(tmp_path, capsys):
+def test_cli_task_run_cpsc2021_af_and_a_source_too_small_to_split(tmp_path, capsys):
     from tscl.cli import main
 
-    assert main(["task", "run", "mitdb-beats", "--data", str(DATA), "--cache", str(tmp_path / "c"),
-                 "--bootstrap", "50", "--out", str(tmp_path / "o")]) == 0
+    physionet = DATA / "physionet"
+    assert main(["task", "run", "cpsc2021-af", "--data", str(physionet / "cpsc2021"), "--cache", str(tmp_path / "c"),
+                 "--bootstrap", "50", "--no-supervised", "--out", str(tmp_path / "o"), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "AUROC" in out and "re-id" in out
-    saved = json.loads((tmp_path / "o" / "mitdb-beats.json").read_text())
-    assert saved["task"] == "mitdb-beats" and saved["audit"]["random-init resnet1d"]["reid"]["queries"] > 0
-
-
-@needs_data
-def test_cli_report_writes_summary_json_and_figures(tmp_path):
-    from tscl.cli import main
-
-    out = tmp_path / "report"
-    assert main(["report", "--tasks", "mimic-mortality", "--data", str(DATA), "--cache", str(tmp_path / "c"),
-                 "--bootstrap", "50", "--fractions", "0.5,1", "--out", str(out)]) == 0
-    summary = (out / "summary.md").read_text()
-    assert "## mimic-mortality" in summary and "re-id" in summary
-    rep = json.loads((out / "report.json").read_text())
-    assert rep["mimic-mortality"]["probe"]["rows"][0]["encoder"] == "tabular"
-    from tscl.probes.cells import label_problem
-
-    positives = int(rep["mimic-mortality"]["summary"].rsplit("/", 1)[1])  # "... positives train/test: mortality a/b"
-    why = label_problem([1] * positives + [0] * 50)
-    figures = ["mimic-mortality_reliability.png", "mimic-mortality_embedding_tabular.png"]
-    if why:  # the demo's test side holds too few deaths for an AUROC: n/a with the reason, no curve
-        assert f"n/a ({why})" in summary and "label-efficiency curve not drawn" in summary
-        assert not (out / "mimic-mortality_label_efficiency.png").exists()
+    saved = json.loads((tmp_path / "o" / "cpsc2021-af.json").read_text())
+    subjects = {p.name.split("_")[1] for p in (physionet / "cpsc2021").glob("*.atr")}
+    assert saved["spec"]["task"] == "cpsc2021-af" and saved["data"]["labels"] == ["afib"]
+    assert saved["split"]["train_patients"] + saved["split"]["test_patients"] == len(subjects)
+    assert saved["audit"]["random-init"]["reid"]["queries"] > 0 and (tmp_path / "o" / "label_efficiency.png").exists()
+    scored = [r for r in saved["rows"] if not r["n/a"]]  # a sample this small may hold one class on the test side
+    assert (tmp_path / "o" / "reliability.png").exists() == bool(scored)
+    assert all(f"n/a ({r['n/a']})" in out for r in saved["rows"] if r["n/a"])
+    records = {p.stem for p in (physionet / "mitdb").glob("*.atr")}
+    code = main(["task", "run", "mitdb-beats", "--data", str(physionet / "mitdb"), "--cache", str(tmp_path / "c"),
+                 "--quiet"])
+    err = capsys.readouterr().err
+    if len(records) < 2:  # one record is one patient: no split, said in one line
+        assert code == 2 and "needs at least 2 patients, got 1" in err and len(err.strip().splitlines()) == 1
     else:
-        figures.append("mimic-mortality_label_efficiency.png")
-    for png in figures:
-        assert (out / png).stat().st_size > 1000 and f"({png})" in summary
+        assert code == 0

@@ -302,22 +302,23 @@ def _number(text):
 
 # --- downstream tasks on these sources' label columns ----------------------------------------------------
 
+_PTBXL_FITS = {"in_channels": 12, "fs": 100}  # records100/: 12 leads at 100 Hz
 register_task("ptbxl-superclass", "ptbxl", SUPERCLASSES, "multilabel", options={"on_error": "skip"},
-              source_column="device", description="PTB-XL diagnostic superclasses from every label source (tables and "
+              source_column="device", fits=_PTBXL_FITS, description="PTB-XL diagnostic superclasses from every label source (tables and "
               "database), multi-label; strat_fold 1-8 train, 9 validation, 10 test")
 for _task, _prefix, _what in (("superdiagnostic", "super", "superclasses"), ("subdiagnostic", "sub", "subclasses"),
                               ("form", "form", "form statements"), ("rhythm", "rhythm", "rhythm statements")):
     register_task(f"ptbxl-{_task}", "ptbxl", (f"{_prefix}:*",), "multilabel", options={"on_error": "skip"},
-                  rows={f"has:{_prefix}": [1]}, source_column="device",
+                  rows={f"has:{_prefix}": [1]}, source_column="device", fits=_PTBXL_FITS,
                   description=f"PTB-XL {_what} (every {_prefix}: column) on the ECGs listed for the task, multi-label; "
                               "strat_fold 1-8 train, 9 validation, 10 test")
 register_task("ptbxl-sex", "ptbxl", ("female",), "binary", options={"on_error": "skip"}, source_column="device",
-              description="PTB-XL sex (female) from the ECG; strat_fold split")
+              fits=_PTBXL_FITS, description="PTB-XL sex (female) from the ECG; strat_fold split")
 register_task("ptbxl-age", "ptbxl", ("age",), "regression", options={"on_error": "skip"}, source_column="device",
-              description="PTB-XL age in years (ages above 89 are unknown), ridge regression; strat_fold split")
+              fits=_PTBXL_FITS, description="PTB-XL age in years (ages above 89 are unknown), ridge regression; strat_fold split")
 register_task("eegmat-task", "eegmat", ("task",), "binary", options={"epoch_s": 10, "fs": 100},
-              description="EEGMAT rest vs mental arithmetic, 10 s epochs at 100 Hz z-scored per channel; the source's "
+              fits={"in_channels": 19}, description="EEGMAT rest vs mental arithmetic, 10 s epochs at 100 Hz z-scored per channel; the source's "
                           "subject split (hash of the subject)")
-register_task("sim-risk", "wfdb", CONDITIONS, "multilabel",
+register_task("sim-risk", "wfdb", CONDITIONS, "multilabel", fits={"in_channels": 12},
               description="simulated cohort (tscl simulate / tscl demo; the root is the cohort folder): the six risk "
                           "labels, multi-label, its split column (test patients are never pretrained on)")

@@ -30,13 +30,13 @@ from .metrics import (
     weighted_auroc,
 )
 from .models import C_GRID, PROBE_GRIDS, KNNProbe, LinearProbe, MLPProbe, PerLabel, RidgeProbe, make_probe
-from .table import ProbeResult, fit_predict, run_probe, score_predictions
+from .table import ProbeResult, fit_predict, run_probe, score_pooled, score_predictions
 from .supervised import SupervisedBaseline
 from .audit import audit_embeddings, audit_markdown, effective_rank, patient_reidentification, source_shortcut
 from .engine import EvalReport, EvalSpec, evaluate
 
 __all__ = [
-    "evaluate", "EvalSpec", "EvalReport", "run_probe", "ProbeResult", "fit_predict", "score_predictions",
+    "evaluate", "EvalSpec", "EvalReport", "run_probe", "ProbeResult", "fit_predict", "score_predictions", "score_pooled",
     "LinearProbe", "KNNProbe", "MLPProbe", "RidgeProbe", "PerLabel", "make_probe", "C_GRID", "PROBE_GRIDS",
     "assert_no_patient_leakage", "patient_split", "stratified_patient_split", "subsample_patients", "choose_params",
     "PatientLeakageError", "PretrainingOverlapError", "check_pretraining_overlap", "pretrained_patients",

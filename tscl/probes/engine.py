@@ -41,7 +41,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from tscl.datasets import cat_payloads, open_dataset
+from tscl.datasets import _ID_COLUMNS, cat_payloads, get_source, open_dataset
 from tscl.embed import embed_dataset
 from tscl.encoders import build_encoder
 from tscl.encoders.resnet1d import CPU_WIDTH
@@ -261,6 +261,20 @@ def _resolve(spec: EvalSpec) -> tuple[Task | None, str, dict, str]:
     return task, name, options, split
 
 
+def _check_runs_fit(spec: EvalSpec, task: Task | None, name: str, options: dict) -> None:
+    """A run whose encoder cannot take the task's data (modality; channels and rate the task declares) is refused
+    before any data loads."""
+    runs = [Path(e) for e in spec.encoders if _is_run(Path(e))]
+    runs += [Path(spec.finetune)] if spec.finetune not in (True, False, None) and _is_run(Path(spec.finetune)) else []
+    fits = dict(task.fits) if task else {}
+    if "fs" in options:
+        fits["fs"] = float(options["fs"])
+    for run in runs:
+        check_encoder_fits(load_config(run).data_info, modality=get_source(name).modality,
+                           in_channels=fits.get("in_channels"), fs=fits.get("fs"),
+                           what=f"task {task.name}" if task else f"{name} data", run=run)
+
+
 def _run_options(spec: EvalSpec, name: str) -> dict:
     """The source options the first run folder among the encoders was pretrained with, when it read ``name``."""
     run = next((Path(e) for e in spec.encoders if _is_run(Path(e))), None)
@@ -280,8 +294,9 @@ def _label_columns(index: pl.DataFrame, labels, where: str) -> list[str]:
             continue
         column = lab.split("=", 1)[0]
         if column not in index.columns:
-            known = [c for c in index.columns if c not in ("patient_id", "record_id", "split")]
-            raise ValueError(f"{where}: label column {column!r} is not in the index; columns: {', '.join(known[:40])}")
+            known = [c for c in index.columns if c not in _ID_COLUMNS]
+            raise ValueError(f"{where}: label column {column!r} is not in the index; label columns: "
+                             f"{', '.join(known[:40])}{', ...' if len(known) > 40 else ''}")
         out.append(lab)
     return out
 
@@ -493,8 +508,12 @@ class _Stacked:
 
 
 def _check_overlaps(spec: EvalSpec, encoders: list, sides: list, test_rows: list, notes: list) -> None:
-    """No encoder pretrained on a test patient (of the internal test split, and of the external one when its ids
-    share the internal space) unless ``allow_test_overlap``, which is then said in the notes."""
+    """No encoder (nor the fine-tuned run) pretrained on a test patient (of the internal test split, and of the
+    external one when its ids share the internal space) unless ``allow_test_overlap``, which is then said."""
+    tuned = Path(spec.finetune) if spec.finetune not in (True, False, None) else None
+    if tuned is not None and _is_run(tuned) and all(e.run != tuned for e in encoders):
+        encoders = [*encoders, _Encoder(f"fine-tune ({tuned.name})", tuned, tuned,
+                                        pretrained=sorted(pretrained_patients(tuned) or []))]
     for enc in encoders:
         for side, rows in zip(sides, test_rows):
             overlap = check_pretraining_overlap(enc.pretrained, side.patient_ids[rows], allow=spec.allow_test_overlap,
@@ -527,10 +546,14 @@ def _predictors(spec: EvalSpec, kind: str, arch: _Arch | None, sides: list) -> d
     return out
 
 
-def _baselines(spec: EvalSpec, internal: _Side, train: np.ndarray, external: _Side | None) -> dict:
+def _baselines(spec: EvalSpec, internal: _Side, train: np.ndarray, external: _Side | None, notes: list) -> dict:
     """``{name: [n, d]}`` feature baselines the dataset offers (``data.feature_baselines(rows, train_rows)``)."""
     make = getattr(internal.data, "feature_baselines", None) if spec.baselines else None
-    if make is None or external is not None:
+    if make is None:
+        return {}
+    if external is not None:
+        notes.append("the dataset's feature baselines are left out: they are built from its own training rows and "
+                     "cannot describe the external dataset")
         return {}
     return make(internal.rows, internal.rows[train])
 
@@ -547,6 +570,7 @@ def evaluate(spec: EvalSpec) -> EvalReport:
     for entry in spec.encoders:
         if not Path(entry).exists():
             raise FileNotFoundError(f"{entry}: encoder not found (a run folder or an embeddings file)")
+    _check_runs_fit(spec, task, name, options)
     notes: list = []
     data = open_dataset(name, spec.root, cache=spec.cache, progress=spec.progress, **options)
     where = f"{name} at {spec.root}"
@@ -566,7 +590,7 @@ def evaluate(spec: EvalSpec) -> EvalReport:
     arch = _Arch.of(encoders, data)
     features = _features(spec, encoders, arch, sides, notes)
     predictors = _predictors(spec, kind, arch, sides)
-    features.update({k: v for k, v in _baselines(spec, internal, train, external).items() if k not in features})
+    features.update({k: v for k, v in _baselines(spec, internal, train, external, notes).items() if k not in features})
     pids = np.concatenate([s.patient_ids for s in sides])
     Y = np.concatenate([s.Y for s in sides])
     ext = {EXTERNAL: len(internal.rows) + ext_rows} if external else None
@@ -685,13 +709,16 @@ def _data_summary(name, spec, internal, external, labels, train, val, test, ext_
         parts.append(f"external test {_count(external, ext_rows)}")
     text = (f"{len(internal.rows)} labelled rows of {len(np.unique(internal.patient_ids))} patients "
             f"({internal.data.modality}); " + ", ".join(parts))
+    positives = {}
     if kind != "regression":
-        pos = [f"{lab} {int(internal.Y[train, j].sum())}/{int(internal.Y[test, j].sum())}"
-               + (f"/{int(external.Y[ext_rows, j].sum())}" if external is not None else "")
-               for j, lab in enumerate(labels)]
-        text += "; positives train/test" + ("/external" if external is not None else "") + ": " + "; ".join(pos)
+        positives = {lab: {"train": int(internal.Y[train, j].sum()), "test": int(internal.Y[test, j].sum()),
+                           **({"external": int(external.Y[ext_rows, j].sum())} if external is not None else {})}
+                     for j, lab in enumerate(labels)}
+        text += "; positives train/test" + ("/external" if external is not None else "") + ": " + "; ".join(
+            f"{lab} " + "/".join(str(v) for v in p.values()) for lab, p in positives.items())
     return {"dataset": name, "root": str(spec.root), "task": task.name if task else None, "labels": labels,
             "kind": kind, "rows": int(len(internal.rows)), "left_out_rows": int(internal.left_out), "summary": text,
+            "positives": positives,
             "external": None if external is None else {"dataset": spec.test_dataset or name,
                                                        "root": str(spec.test_root), "rows": int(len(ext_rows))}}
 

@@ -20,8 +20,8 @@ __all__ = [
 ]
 
 
-class PatientLeakageError(AssertionError):
-    """A patient has recordings on both sides of a split."""
+class PatientLeakageError(AssertionError, ValueError):
+    """A patient has recordings on both sides of a split (a failed check of the protocol, and a refused input)."""
 
 
 def assert_no_patient_leakage(patient_ids, *row_sets) -> None:

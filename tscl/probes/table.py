@@ -86,7 +86,8 @@ class ProbeResult:
         full = metrics_table and len(self.metrics) > 1 and 1.0 in fractions
         lines = [] if full and fractions == {1.0} else self._efficiency(tests) + self._deltas(tests) + [""]
         lines = (lines + self._metrics_table(tests)) if full else lines[:-1]
-        return "\n".join(lines + _left_out_lines(self.rows, self.labels))
+        return "\n".join(lines + _left_out_lines(self.rows, self.labels, "macro AUROC" if self.metrics == ("auroc",)
+                                                  else "averages"))
 
     def _encoders(self) -> list:
         return list(dict.fromkeys(r["encoder"] for r in self.rows))
@@ -147,14 +148,14 @@ def _json_value(v):
     return v.tolist() if isinstance(v, np.ndarray) else float(v)
 
 
-def _left_out_lines(rows: list, labels: list) -> list:
+def _left_out_lines(rows: list, labels: list, averages: str = "macro AUROC") -> list:
     """One line per label left out of the averages (and why), and per label no fit of a cell could learn."""
     left = {(lab, why) for r in rows for lab, why in (r.get("left_out") or {}).items()}
     untrained: dict = {}
     for r in rows:
         for lab, why in (r.get("untrainable") or {}).items():
             untrained.setdefault((lab, why), set()).add(r["fraction"])
-    out = [f"- {lab} is left out of the macro AUROC: {why}" for lab, why in sorted(left)]
+    out = [f"- {lab} is left out of the {averages}: {why}" for lab, why in sorted(left)]
     out += [f"- {lab} at {', '.join(f'{100 * f:g} %' for f in sorted(fr))}: {why}; its prevalence prediction counts as "
             "AUROC 0.5" for (lab, why), fr in sorted(untrained.items())]
     return [""] + out if out else []

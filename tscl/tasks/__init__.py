@@ -19,7 +19,9 @@ Fields:
   probe's hyper-parameters when it holds enough patients, ``test`` tests; ``test_splits`` may name more
   sides to test on) or ``"random"`` (a patient-level split, 30 % of the patients, stratified so both
   sides hold both classes when a seed among 200 gives it: for samples whose own split has no test side);
-- ``kind``: ``binary``, ``multilabel`` or ``regression``.
+- ``kind``: ``binary``, ``multilabel`` or ``regression``;
+- ``fits`` (optional): what an encoder must take (``in_channels``, ``fs``), so a run that cannot is refused
+  before any data loads.
 
 :func:`tscl.probes.evaluate` runs a task (``EvalSpec(task=..., root=..., encoders=[...])``).
 """
@@ -50,6 +52,8 @@ class Task:
     description: str = ""
     source_column: str | None = None  # a column naming where an item comes from (device, database): the audit's
     # source-shortcut probe
+    fits: dict = field(default_factory=dict)  # what an encoder must take ({"in_channels", "fs"}): checked against a
+    # run before any data loads
 
 
 TASKS: dict[str, Task] = {}
@@ -57,7 +61,7 @@ TASKS: dict[str, Task] = {}
 
 def register_task(name: str, source: str, labels, kind: str, *, split: str = "dataset", options: dict | None = None,
                   rows: dict | None = None, test_splits=("test",), description: str = "",
-                  source_column: str | None = None) -> Task:
+                  source_column: str | None = None, fits: dict | None = None) -> Task:
     """Declare task ``name`` (called by the source module that knows the labels); returns the :class:`Task`."""
     if kind not in KINDS:
         raise ValueError(f"task {name!r}: kind must be one of {KINDS}, got {kind!r}")
@@ -67,7 +71,7 @@ def register_task(name: str, source: str, labels, kind: str, *, split: str = "da
     if not labels:
         raise ValueError(f"task {name!r}: no label column")
     task = Task(name, source, labels, kind, split, dict(options or {}), {k: list(v) for k, v in (rows or {}).items()},
-                tuple(test_splits), description, source_column)
+                tuple(test_splits), description, source_column, dict(fits or {}))
     TASKS[name] = task
     return task
 
