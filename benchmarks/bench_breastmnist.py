@@ -2,8 +2,10 @@
 
 One command (``--root`` the ``breastmnist.npz``, or a folder holding it)::
 
-    python benchmarks/bench_breastmnist.py --root /path/to/breastmnist.npz --out runs/bench_breastmnist \\
-        --docs docs/benchmarks
+    OMP_NUM_THREADS=1 python benchmarks/bench_breastmnist.py --root /path/to/breastmnist.npz \\
+        --out runs/bench_breastmnist --docs docs/benchmarks
+
+(one thread: on a CPU shared with other work, two threads spent several times the CPU time for the same steps).
 
 Protocol:
 
@@ -24,7 +26,8 @@ Protocol:
   a bootstrap over test images (``--bootstrap`` resamples, shared by every row, so differences with random
   init are paired). Beside them: ``random-init`` (the same architecture untrained) and ``supervised (from
   scratch)`` (:class:`tscl.probes.SupervisedBaseline`: the same architecture and a linear head trained end to
-  end on the same labelled images, early-stopped on a quarter of them, at most ``--sup-steps`` steps). The
+  end on the same labelled images for ``--sup-epochs`` epochs of batch 64, at most ``--sup-steps`` steps, keeping
+  the weights that score best on a quarter of those images held out, checked every 20 steps). The
   engine refuses an encoder pretrained on a test patient and checks every probe split patient-disjoint; this
   script asserts the split sizes it reports against the file (:func:`check_report`).
 - Anchors: MedMNIST v2 (Yang et al., Scientific Data 2023, Table 3), ResNet-18 trained end to end on 100 % of
@@ -180,7 +183,8 @@ def table(report) -> tuple[list, list]:
     rows = [{"encoder": r["encoder"], "fraction": r["fraction"], "train_images": r["train_patients"],
              "repeats": r["repeats"], "n/a": r.get("n/a"),
              **{m: r[m] for m in METRICS}, **{f"{m}_ci": r[f"{m}_ci"] for m in METRICS},
-             "untrainable_label_fits": r.get("untrainable_label_fits", 0)} for r in report.rows]
+             "untrainable_label_fits": r.get("untrainable_label_fits", 0), "params": r.get("params")}
+            for r in report.rows]
     comps = [{"encoder": c["encoder"], "reference": c["reference"], "fraction": c["fraction"], "n/a": c.get("n/a"),
               **{m: c[m] for m in ("auroc", "accuracy")}, **{f"{m}_ci": c[f"{m}_ci"] for m in ("auroc", "accuracy")}}
              for c in report.comparisons]
@@ -288,7 +292,7 @@ def parse(argv):
     p.add_argument("--docs", default=None, help="also write breastmnist.json / _table.md / .png here")
     p.add_argument("--quick", action="store_true", help="tiny budget for the test")
     p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--width", type=float, default=0.25, help="channels of resnet2d18 relative to 64/128/256/512")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--queue", type=int, default=256, help="MoCo's queue: below the training images, so an image's "
@@ -297,8 +301,8 @@ def parse(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=3, help="label subsamples per fraction below 100 %%")
-    p.add_argument("--sup-epochs", type=int, default=15)
-    p.add_argument("--sup-steps", type=int, default=100)
+    p.add_argument("--sup-epochs", type=int, default=50)
+    p.add_argument("--sup-steps", type=int, default=400)
     p.add_argument("--sup-lr", type=float, default=3e-3)
     args = p.parse_args(argv)
     args.methods = [m for m in args.methods.split(",") if m]
