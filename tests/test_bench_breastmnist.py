@@ -143,7 +143,12 @@ def test_bad_command_lines_end_in_one_line_and_status_2(capsys, argv, says):
 def test_a_bad_root_ends_in_one_line_naming_it_and_status_2(tmp_path, capsys):
     bad = tmp_path / "breastmnist.npz"
     bad.write_bytes(b"not an npz")
-    for root in (tmp_path / "missing.npz", bad):
+    (tmp_path / "nosplit").mkdir()
+    no_test = tmp_path / "nosplit" / "breastmnist.npz"
+    write_npz(no_test, sizes=SIZES, hw=(28, 28), drop="test_labels")  # the MedMNIST layout without its test labels
+    for root, says in ((tmp_path / "missing.npz", ""), (bad, ""), (no_test, "no 'test_labels' array")):
         assert bb.main(["--root", str(root), "--out", str(tmp_path / "out"), "--quick"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith("bench_breastmnist.py: error:") and root.name in err[0]
+        assert len(err) == 1 and err[0].startswith("bench_breastmnist.py: error:") and root.name in err[0], err
+        assert says in err[0]
+    assert not (tmp_path / "out" / "runs").exists()  # refused before any pretraining
