@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score
 
 from tscl.probes import bootstrap as bs
 from tscl.probes.bootstrap import Resamples, classification_resampled, macro_auroc_resampled, regression_resampled
-from tscl.probes.metrics import (bootstrap_macro_auroc, brier_score, classification_metrics, expected_calibration_error,
-                                 macro_auroc, mae, r2, weighted_auprc, weighted_auroc)
+from tscl.probes.metrics import (accuracy, bootstrap_macro_auroc, brier_score, classification_metrics,
+                                 expected_calibration_error, macro_auroc, mae, r2, weighted_auprc, weighted_auroc)
 from tscl.probes.table import run_probe
 from tscl.probes.protocol import bootstrap_weights
 
@@ -35,7 +35,7 @@ def dense_auroc(y, scores, weights):
 
 def loop_classification(Y, P, w):
     """The per-resample definition: one label at a time, scikit-learn's AP, labels lacking a class left out."""
-    out = {m: [] for m in ("auroc", "auprc", "brier", "ece")}
+    out = {m: [] for m in ("auroc", "auprc", "brier", "ece", "accuracy")}
     for j in range(Y.shape[1]):
         y, p = Y[:, j], P[:, j]
         if w[y == 1].sum() <= 0 or w[y == 0].sum() <= 0:
@@ -44,6 +44,7 @@ def loop_classification(Y, P, w):
         out["auprc"].append(weighted_auprc(y, p, w))
         out["brier"].append(brier_score(y, p, w))
         out["ece"].append(expected_calibration_error(y, p, w))
+        out["accuracy"].append(accuracy(y, p, w))
     return {m: float(np.mean(v)) if v else float("nan") for m, v in out.items()}
 
 
@@ -109,6 +110,36 @@ def test_patient_bootstrap_metrics_equal_the_per_resample_loop(n_patients, n_boo
         # R^2 of a resample whose targets are all equal is NaN in both (the old formula returned round-off there)
         want = np.mean([r2(Yr[:, j], Yhat[:, j], w) for j in range(L)])
         assert np.isnan(want) == np.isnan(reg["r2"][b]) and (np.isnan(want) or reg["r2"][b] == pytest.approx(want, rel=1e-8))
+
+
+@SETTINGS
+@given(scored(), st.sampled_from(["threshold", "spread"]))
+def test_accuracy_is_sklearns_at_the_threshold_one_half(data, where):
+    y, s, rng = data
+    # probabilities piled on the threshold itself (0.5 calls the negative class), or spread over [0, 1]
+    p = np.clip(0.5 + s / 4, 0, 1) if where == "spread" else np.where(s > 0, 0.5, np.where(s < 0, 0.75, 0.25))
+    w = rng.random(len(y)) * (rng.random(len(y)) > 0.3) + (np.arange(len(y)) == 0)  # zero weights, never all
+    want = accuracy_score(y, (p > 0.5).astype(int), sample_weight=w)
+    assert accuracy(y, p, w) == pytest.approx(want, abs=1e-12)
+    got = classification_resampled(y[:, None], p[:, None], Resamples.from_weights(w))["accuracy"][0]
+    if w[y == 1].sum() > 0 and w[y == 0].sum() > 0:  # as every metric here: only where the resample has both classes
+        assert got == pytest.approx(want, abs=1e-12)
+    else:
+        assert np.isnan(got)
+
+
+def test_accuracy_is_a_metric_a_table_asks_for_by_name():
+    rng = np.random.default_rng(1)
+    pids = np.arange(120).astype(str)
+    y = rng.integers(0, 2, 120)
+    X = y[:, None] * 1.5 + rng.normal(size=(120, 4))
+    res = run_probe({"x": X}, y[:, None], ["y"], pids, fractions=(1.0,), n_boot=40, metrics=("auroc", "accuracy"))
+    cell = res.cell("x", 1.0)
+    assert 0.5 < cell["accuracy"] <= 1 and cell["accuracy_ci"][0] <= cell["accuracy"] <= cell["accuracy_ci"][1]
+    assert "| x | " in res.to_markdown() and "accuracy [95 % CI]" in res.to_markdown()
+    assert "accuracy" not in run_probe({"x": X}, y[:, None], ["y"], pids, fractions=(1.0,), n_boot=10).cell("x", 1.0)
+    with pytest.raises(ValueError, match="metric 'accuracy' is not one of regression's"):
+        run_probe({"x": X}, X[:, :1], ["v"], pids, fractions=(1.0,), n_boot=10, metrics=("mae", "accuracy"))
 
 
 def test_draws_and_results_do_not_depend_on_the_chunking(monkeypatch):

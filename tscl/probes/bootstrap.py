@@ -10,10 +10,12 @@ here is a function of weighted sums over *groups* of records:
   in scikit-learn's ``roc_auc_score``) and ``AUPRC = sum_u pos_u TP_u / (TP_u + FP_u) / N_pos``
   with ``TP_u``, ``FP_u`` the weight at scores >= u (scikit-learn's ``average_precision_score``);
 - Brier: ``sum w (p - y)^2 / sum w``; ECE: ``sum_b |sum_{i in b} w_i (y_i - p_i)| / sum w`` over
-  equal-width bins (the same as ``sum_b (W_b / W) |ybar_b - pbar_b|``);
+  equal-width bins (the same as ``sum_b (W_b / W) |ybar_b - pbar_b|``); accuracy at the threshold 0.5:
+  ``sum w [(p > 0.5) = y] / sum w`` (a probability of exactly 0.5 calls the negative class, as MedMNIST's
+  evaluator does);
 - MAE and R^2: ``sum w |y - yhat|``, ``sum w (y - yhat)^2`` and the moments of ``y``.
 
-Sums over fixed groups (Brier, calibration bins, regression moments) are ``c @ S`` with ``S [P, K]``
+Sums over fixed groups (Brier, accuracy, calibration bins, regression moments) are ``c @ S`` with ``S [P, K]``
 the sums over each patient's records. The rank-based ones sort each label's scores once (O(n log n))
 and then, per resample, gather the patients' counts in score order and take cumulative sums
 (:class:`_Ranked`): O(n) time and memory per resample, and records are never expanded to a dense
@@ -182,33 +184,38 @@ def macro_auroc_resampled(Y, P_repeats, resamples: Resamples) -> np.ndarray:
     return _nanmean(per, axis=1).mean(axis=0)
 
 
+CLASSIFICATION = ("auroc", "auprc", "brier", "ece", "accuracy")  # what classification_resampled computes
+
+
 def _label_classification(y, p, resamples: Resamples, n_bins: int) -> dict:
-    """One label's ``{"auroc", "auprc", "brier", "ece"}`` -> ``[B]`` (NaN where a resample lacks a class)."""
+    """One label's ``{"auroc", "auprc", "brier", "ece", "accuracy"}`` -> ``[B]`` (NaN where a resample lacks a
+    class)."""
     r = _Ranked(y, p, resamples)
     G = resamples.n_groups
     bins = np.clip((p * n_bins).astype(int), 0, n_bins - 1)
-    sums = _per_group(resamples, np.column_stack([np.ones(len(y)), y, (p - y) ** 2]))  # records, positives, sq
+    right = ((p > 0.5) == (y > 0.5)).astype(np.float64)
+    sums = _per_group(resamples, np.column_stack([np.ones(len(y)), y, (p - y) ** 2, right]))  # records, pos, sq, hits
     calib = np.bincount(resamples.inverse * n_bins + bins, weights=y - p, minlength=G * n_bins).reshape(G, n_bins)
-    out = {m: np.empty(len(resamples)) for m in ("auroc", "auprc", "brier", "ece")}
+    out = {m: np.empty(len(resamples)) for m in CLASSIFICATION}
     for start, C in resamples.chunks(r.n):
         rows = slice(start, start + len(C))
-        total, n_pos, sq = (C @ sums).T
+        total, n_pos, sq, hits = (C @ sums).T
         both = (n_pos > 0) & (n_pos < total)
         w_pos, cumneg, cumpos = r.weights(C)
         out["auroc"][rows] = r.auroc(w_pos, cumneg)
         out["auprc"][rows] = r.auprc(w_pos, cumneg, cumpos)
         out["brier"][rows] = np.where(both, _ratio(sq, total), np.nan)
         out["ece"][rows] = np.where(both, _ratio(np.abs(C @ calib).sum(axis=1), total), np.nan)
+        out["accuracy"][rows] = np.where(both, _ratio(hits, total), np.nan)
     return out
 
 
 def classification_resampled(Y, P, resamples: Resamples, n_bins: int = 10) -> dict:
-    """``{"auroc", "auprc", "brier", "ece"}`` -> ``[B]``: macro averages over the labels with both classes
-    in each resample (NaN where none has)."""
+    """``{"auroc", "auprc", "brier", "ece", "accuracy"}`` -> ``[B]``: macro averages over the labels with both
+    classes in each resample (NaN where none has)."""
     Y, P = np.asarray(Y, dtype=np.float64), np.asarray(P, dtype=np.float64)
     per = [_label_classification(Y[:, j], P[:, j], resamples, n_bins) for j in range(Y.shape[1])]
-    return {m: _nanmean(np.array([d[m] for d in per]).reshape(-1, len(resamples)), axis=0)
-            for m in ("auroc", "auprc", "brier", "ece")}
+    return {m: _nanmean(np.array([d[m] for d in per]).reshape(-1, len(resamples)), axis=0) for m in CLASSIFICATION}
 
 
 def regression_resampled(Y, Yhat, resamples: Resamples) -> dict:

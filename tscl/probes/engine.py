@@ -50,7 +50,7 @@ from tscl.tasks import Task, get_task
 from tscl.train import check_encoder_fits, load_config, load_encoder
 
 from .audit import audit_embeddings, audit_markdown
-from .metrics import metrics_for
+from .metrics import METRIC_NAMES, known_metrics, metrics_for
 from .models import PROBES
 from .protocol import (MIN_TUNING_PATIENTS, PatientLeakageError, check_pretraining_overlap, pretrained_patients,
                        stratified_patient_split)
@@ -86,7 +86,9 @@ class EvalSpec:
       ``baselines`` (the dataset's own feature baselines, e.g. MIMIC-IV's tabular features);
     - ``probe``: ``linear``, ``knn`` or ``mlp`` (ridge for regression); ``grid``: its hyper-parameters to
       try (None: the probe's grid); ``fractions``, ``repeats``: label fractions of the training patients
-      and subsamples per fraction below 100 %; ``n_boot``: bootstrap resamples; ``seed``;
+      and subsamples per fraction below 100 %; ``n_boot``: bootstrap resamples; ``seed``; ``metrics``: what
+      each cell reports (None: the kind's, AUROC, AUPRC, Brier, ECE or MAE, R²; classification may add
+      ``accuracy``, at the threshold 0.5); the first is the one the tables and comparisons lead with;
     - ``split``: ``dataset`` or ``random`` (None: the task's, else ``dataset``);
     - ``test_dataset``, ``test_root``, ``test_dataset_kwargs``: external validation on a second dataset's
       ``test_split`` (``test`` or ``all``);
@@ -129,6 +131,7 @@ class EvalSpec:
     supervised_kwargs: dict = field(default_factory=dict)
     finetune_kwargs: dict = field(default_factory=dict)
     reference: str = RANDOM_INIT
+    metrics: tuple | None = None
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self), default=str))
@@ -244,6 +247,9 @@ def _resolve(spec: EvalSpec) -> tuple[Task | None, str, dict, str]:
             raise ValueError(f"EvalSpec: {what} {value!r} is not one of {', '.join(allowed)}")
     if not spec.fractions or any(not 0 < float(f) <= 1 for f in spec.fractions):
         raise ValueError(f"EvalSpec: fractions {list(spec.fractions)} must lie in (0, 1]")
+    unknown = [m for m in (spec.metrics or ()) if m not in METRIC_NAMES]
+    if unknown or (spec.metrics is not None and not spec.metrics):
+        raise ValueError(f"EvalSpec: metrics {list(spec.metrics)} must name at least one of {', '.join(METRIC_NAMES)}")
     if int(spec.repeats) < 1 or int(spec.n_boot) < 1:
         raise ValueError(f"EvalSpec: repeats ({spec.repeats}) and n_boot ({spec.n_boot}) must be at least 1")
     return task, name, options, split
@@ -550,6 +556,9 @@ def evaluate(spec: EvalSpec) -> EvalReport:
     internal = _side(where, data, task, labels, where)
     kind = spec.kind or (task.kind if task else infer_kind(internal.Y))
     _check_kind(kind, internal.Y, labels, where)
+    wrong = [m for m in (spec.metrics or ()) if m not in known_metrics(kind)]
+    if wrong:
+        raise ValueError(f"EvalSpec: metric {wrong[0]!r} is not one of a {kind} task's: {', '.join(known_metrics(kind))}")
     _data_notes(data, internal, labels, notes)
     train, val, test = _split(internal, split_rule, task.test_splits if task else ("test",), spec.seed, notes)
     external, ext_rows = _external(spec, name, options, task, labels, kind, internal, train, val, notes)
@@ -567,7 +576,7 @@ def evaluate(spec: EvalSpec) -> EvalReport:
                        repeats=int(spec.repeats), n_boot=int(spec.n_boot), seed=int(spec.seed),
                        reference=_reference(spec, features, predictors), split=(train, test), val=val,
                        external=ext, predictors=predictors, kind=kind, probe=spec.probe, grid=spec.grid,
-                       metrics=metrics_for(kind))
+                       metrics=tuple(spec.metrics or metrics_for(kind)))
     _tuning_note(result, notes)
     report = EvalReport(spec, result, _data_summary(name, spec, internal, external, labels, train, val, test, ext_rows,
                                                     kind, task), notes)

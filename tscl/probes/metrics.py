@@ -7,6 +7,9 @@ classes present:
 - AUROC: weighted Mann-Whitney statistic, ties counting one half (:func:`weighted_auroc`).
 - AUPRC: average precision ``sum_k (R_k - R_{k-1}) P_k`` over score thresholds (weighted).
 - Brier score: ``sum_i w_i (p_i - y_i)^2 / sum_i w_i``.
+- Accuracy at the threshold 0.5: ``sum_i w_i [(p_i > 0.5) = y_i] / sum_i w_i`` (MedMNIST's rule for binary
+  tasks: a probability of exactly 0.5 calls the negative class). Not among a kind's default metrics (a
+  probe's probabilities are rarely calibrated to that threshold); a table asks for it by name.
 - Expected calibration error with ``B`` equal-width bins: ``sum_b (W_b / W) |ybar_b - pbar_b|``,
   ``W_b`` the weight in bin ``b``, ``ybar_b`` and ``pbar_b`` its weighted event rate and mean
   predicted probability.
@@ -26,17 +29,25 @@ from .bootstrap import Resamples, classification_resampled, macro_auroc_resample
 
 __all__ = ["weighted_auroc", "macro_auroc", "bootstrap_macro_auroc", "weighted_auprc", "brier_score",
            "expected_calibration_error", "reliability_curve", "mae", "r2", "classification_metrics",
-           "regression_metrics", "CLASSIFICATION_METRICS", "REGRESSION_METRICS", "METRIC_NAMES", "metrics_for"]
+           "regression_metrics", "accuracy", "CLASSIFICATION_METRICS", "REGRESSION_METRICS", "OPTIONAL_METRICS",
+           "METRIC_NAMES", "metrics_for", "known_metrics"]
 
 CLASSIFICATION_METRICS = ("auroc", "auprc", "brier", "ece")
 REGRESSION_METRICS = ("mae", "r2")
-METRIC_NAMES = {"auroc": "AUROC", "auprc": "AUPRC", "brier": "Brier", "ece": "ECE", "mae": "MAE", "r2": "R²"}
+OPTIONAL_METRICS = {"classification": ("accuracy",), "regression": ()}  # scored only when a table names them
+METRIC_NAMES = {"auroc": "AUROC", "auprc": "AUPRC", "brier": "Brier", "ece": "ECE", "accuracy": "accuracy",
+                "mae": "MAE", "r2": "R²"}
 
 
 def metrics_for(kind: str) -> tuple:
     """The metrics of a target kind: ``regression`` -> MAE, R²; ``binary`` / ``multilabel`` -> AUROC, AUPRC,
     Brier, ECE."""
     return REGRESSION_METRICS if kind == "regression" else CLASSIFICATION_METRICS
+
+
+def known_metrics(kind: str) -> tuple:
+    """Every metric a cell of this kind can report: :func:`metrics_for` and the optional ones (accuracy)."""
+    return metrics_for(kind) + OPTIONAL_METRICS["regression" if kind == "regression" else "classification"]
 
 
 def as_resamples(weights) -> Resamples:
@@ -85,6 +96,12 @@ def brier_score(y, p, w) -> float:
     return float(np.sum(w * (p - y) ** 2) / np.sum(w))
 
 
+def accuracy(y, p, w) -> float:
+    """``sum w [(p > 0.5) = y] / sum w``: the share of records (by weight) called right at the threshold 0.5."""
+    y, p, w = (np.asarray(a, dtype=np.float64) for a in (y, p, w))
+    return float(np.sum(w * ((p > 0.5) == (y > 0.5))) / np.sum(w))
+
+
 def reliability_curve(y, p, w=None, n_bins: int = 10) -> dict:
     """Per equal-width bin: ``mean_pred``, ``event_rate``, ``weight`` (empty bins have weight 0, NaN rates)."""
     y, p = np.asarray(y, dtype=np.float64), np.asarray(p, dtype=np.float64)
@@ -119,7 +136,7 @@ def r2(y, yhat, w) -> float:
 
 
 def classification_metrics(Y, P, w=None) -> dict:
-    """Macro AUROC, AUPRC, Brier, ECE over labels with both classes (under weights ``w``)."""
+    """Macro AUROC, AUPRC, Brier, ECE and accuracy over labels with both classes (under weights ``w``)."""
     w = np.ones(len(Y)) if w is None else w
     return {m: float(v[0]) for m, v in classification_resampled(Y, P, Resamples.from_weights(w)).items()}
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from .bootstrap import Resamples, classification_resampled, macro_auroc_resampled, regression_resampled
 from .cells import MIN_CLASS_ROWS, check_finite, fmt, label_problem, untrainable_problem
-from .metrics import METRIC_NAMES, metrics_for
+from .metrics import METRIC_NAMES, known_metrics
 from .models import C_GRID, PROBE_GRIDS, make_probe
 from .protocol import (assert_no_patient_leakage, check_names, choose_params, paired_ci, patient_split, percentile_ci,
                        subsample_patients)
@@ -332,7 +332,8 @@ def run_probe(features: dict, Y, labels, patient_ids, *, fractions=(0.01, 0.1, 1
     ``kind``: ``binary`` / ``multilabel`` / ``regression`` (None: from ``Y``); ``probe``: ``linear``, ``knn``,
     ``mlp`` (``ridge`` for regression, whatever is asked); ``grid``: its hyper-parameters to try (``C_grid``:
     strengths of the linear probe); ``metrics``: what each cell reports (default: macro AUROC, or MAE and
-    R² for regression). ``random_state`` is an alias of ``seed``.
+    R² for regression; classification may add ``accuracy`` at the threshold 0.5). ``random_state`` is an alias of
+    ``seed``.
     """
     seed = seed if random_state is None else random_state
     predictors = check_names(features, predictors)
@@ -350,9 +351,9 @@ def run_probe(features: dict, Y, labels, patient_ids, *, fractions=(0.01, 0.1, 1
     elif probe == "linear" and grid is None:
         grid = [{"C": c} for c in C_GRID]
     metrics = tuple(metrics or (("mae", "r2") if kind == "regression" else ("auroc",)))
-    bad = [m for m in metrics if m not in metrics_for(kind)]
+    bad = [m for m in metrics if m not in known_metrics(kind)]
     if bad:
-        raise ValueError(f"metric {bad[0]!r} is not one of {kind}'s: {', '.join(metrics_for(kind))}")
+        raise ValueError(f"metric {bad[0]!r} is not one of {kind}'s: {', '.join(known_metrics(kind))}")
     for name, X in features.items():
         if len(X) != len(Y):
             raise ValueError(f"features {name!r} have {len(X)} rows for {len(Y)} labels")
