@@ -61,7 +61,7 @@ except ImportError:  # not POSIX: no locking (unique staging folders still keep 
 
 __all__ = ["WaveformCache", "build_cache", "fingerprint_files", "open_fresh_cache", "read_all", "ON_ERROR",
            "hash_file", "cache_root", "default_cache_dir", "check_same_rate", "cached_load", "Plan", "configure",
-           "cache_options", "CacheOptions"]
+           "cache_options", "CacheOptions", "handed_over", "recording_opens", "trusting", "handoff_key"]
 
 ON_ERROR = ("raise", "skip")
 
@@ -865,37 +865,96 @@ def fingerprint_files(paths: Iterable[str | Path] | pl.DataFrame, extra: str = "
 def _fingerprint(paths, extra: str, root, verify: bool | None, cache_dir) -> tuple[str, pl.DataFrame]:
     stats = paths if isinstance(paths, pl.DataFrame) else stat_files(paths, root)
     memo = _memo_path(files_key(stats, extra))
-    remembered = read_table(memo)
-    known = [read_table(Path(cache_dir) / _SOURCES) if cache_dir is not None else None, remembered]
+    known = [Path(cache_dir) / _SOURCES if cache_dir is not None else None, memo]
     fp, table, hashed = content_fingerprint(stats, extra, known, verify=_OPTIONS.verify if verify is None else verify)
     if hashed:  # best effort: an unwritable cache root only costs a re-hash next time
-        write_table(merge_tables(table, remembered), memo)  # every copy of the files seen so far keeps its stats
+        write_table(merge_tables(table, read_table(memo)), memo)  # every copy of the files seen so far keeps its stats
     return fp, table
 
 
 def cached_load(kind: str, sources: Iterable[str | Path] | pl.DataFrame, extra: str, cache_dir: str | Path | None,
                 build: Callable[[], tuple[Iterable[Recording], dict[str, Any]] | Plan], *,
-                root: str | Path | None = None, workers: int | None = None) -> WaveformCache:
+                root: str | Path | None = None, workers: int | None = None, key: str | None = None) -> WaveformCache:
     """What every loader does around its reading: fingerprint the ``sources``' content (paths, or a
     :func:`~.sources.stat_files` table; with ``extra``, the loader's options; :func:`fingerprint_files`:
     stats, not reads, for files seen before), open the cache in ``cache_dir`` (default
     :func:`default_cache_dir` ``(kind, fingerprint)``) if it was built from them, else call ``build()``
     and write what it returns: ``(recordings, report)`` (a lazy stream; ``report`` is written after it
     is consumed) or a :class:`~.shards.Plan` (built in parallel by ``workers`` processes, resumable).
-    See :func:`build_cache`."""
+    See :func:`build_cache`. ``key`` (from :func:`handed_over`) records the cache for :func:`recording_opens`."""
     fp, table = _fingerprint(sources, extra, root, None, cache_dir)
     target = Path(cache_dir) if cache_dir is not None else default_cache_dir(kind, fp)
     cache = open_fresh_cache(target, fp, verify=_OPTIONS.verify)
     if cache is not None:
         del table
         gc.collect()  # the open's cyclic garbage (about 1 KB per source file) goes before training starts
-        return cache
+        return _opened(key, cache)
     stale = _manifest_text(target)
     what = build()
     if isinstance(what, Plan):
-        return build_cache(what, target, fingerprint=fp, sources=table, stale=stale, workers=workers)
+        return _opened(key, build_cache(what, target, fingerprint=fp, sources=table, stale=stale, workers=workers))
     recordings, report = what
-    return build_cache(recordings, target, fingerprint=fp, report=report, sources=table, stale=stale)
+    return _opened(key, build_cache(recordings, target, fingerprint=fp, report=report, sources=table, stale=stale))
+
+
+# ---- handing a checked cache to the other processes of a node ------------------------------------
+
+_OPENED: dict[str, str] | None = None  # key -> cache folder, for every cache opened while recording_opens() runs
+_HANDED: dict[str, str] = {}  # key -> cache folder that another process of this node opened and checked
+
+
+def handoff_key(kind: str, **parts) -> str:
+    """What names one load for :func:`handed_over`: the loader and its arguments (paths made absolute)."""
+    def text(v):
+        return os.path.abspath(v) if isinstance(v, Path) else repr(v)
+
+    return json.dumps([kind, {k: text(v) for k, v in sorted(parts.items())}])
+
+
+@contextmanager
+def recording_opens():
+    """Within the block, every cache a loader opens or builds is recorded as ``{key: folder}`` in the dict yielded
+    (what :func:`tscl.distributed.node_local_first` hands from a node's first rank to its other ranks)."""
+    global _OPENED
+    previous, _OPENED = _OPENED, {}
+    try:
+        yield _OPENED
+    finally:
+        _OPENED = previous
+
+
+@contextmanager
+def trusting(handed: dict[str, str]):
+    """Within the block, a load named by a key of ``handed`` opens that cache folder from its manifest and index
+    alone: no metadata table is read, no source file listed or stat'ed. Only for caches another process of this
+    machine opened or built moments ago, whose sources it checked (a node's first rank under torchrun)."""
+    global _HANDED
+    previous, _HANDED = _HANDED, {**_HANDED, **handed}
+    try:
+        yield
+    finally:
+        _HANDED = previous
+
+
+def handed_over(kind: str, **parts) -> tuple[str, WaveformCache | None]:
+    """``(key, cache)``: the cache handed over for this load (see :func:`trusting`), else None, and the key to
+    give :func:`cached_load`. A handed-over folder that fails its checks is named in a warning and the load
+    goes on from the sources."""
+    key = handoff_key(kind, **parts)
+    folder = _HANDED.get(key)
+    if folder is None:
+        return key, None
+    try:
+        return key, WaveformCache(folder)
+    except LoaderError as err:
+        warnings.warn(f"{err}; opening it from the sources instead", stacklevel=3)
+        return key, None
+
+
+def _opened(key: str | None, cache: WaveformCache) -> WaveformCache:
+    if key is not None and _OPENED is not None:
+        _OPENED[key] = str(cache.dir)
+    return cache
 
 
 def _skipped_note(report) -> str:

@@ -29,7 +29,7 @@ import polars as pl
 from .recording import LoaderError
 
 __all__ = ["hash_file", "stat_files", "files_key", "content_fingerprint", "read_table", "write_table",
-           "record_files", "stat_records", "combine_stats", "folder_files", "merge_tables"]
+           "record_files", "stat_records", "combine_stats", "folder_files", "merge_tables", "file_paths"]
 
 _CHUNK = 1 << 22
 _STATS = ("rel", "size", "mtime_ns", "ctime_ns", "ino", "dev")
@@ -57,7 +57,16 @@ def _stat_chunk(files: list[str], root: str, rel: list[str] | None = None) -> pl
         ino[i], dev[i] = st.st_ino, st.st_dev
     if rel is None:
         rel = [_relative(f, root) for f in files] if root else files
-    return pl.DataFrame({"path": files, "rel": rel, **cols, "ino": ino, "dev": dev})
+    # the root once per table (a categorical: 4 bytes a row), not an absolute path per file: see file_paths()
+    return pl.DataFrame({"rel": pl.Series(rel, dtype=pl.Utf8), **cols, "ino": ino, "dev": dev}).with_columns(
+        root=pl.lit(root, dtype=pl.Categorical))
+
+
+def file_paths(table: pl.DataFrame) -> pl.Series:
+    """The absolute path of each file of a stats table (its ``root`` joined with its ``rel``)."""
+    return table.select(pl.when(pl.col("root").cast(pl.Utf8) == "").then(pl.col("rel"))
+                        .otherwise(pl.concat_str(pl.col("root").cast(pl.Utf8), pl.lit("/"), pl.col("rel")))
+                        .alias("path"))["path"]
 
 
 def _relative(path: str, root: str) -> str:
@@ -70,7 +79,7 @@ def _relative(path: str, root: str) -> str:
 def _frame(parts: list[pl.DataFrame]) -> pl.DataFrame:
     if not parts:
         return _stat_chunk([], "")
-    return pl.concat(parts).unique(subset="path", keep="first").sort("rel")
+    return pl.concat(parts).unique(subset=["root", "rel"], keep="first", maintain_order=True).sort("rel")
 
 
 def combine_stats(*tables: pl.DataFrame) -> pl.DataFrame:
@@ -79,9 +88,9 @@ def combine_stats(*tables: pl.DataFrame) -> pl.DataFrame:
 
 
 def stat_files(paths: Iterable[str | Path], root: str | Path | None = None) -> pl.DataFrame:
-    """One row per distinct file: ``path`` (absolute), ``rel`` (relative to ``root``, POSIX), size, mtime_ns,
-    ctime_ns, ino, dev; sorted by ``rel``. ``root`` defaults to the deepest folder holding every file.
-    A file that cannot be stat'ed raises a :class:`LoaderError` naming it."""
+    """One row per distinct file: ``rel`` (relative to ``root``, POSIX), size, mtime_ns, ctime_ns, ino, dev and
+    ``root`` (categorical; :func:`file_paths` gives the absolute paths); sorted by ``rel``. ``root`` defaults to
+    the deepest folder holding every file. A file that cannot be stat'ed raises a :class:`LoaderError` naming it."""
     files = [os.path.abspath(p) for p in paths]
     if root is None:
         root = os.path.commonpath([os.path.dirname(f) for f in files]) if files else ""
@@ -103,28 +112,66 @@ def files_key(stats: pl.DataFrame, extra: str = "") -> str:
     return h.hexdigest()
 
 
-def content_fingerprint(stats: pl.DataFrame, extra: str = "", known: list[pl.DataFrame | None] = (),
-                        verify: bool = False) -> tuple[str, pl.DataFrame, int]:
+def _matching(table: pl.DataFrame, known: pl.DataFrame) -> pl.Series:
+    """Each row's SHA-256 from ``known`` where a row of it has the same stats (rel, size, mtime_ns, ctime_ns,
+    inode, device), else null."""
+    k = known.select(*_STATS, "sha256").with_columns(pl.col(c).cast(table.schema[c]) for c in _STATS)
+    found = table.select(_STATS).join(k, on=list(_STATS), how="left", maintain_order="left")["sha256"]
+    if len(found) != table.height:  # a table holding one file's stats twice
+        found = table.select(_STATS).join(k.unique(subset=list(_STATS)), on=list(_STATS), how="left",
+                                          maintain_order="left")["sha256"]
+    return found
+
+
+def _matching_file(table: pl.DataFrame, path: Path) -> pl.Series | None:
+    """:func:`_matching` against a recorded table on disk, or None where it is absent or unreadable. A table of
+    the same files in the same order (the usual open) is compared one column at a time, so that at most one of
+    its columns is in memory besides ``table``; any other is joined."""
+    try:
+        columns = set(pl.read_parquet_schema(path))
+        if not {*_STATS, "sha256"} <= columns:
+            return None
+        if pl.scan_parquet(path).select(pl.len()).collect().item() != table.height:
+            return _matching(table, pl.read_parquet(path))
+        same = pl.Series(np.ones(table.height, dtype=bool))
+        for c in _STATS:
+            same &= (table[c] == pl.read_parquet(path, columns=[c])[c].cast(table.schema[c])).fill_null(False)
+        if not same.any():
+            return None
+        sha = pl.read_parquet(path, columns=["sha256"])["sha256"].cast(pl.Utf8)
+    except Exception:  # absent, truncated or not parquet: only costs a re-hash
+        return None
+    return sha if same.all() else pl.DataFrame({"same": same, "sha256": sha}).select(
+        pl.when("same").then("sha256"))["sha256"]
+
+
+def content_fingerprint(stats: pl.DataFrame, extra: str = "", known=(), verify: bool = False
+                        ) -> tuple[str, pl.DataFrame, int]:
     """``(fingerprint, stats with a sha256 column, files hashed)``.
 
     A file whose stats equal a row of a ``known`` table (same rel, size, mtime_ns, ctime_ns, inode,
-    device) takes that row's SHA-256; every other file (every file with ``verify``) is hashed."""
+    device) takes that row's SHA-256; every other file (every file with ``verify``) is hashed. Each of
+    ``known`` is a table, None, or the path of a table written by :func:`write_table` (read only while
+    some file still lacks a hash, one column at a time)."""
     table = stats.with_columns(sha256=pl.lit(None, pl.Utf8))
     for k in known if not verify else ():
-        if k is None or not {*_STATS, "sha256"} <= set(k.columns) or not table["sha256"].is_null().any():
-            continue
-        found = table.select(_STATS).join(k.select(*_STATS, "sha256"), on=list(_STATS), how="left",
-                                          maintain_order="left")["sha256"]
-        if len(found) != table.height:  # a table holding one file's stats twice
-            found = table.select(_STATS).join(k.select(*_STATS, "sha256").unique(subset=list(_STATS)),
-                                              on=list(_STATS), how="left", maintain_order="left")["sha256"]
-        table = table.with_columns(pl.coalesce(pl.col("sha256"), found))
+        if not table["sha256"].is_null().any():
+            break
+        if isinstance(k, (str, Path)):
+            found = _matching_file(table, Path(k))
+        elif k is not None and {*_STATS, "sha256"} <= set(k.columns):
+            found = _matching(table, k)
+        else:
+            found = None
+        if found is not None:
+            table = table.with_columns(pl.coalesce(pl.col("sha256"), found))
+        del found
     missing = table["sha256"].is_null()
     hashed = int(missing.sum())
     if hashed:
         rows = missing.arg_true().to_numpy()
         digests = table["sha256"].to_list()
-        for i, path in zip(rows, table["path"].gather(rows).to_list()):
+        for i, path in zip(rows, file_paths(table[rows]).to_list()):
             try:
                 digests[i] = hash_file(path)
             except OSError as err:
@@ -150,7 +197,7 @@ def merge_tables(table: pl.DataFrame, older: pl.DataFrame | None) -> pl.DataFram
         return table
     cols = [*_STATS, "sha256"]
     older = older.select(cols).join(table.select(_STATS), on=list(_STATS), how="anti")
-    return pl.concat([table.select("path", *cols), older.with_columns(path=pl.lit(""))], how="diagonal_relaxed")
+    return pl.concat([table.select(*cols), older], how="diagonal_relaxed")
 
 
 def write_table(table: pl.DataFrame, path: Path) -> bool:
@@ -160,7 +207,7 @@ def write_table(table: pl.DataFrame, path: Path) -> bool:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
-        table.drop("path").write_parquet(tmp)
+        table.drop("root", "path", strict=False).write_parquet(tmp)
         os.replace(tmp, path)
         return True
     except OSError:

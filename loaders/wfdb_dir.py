@@ -16,9 +16,9 @@ import numpy as np
 import polars as pl
 import wfdb
 
-from .cache import ON_ERROR, Plan, WaveformCache, cached_load
+from .cache import ON_ERROR, Plan, WaveformCache, cached_load, handed_over
 from .filters import check_same_channels, drop_nan_recordings
-from .identity import check_unique, clean_ids, row_locator
+from .identity import check_unique_column, clean_id_column, posix_path_column, row_locator
 from .recording import ECG_LEADS, LoaderError, Recording, apply_nan_policy
 from .sources import combine_stats, folder_files, stat_files, stat_records
 from .transforms import resample
@@ -223,13 +223,12 @@ def read_metadata(path: str | Path) -> pl.DataFrame:
     if floats:
         raise LoaderError(path, f"id column(s) {floats} are stored as floating-point numbers; store ids as text or "
                                 "integers (7.0 is not the id 7)")
-    where = row_locator(path)
-    table = table.with_columns(pl.Series(c, clean_ids(table[c].cast(pl.Utf8).to_list(), path, c, where), dtype=pl.Utf8)
-                               for c in _TEXT_COLUMNS if c in table.columns)
-    check_unique(table["record_id"].to_list(), path, "record_id", where)
+    where = row_locator(path)  # the checks run on the columns: no Python object per row
+    table = table.with_columns(clean_id_column(table[c], path, c, where) for c in _TEXT_COLUMNS if c in table.columns)
+    check_unique_column(table["record_id"], path, "record_id", where)
     files = table["path"] if "path" in table.columns else table["record_id"]
-    check_unique([Path(p).as_posix() for p in files.to_list()], path, "path", where,
-                 "names the same record files twice; one recording would become two records")
+    check_unique_column(posix_path_column(files), path, "path", where,
+                        "names the same record files twice; one recording would become two records")
     return table
 
 
@@ -293,8 +292,10 @@ def load_wfdb_cohort(root: str | Path, metadata: str | Path | None = None, *, ca
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     root = Path(root)
     meta_path = Path(metadata) if metadata is not None else root / "metadata.csv"
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be raise or skip, got {on_error!r}")
+    key, handed = handed_over("wfdb_cohort", root=root, metadata=meta_path, cache_dir=cache_dir and Path(cache_dir),
+                              channels=channels, on_error=on_error, nan_policy=nan_policy, fs=fs)
+    if handed is not None:  # this node's first rank checked the sources and opened this cache moments ago
+        return handed
     table = read_metadata(meta_path)
     if "path" not in table.columns:
         table = table.with_columns(path=pl.col("record_id"))
@@ -324,7 +325,7 @@ def load_wfdb_cohort(root: str | Path, metadata: str | Path | None = None, *, ca
                     desc=f"caching {root.name}", progress=progress)
 
     return cached_load("wfdb_cohort", stats, f"channels={channels};on_error={on_error};nan_policy={nan_policy};fs={fs}",
-                       cache_dir, build, workers=workers)
+                       cache_dir, build, workers=workers, key=key)
 
 
 def _windows_of_record(channels, window_s, stride_s, nan_policy, max_gap_s, patient_id_of, record):

@@ -414,13 +414,21 @@ def _node_rank(rank: int, world: int, port: int, root: str, caches: list[str], o
         return real(*a, **k)
 
     wd.read_wfdb = slow
+    looked = []  # metadata tables read and source files stat'ed
+    for name in ("read_metadata", "stat_records", "stat_files"):
+        def spy(*a, _real=getattr(wd, name), _name=name, **k):
+            looked.append(_name)
+            return _real(*a, **k)
+
+        setattr(wd, name, spy)
     init_distributed("cpu")
     with node_local_first():
         start = time.time()
         ds = open_dataset("wfdb", root, progress=False)
         end = time.time()
     Path(out).write_text(json.dumps({"rank": rank, "reads": len(calls), "start": start, "end": end,
-                                     "dir": str(ds.cache.dir), "n": len(ds)}))
+                                     "dir": str(ds.cache.dir), "n": len(ds), "looked": looked,
+                                     "rows": ds.index.select("record_id", "split").rows()}))
     shutdown()
 
 
@@ -440,7 +448,35 @@ def test_node_local_guard_builds_once_per_node_and_nodes_at_once(tmp_path):
         assert p.exitcode == 0
     res = [json.loads((tmp_path / f"r{r}.json").read_text()) for r in range(4)]
     assert [r["reads"] for r in res] == [9, 0, 9, 0]  # each node's first rank reads (8 records + the reference)
-    assert all(r["n"] == 8 for r in res)
+    assert all(r["n"] == 8 for r in res) and all(r["rows"] == res[0]["rows"] for r in res)
+    # the others open the cache their node's first rank checked: no metadata read, no source file stat'ed
+    assert [sorted(set(r["looked"])) for r in res] == [["read_metadata", "stat_files", "stat_records"], [],
+                                                       ["read_metadata", "stat_files", "stat_records"], []]
     assert res[0]["dir"] == res[1]["dir"] != res[2]["dir"] == res[3]["dir"]  # one cache per node
     assert res[2]["start"] < res[0]["end"] and res[0]["start"] < res[2]["end"]  # the nodes built at the same time
     assert min(res[1]["start"], res[3]["start"]) >= max(res[0]["end"], res[2]["end"])
+
+
+def test_a_handed_over_cache_opens_without_the_sources_and_a_damaged_one_is_checked_again(tmp_path, monkeypatch):
+    root = physionet_like(tmp_path / "d", 6)
+    with cache_mod.recording_opens() as opened:
+        first = load_wfdb_cohort(root, cache_dir=tmp_path / "c", progress=False)
+    assert list(opened.values()) == [str(first.dir)]
+    want = np.array(first.stack())  # a copy: the shard damaged below is mapped by ``first``
+    looked = []
+    for name in ("read_metadata", "stat_records"):
+        real = getattr(wfdb_dir, name)
+        monkeypatch.setattr(wfdb_dir, name, lambda *a, _real=real, _n=name, **k: looked.append(_n) or _real(*a, **k))
+    with cache_mod.trusting(opened):
+        again = load_wfdb_cohort(root, cache_dir=tmp_path / "c", progress=False)
+        assert looked == [] and again.dir == first.dir
+        np.testing.assert_array_equal(np.asarray(again.stack()), want)
+        other = load_wfdb_cohort(root, cache_dir=tmp_path / "c2", progress=False)  # another load: from the sources
+        assert looked == ["read_metadata", "stat_records"] and other.dir != first.dir
+        looked.clear()
+        shard = sorted((first.dir / "shards").glob("*.bin"))[0]
+        shard.write_bytes(shard.read_bytes()[:-16])
+        with pytest.warns(UserWarning, match=rf"{shard.name}: truncated.*opening it from the sources instead"):
+            rebuilt = load_wfdb_cohort(root, cache_dir=tmp_path / "c", progress=False)
+    assert looked == ["read_metadata", "stat_records"]
+    np.testing.assert_array_equal(np.asarray(rebuilt.stack()), want)

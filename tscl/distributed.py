@@ -137,16 +137,43 @@ def local_rank() -> int:
 @contextmanager
 def node_local_first():
     """On every node at once, ``LOCAL_RANK`` 0 runs the block first (e.g. builds or checks the node's cache
-    with all its cores); each node's other ranks run it after every node's first rank finished (and then
-    find the cache built). With caches on node-local disks every node builds its own, concurrently, and no
-    two ranks of one node build the same cache; a cache folder shared by several nodes is built by their
-    first ranks together (the cache's shard claims share the work). Identity in one process."""
-    first = local_rank() == 0
-    if not first:
-        barrier()
-    yield
-    if first:
-        barrier()
+    with all its cores); each node's other ranks run it after every node's first rank finished. With caches on
+    node-local disks every node builds its own, concurrently, and no two ranks of one node build the same cache;
+    a cache folder shared by several nodes is built by their first ranks together (the cache's shard claims
+    share the work). Identity in one process.
+
+    The caches the first rank opened (``tscl.loaders.cache.recording_opens``) are handed to its node's other
+    ranks (``trusting``), which open them from their manifest and index alone: the first rank checked the
+    sources, so the others read no metadata table and stat no source file. A rank's node is told by torchrun's
+    numbering (the ranks of a node are ``RANK - LOCAL_RANK`` onwards) and checked by host name."""
+    if not is_distributed():
+        yield
+        return
+    from tscl.loaders import cache as _cache
+
+    if local_rank() == 0:
+        opened: dict = {}
+        try:
+            with _cache.recording_opens() as opened:
+                yield
+        finally:  # also when the block failed: the others then open from the sources (and say why themselves)
+            _handoff(opened)
+    else:
+        with _cache.trusting(_handoff({})):
+            yield
+
+
+def _handoff(mine: dict) -> dict:
+    """Every rank's ``mine`` gathered (one collective, after which every node's first rank has finished); returns
+    this node's first rank's."""
+    import socket
+
+    every: list = [None] * world_size()
+    dist.all_gather_object(every, (socket.gethostname(), local_rank(), mine), group=_MONITOR)
+    first = rank() - local_rank()
+    if not 0 <= first < len(every) or every[first][:2] != (socket.gethostname(), 0):
+        return {}  # not numbered as torchrun numbers ranks: nothing is trusted, every rank checks the sources
+    return every[first][2]
 
 
 class _AllGather(torch.autograd.Function):
