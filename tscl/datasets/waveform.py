@@ -33,7 +33,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from tscl.loaders.ptbxl import SUPERCLASSES
+from tscl.loaders.ptbxl import PTBXL_LEADS, SUPERCLASSES
 from tscl.simulate import CONDITIONS
 from tscl.tasks import register_task
 
@@ -155,13 +155,32 @@ def _wfdb(root: Path, *, cache=None, progress=True, metadata=None, normalize="no
 @register_source("ptbxl", "waveform", "PTB-XL as PhysioNet publishes it: records100/ (or records500/) and "
                  "ptbxl_database.csv + scp_statements.csv and/or labels/ptbxl_<task>_<part>.csv label tables; "
                  "split from strat_fold (1-8 train, 9 val, 10 test)",
-                 options={**_COMMON, "rate": "100 or 500 (Hz): records100/ or records500/"})
-def _ptbxl(root: Path, *, cache=None, progress=True, rate=100, normalize="none", on_error="raise"):
+                 options={**_COMMON, "rate": "100 or 500 (Hz): records100/ or records500/",
+                          "channels": "lead(s) to keep by name, e.g. I or I,II,V1 (default: all 12, I..V6)"})
+def _ptbxl(root: Path, *, cache=None, progress=True, rate=100, normalize="none", on_error="raise", channels=None):
     from tscl.loaders import load_ptbxl
 
-    c = load_ptbxl(root, rate=int(rate), cache_dir=_cache_dir(cache, "ptbxl", root, rate=rate, on_error=on_error),
-                   on_error=on_error, progress=progress)
+    leads = _leads(channels, PTBXL_LEADS)
+    chosen = {"channels": leads} if leads != tuple(PTBXL_LEADS) else {}  # the default keeps its cache folder name
+    c = load_ptbxl(root, rate=int(rate), cache_dir=_cache_dir(cache, "ptbxl", root, rate=rate, on_error=on_error,
+                                                               **chosen),
+                   on_error=on_error, progress=progress, channels=leads)
     return WaveformDataset(c, normalize=normalize)
+
+
+def _leads(channels, known) -> tuple:
+    """``channels`` (text ``"I,V1"`` or a list) as a tuple of names among ``known`` (None: all of them); an unknown
+    or repeated name is refused naming the known ones (``aVR`` and ``AVR`` are one lead)."""
+    if channels in (None, "", "all"):
+        return tuple(known)
+    names = [str(c).strip() for c in (channels.split(",") if isinstance(channels, str) else channels)]
+    by_key = {k.lower(): k for k in known}
+    picked = [by_key.get(n.lower()) for n in names if n]
+    bad = [n for n, k in zip([n for n in names if n], picked) if k is None]
+    if bad or not picked or len(set(picked)) != len(picked):
+        why = f"{bad[0]!r} is not a lead" if bad else "no lead named" if not picked else "a lead is named twice"
+        raise ValueError(f"channels {channels!r}: {why}; the leads: {','.join(known)}")
+    return tuple(picked)
 
 
 @register_source("cinc", "waveform", "PhysioNet/CinC 2020/2021 records: .hea + .mat with '# Dx:' SNOMED codes "
