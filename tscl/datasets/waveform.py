@@ -19,8 +19,9 @@ Downstream tasks (:mod:`tscl.tasks`, run by :func:`tscl.probes.evaluate`) on the
 - ``ptbxl-superdiagnostic``, ``-subdiagnostic``, ``-form``, ``-rhythm``: every code column of the task
   (``super:*`` ...) on the ECGs some label source lists for it (``has:<task>``), strat_fold 1-8 train,
   9 chooses the probe's strength, 10 tests (Strodthoff et al. 2020); ``ptbxl-superclass`` is the
-  superclasses ``NORM`` ... ``HYP`` from every label source; ``ptbxl-sex`` (``female``) and
-  ``ptbxl-age`` (years, ridge regression);
+  superclasses ``NORM`` ... ``HYP`` from every label source; ``ptbxl-afib``, AF (``rhythm:AFIB``) against
+  every other rhythm statement, folds 9 and 10 testing; ``ptbxl-sex`` (``female``) and ``ptbxl-age`` (years,
+  ridge regression);
 - ``eegmat-task``: rest (``task`` 0) vs mental arithmetic (1), 10 s epochs at 100 Hz, z-scored per channel;
 - ``sim-risk``: the six risk labels of a cohort written by ``tscl simulate`` / ``tscl demo``, its split.
 """
@@ -330,6 +331,11 @@ for _task, _prefix, _what in (("superdiagnostic", "super", "superclasses"), ("su
                   rows={f"has:{_prefix}": [1]}, source_column="device",
                   description=f"PTB-XL {_what} (every {_prefix}: column) on the ECGs listed for the task, multi-label; "
                               "strat_fold 1-8 train, 9 validation, 10 test")
+register_task("ptbxl-afib", "ptbxl", ("rhythm:AFIB",), "binary", options={"on_error": "skip"},
+              rows={"has:rhythm": [1]}, test_splits=("val", "test"), source_column="device",
+              description="PTB-XL atrial fibrillation (rhythm:AFIB) against every other rhythm statement, on the ECGs "
+                          "with a rhythm statement; strat_fold 1-8 train, 9 and 10 test (fold 10 alone holds few AF "
+                          "ECGs)")
 register_task("ptbxl-sex", "ptbxl", ("female",), "binary", options={"on_error": "skip"}, source_column="device",
               description="PTB-XL sex (female) from the ECG; strat_fold split")
 register_task("ptbxl-age", "ptbxl", ("age",), "regression", options={"on_error": "skip"}, source_column="device",

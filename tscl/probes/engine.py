@@ -19,7 +19,9 @@ encoder, and hands every row to :func:`tscl.probes.table.run_probe`:
   bootstrap CIs and paired differences with ``random-init``;
 - **external validation** (``test_dataset`` / ``test_root``): the probes trained on this dataset also
   predict the test split (or every row, ``test_split="all"``) of a second one, scored beside the internal
-  estimate. When both come from the same source their patient ids share one space, and no patient of the
+  estimate. The second may be another source whose labels have other names (``test_task``: a task of it whose
+  label columns, in order, stand for this one's, on its own rows, e.g. PTB-XL's ``rhythm:AFIB`` for CinC
+  2017's ``af``). When both come from the same source their patient ids share one space, and no patient of the
   second may be among the first's training or validation patients, nor among a run's pretraining patients;
 - pretraining overlap: a run (or embeddings file) pretrained on any test patient is refused
   (:class:`~tscl.probes.protocol.PretrainingOverlapError`) unless ``allow_test_overlap``.
@@ -46,12 +48,12 @@ from tscl.embed import embed_dataset
 from tscl.encoders import build_encoder
 from tscl.encoders.resnet1d import CPU_WIDTH
 from tscl.plots import plot_embedding_map, plot_label_efficiency, plot_reliability
-from tscl.tasks import Task, get_task
+from tscl.tasks import KINDS, Task, get_task
 from tscl.train import check_encoder_fits, load_config, load_encoder
 
 from .audit import audit_embeddings, audit_markdown
 from .cells import check_finite
-from .metrics import metrics_for
+from .metrics import check_metrics, metrics_for
 from .models import PROBES
 from .protocol import (MIN_TUNING_PATIENTS, PatientLeakageError, check_pretraining_overlap, pretrained_patients,
                        stratified_patient_split)
@@ -83,8 +85,9 @@ class EvalSpec:
     - ``dataset``, ``root``, ``dataset_kwargs``: the source (``tscl datasets``), its root and options; with
       ``task`` the task's source and options are the defaults;
     - ``task``: a name of :mod:`tscl.tasks` (its labels, rows, split and kind), or None;
-    - ``labels``: label columns (None: the task's); ``kind``: ``binary`` / ``multilabel`` / ``regression``
-      (None: the task's, else from the values);
+    - ``labels``: label columns (None: the task's); ``kind``: ``binary`` / ``multilabel`` / ``regression`` /
+      ``multiclass`` (one class per row; None: the task's, else from the values); ``metrics``: what each cell
+      reports (None: the kind's, :func:`~tscl.probes.metrics.metrics_for`; the first is the tables' primary);
     - ``encoders``: run folders and/or embeddings files (``.npz`` / ``.parquet`` written by ``tscl embed``),
       one row each, named by the folder or the file's stem;
     - ``random_init`` (the first run's architecture, untrained), ``supervised`` (trained from scratch on
@@ -95,7 +98,8 @@ class EvalSpec:
       and subsamples per fraction below 100 %; ``n_boot``: bootstrap resamples; ``seed``;
     - ``split``: ``dataset`` or ``random`` (None: the task's, else ``dataset``);
     - ``test_dataset``, ``test_root``, ``test_dataset_kwargs``: external validation on a second dataset's
-      ``test_split`` (``test`` or ``all``);
+      ``test_split`` (``test`` or ``all``); ``test_task``: a task of the second dataset whose labels (in order),
+      rows, test splits, source and options stand for this one's there (None: the same label columns);
     - ``allow_test_overlap``: report an encoder pretrained on test patients (said in the notes) instead of
       refusing it; ``cache``: the sources' cache folder; ``audit``: the representation audit and its
       embedding maps; ``supervised_kwargs`` / ``finetune_kwargs``: :class:`SupervisedBaseline`'s training
@@ -129,6 +133,8 @@ class EvalSpec:
     split: str | None = None
     progress: bool = False
     kind: str | None = None
+    metrics: tuple | None = None
+    test_task: str | None = None
     grid: list | None = None
     baselines: bool = True
     audit: bool = False
@@ -244,7 +250,8 @@ def _resolve(spec: EvalSpec) -> tuple[Task | None, str, dict, str]:
     options = {**(task.options if task else {}), **_run_options(spec, name), **dict(spec.dataset_kwargs or {})}
     split = spec.split or (task.split if task else "dataset")
     checks = [("split", split, SPLITS), ("test_split", spec.test_split, TEST_SPLITS),
-              ("probe", spec.probe, tuple(p for p in PROBES if p != "ridge"))]
+              ("probe", spec.probe, tuple(p for p in PROBES if p != "ridge"))] + \
+        ([("kind", spec.kind, KINDS)] if spec.kind is not None else [])
     for what, value, allowed in checks:
         if value not in allowed:
             raise ValueError(f"EvalSpec: {what} {value!r} is not one of {', '.join(allowed)}")
@@ -252,6 +259,13 @@ def _resolve(spec: EvalSpec) -> tuple[Task | None, str, dict, str]:
         raise ValueError(f"EvalSpec: fractions {list(spec.fractions)} must lie in (0, 1]")
     if int(spec.repeats) < 1 or int(spec.n_boot) < 1:
         raise ValueError(f"EvalSpec: repeats ({spec.repeats}) and n_boot ({spec.n_boot}) must be at least 1")
+    if spec.test_task is not None:
+        ext = get_task(spec.test_task)
+        if spec.test_dataset and spec.test_dataset != ext.source:
+            raise ValueError(f"EvalSpec: test_task {ext.name!r} is defined on source {ext.source!r}, not "
+                             f"{spec.test_dataset!r}")
+        if spec.test_root is None:
+            raise ValueError("EvalSpec: test_task needs test_root (the external dataset's root)")
     return task, name, options, split
 
 
@@ -322,6 +336,11 @@ def _check_kind(kind: str, Y: np.ndarray, labels: list, where: str) -> None:
     if bad:
         raise ValueError(f"{where}: label {bad[0][0]!r} holds {bad[0][1]:g}, not 0/1; a {kind} task needs 0/1 labels "
                          "(kind='regression' for numbers)")
+    ones = Y.sum(axis=1) if len(labels) else np.zeros(0)
+    if kind == "multiclass" and (ones != 1).any():
+        row = int(np.flatnonzero(ones != 1)[0])
+        raise ValueError(f"{where}: kind multiclass needs exactly one of {', '.join(labels)} set per row; "
+                         f"{int((ones != 1).sum())} labelled rows have {int(ones[row])} (e.g. the {row + 1}th)")
 
 
 def _split(side: _Side, split: str, test_splits, seed: int, notes: list) -> tuple:
@@ -548,6 +567,7 @@ def evaluate(spec: EvalSpec) -> EvalReport:
     internal = _side(where, data, task, labels, where)
     kind = spec.kind or (task.kind if task else infer_kind(internal.Y))
     _check_kind(kind, internal.Y, labels, where)
+    metrics = check_metrics(spec.metrics or metrics_for(kind), kind, labels)
     _data_notes(data, internal, labels, notes)
     train, val, test = _split(internal, split_rule, task.test_splits if task else ("test",), spec.seed, notes)
     external, ext_rows = _external(spec, name, options, task, labels, kind, internal, train, val, notes)
@@ -565,7 +585,7 @@ def evaluate(spec: EvalSpec) -> EvalReport:
                        repeats=int(spec.repeats), n_boot=int(spec.n_boot), seed=int(spec.seed),
                        reference=_reference(spec, features, predictors), split=(train, test), val=val,
                        external=ext, predictors=predictors, kind=kind, probe=spec.probe, grid=spec.grid,
-                       metrics=metrics_for(kind))
+                       metrics=metrics)
     _tuning_note(result, notes)
     report = EvalReport(spec, result, _data_summary(name, spec, internal, external, labels, train, val, test, ext_rows,
                                                     kind, task), notes)
@@ -580,20 +600,28 @@ def _external(spec, name, options, task, labels, kind, internal, train, val, not
     checks that its patients are not the internal training patients when the two share an id space."""
     if spec.test_dataset is None and spec.test_root is None:
         return None, None
-    ext_name = spec.test_dataset or name
+    ext_task = get_task(spec.test_task) if spec.test_task else task
+    ext_name = spec.test_dataset or (ext_task.source if spec.test_task else name)
     if spec.test_root is None:
         raise ValueError("EvalSpec: test_dataset needs test_root (the external dataset's root)")
     ext_options = dict(spec.test_dataset_kwargs) if spec.test_dataset_kwargs is not None else \
-        (dict(options) if ext_name == name else {})
+        dict(ext_task.options) if spec.test_task else (dict(options) if ext_name == name else {})
     data = open_dataset(ext_name, spec.test_root, cache=spec.cache, progress=spec.progress, **ext_options)
     where = f"{ext_name} at {spec.test_root}"
-    side = _side(where, data, task, _label_columns(data.index, labels, where), where)
-    _check_kind(kind, side.Y, labels, where)
+    ext_labels = _label_columns(data.index, list(ext_task.labels) if spec.test_task else labels, where)
+    if len(ext_labels) != len(labels):
+        raise ValueError(f"{where}: test_task {ext_task.name!r} has {len(ext_labels)} label(s) ({', '.join(ext_labels)})"
+                         f" for the {len(labels)} trained on ({', '.join(labels)}); they are matched in order")
+    side = _side(where, data, ext_task, ext_labels, where)
+    _check_kind(kind, side.Y, ext_labels, where)
+    if spec.test_task:
+        notes.append(f"external labels: {', '.join(f'{b} for {a}' for a, b in zip(labels, ext_labels))} "
+                     f"(task {ext_task.name})")
     if spec.test_split == "all":
         rows = np.arange(len(side.rows))
     else:
         sides = np.asarray(data.index["split"].cast(pl.Utf8).to_list())[side.rows]
-        rows = np.flatnonzero(np.isin(sides, list(task.test_splits if task else ("test",))))
+        rows = np.flatnonzero(np.isin(sides, list(ext_task.test_splits if ext_task else ("test",))))
     if not len(rows):
         raise ValueError(f"{where}: no labelled row in its {spec.test_split} split to test on")
     if ext_name == name:  # one id space: a patient of both would be trained on and tested

@@ -27,7 +27,7 @@ import numpy as np
 
 from .bootstrap import Resamples, classification_resampled, macro_auroc_resampled, regression_resampled
 from .cells import check_finite, fmt, label_problem, untrainable_problem
-from .metrics import METRIC_NAMES, metrics_for
+from .metrics import check_metrics, decision_metrics, is_decision_metric, metric_name
 from .models import C_GRID, PROBE_GRIDS, make_probe
 from .protocol import (assert_no_patient_leakage, check_names, choose_params, paired_ci, patient_split, percentile_ci,
                        subsample_patients)
@@ -98,7 +98,7 @@ class ProbeResult:
     def _efficiency(self, tests: list) -> list:
         fractions = sorted({r["fraction"] for r in self.rows})
         cols = [(f, t) for f in fractions for t in tests]
-        name = "" if self.primary == "auroc" else f"{METRIC_NAMES[self.primary]}, "
+        name = "" if self.primary == "auroc" else f"{metric_name(self.primary)}, "
         head = [f"{name}{100 * f:g} % labels" + (f" ({t})" if len(tests) > 1 else "") for f, t in cols]
         lines = ["| encoder | " + " | ".join(head) + " |", "|---" * (len(cols) + 1) + "|"]
         for e in self._encoders():
@@ -114,7 +114,7 @@ class ProbeResult:
         if not self.comparisons:
             return []
         test_col = len(tests) > 1
-        what = "macro AUROC" if self.primary == "auroc" else METRIC_NAMES[self.primary]
+        what = "macro AUROC" if self.primary == "auroc" else metric_name(self.primary)
         lines = ["", "| comparison | labels | " + ("test | " if test_col else "") + f"Δ {what} [95 % CI] |",
                  "|---|---|---|" + ("---|" if test_col else "")]
         for c in self.comparisons:
@@ -125,7 +125,7 @@ class ProbeResult:
         return lines
 
     def _metrics_table(self, tests: list) -> list:
-        names = [METRIC_NAMES[m] + " [95 % CI]" for m in self.metrics]
+        names = [metric_name(m) + " [95 % CI]" for m in self.metrics]
         lines = []
         for t in tests:
             title = f" ({t})" if len(tests) > 1 else ""
@@ -220,16 +220,27 @@ def _scorable(Y_test, labels, kind) -> tuple[list, dict]:
 
 
 def _resampled(Y, preds: list, W: Resamples, kind: str, metrics) -> dict:
-    """``{metric: [B]}`` averaged over the repeats' predictions ``preds``; AUROC through the macro-AUROC path."""
+    """``{metric: [B]}`` averaged over the repeats' predictions ``preds``; AUROC through the macro-AUROC path.
+    Decision metrics (multi-class) are not here: :func:`_decided` scores them on every class."""
     out = {}
     if "auroc" in metrics:
         out["auroc"] = macro_auroc_resampled(Y, preds, W)
-    rest = [m for m in metrics if m != "auroc"]
+    rest = [m for m in metrics if m != "auroc" and not is_decision_metric(m)]
     if rest:
         fn = regression_resampled if kind == "regression" else classification_resampled
         per = [fn(Y, P, W) for P in preds]
         out.update({m: np.mean([p[m] for p in per], axis=0) for m in rest})
     return out
+
+
+def _decided(Y, preds: list, W: Resamples, labels, metrics) -> dict:
+    """``{metric: [B]}`` of the decision metrics among ``metrics``, over every class (the argmax is taken over all
+    of them, whether or not the test split can score a class's AUROC), averaged over the repeats."""
+    wanted = [m for m in metrics if is_decision_metric(m)]
+    if not wanted:
+        return {}
+    per = [decision_metrics(Y, P, W, labels, wanted) for P in preds]
+    return {m: np.mean([p[m] for p in per], axis=0) for m in wanted}
 
 
 def score_predictions(name: str, Y_test, preds: list, W: Resamples, labels, *, kind: str = "multilabel",
@@ -251,9 +262,11 @@ def score_predictions(name: str, Y_test, preds: list, W: Resamples, labels, *, k
         na = untrainable_problem(len(preds))
     kept = [np.asarray(P)[:, keep] for P in preds]
     ones = Resamples.from_weights(np.ones((1, len(Y_test))))
-    points = [_resampled(Y_test[:, keep], [P], ones, kind, metrics) for P in kept] if not na else []
-    boots = _resampled(Y_test[:, keep], kept, W, kind, metrics) if not na else \
-        {m: np.full(len(W), np.nan) for m in metrics}
+    points = [{**_resampled(Y_test[:, keep], [P], ones, kind, metrics),
+               **_decided(Y_test, [np.asarray(full)], ones, labels, metrics)} for P, full in zip(kept, preds)] \
+        if not na else []
+    boots = {**_resampled(Y_test[:, keep], kept, W, kind, metrics), **_decided(Y_test, preds, W, labels, metrics)} \
+        if not na else {m: np.full(len(W), np.nan) for m in metrics}
     row = {"encoder": name}
     for m in metrics:
         row[m] = float(np.mean([float(p[m][0]) for p in points])) if points else float("nan")
@@ -327,10 +340,12 @@ def run_probe(features: dict, Y, labels, patient_ids, *, fractions=(0.01, 0.1, 1
     maps the names of further test sets to their rows. ``fractions`` subsample the training patients
     (``repeats`` seeds below 100 %). ``reference`` names the row the others are compared with.
     ``predictors`` maps further names to models trained on the rows themselves (see the module docstring).
-    ``kind``: ``binary`` / ``multilabel`` / ``regression`` (None: from ``Y``); ``probe``: ``linear``, ``knn``,
-    ``mlp`` (``ridge`` for regression, whatever is asked); ``grid``: its hyper-parameters to try (``C_grid``:
-    strengths of the linear probe); ``metrics``: what each cell reports (default: macro AUROC, or MAE and
-    R² for regression). ``random_state`` is an alias of ``seed``.
+    ``kind``: ``binary`` / ``multilabel`` / ``regression`` (None: from ``Y``) or ``multiclass`` (one class per
+    row, one label column per class: the probes fit one-vs-rest per class and the decision is the argmax);
+    ``probe``: ``linear``, ``knn``, ``mlp`` (``ridge`` for regression, whatever is asked); ``grid``: its
+    hyper-parameters to try (``C_grid``: strengths of the linear probe); ``metrics``: what each cell reports
+    (default: macro AUROC, or MAE and R² for regression; :mod:`tscl.probes.metrics` lists every name, e.g.
+    ``f1:normal+af+other`` or ``se:aami_S`` for multi-class). ``random_state`` is an alias of ``seed``.
     """
     seed = seed if random_state is None else random_state
     predictors = check_names(features, predictors)
@@ -347,10 +362,9 @@ def run_probe(features: dict, Y, labels, patient_ids, *, fractions=(0.01, 0.1, 1
         grid = [{"C": c} for c in C_grid]
     elif probe == "linear" and grid is None:
         grid = [{"C": c} for c in C_GRID]
-    metrics = tuple(metrics or (("mae", "r2") if kind == "regression" else ("auroc",)))
-    bad = [m for m in metrics if m not in metrics_for(kind)]
-    if bad:
-        raise ValueError(f"metric {bad[0]!r} is not one of {kind}'s: {', '.join(metrics_for(kind))}")
+    metrics = check_metrics(metrics or (("mae", "r2") if kind == "regression" else ("auroc",)), kind, labels)
+    if kind == "multiclass":
+        _check_one_class_per_row(Y, labels)
     for name, X in features.items():
         if len(X) != len(Y):
             raise ValueError(f"features {name!r} have {len(X)} rows for {len(Y)} labels")
@@ -366,6 +380,15 @@ def run_probe(features: dict, Y, labels, patient_ids, *, fractions=(0.01, 0.1, 1
         _fraction(result, features, predictors, Y, patient_ids, train, sets, fraction, repeats, seed, reference, fit,
                   keep=fraction == max(fractions))
     return result
+
+
+def _check_one_class_per_row(Y, labels) -> None:
+    """A multi-class target holds exactly one 1 per row across its label columns."""
+    counts = np.nansum(np.asarray(Y, dtype=np.float64) == 1, axis=1)
+    bad = np.flatnonzero(counts != 1)
+    if len(bad):
+        raise ValueError(f"kind multiclass needs exactly one of {', '.join(labels)} set per row; row {bad[0]} has "
+                         f"{int(counts[bad[0]])} ({len(bad)} such rows)")
 
 
 def _fraction(result, features, predictors, Y, patient_ids, train, sets, fraction, repeats, seed, reference, fit,
