@@ -153,3 +153,22 @@ def test_external_validation_on_another_task_with_another_label_name(tmp_path):
         evaluate(EvalSpec(task="cinc2017-af", root=tmp_path / "a", test_task="ptbxl-afib", test_dataset="cinc2017",
                           test_root=tmp_path / "b"))
     assert len(a) == 80
+
+
+def test_pairs_add_paired_comparisons_between_any_two_rows():
+    X, Y, pids = _classes(80, seed=2)
+    rng = np.random.default_rng(3)
+    feats = {"strong": X, "weak": X + 3 * rng.normal(size=X.shape), "noise": rng.normal(size=X.shape)}
+    split = (np.flatnonzero(pids.astype(int) < 50), np.flatnonzero(pids.astype(int) >= 50))
+    res = run_probe(feats, Y, LABELS, pids, split=split, fractions=(0.5, 1.0), repeats=2, n_boot=100,
+                    kind="multiclass", reference="noise", pairs=[("strong", "weak")])
+    for f in (0.5, 1.0):
+        pair = [c for c in res.comparisons if (c["encoder"], c["reference"], c["fraction"]) == ("strong", "weak", f)]
+        assert len(pair) == 1
+        assert pair[0]["delta"] == pytest.approx(res.cell("strong", f)["auroc"] - res.cell("weak", f)["auroc"])
+        assert pair[0]["ci_low"] <= pair[0]["delta"] <= pair[0]["ci_high"]
+    assert sum(c["reference"] == "noise" for c in res.comparisons) == 4  # 2 rows x 2 fractions, as without pairs
+    assert "| strong − weak | 100 % |" in res.to_markdown()
+    with pytest.raises(ValueError, match="'nope' is not a row; rows: strong, weak, noise"):
+        run_probe(feats, Y, LABELS, pids, split=split, fractions=(1.0,), n_boot=10, kind="multiclass",
+                  pairs=[("strong", "nope")])

@@ -103,7 +103,8 @@ class EvalSpec:
     - ``allow_test_overlap``: report an encoder pretrained on test patients (said in the notes) instead of
       refusing it; ``cache``: the sources' cache folder; ``audit``: the representation audit and its
       embedding maps; ``supervised_kwargs`` / ``finetune_kwargs``: :class:`SupervisedBaseline`'s training
-      budget; ``reference``: the row every other row is compared with; ``progress``: progress bars.
+      budget; ``reference``: the row every other row is compared with; ``pairs``: further ``(row, reference)``
+      paired comparisons by row name; ``progress``: progress bars.
 
     Without a run folder among the encoders the random-init and supervised rows use the modality's default
     architecture (``resnet1d`` at width 0.25 for waveforms, ``ehr_sequence``, ``resnet2d18``); with one, the
@@ -141,6 +142,7 @@ class EvalSpec:
     supervised_kwargs: dict = field(default_factory=dict)
     finetune_kwargs: dict = field(default_factory=dict)
     reference: str = RANDOM_INIT
+    pairs: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self), default=str))
@@ -585,7 +587,7 @@ def evaluate(spec: EvalSpec) -> EvalReport:
                        repeats=int(spec.repeats), n_boot=int(spec.n_boot), seed=int(spec.seed),
                        reference=_reference(spec, features, predictors), split=(train, test), val=val,
                        external=ext, predictors=predictors, kind=kind, probe=spec.probe, grid=spec.grid,
-                       metrics=metrics)
+                       metrics=metrics, pairs=[tuple(p) for p in spec.pairs])
     _tuning_note(result, notes)
     report = EvalReport(spec, result, _data_summary(name, spec, internal, external, labels, train, val, test, ext_rows,
                                                     kind, task), notes)

@@ -330,7 +330,7 @@ def run_probe(features: dict, Y, labels, patient_ids, *, fractions=(0.01, 0.1, 1
               test_fraction: float = 0.3, n_boot: int = 1000, seed: int = 0, reference: str | None = None,
               split: tuple | None = None, val=None, external: dict | None = None, predictors: dict | None = None,
               kind: str | None = None, probe: str = "linear", grid=None, C_grid=None, metrics=None,
-              random_state: int | None = None) -> ProbeResult:
+              random_state: int | None = None, pairs=None) -> ProbeResult:
     """Probe every encoder's features (and train every predictor) on the same patient-level split and label
     subsamples, and score every test set on its shared bootstrap resamples.
 
@@ -339,6 +339,7 @@ def run_probe(features: dict, Y, labels, patient_ids, *, fractions=(0.01, 0.1, 1
     ``val`` rows choose the hyper-parameters (else they are chosen inside the training rows); ``external``
     maps the names of further test sets to their rows. ``fractions`` subsample the training patients
     (``repeats`` seeds below 100 %). ``reference`` names the row the others are compared with.
+    ``pairs``: further ``(row, reference)`` paired comparisons (e.g. one pretrained encoder against another).
     ``predictors`` maps further names to models trained on the rows themselves (see the module docstring).
     ``kind``: ``binary`` / ``multilabel`` / ``regression`` (None: from ``Y``) or ``multiclass`` (one class per
     row, one label column per class: the probes fit one-vs-rest per class and the decision is the argmax);
@@ -376,10 +377,24 @@ def run_probe(features: dict, Y, labels, patient_ids, *, fractions=(0.01, 0.1, 1
     result = ProbeResult(labels=list(labels), split=sets[INTERNAL][2], kind=kind, probe=probe, metrics=metrics,
                          tests={k: s for k, (_, _, s) in sets.items()})
     fit = {"probe": probe, "grid": grid, "kind": kind, "val_rows": val}
+    pairs = _pairs([*features, *predictors], reference, pairs)
     for fraction in fractions:
-        _fraction(result, features, predictors, Y, patient_ids, train, sets, fraction, repeats, seed, reference, fit,
+        _fraction(result, features, predictors, Y, patient_ids, train, sets, fraction, repeats, seed, pairs, fit,
                   keep=fraction == max(fractions))
     return result
+
+
+def _pairs(names: list, reference: str | None, extra) -> list:
+    """The ``(row, reference)`` comparisons: every row with ``reference`` (when it is a row), then ``extra``, each
+    pair once; a name in ``extra`` that is not a row is refused."""
+    out = [(n, reference) for n in names if n != reference] if reference in names else []
+    for a, b in extra or ():
+        if a not in names or b not in names:
+            raise ValueError(f"pair ({a!r}, {b!r}): {a if a not in names else b!r} is not a row; rows: "
+                             f"{', '.join(names)}")
+        if (a, b) not in out and a != b:
+            out.append((a, b))
+    return out
 
 
 def _check_one_class_per_row(Y, labels) -> None:
@@ -391,7 +406,7 @@ def _check_one_class_per_row(Y, labels) -> None:
                          f"{int(counts[bad[0]])} ({len(bad)} such rows)")
 
 
-def _fraction(result, features, predictors, Y, patient_ids, train, sets, fraction, repeats, seed, reference, fit,
+def _fraction(result, features, predictors, Y, patient_ids, train, sets, fraction, repeats, seed, pairs, fit,
               keep: bool):
     """The cells (and comparisons) of one label fraction: every row fitted on the same subsamples."""
     subsets = [subsample_patients(train, patient_ids, fraction, seed=seed + 100 * r)
@@ -417,13 +432,10 @@ def _fraction(result, features, predictors, Y, patient_ids, train, sets, fractio
             result.rows.append(row)
             if keep:  # the first repeat's predictions at the largest fraction, for the reliability plot
                 result.predictions.setdefault(test, {})[name] = preds[0]
-    if reference not in predictors and reference not in features:
-        return
     for test, (_, _, summary) in sets.items():
-        ref = result.cell(reference, fraction, test)
-        result.comparisons += [_comparison(result.cell(n, fraction, test), ref, boots[n, test], boots[reference, test],
-                                           result.metrics, "no_ci" in summary)
-                               for n in [*features, *predictors] if n != reference]
+        result.comparisons += [_comparison(result.cell(n, fraction, test), result.cell(ref, fraction, test),
+                                           boots[n, test], boots[ref, test], result.metrics, "no_ci" in summary)
+                               for n, ref in pairs]
 
 
 def score_pooled(Y, preds: dict, groups, *, n_boot: int = 1000, seed: int = 1, references=("random-init",),
