@@ -1,0 +1,94 @@
+"""What a benchmark page records besides its numbers, and how its files are written.
+
+:func:`start` notes the command, the code (git commit and uncommitted changes to the engine), the environment
+and the clock; :func:`finish` adds the wall and CPU time of the run and the machine's load (the 2-core machine
+is shared, so CPU seconds say what the run itself cost); :func:`write` puts ``<tag>.json``,
+``<tag>_table.md`` and the figures in ``--out`` and, with ``--docs``, in the docs folder. :func:`delta`
+prints a paired difference with its verdict (``better`` / ``worse`` when the 95 % CI excludes 0).
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tscl.benchmarks.bench_real import code_state
+from tscl.checkpoint import environment
+from tscl.probes.cells import fmt
+
+__all__ = ["start", "finish", "header", "write", "delta", "cell", "fmt_triple"]
+
+
+def start(script: str, argv: list) -> dict:
+    """The record's provenance, and the clock started."""
+    command = os.environ.get("TSCL_BENCH_COMMAND") or f"python benchmarks/{script} " + " ".join(argv)
+    return {"command": command, "code": code_state(), "environment": environment(torch.device("cpu")),
+            "_t0": time.time()}
+
+
+def finish(record: dict) -> dict:
+    """Wall and CPU seconds since :func:`start`, the load average at the end and the code then."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    record["wall_s"] = time.time() - record.pop("_t0")
+    record["cpu_s"] = ru.ru_utime + ru.ru_stime
+    record["load_average_at_end"] = list(os.getloadavg())
+    record["code_at_end"] = code_state()
+    return record
+
+
+def header(record: dict) -> list:
+    """The lines every generated table starts with: command, measured time, machine, code."""
+    env, code = record["environment"], record["code"]
+    dirty = f"; uncommitted changes: {', '.join(code['uncommitted'])}" if code["uncommitted"] else ""
+    return [f"Command: `{record['command']}`", "",
+            f"Measured wall time: {record['wall_s'] / 60:.1f} min ({record['cpu_s'] / 60:.1f} CPU-min of this process; "
+            f"load average at the end {record['load_average_at_end'][1]:.1f} on a 2-core machine shared with other "
+            f"work; torch {env['torch']}, {env['cpu_capability']} CPU kernels, {env['threads']} threads); code at commit "
+            f"{code['commit']}{dirty}.", ""]
+
+
+def write(tag: str, record: dict, markdown: list, out: Path, docs: str | None, figures=()) -> None:
+    """``<tag>.json`` and ``<tag>_table.md`` (and the figures) in ``out`` and, with ``docs``, there too."""
+    text = "\n".join(markdown) + "\n"
+    blob = json.dumps(record, indent=1, default=_json)
+    targets = [out] + ([Path(docs)] if docs else [])
+    for folder in targets:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{tag}.json").write_text(blob)
+        (folder / f"{tag}_table.md").write_text(text)
+        for fig in figures:
+            if Path(fig).parent.resolve() != folder.resolve():
+                shutil.copyfile(fig, folder / Path(fig).name)
+    print(text, file=sys.stdout)
+
+
+def _json(v):
+    return v.tolist() if isinstance(v, np.ndarray) else float(v) if isinstance(v, np.floating) else str(v)
+
+
+def cell(row: dict, metric: str) -> str:
+    """A row's value of ``metric`` with its CI, or ``n/a (why)``."""
+    return fmt(row.get(metric), row.get(f"{metric}_ci"), row.get("n/a"))
+
+
+def delta(c: dict | None, metric: str) -> str:
+    """A comparison's ``metric`` difference with its paired CI and verdict; ``—`` without one."""
+    if c is None:
+        return "—"
+    value, ci = c.get(metric), c.get(f"{metric}_ci")
+    text = fmt(value, ci, c.get("n/a"), signed=True)
+    if c.get("n/a") or ci is None or not np.all(np.isfinite(ci)):
+        return text
+    return f"{text} {'better' if ci[0] > 0 else 'worse' if ci[1] < 0 else 'not separated'}"
+
+
+def fmt_triple(v) -> str:
+    """``[value, low, high]`` as a signed cell with its CI; ``n/a`` for None."""
+    return "n/a" if not v else fmt(v[0], v[1:], signed=True)
