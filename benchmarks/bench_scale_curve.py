@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from tscl.benchmarks import bench_record
-from tscl.benchmarks.lead1 import (AUGMENT, ENCODER, ENCODER_KWARGS, check_hidden, cinc_options, open_pool,
-                                   pretrain_fixed, pretraining_set, ptbxl_options)
+from tscl.benchmarks.lead1 import (AUGMENT, BATCH, ENCODER, ENCODER_KWARGS, STEPS, check_hidden, cinc_options,
+                                   open_pool, pretrain_fixed, pretraining_set, ptbxl_options)
 from tscl.probes import EvalSpec, evaluate
 from tscl.probes.engine import RANDOM_INIT, SUPERVISED
 
@@ -238,8 +238,8 @@ def main(argv=None) -> int:
     p.add_argument("--series", default="cinc,cinc+ptbxl")
     p.add_argument("--methods", default="simclr")
     p.add_argument("--tasks", default=",".join(PROBES))
-    p.add_argument("--steps", type=int, default=250, help="optimiser steps of every pretraining run")
-    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--steps", type=int, default=STEPS, help="optimiser steps of every pretraining run")
+    p.add_argument("--batch", type=int, default=BATCH)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--sup-steps", type=int, default=200, help="steps of the supervised-from-scratch row")
     p.add_argument("--fractions", default="0.1,1")

@@ -35,12 +35,13 @@ from tscl.benchmarks.bench_methods import code_digest, finished_run
 from tscl.datasets import Dataset, open_dataset
 from tscl.train import PretrainConfig, pretrain
 
-__all__ = ["FS", "WINDOW_S", "ENCODER", "ENCODER_KWARGS", "AUGMENT", "cinc_options", "ptbxl_options", "Joined",
+__all__ = ["FS", "WINDOW_S", "ENCODER", "ENCODER_KWARGS", "AUGMENT", "STEPS", "BATCH", "cinc_options", "ptbxl_options", "Joined",
            "Pool", "open_pool", "pretraining_set", "check_hidden", "pretrain_fixed", "method_kwargs"]
 
 FS, WINDOW_S = 100, 10
 ENCODER, ENCODER_KWARGS = "cnn1d", {"widths": [16, 32, 64]}
 AUGMENT = "crop:len=0.8,scale,noise:snr=20,wander"  # SimCLR's ECG views without lead dropout (one lead)
+STEPS, BATCH = 250, 128  # every pretraining run: the same optimiser steps of the same batch, whatever its data
 _INDEX = ["patient_id", "record_id", "split", "fs", "n_samples", "n_channels", "channels"]
 
 
