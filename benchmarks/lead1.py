@@ -186,13 +186,15 @@ def _rows_digest(data: Dataset) -> str:
 
 
 def pretrain_fixed(data: Dataset, run_dir: Path, method: str, *, steps: int, batch: int, lr: float = 3e-3,
-                   seed: int = 0) -> tuple[Path, float]:
-    """Pretrain ``method`` on ``data`` for exactly ``steps`` optimiser steps (epochs = enough passes to cover
+                   seed: int = 0, method_kw: dict | None = None) -> tuple[Path, float]:
+    """Pretrain ``method`` (settings ``method_kw``, default :func:`method_kwargs`) with the ``cnn1d`` of
+    :data:`ENCODER_KWARGS` on ``data`` for exactly ``steps`` optimiser steps (epochs = enough passes to cover
     them, stopped at ``steps``; the LR schedule spans those passes), or reuse a finished run of ``run_dir``
     made with these settings, code and rows. Returns (run folder, seconds)."""
     per_epoch = max(1, len(data) // batch)
+    kw = method_kwargs(method, batch) if method_kw is None else dict(method_kw)
     cfg = PretrainConfig(out_dir=str(run_dir), method=method, encoder=ENCODER, encoder_kwargs=dict(ENCODER_KWARGS),
-                         method_kwargs=method_kwargs(method, batch), epochs=math.ceil(steps / per_epoch),
+                         method_kwargs=kw, epochs=math.ceil(steps / per_epoch),
                          max_steps=steps, lr=lr, seed=seed, progress=False, ckpt_every=0, dataset=data.source)
     rows = _rows_digest(data)
     done = finished_run(run_dir, cfg)
