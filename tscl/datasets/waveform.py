@@ -157,7 +157,7 @@ def _wfdb(root: Path, *, cache=None, progress=True, metadata=None, normalize="no
                  "ptbxl_database.csv + scp_statements.csv and/or labels/ptbxl_<task>_<part>.csv label tables; "
                  "split from strat_fold (1-8 train, 9 val, 10 test)",
                  options={**_COMMON, "rate": "100 or 500 (Hz): records100/ or records500/",
-                          "channels": "lead(s) to keep by name, e.g. I or I,II,V1 (default: all 12, I..V6)"})
+                          "channels": "lead(s) to keep by name: I, or a list such as [\"I\",\"V1\"] (default: all 12, I..V6)"})
 def _ptbxl(root: Path, *, cache=None, progress=True, rate=100, normalize="none", on_error="raise", channels=None):
     from tscl.loaders import load_ptbxl
 
