@@ -24,9 +24,7 @@ sensitivity (Se) and positive predictivity (+P) at the argmax, and macro one-vs-
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +33,7 @@ import polars as pl
 from tscl.benchmarks import bench_record
 from tscl.benchmarks.lead1 import ENCODER, ENCODER_KWARGS, pretrain_fixed
 from tscl.datasets import open_dataset
-from tscl.probes import EvalSpec, evaluate
+from tscl.probes import EvalSpec
 from tscl.probes.engine import RANDOM_INIT
 
 PROTOCOLS = {"inter-patient": "dechazal", "intra-patient": "dechazal-beats"}
@@ -87,11 +85,7 @@ def probe(args, run: Path, protocol: str, out: Path) -> dict:
                     kind="multiclass", metrics=METRICS, encoders=[str(run)], supervised=True,
                     supervised_kwargs={"max_steps": args.sup_steps}, fractions=(1.0,), n_boot=args.bootstrap,
                     seed=args.seed, cache=args.cache)
-    t0 = time.time()
-    report = evaluate(spec)
-    report.write(out / "reports" / protocol)
-    print(f"[mitdb] {protocol}: evaluated in {time.time() - t0:.0f} s", flush=True)
-    return {**json.loads(report.to_json()), "eval_s": time.time() - t0, "markdown": report.to_markdown()}
+    return bench_record.evaluated(spec, out, protocol)
 
 
 def plot(results: dict, path: Path) -> Path:
@@ -158,16 +152,9 @@ def markdown(record: dict) -> list:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", required=True, help="the MIT-BIH Arrhythmia Database folder (RECORDS, .hea/.dat/.atr)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--docs", default=None)
-    p.add_argument("--cache", default=None)
     p.add_argument("--steps", type=int, default=400, help="SimCLR optimiser steps")
     p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--sup-steps", type=int, default=300, help="steps of the supervised-from-scratch row")
-    p.add_argument("--bootstrap", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="a tiny budget for tests")
+    bench_record.common_options(p, sup_steps=300)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
     if args.quick:

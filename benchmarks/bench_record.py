@@ -8,6 +8,7 @@ prints a paired difference with its verdict (``better`` / ``worse`` when the 95 
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -21,9 +22,33 @@ import torch
 
 from tscl.benchmarks.bench_real import code_state
 from tscl.checkpoint import environment
+from tscl.probes import EvalSpec, evaluate
 from tscl.probes.cells import fmt
 
-__all__ = ["start", "finish", "header", "write", "delta", "cell", "fmt_triple"]
+__all__ = ["start", "finish", "header", "write", "delta", "cell", "fmt_triple", "common_options", "evaluated"]
+
+
+def common_options(p: argparse.ArgumentParser, sup_steps: int = 200) -> None:
+    """The options every benchmark here takes besides its data: where it writes, its budget, its seed."""
+    p.add_argument("--out", required=True)
+    p.add_argument("--docs", default=None, help="also write the JSON, table and figure here (e.g. docs/benchmarks)")
+    p.add_argument("--cache", default=None, help="the sources' cache folder (default: the per-user cache)")
+    p.add_argument("--lr", type=float, default=3e-3, help="the pretraining learning rate")
+    p.add_argument("--sup-steps", type=int, default=sup_steps, help="steps of the supervised-from-scratch row")
+    p.add_argument("--bootstrap", type=int, default=1000, help="patient-level bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="a tiny budget for tests (50 resamples, 4 supervised steps)")
+
+
+def evaluated(spec: EvalSpec, out: Path, tag: str) -> dict:
+    """:func:`tscl.probes.evaluate` of ``spec``, its report written to ``out/reports/<tag>``, as a JSON-able dict
+    with its markdown and seconds."""
+    t0 = time.time()
+    report = evaluate(spec)
+    report.write(out / "reports" / tag)
+    seconds = time.time() - t0
+    print(f"[{out.name}] {tag}: evaluated in {seconds:.0f} s", flush=True)
+    return {**json.loads(report.to_json()), "eval_s": seconds, "markdown": report.to_markdown()}
 
 
 def start(script: str, argv: list) -> dict:

@@ -29,9 +29,7 @@ match (``bench_transfer`` reuses the largest ones when given the same ``--out``)
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +37,7 @@ import numpy as np
 from tscl.benchmarks import bench_record
 from tscl.benchmarks.lead1 import (AUGMENT, BATCH, ENCODER, ENCODER_KWARGS, STEPS, check_hidden, cinc_options,
                                    open_pool, pretrain_fixed, pretraining_set, ptbxl_options)
-from tscl.probes import EvalSpec, evaluate
+from tscl.probes import EvalSpec
 from tscl.probes.engine import RANDOM_INIT, SUPERVISED
 
 PROBES = {"ptbxl-superdiagnostic": ("ptbxl", ("auroc",)), "ptbxl-rhythm": ("ptbxl", ("auroc",)),
@@ -96,11 +94,7 @@ def probe_all(args, runs: dict, out: Path) -> dict:
                         supervised=True, supervised_kwargs={"max_steps": args.sup_steps}, fractions=args.fractions,
                         repeats=args.repeats, n_boot=args.bootstrap, seed=args.seed, cache=args.cache,
                         metrics=metrics, pairs=pairs)
-        t0 = time.time()
-        report = evaluate(spec)
-        report.write(out / "reports" / task)
-        results[task] = {**json.loads(report.to_json()), "eval_s": time.time() - t0, "markdown": report.to_markdown()}
-        print(f"[scale] {task}: evaluated in {time.time() - t0:.0f} s", flush=True)
+        results[task] = bench_record.evaluated(spec, out, task)
     return results
 
 
@@ -231,22 +225,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cinc-root", required=True, help="training2017/ or the folder holding it (and REFERENCE-v3.csv)")
     p.add_argument("--ptbxl-root", required=True, help="PTB-XL (records100/ and label tables)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--docs", default=None, help="also write scale_curve.json / _table.md / .png here")
-    p.add_argument("--cache", default=None, help="the sources' cache folder (default: the per-user cache)")
     p.add_argument("--sizes", default="1000,2000,4000,all", help="CinC records per pretraining set, nested")
     p.add_argument("--series", default="cinc,cinc+ptbxl")
     p.add_argument("--methods", default="simclr")
     p.add_argument("--tasks", default=",".join(PROBES))
     p.add_argument("--steps", type=int, default=STEPS, help="optimiser steps of every pretraining run")
     p.add_argument("--batch", type=int, default=BATCH)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--sup-steps", type=int, default=200, help="steps of the supervised-from-scratch row")
     p.add_argument("--fractions", default="0.1,1")
     p.add_argument("--repeats", type=int, default=3, help="label subsamples per fraction below 100 %")
-    p.add_argument("--bootstrap", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="a tiny budget for tests")
+    bench_record.common_options(p)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
     args.sizes = parse_sizes(args.sizes)

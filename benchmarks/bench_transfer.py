@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +36,7 @@ from tscl.benchmarks import bench_record
 from tscl.benchmarks.lead1 import (BATCH, STEPS, check_hidden, cinc_options, open_pool, pretrain_fixed,
                                    pretraining_set, ptbxl_options)
 from tscl.datasets import open_dataset
-from tscl.probes import EvalSpec, evaluate
+from tscl.probes import EvalSpec
 from tscl.probes.engine import RANDOM_INIT
 from tscl.tasks import get_task
 
@@ -93,11 +92,7 @@ def evaluate_direction(args, runs: dict, direction: str, out: Path) -> dict:
                     encoders=[r["path"] for r in runs.values()], supervised=True,
                     supervised_kwargs={"max_steps": args.sup_steps}, fractions=(1.0,), n_boot=args.bootstrap,
                     seed=args.seed, cache=args.cache, metrics=METRICS)
-    t0 = time.time()
-    report = evaluate(spec)
-    report.write(out / "reports" / direction)
-    print(f"[transfer] {direction}: evaluated in {time.time() - t0:.0f} s", flush=True)
-    return {**json.loads(report.to_json()), "eval_s": time.time() - t0, "markdown": report.to_markdown()}
+    return bench_record.evaluated(spec, out, direction)
 
 
 def plot(results: dict, path: Path) -> Path:
@@ -146,17 +141,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cinc-root", required=True, help="training2017/ or the folder holding it (and REFERENCE-v3.csv)")
     p.add_argument("--ptbxl-root", required=True)
-    p.add_argument("--out", required=True, help="the folder of bench_scale_curve's runs, to reuse them")
-    p.add_argument("--docs", default=None)
-    p.add_argument("--cache", default=None)
-    p.add_argument("--steps", type=int, default=STEPS)
+    p.add_argument("--steps", type=int, default=STEPS, help="optimiser steps per run (bench_scale_curve's: with its --out its runs are reused)")
     p.add_argument("--batch", type=int, default=BATCH)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--sup-steps", type=int, default=200)
-    p.add_argument("--bootstrap", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--directions", default=",".join(DIRECTIONS))
-    p.add_argument("--quick", action="store_true", help="a tiny budget for tests")
+    bench_record.common_options(p)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
     args.directions = [d for d in args.directions.split(",") if d]
