@@ -42,13 +42,39 @@ def common_options(p: argparse.ArgumentParser, sup_steps: int = 200) -> None:
 
 def evaluated(spec: EvalSpec, out: Path, tag: str) -> dict:
     """:func:`tscl.probes.evaluate` of ``spec``, its report written to ``out/reports/<tag>``, as a JSON-able dict
-    with its markdown and seconds."""
+    with its markdown and seconds. A report already there is reused when it was made from the same spec and is
+    newer than every encoder run it read (so an interrupted benchmark resumes without re-evaluating); its
+    seconds are then those noted beside it (``evaluated.json``), or None when it has no such note."""
+    folder = out / "reports" / tag
+    reused = _reusable(spec, folder)
+    if reused is not None:
+        print(f"[{out.name}] {tag}: reused the report in {folder}", flush=True)
+        return reused
     t0 = time.time()
     report = evaluate(spec)
-    report.write(out / "reports" / tag)
+    report.write(folder)
     seconds = time.time() - t0
+    (folder / "evaluated.json").write_text(json.dumps({"eval_s": seconds, "code": code_state()}, indent=1))
     print(f"[{out.name}] {tag}: evaluated in {seconds:.0f} s", flush=True)
     return {**json.loads(report.to_json()), "eval_s": seconds, "markdown": report.to_markdown()}
+
+
+def _reusable(spec: EvalSpec, folder: Path) -> dict | None:
+    """The stored report in ``folder`` as :func:`evaluated` returns it, or None unless its spec is ``spec`` and it
+    is newer than the checkpoints of the encoder runs it evaluated."""
+    path = folder / "report.json"
+    if not path.is_file():
+        return None
+    stored = json.loads(path.read_text())
+    if stored.get("spec") != json.loads(json.dumps(spec.to_dict())):
+        return None
+    made = path.stat().st_mtime
+    if any(f.stat().st_mtime > made for e in spec.encoders for f in Path(e).glob("*.safetensors")):
+        return None
+    note = folder / "evaluated.json"
+    seconds = json.loads(note.read_text())["eval_s"] if note.is_file() else None
+    text = (folder / "report.md").read_text().split("\n\n![")[0] if (folder / "report.md").is_file() else ""
+    return {**stored, "eval_s": seconds, "markdown": text, "reused": str(folder)}
 
 
 def start(script: str, argv: list) -> dict:

@@ -2,17 +2,21 @@
 
 Every pretraining run takes the asked number of steps whatever its size, sets are nested, no held-out record
 or patient is pretrained on (asserted; a planted one is refused), every probe row is scored with a CI beside
-random init and supervised, the growth pair is paired, and the JSON, table and figure are written.
+random init and supervised, the growth pair is paired, and the JSON, table and figure are written; the same
+command again resumes from the finished runs and reports.
 """
 import json
+import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from test_source_cinc2017 import make_training2017
-from tscl.benchmarks import bench_scale_curve
+from tscl.benchmarks import bench_record, bench_scale_curve
 from tscl.benchmarks.lead1 import check_hidden, open_pool, pretraining_set
+from tscl.probes import EvalSpec
 
 PTBXL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ptbxl"
 needs_ptbxl = pytest.mark.skipif(not (PTBXL / "records100").is_dir(), reason=f"shared PTB-XL sample absent at {PTBXL}")
@@ -70,6 +74,25 @@ def test_quick_run_writes_the_curve(cinc, tmp_path):
     assert "challenge F1 (N, AF, O)" in table and "| simclr-cinc-all − simclr-cinc-10 |" in table
     assert (docs / "scale_curve.png").stat().st_size > 10_000
     assert np.isfinite(rec["wall_s"]) and rec["code"]["commit"]
+    assert not any("reused" in r for r in rec["results"].values())
+    assert_resumes(argv, rec, out, docs)
+
+
+def assert_resumes(argv, rec, out, docs):
+    """The same command again reuses every run and report (an interrupted benchmark resumes); a report is not
+    reused for another spec, nor once an encoder it read was pretrained again."""
+    assert bench_scale_curve.main(argv) == 0
+    again = json.loads((docs / "scale_curve.json").read_text())
+    for task, res in again["results"].items():
+        assert res["reused"] == str(out / "reports" / task) and res["rows"] == rec["results"][task]["rows"]
+        assert res["eval_s"] == pytest.approx(rec["results"][task]["eval_s"])
+    folder = out / "reports" / "cinc2017-classes"
+    spec = EvalSpec(**json.loads((folder / "report.json").read_text())["spec"])
+    assert bench_record._reusable(spec, folder) is not None
+    assert bench_record._reusable(replace(spec, n_boot=spec.n_boot + 1), folder) is None
+    newer = (folder / "report.json").stat().st_mtime + 5
+    os.utime(Path(spec.encoders[0]) / "encoder.safetensors", (newer, newer))
+    assert bench_record._reusable(spec, folder) is None
 
 
 def test_bad_options_are_refused_in_one_line(capsys):
