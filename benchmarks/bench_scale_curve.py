@@ -183,9 +183,24 @@ def plot(points: list, args, path: Path) -> Path:
     return _save(fig, path)
 
 
+def compute_lines(runs: dict, results: dict) -> list:
+    """What the numbers cost, whichever invocation measured them: a resumed run reuses earlier pretraining runs and
+    reports, so its own wall time covers only what it did not reuse."""
+    pre = sum(r["pretrain_s"] for r in runs.values())
+    evals = {t: r.get("eval_s") for t, r in results.items()}
+    known = [v for v in evals.values() if v is not None]
+    parts = ", ".join(f"{t} {v / 60:.1f} min" if v is not None else f"{t} (time not recorded)" for t, v in evals.items())
+    reused = [t for t, r in results.items() if r.get("reused")]
+    return [f"Compute behind these numbers (each step's own measured seconds on this machine): pretraining "
+            f"{len(runs)} runs {pre / 60:.1f} min; evaluations {parts}; in all {(pre + sum(known)) / 60:.1f} min."
+            + (f" Reused from an earlier invocation: the finished pretraining runs and the reports of "
+               f"{', '.join(reused)}; the wall time above covers only what this invocation did itself." if reused
+               else ""), ""]
+
+
 def markdown(args, record: dict) -> list:
     runs, results = record["runs"], record["results"]
-    lines = bench_record.header(record)
+    lines = bench_record.header(record) + compute_lines(runs, results)
     lines += ["Pretraining sets (SimCLR unless named; every run " f"{args.steps} steps of {args.batch}):", "",
               "| run | CinC records | PTB-XL ECGs | 10 s windows | pretrain s |", "|---|---|---|---|---|"]
     lines += [f"| {n} | {r['cinc_records']} | {r['ptbxl_ecgs']} | {r['items']} | {r['pretrain_s']:.0f} |"

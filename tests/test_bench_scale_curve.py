@@ -75,6 +75,7 @@ def test_quick_run_writes_the_curve(cinc, tmp_path):
     assert (docs / "scale_curve.png").stat().st_size > 10_000
     assert np.isfinite(rec["wall_s"]) and rec["code"]["commit"]
     assert not any("reused" in r for r in rec["results"].values())
+    assert "evaluations ptbxl-superdiagnostic" in (docs / "scale_curve_table.md").read_text()
     assert_resumes(argv, rec, out, docs)
 
 
@@ -86,6 +87,7 @@ def assert_resumes(argv, rec, out, docs):
     for task, res in again["results"].items():
         assert res["reused"] == str(out / "reports" / task) and res["rows"] == rec["results"][task]["rows"]
         assert res["eval_s"] == pytest.approx(rec["results"][task]["eval_s"])
+    assert "Reused from an earlier invocation" in (docs / "scale_curve_table.md").read_text()
     folder = out / "reports" / "cinc2017-classes"
     spec = EvalSpec(**json.loads((folder / "report.json").read_text())["spec"])
     assert bench_record._reusable(spec, folder) is not None
