@@ -44,7 +44,7 @@ AUGMENT = "crop:len=0.9,scale,noise:snr=20,wander"  # views of one beat window (
 OPTIONS = {"channels": "MLII"}  # the source's default beat window: 0.25 s before, 0.45 s after the R peak
 # de Chazal, O'Dwyer & Reilly, IEEE TBME 51(7):1196-1206, 2004, abstract: DS2, two leads, morphology and RR features
 ANCHORS_INTER = {"se:aami_S": 0.759, "ppv:aami_S": 0.385, "se:aami_V": 0.777, "ppv:aami_V": 0.819}
-# the same paper's overall DS2 accuracy and N figures, as tabulated by Garcia et al., Sci. Rep. 7:10543 (2017),
+# the same paper's overall DS2 accuracy and N figures, as tabulated by Garcia et al., Sci. Rep. 7 (2017), doi:10.1038/s41598-017-09837-3,
 # table 2 (rounded to whole per cent there)
 ANCHORS_INTER_TABLE = {"accuracy": 0.83, "se:aami_N": 0.87, "ppv:aami_N": 0.99}
 
