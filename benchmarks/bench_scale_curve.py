@@ -105,10 +105,12 @@ def curve(runs: dict, results: dict) -> list:
         comps = [c for c in res["comparisons"] if c["reference"] == RANDOM_INIT and c.get("test", "internal")
                  == "internal"]
         for c in comps:
-            info = runs.get(c["encoder"], {"series": SUPERVISED, "method": SUPERVISED, "recordings": None})
+            info = runs.get(c["encoder"], {"series": SUPERVISED, "method": SUPERVISED, "recordings": None,
+                                           "cinc_records": None})
             for m in CURVE_METRICS[task]:
                 points.append({"task": task, "metric": m, "fraction": c["fraction"], "row": c["encoder"],
                                "series": info["series"], "method": info["method"], "recordings": info["recordings"],
+                               "cinc_records": info["cinc_records"],
                                "delta": c[m], "ci": c[f"{m}_ci"], "n/a": c.get("n/a")})
     return points
 
@@ -150,7 +152,9 @@ def _says(gain, grow, m) -> str:
 
 
 def plot(points: list, args, path: Path) -> Path:
-    """Δ vs random init against pretraining recordings, one panel per (task, metric) and fraction."""
+    """Δ vs random init against the CinC recordings pretrained on, one panel per (task, metric) and fraction."""
+    from matplotlib.ticker import NullFormatter
+
     from tscl.plots import _pyplot, _save
 
     plt = _pyplot()
@@ -163,9 +167,9 @@ def plot(points: list, args, path: Path) -> Path:
             here = [p for p in points if p["task"] == task and p["metric"] == metric and p["fraction"] == f]
             for k, (method, series) in enumerate((m, s) for m in args.methods for s in args.series):
                 line = sorted((p for p in here if p["method"] == method and p["series"] == series and
-                               p["delta"] is not None and np.isfinite(p["delta"])), key=lambda p: p["recordings"])
+                               p["delta"] is not None and np.isfinite(p["delta"])), key=lambda p: p["cinc_records"])
                 if line:
-                    x = np.array([p["recordings"] for p in line]) * (1.0 + 0.03 * k)  # side by side, not on top
+                    x = np.array([p["cinc_records"] for p in line]) * (1.0 + 0.03 * k)  # side by side, not on top
                     y = np.array([p["delta"] for p in line])
                     err = np.abs(np.array([p["ci"] for p in line]).T - y)
                     ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=f"{method}, {series}")
@@ -175,8 +179,11 @@ def plot(points: list, args, path: Path) -> Path:
                 ax.axhspan(*sup["ci"], color="0.4", alpha=0.08)
             ax.axhline(0, color="black", lw=0.8, ls="--")
             ax.set_xscale("log")
+            sizes = sorted({p["cinc_records"] for p in here if p["cinc_records"]})
+            ax.set_xticks(sizes, [f"{x:,}" for x in sizes], fontsize=7)
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_title(f"{task}: {NAMES.get(metric, metric)}, {100 * f:g} % labels", fontsize=9)
-            ax.set_xlabel("pretraining recordings")
+            ax.set_xlabel("CinC 2017 recordings pretrained on", fontsize=8)
             ax.set_ylabel("Δ vs random init (95 % CI)")
             ax.grid(True, alpha=0.3)
     axes[0][0].legend(fontsize="small")
