@@ -70,7 +70,7 @@ def pretrain_runs(args, out: Path) -> dict:
         path, seconds = pretrain_fixed(data, out / "runs" / name, "simclr", steps=args.steps, batch=args.batch,
                                        lr=args.lr, seed=args.seed)
         runs[name] = {**counts, "pretrain_s": seconds, "path": str(path)}
-        print(f"[transfer] {name}: {counts['items']} windows, {seconds:.0f} s (0 when reused)", flush=True)
+        print(f"[transfer] {name}: {counts['items']} windows, pretrained in {seconds:.0f} s (a reused run keeps its own time)", flush=True)
     return runs
 
 
