@@ -331,3 +331,19 @@ def test_same_ecg_in_two_parts_or_with_two_patients_raises(tmp_path):
                  [_row(2, pid="999.0", codes="['NDT']", onehot="1")])
     with pytest.raises(LoaderError, match=r"ecg_id 2: patient_id .*label tables disagree"):
         load_ptbxl(root, cache_dir=tmp_path / "c", progress=False)
+
+
+def test_source_channels_option_keeps_the_named_leads_in_order(ptbxl100, tmp_path):
+    """``open_dataset("ptbxl", ..., channels=...)``: the named leads (any case) in the order named, equal to those
+    rows of the 12-lead read; an unknown or repeated lead is refused in one line naming the leads."""
+    from tscl.datasets import open_dataset
+
+    opts = {"on_error": "skip", "cache": tmp_path, "progress": False}
+    full = open_dataset("ptbxl", PTBXL, **opts)
+    some = open_dataset("ptbxl", PTBXL, channels="v1,I", **opts)
+    assert some.info["channels"] == ["V1", "I"] and some.in_channels == 2 and len(some) == len(full)
+    rows = np.arange(0, len(full), max(1, len(full) // 7))
+    np.testing.assert_array_equal(some.fetch(rows).numpy(), full.fetch(rows).numpy()[:, [6, 0]])
+    for bad, why in [("I,X", "'X' is not a lead"), ("I,i", "a lead is named twice")]:
+        with pytest.raises(ValueError, match=f"channels '{bad}': {why}; the leads: I,II,III,aVR"):
+            open_dataset("ptbxl", PTBXL, channels=bad, **opts)

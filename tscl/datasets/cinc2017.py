@@ -21,8 +21,10 @@ on every machine and run, and a record's side depends only on its name, its clas
 other records of its class in the table: the label version (``labels=``) can move a relabelled
 record, and its neighbours, to another side.
 
-Task (:mod:`tscl.tasks`): ``cinc2017-rhythm``, the four classes one-vs-rest (``normal``, ``af``, ``other``,
-``noisy``) on that split.
+Tasks (:mod:`tscl.tasks`), on that split: ``cinc2017-rhythm``, the four classes one-vs-rest (``normal``,
+``af``, ``other``, ``noisy``); ``cinc2017-classes``, the same four as one class per record (multi-class: the
+decision is the argmax, scored as the challenge scores it with the metric ``f1:normal+af+other``, the mean F1
+of N, AF and Other); ``cinc2017-af``, AF against normal rhythm (the Other and Noisy records left out).
 """
 from __future__ import annotations
 
@@ -94,3 +96,10 @@ def _seconds_or_hz(name: str, value) -> float:
 register_task("cinc2017-rhythm", "cinc2017", ("normal", "af", "other", "noisy"), "multilabel",
               description="CinC 2017 single-lead recordings: normal / AF / other rhythm / noisy one-vs-rest; the "
                           "source's split stratified by class (20 % test, 10 % validation)")
+register_task("cinc2017-classes", "cinc2017", ("normal", "af", "other", "noisy"), "multiclass",
+              description="CinC 2017 single-lead recordings: normal / AF / other rhythm / noisy as one class per record "
+                          "(argmax decision; the challenge score is the mean F1 of normal, af and other); the source's "
+                          "split stratified by class (20 % test, 10 % validation)")
+register_task("cinc2017-af", "cinc2017", ("af",), "binary", rows={"class": ["N", "A"]},
+              description="CinC 2017 AF against normal rhythm (the Other and Noisy records left out); the source's "
+                          "split stratified by class (20 % test, 10 % validation)")

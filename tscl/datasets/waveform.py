@@ -23,8 +23,9 @@ Downstream tasks (:mod:`tscl.tasks`, run by :func:`tscl.probes.evaluate`) on the
 - ``ptbxl-superdiagnostic``, ``-subdiagnostic``, ``-form``, ``-rhythm``: every code column of the task
   (``super:*`` ...) on the ECGs some label source lists for it (``has:<task>``), strat_fold 1-8 train,
   9 chooses the probe's strength, 10 tests (Strodthoff et al. 2020); ``ptbxl-superclass`` is the
-  superclasses ``NORM`` ... ``HYP`` from every label source; ``ptbxl-sex`` (``female``) and
-  ``ptbxl-age`` (years, ridge regression);
+  superclasses ``NORM`` ... ``HYP`` from every label source; ``ptbxl-afib``, AF (``rhythm:AFIB``) against
+  every other rhythm statement, folds 9 and 10 testing; ``ptbxl-sex`` (``female``) and ``ptbxl-age`` (years,
+  ridge regression);
 - ``eegmat-task``: rest (``task`` 0) vs mental arithmetic (1), 10 s epochs at 100 Hz, z-scored per channel;
 - ``sim-risk``: the six risk labels of a cohort written by ``tscl simulate`` / ``tscl demo``, its split.
 """
@@ -42,7 +43,7 @@ from tscl.loaders import LoaderError, edf_epochs, load_cinc, load_eegmat, load_p
 from tscl.loaders.cache import ON_ERROR, cached_load, read_all
 from tscl.loaders.edf import EEG_1020
 from tscl.loaders.identity import check_unique, check_unique_names, clean_ids, csv_line, relative_id
-from tscl.loaders.ptbxl import SUPERCLASSES
+from tscl.loaders.ptbxl import PTBXL_LEADS, SUPERCLASSES
 from tscl.simulate import CONDITIONS
 from tscl.tasks import register_task
 
@@ -192,11 +193,30 @@ def _wfdb(root: Path, *, cache=None, progress=True, metadata=None, normalize="no
 @declare_source("ptbxl", "waveform", "PTB-XL as PhysioNet publishes it: records100/ (or records500/) and "
                  "ptbxl_database.csv + scp_statements.csv and/or labels/ptbxl_<task>_<part>.csv label tables; "
                  "split from strat_fold (1-8 train, 9 val, 10 test)",
-                 options={**_COMMON, "rate": "100 or 500 (Hz): records100/ or records500/"})
-def _ptbxl(root: Path, *, cache=None, progress=True, rate=100, normalize="none", on_error="raise"):
-    c = load_ptbxl(root, rate=int(rate), cache_dir=_cache_dir(cache, "ptbxl", root, rate=rate, on_error=on_error),
-                   on_error=on_error, progress=progress)
+                 options={**_COMMON, "rate": "100 or 500 (Hz): records100/ or records500/",
+                          "channels": "lead(s) to keep by name: I, or a list such as [\"I\",\"V1\"] (default: all 12, I..V6)"})
+def _ptbxl(root: Path, *, cache=None, progress=True, rate=100, normalize="none", on_error="raise", channels=None):
+    leads = _leads(channels, PTBXL_LEADS)
+    chosen = {"channels": leads} if leads != tuple(PTBXL_LEADS) else {}  # the default keeps its cache folder name
+    c = load_ptbxl(root, rate=int(rate), cache_dir=_cache_dir(cache, "ptbxl", root, rate=rate, on_error=on_error,
+                                                               **chosen),
+                   on_error=on_error, progress=progress, channels=leads)
     return WaveformDataset(c, normalize=normalize)
+
+
+def _leads(channels, known) -> tuple:
+    """``channels`` (text ``"I,V1"`` or a list) as a tuple of names among ``known`` (None: all of them); an unknown
+    or repeated name is refused naming the known ones (``aVR`` and ``AVR`` are one lead)."""
+    if channels in (None, "", "all"):
+        return tuple(known)
+    names = [str(c).strip() for c in (channels.split(",") if isinstance(channels, str) else channels)]
+    by_key = {k.lower(): k for k in known}
+    picked = [by_key.get(n.lower()) for n in names if n]
+    bad = [n for n, k in zip([n for n in names if n], picked) if k is None]
+    if bad or not picked or len(set(picked)) != len(picked):
+        why = f"{bad[0]!r} is not a lead" if bad else "no lead named" if not picked else "a lead is named twice"
+        raise ValueError(f"channels {channels!r}: {why}; the leads: {','.join(known)}")
+    return tuple(picked)
 
 
 @declare_source("cinc", "waveform", "PhysioNet/CinC 2020/2021 records: .hea + .mat with '# Dx:' SNOMED codes "
@@ -329,6 +349,11 @@ for _task, _prefix, _what in (("superdiagnostic", "super", "superclasses"), ("su
                   rows={f"has:{_prefix}": [1]}, source_column="device", fits=_PTBXL_FITS,
                   description=f"PTB-XL {_what} (every {_prefix}: column) on the ECGs listed for the task, multi-label; "
                               "strat_fold 1-8 train, 9 validation, 10 test")
+register_task("ptbxl-afib", "ptbxl", ("rhythm:AFIB",), "binary", options={"on_error": "skip"},
+              rows={"has:rhythm": [1]}, test_splits=("val", "test"), source_column="device",
+              description="PTB-XL atrial fibrillation (rhythm:AFIB) against every other rhythm statement, on the ECGs "
+                          "with a rhythm statement; strat_fold 1-8 train, 9 and 10 test (fold 10 alone holds few AF "
+                          "ECGs)")
 register_task("ptbxl-sex", "ptbxl", ("female",), "binary", options={"on_error": "skip"}, source_column="device",
               fits=_PTBXL_FITS, description="PTB-XL sex (female) from the ECG; strat_fold split")
 register_task("ptbxl-age", "ptbxl", ("age",), "regression", options={"on_error": "skip"}, source_column="device",

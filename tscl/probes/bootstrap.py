@@ -32,7 +32,7 @@ import warnings
 import numpy as np
 
 __all__ = ["Resamples", "CHUNK_BYTES", "macro_auroc_resampled", "classification_resampled", "regression_resampled",
-           "mean_resampled"]
+           "mean_resampled", "decision_resampled"]
 
 CHUNK_BYTES = 128 * 2**20  # float64 work arrays per chunk of resamples
 _DRAW_ROWS = 64  # resamples drawn per call of the generator (the stream does not depend on it)
@@ -240,6 +240,27 @@ def regression_resampled(Y, Yhat, resamples: Resamples) -> dict:
         r2 = np.where((spread > 0) & (ss_tot > 0), 1 - _ratio(sq_err, np.where(ss_tot > 0, ss_tot, 1)), np.nan)
         out["mae"][start:start + len(C)] = _ratio(abs_err, w).mean(axis=1)
         out["r2"][start:start + len(C)] = r2.mean(axis=1)
+    return out
+
+
+def decision_resampled(Y, P, resamples: Resamples) -> dict:
+    """One class per row (``Y [n, K]`` one-hot), decided at the argmax of ``P [n, K]``: ``{"tp", "fp", "fn"}``
+    -> ``[B, K]`` weighted counts per class and ``"correct"``, ``"total"`` -> ``[B]``, from per-patient sums
+    (a resample's counts are ``C @ S``). Metrics of the decisions (F1, sensitivity, PPV, accuracy) are ratios of
+    these (:func:`tscl.probes.metrics.decision_metrics`)."""
+    Y, P = np.asarray(Y, dtype=np.float64), np.asarray(P, dtype=np.float64)
+    K = Y.shape[1]
+    truth, said = np.argmax(Y, axis=1), np.argmax(P, axis=1)
+    hit = np.eye(K)[said] * np.eye(K)[truth]
+    cols = np.column_stack([hit, np.eye(K)[said] - hit, np.eye(K)[truth] - hit, truth == said, np.ones(len(Y))])
+    sums = _per_group(resamples, cols)
+    out = {k: np.empty((len(resamples), K)) for k in ("tp", "fp", "fn")}
+    out.update(correct=np.empty(len(resamples)), total=np.empty(len(resamples)))
+    for start, C in resamples.chunks(resamples.n_groups):
+        S = C @ sums
+        rows = slice(start, start + len(C))
+        out["tp"][rows], out["fp"][rows], out["fn"][rows] = S[:, :K], S[:, K:2 * K], S[:, 2 * K:3 * K]
+        out["correct"][rows], out["total"][rows] = S[:, -2], S[:, -1]
     return out
 
 

@@ -19,7 +19,9 @@ encoder, and hands every row to :func:`tscl.probes.table.run_probe`:
   bootstrap CIs and paired differences with ``random-init``;
 - **external validation** (``test_dataset`` / ``test_root``): the probes trained on this dataset also
   predict the test split (or every row, ``test_split="all"``) of a second one, scored beside the internal
-  estimate. When both come from the same source their patient ids share one space, and no patient of the
+  estimate. The second may be another source whose labels have other names (``test_task``: a task of it whose
+  label columns, in order, stand for this one's, on its own rows, e.g. PTB-XL's ``rhythm:AFIB`` for CinC
+  2017's ``af``). When both come from the same source their patient ids share one space, and no patient of the
   second may be among the first's training or validation patients, nor among a run's pretraining patients;
 - pretraining overlap: a run (or embeddings file) pretrained on any test patient is refused
   (:class:`~tscl.probes.protocol.PretrainingOverlapError`) unless ``allow_test_overlap``.
@@ -46,11 +48,11 @@ from tscl.embed import embed_dataset
 from tscl.embeddings import load_embeddings
 from tscl.encoders import build_encoder, encoder_defaults
 from tscl.plots import plot_embedding_map, plot_label_efficiency, plot_reliability
-from tscl.tasks import Task, get_task
+from tscl.tasks import KINDS, Task, get_task
 from tscl.train import check_encoder_fits, load_config, load_encoder
 
 from .audit import audit_embeddings, audit_markdown
-from .metrics import METRIC_NAMES, known_metrics, metrics_for
+from .metrics import METRIC_NAMES, PER_CLASS, check_metrics, metrics_for
 from .models import PROBES
 from .protocol import (MIN_TUNING_PATIENTS, PatientLeakageError, check_pretraining_overlap, pretrained_patients,
                        stratified_patient_split)
@@ -77,8 +79,9 @@ class EvalSpec:
     - ``dataset``, ``root``, ``dataset_kwargs``: the source (``tscl datasets``), its root and options; with
       ``task`` the task's source and options are the defaults;
     - ``task``: a name of :mod:`tscl.tasks` (its labels, rows, split and kind), or None;
-    - ``labels``: label columns (None: the task's); ``kind``: ``binary`` / ``multilabel`` / ``regression``
-      (None: the task's, else from the values);
+    - ``labels``: label columns (None: the task's); ``kind``: ``binary`` / ``multilabel`` / ``regression`` /
+      ``multiclass`` (one class per row; None: the task's, else from the values); ``metrics``: what each cell
+      reports (None: the kind's, :func:`~tscl.probes.metrics.metrics_for`; the first is the tables' primary);
     - ``encoders``: run folders and/or embeddings files (``.npz`` / ``.parquet`` written by ``tscl embed``),
       one row each, named by the folder or the file's stem;
     - ``random_init`` (the first run's architecture, untrained), ``supervised`` (trained from scratch on
@@ -91,11 +94,13 @@ class EvalSpec:
       ``accuracy``, at the threshold 0.5); the first is the one the tables and comparisons lead with;
     - ``split``: ``dataset`` or ``random`` (None: the task's, else ``dataset``);
     - ``test_dataset``, ``test_root``, ``test_dataset_kwargs``: external validation on a second dataset's
-      ``test_split`` (``test`` or ``all``);
+      ``test_split`` (``test`` or ``all``); ``test_task``: a task of the second dataset whose labels (in order),
+      rows, test splits, source and options stand for this one's there (None: the same label columns);
     - ``allow_test_overlap``: report an encoder pretrained on test patients (said in the notes) instead of
       refusing it; ``cache``: the sources' cache folder; ``audit``: the representation audit and its
       embedding maps; ``supervised_kwargs`` / ``finetune_kwargs``: :class:`SupervisedBaseline`'s training
-      budget; ``reference``: the row every other row is compared with; ``progress``: progress bars.
+      budget; ``reference``: the row every other row is compared with; ``pairs``: further ``(row, reference)``
+      paired comparisons by row name; ``progress``: progress bars.
 
     Without a run folder among the encoders the random-init and supervised rows use the modality's default
     architecture (``resnet1d`` at width 0.25 for waveforms, ``ehr_sequence``, ``resnet2d18``); with one, the
@@ -125,13 +130,15 @@ class EvalSpec:
     split: str | None = None
     progress: bool = False
     kind: str | None = None
+    metrics: tuple | None = None
+    test_task: str | None = None
     grid: list | None = None
     baselines: bool = True
     audit: bool = False
     supervised_kwargs: dict = field(default_factory=dict)
     finetune_kwargs: dict = field(default_factory=dict)
     reference: str = RANDOM_INIT
-    metrics: tuple | None = None
+    pairs: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self), default=str))
@@ -241,17 +248,26 @@ def _resolve(spec: EvalSpec) -> tuple[Task | None, str, dict, str]:
     options = {**(task.options if task else {}), **_run_options(spec, name), **dict(spec.dataset_kwargs or {})}
     split = spec.split or (task.split if task else "dataset")
     checks = [("split", split, SPLITS), ("test_split", spec.test_split, TEST_SPLITS),
-              ("probe", spec.probe, tuple(p for p in PROBES if p != "ridge"))]
+              ("probe", spec.probe, tuple(p for p in PROBES if p != "ridge"))] + \
+        ([("kind", spec.kind, KINDS)] if spec.kind is not None else [])
     for what, value, allowed in checks:
         if value not in allowed:
             raise ValueError(f"EvalSpec: {what} {value!r} is not one of {', '.join(allowed)}")
     if not spec.fractions or any(not 0 < float(f) <= 1 for f in spec.fractions):
         raise ValueError(f"EvalSpec: fractions {list(spec.fractions)} must lie in (0, 1]")
-    unknown = [m for m in (spec.metrics or ()) if m not in METRIC_NAMES]
+    unknown = [m for m in (spec.metrics or ()) if m not in METRIC_NAMES and m.partition(":")[0] not in PER_CLASS]
     if unknown or (spec.metrics is not None and not spec.metrics):
-        raise ValueError(f"EvalSpec: metrics {list(spec.metrics)} must name at least one of {', '.join(METRIC_NAMES)}")
+        raise ValueError(f"EvalSpec: metrics {list(spec.metrics)} must name at least one of {', '.join(METRIC_NAMES)} "
+                         f"(multi-class also {', '.join(k + ':<class>' for k in PER_CLASS)})")
     if int(spec.repeats) < 1 or int(spec.n_boot) < 1:
         raise ValueError(f"EvalSpec: repeats ({spec.repeats}) and n_boot ({spec.n_boot}) must be at least 1")
+    if spec.test_task is not None:
+        ext = get_task(spec.test_task)
+        if spec.test_dataset and spec.test_dataset != ext.source:
+            raise ValueError(f"EvalSpec: test_task {ext.name!r} is defined on source {ext.source!r}, not "
+                             f"{spec.test_dataset!r}")
+        if spec.test_root is None:
+            raise ValueError("EvalSpec: test_task needs test_root (the external dataset's root)")
     return task, name, options, split
 
 
@@ -263,6 +279,9 @@ def _check_runs_fit(spec: EvalSpec, task: Task | None, name: str, options: dict)
     fits = dict(task.fits) if task else {}
     if "fs" in options:
         fits["fs"] = float(options["fs"])
+    if options.get("channels") not in (None, "", "all"):  # a lead selection (e.g. ptbxl channels=I)
+        chosen = options["channels"]
+        fits["in_channels"] = len([c for c in (chosen.split(",") if isinstance(chosen, str) else chosen) if str(c).strip()])
     for run in runs:
         check_encoder_fits(load_config(run).data_info, modality=get_source(name).modality,
                            in_channels=fits.get("in_channels"), fs=fits.get("fs"),
@@ -337,6 +356,11 @@ def _check_kind(kind: str, Y: np.ndarray, labels: list, where: str) -> None:
     if bad:
         raise ValueError(f"{where}: label {bad[0][0]!r} holds {bad[0][1]:g}, not 0/1; a {kind} task needs 0/1 labels "
                          "(kind='regression' for numbers)")
+    ones = Y.sum(axis=1) if len(labels) else np.zeros(0)
+    if kind == "multiclass" and (ones != 1).any():
+        row = int(np.flatnonzero(ones != 1)[0])
+        raise ValueError(f"{where}: kind multiclass needs exactly one of {', '.join(labels)} set per row; "
+                         f"{int((ones != 1).sum())} labelled rows have {int(ones[row])} (e.g. the {row + 1}th)")
 
 
 def _split(side: _Side, split: str, test_splits, seed: int, notes: list) -> tuple:
@@ -556,9 +580,7 @@ def evaluate(spec: EvalSpec) -> EvalReport:
     internal = _side(where, data, task, labels, where)
     kind = spec.kind or (task.kind if task else infer_kind(internal.Y))
     _check_kind(kind, internal.Y, labels, where)
-    wrong = [m for m in (spec.metrics or ()) if m not in known_metrics(kind)]
-    if wrong:
-        raise ValueError(f"EvalSpec: metric {wrong[0]!r} is not one of a {kind} task's: {', '.join(known_metrics(kind))}")
+    metrics = check_metrics(spec.metrics or metrics_for(kind), kind, labels)
     _data_notes(data, internal, labels, notes)
     train, val, test = _split(internal, split_rule, task.test_splits if task else ("test",), spec.seed, notes)
     external, ext_rows = _external(spec, name, options, task, labels, kind, internal, train, val, notes)
@@ -576,7 +598,7 @@ def evaluate(spec: EvalSpec) -> EvalReport:
                        repeats=int(spec.repeats), n_boot=int(spec.n_boot), seed=int(spec.seed),
                        reference=_reference(spec, features, predictors), split=(train, test), val=val,
                        external=ext, predictors=predictors, kind=kind, probe=spec.probe, grid=spec.grid,
-                       metrics=tuple(spec.metrics or metrics_for(kind)))
+                       metrics=metrics, pairs=[tuple(p) for p in spec.pairs])
     _tuning_note(result, notes)
     report = EvalReport(spec, result, _data_summary(name, spec, internal, external, labels, train, val, test, ext_rows,
                                                     kind, task), notes)
@@ -591,20 +613,28 @@ def _external(spec, name, options, task, labels, kind, internal, train, val, not
     checks that its patients are not the internal training patients when the two share an id space."""
     if spec.test_dataset is None and spec.test_root is None:
         return None, None
-    ext_name = spec.test_dataset or name
+    ext_task = get_task(spec.test_task) if spec.test_task else task
+    ext_name = spec.test_dataset or (ext_task.source if spec.test_task else name)
     if spec.test_root is None:
         raise ValueError("EvalSpec: test_dataset needs test_root (the external dataset's root)")
     ext_options = dict(spec.test_dataset_kwargs) if spec.test_dataset_kwargs is not None else \
-        (dict(options) if ext_name == name else {})
+        dict(ext_task.options) if spec.test_task else (dict(options) if ext_name == name else {})
     data = open_dataset(ext_name, spec.test_root, cache=spec.cache, progress=spec.progress, **ext_options)
     where = f"{ext_name} at {spec.test_root}"
-    side = _side(where, data, task, _label_columns(data.index, labels, where), where)
-    _check_kind(kind, side.Y, labels, where)
+    ext_labels = _label_columns(data.index, list(ext_task.labels) if spec.test_task else labels, where)
+    if len(ext_labels) != len(labels):
+        raise ValueError(f"{where}: test_task {ext_task.name!r} has {len(ext_labels)} label(s) ({', '.join(ext_labels)})"
+                         f" for the {len(labels)} trained on ({', '.join(labels)}); they are matched in order")
+    side = _side(where, data, ext_task, ext_labels, where)
+    _check_kind(kind, side.Y, ext_labels, where)
+    if spec.test_task:
+        notes.append(f"external labels: {', '.join(f'{b} for {a}' for a, b in zip(labels, ext_labels))} "
+                     f"(task {ext_task.name})")
     if spec.test_split == "all":
         rows = np.arange(len(side.rows))
     else:
         sides = np.asarray(data.index["split"].cast(pl.Utf8).to_list())[side.rows]
-        rows = np.flatnonzero(np.isin(sides, list(task.test_splits if task else ("test",))))
+        rows = np.flatnonzero(np.isin(sides, list(ext_task.test_splits if ext_task else ("test",))))
     if not len(rows):
         raise ValueError(f"{where}: no labelled row in its {spec.test_split} split to test on")
     if ext_name == name:  # one id space: a patient of both would be trained on and tested

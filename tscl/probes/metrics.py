@@ -15,6 +15,13 @@ classes present:
   predicted probability.
 - Regression: MAE ``sum w |y - yhat| / sum w`` and ``R^2 = 1 - sum w (y - yhat)^2 / sum w (y - ybar_w)^2``
   (NaN when the weighted targets are all equal).
+- Multi-class (``kind="multiclass"``: one class per row, one 0/1 label column per class) also scores the
+  decision at the argmax of the predictions: with ``TP_k``, ``FP_k``, ``FN_k`` the weighted counts of class
+  ``k``, ``F1_k = 2 TP_k / (2 TP_k + FP_k + FN_k)``, sensitivity ``Se_k = TP_k / (TP_k + FN_k)``, positive
+  predictivity ``PPV_k = TP_k / (TP_k + FP_k)`` (NaN where the denominator is 0) and accuracy (weight of the
+  rows decided right over all). Metric names: ``f1`` (the mean of ``F1_k`` over the classes), ``f1:a+b+c``
+  (the mean over the classes named: the CinC 2017 challenge score is ``f1:normal+af+other``), ``se:<class>``,
+  ``ppv:<class>``, ``accuracy``.
 
 The bootstrap computes them for every resample at once (:mod:`tscl.probes.bootstrap`: one sort per
 label, then O(n) per resample); the single-weighting functions below are the definitions the tests
@@ -25,29 +32,89 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import average_precision_score
 
-from .bootstrap import Resamples, classification_resampled, macro_auroc_resampled, regression_resampled
+from .bootstrap import (Resamples, _nanmean, _ratio, classification_resampled, decision_resampled,
+                        macro_auroc_resampled, regression_resampled)
 
 __all__ = ["weighted_auroc", "macro_auroc", "bootstrap_macro_auroc", "weighted_auprc", "brier_score",
            "expected_calibration_error", "reliability_curve", "mae", "r2", "classification_metrics",
            "regression_metrics", "accuracy", "CLASSIFICATION_METRICS", "REGRESSION_METRICS", "OPTIONAL_METRICS",
-           "METRIC_NAMES", "metrics_for", "known_metrics"]
+           "MULTICLASS_METRICS", "METRIC_NAMES", "metrics_for", "known_metrics", "check_metrics", "metric_name",
+           "is_decision_metric", "decision_metrics"]
 
 CLASSIFICATION_METRICS = ("auroc", "auprc", "brier", "ece")
 REGRESSION_METRICS = ("mae", "r2")
 OPTIONAL_METRICS = {"classification": ("accuracy",), "regression": ()}  # scored only when a table names them
-METRIC_NAMES = {"auroc": "AUROC", "auprc": "AUPRC", "brier": "Brier", "ece": "ECE", "accuracy": "accuracy",
-                "mae": "MAE", "r2": "R²"}
+MULTICLASS_METRICS = ("auroc", "f1", "accuracy")  # the defaults of kind="multiclass"
+DECISION_METRICS = ("f1", "accuracy")  # multi-class: of the argmax decision; plus the per-class forms of PER_CLASS
+PER_CLASS = {"f1": "F1", "se": "Se", "ppv": "+P"}  # "f1:a+b", "se:a", "ppv:a"
+METRIC_NAMES = {"auroc": "AUROC", "auprc": "AUPRC", "brier": "Brier", "ece": "ECE", "mae": "MAE", "r2": "R²",
+                "f1": "macro F1", "accuracy": "accuracy"}
 
 
 def metrics_for(kind: str) -> tuple:
     """The metrics of a target kind: ``regression`` -> MAE, R²; ``binary`` / ``multilabel`` -> AUROC, AUPRC,
-    Brier, ECE."""
-    return REGRESSION_METRICS if kind == "regression" else CLASSIFICATION_METRICS
+    Brier, ECE; ``multiclass`` -> macro AUROC, macro F1 and accuracy of the argmax decision."""
+    return {"regression": REGRESSION_METRICS, "multiclass": MULTICLASS_METRICS}.get(kind, CLASSIFICATION_METRICS)
 
 
 def known_metrics(kind: str) -> tuple:
-    """Every metric a cell of this kind can report: :func:`metrics_for` and the optional ones (accuracy)."""
+    """Every plain metric name a cell of this kind can report: :func:`metrics_for`'s and the optional ones
+    (binary and multi-label: accuracy at the threshold 0.5); multi-class adds the per-class forms
+    (:func:`check_metrics`)."""
+    if kind == "multiclass":
+        return CLASSIFICATION_METRICS + DECISION_METRICS
     return metrics_for(kind) + OPTIONAL_METRICS["regression" if kind == "regression" else "classification"]
+
+
+def is_decision_metric(metric: str, kind: str = "multiclass") -> bool:
+    """Whether ``metric`` scores a multi-class argmax decision rather than the scores (binary and
+    multi-label accuracy is scored at the threshold 0.5 with the other score metrics)."""
+    if kind != "multiclass":
+        return False
+    return metric in DECISION_METRICS or metric.partition(":")[0] in PER_CLASS and ":" in metric
+
+
+def check_metrics(metrics, kind: str, labels) -> tuple:
+    """``metrics`` as a tuple, each one refused (``ValueError``, one line) unless ``kind`` has it; per-class
+    metrics must name label columns (``se`` and ``ppv`` exactly one)."""
+    allowed = known_metrics(kind)
+    for m in metrics:
+        name, colon, classes = m.partition(":")
+        if m in allowed:
+            continue
+        if not (kind == "multiclass" and colon and name in PER_CLASS):
+            extra = ", f1:<class>[+<class>...], se:<class>, ppv:<class>" if kind == "multiclass" else ""
+            raise ValueError(f"metric {m!r} is not one of a {kind} task's: {', '.join(allowed)}{extra}")
+        named = classes.split("+")
+        unknown = [c for c in named if c not in labels]
+        if unknown or (name != "f1" and len(named) != 1):
+            raise ValueError(f"metric {m!r}: " + (f"{unknown[0]!r} is not a label ({', '.join(labels)})" if unknown
+                                                  else f"{name} is of one class"))
+    return tuple(metrics)
+
+
+def metric_name(metric: str) -> str:
+    """How a table heads ``metric``: ``AUROC``, ``F1 (normal+af+other)``, ``Se (aami_S)``."""
+    name, colon, classes = metric.partition(":")
+    return f"{PER_CLASS[name]} ({classes})" if colon and name in PER_CLASS else METRIC_NAMES.get(metric, metric)
+
+
+def decision_metrics(Y, P, resamples: Resamples, labels, metrics) -> dict:
+    """``{metric: [B]}`` for the decision metrics among ``metrics`` (see the module docstring) of one class per row
+    (``Y [n, K]`` one-hot, ``labels`` its K column names) decided at the argmax of ``P [n, K]``."""
+    c = decision_resampled(Y, P, resamples)
+    tp, fp, fn = c["tp"], c["fp"], c["fn"]
+    per = {"f1": _ratio(2 * tp, 2 * tp + fp + fn), "se": _ratio(tp, tp + fn), "ppv": _ratio(tp, tp + fp)}
+    labels = list(labels)
+    out = {}
+    for m in metrics:
+        name, colon, classes = m.partition(":")
+        if m == "accuracy":
+            out[m] = _ratio(c["correct"], c["total"])
+        elif m == "f1" or (colon and name in PER_CLASS):
+            cols = [labels.index(k) for k in classes.split("+")] if colon else list(range(len(labels)))
+            out[m] = _nanmean(per[name][:, cols], axis=1)
+    return out
 
 
 def as_resamples(weights) -> Resamples:

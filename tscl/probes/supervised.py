@@ -10,8 +10,9 @@ bootstrap resamples. Started from a pretrained run's weights (``init``, or
 :meth:`SupervisedBaseline.like_run` with ``pretrained=True``) the same loop is fine-tuning.
 
 Training: binary / multi-label targets use the mean binary cross-entropy over labels
-(``BCEWithLogits``); regression targets the mean squared error of targets standardised on
-the training rows. AdamW (``lr``, ``weight_decay``), linear warm-up then cosine decay, batch
+(``BCEWithLogits``); multi-class targets (one class per row, one-hot) the cross-entropy of the
+softmax over the classes (predictions are its probabilities); regression targets the mean
+squared error of targets standardised on the training rows. AdamW (``lr``, ``weight_decay``), linear warm-up then cosine decay, batch
 ``batch_size`` drawn without replacement, ``epochs`` passes over the rows but at most
 ``max_steps`` steps. Early stopping: a patient-level validation split is carved out of the
 training rows (25 % of their patients, the same rule the probes use for their
@@ -70,8 +71,8 @@ class SupervisedBaseline:
     """``baseline(Y, train_rows, test_rows, patient_ids, seed) -> P [len(test_rows), L]``.
 
     ``X``: all rows' inputs — a dataset (``fetch(rows)`` and ``in_channels``), or an array or memmap —
-    indexed by the row numbers given at call time. ``kind``: ``binary`` / ``multilabel`` (probabilities
-    returned) or ``regression`` (predictions in the targets' units). ``encoder`` / ``encoder_kwargs``: any
+    indexed by the row numbers given at call time. ``kind``: ``binary`` / ``multilabel`` / ``multiclass``
+    (probabilities returned) or ``regression`` (predictions in the targets' units). ``encoder`` / ``encoder_kwargs``: any
     registered encoder; for a run folder use :meth:`like_run` to get the pretrained encoder's
     architecture. ``init``: a run folder whose encoder weights the encoder starts from (fine-tuning;
     the head is new either way). After each call ``last_info`` holds ``steps``, ``best_step``,
@@ -82,8 +83,8 @@ class SupervisedBaseline:
                  *, epochs: int = 30, max_steps: int = 300, batch_size: int = 64, lr: float = 3e-3,
                  weight_decay: float = 1e-4, eval_every: int = 20, device: str = "cpu", progress: bool = False,
                  init=None):
-        if kind not in ("binary", "multilabel", "regression"):
-            raise ValueError(f"kind must be binary, multilabel or regression, got {kind!r}")
+        if kind not in ("binary", "multilabel", "multiclass", "regression"):
+            raise ValueError(f"kind must be binary, multilabel, multiclass or regression, got {kind!r}")
         self._dataset = hasattr(X, "fetch")
         if not self._dataset and np.ndim(X) not in (2, 3):
             raise ValueError(f"X must be a dataset, [N, C, T] waveforms or [N, F] tabular features, got shape "
@@ -180,7 +181,8 @@ class SupervisedBaseline:
         steps = int(min(self.max_steps, max(1, self.epochs * math.ceil(len(fit) / bs))))
         opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(steps, max(1, steps // 20)))
-        loss_fn = nn.MSELoss() if self.kind == "regression" else nn.BCEWithLogitsLoss()
+        loss_fn = nn.MSELoss() if self.kind == "regression" else _softmax_ce if self.kind == "multiclass" else \
+            nn.BCEWithLogitsLoss()
         rng = np.random.default_rng(seed)
         order = np.empty(0, dtype=np.int64)
         best = (-math.inf, None, 0)
@@ -212,4 +214,13 @@ class SupervisedBaseline:
     def _output(self, logits: np.ndarray, y_mean, y_std) -> np.ndarray:
         if self.kind == "regression":
             return logits * y_std + y_mean
+        if self.kind == "multiclass":
+            z = logits.astype(np.float64)
+            e = np.exp(z - z.max(axis=1, keepdims=True))
+            return e / e.sum(axis=1, keepdims=True)
         return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+
+
+def _softmax_ce(logits: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the softmax over the classes against one-hot targets."""
+    return nn.functional.cross_entropy(logits, onehot.argmax(dim=1))

@@ -27,7 +27,7 @@ import numpy as np
 
 from .bootstrap import Resamples, classification_resampled, macro_auroc_resampled, regression_resampled
 from .cells import MIN_CLASS_ROWS, check_finite, fmt, label_problem, untrainable_problem
-from .metrics import METRIC_NAMES, known_metrics
+from .metrics import check_metrics, decision_metrics, is_decision_metric, metric_name
 from .models import C_GRID, PROBE_GRIDS, make_probe
 from .protocol import (assert_no_patient_leakage, check_names, choose_params, paired_ci, patient_split, percentile_ci,
                        subsample_patients)
@@ -98,7 +98,7 @@ class ProbeResult:
     def _efficiency(self, tests: list) -> list:
         fractions = sorted({r["fraction"] for r in self.rows})
         cols = [(f, t) for f in fractions for t in tests]
-        name = "" if self.primary == "auroc" else f"{METRIC_NAMES[self.primary]}, "
+        name = "" if self.primary == "auroc" else f"{metric_name(self.primary)}, "
         head = [f"{name}{100 * f:g} % labels" + (f" ({t})" if len(tests) > 1 else "") for f, t in cols]
         lines = ["| encoder | " + " | ".join(head) + " |", "|---" * (len(cols) + 1) + "|"]
         for e in self._encoders():
@@ -114,7 +114,7 @@ class ProbeResult:
         if not self.comparisons:
             return []
         test_col = len(tests) > 1
-        what = "macro AUROC" if self.primary == "auroc" else METRIC_NAMES[self.primary]
+        what = "macro AUROC" if self.primary == "auroc" else metric_name(self.primary)
         lines = ["", "| comparison | labels | " + ("test | " if test_col else "") + f"Δ {what} [95 % CI] |",
                  "|---|---|---|" + ("---|" if test_col else "")]
         for c in self.comparisons:
@@ -125,7 +125,7 @@ class ProbeResult:
         return lines
 
     def _metrics_table(self, tests: list) -> list:
-        names = [METRIC_NAMES[m] + " [95 % CI]" for m in self.metrics]
+        names = [metric_name(m) + " [95 % CI]" for m in self.metrics]
         lines = []
         for t in tests:
             title = f" ({t})" if len(tests) > 1 else ""
@@ -222,16 +222,27 @@ def _scorable(Y_test, labels, kind) -> tuple[list, dict]:
 
 
 def _resampled(Y, preds: list, W: Resamples, kind: str, metrics) -> dict:
-    """``{metric: [B]}`` averaged over the repeats' predictions ``preds``; AUROC through the macro-AUROC path."""
+    """``{metric: [B]}`` averaged over the repeats' predictions ``preds``; AUROC through the macro-AUROC path.
+    Decision metrics (multi-class) are not here: :func:`_decided` scores them on every class."""
     out = {}
     if "auroc" in metrics:
         out["auroc"] = macro_auroc_resampled(Y, preds, W)
-    rest = [m for m in metrics if m != "auroc"]
+    rest = [m for m in metrics if m != "auroc" and not is_decision_metric(m, kind)]
     if rest:
         fn = regression_resampled if kind == "regression" else classification_resampled
         per = [fn(Y, P, W) for P in preds]
         out.update({m: np.mean([p[m] for p in per], axis=0) for m in rest})
     return out
+
+
+def _decided(Y, preds: list, W: Resamples, labels, metrics, kind: str = "multiclass") -> dict:
+    """``{metric: [B]}`` of the decision metrics among ``metrics``, over every class (the argmax is taken over all
+    of them, whether or not the test split can score a class's AUROC), averaged over the repeats."""
+    wanted = [m for m in metrics if is_decision_metric(m, kind)]
+    if not wanted:
+        return {}
+    per = [decision_metrics(Y, P, W, labels, wanted) for P in preds]
+    return {m: np.mean([p[m] for p in per], axis=0) for m in wanted}
 
 
 def score_predictions(name: str, Y_test, preds: list, W: Resamples, labels, *, kind: str = "multilabel",
@@ -253,9 +264,11 @@ def score_predictions(name: str, Y_test, preds: list, W: Resamples, labels, *, k
         na = untrainable_problem(len(preds))
     kept = [np.asarray(P)[:, keep] for P in preds]
     ones = Resamples.from_weights(np.ones((1, len(Y_test))))
-    points = [_resampled(Y_test[:, keep], [P], ones, kind, metrics) for P in kept] if not na else []
-    boots = _resampled(Y_test[:, keep], kept, W, kind, metrics) if not na else \
-        {m: np.full(len(W), np.nan) for m in metrics}
+    points = [{**_resampled(Y_test[:, keep], [P], ones, kind, metrics),
+               **_decided(Y_test, [np.asarray(full)], ones, labels, metrics, kind)} for P, full in zip(kept, preds)] \
+        if not na else []
+    boots = {**_resampled(Y_test[:, keep], kept, W, kind, metrics), **_decided(Y_test, preds, W, labels, metrics, kind)} \
+        if not na else {m: np.full(len(W), np.nan) for m in metrics}
     row = {"encoder": name}
     for m in metrics:
         row[m] = float(np.mean([float(p[m][0]) for p in points])) if points else float("nan")
@@ -319,7 +332,7 @@ def run_probe(features: dict, Y, labels, patient_ids, *, fractions=(0.01, 0.1, 1
               test_fraction: float = 0.3, n_boot: int = 1000, seed: int = 0, reference: str | None = None,
               split: tuple | None = None, val=None, external: dict | None = None, predictors: dict | None = None,
               kind: str | None = None, probe: str = "linear", grid=None, C_grid=None, metrics=None,
-              random_state: int | None = None) -> ProbeResult:
+              random_state: int | None = None, pairs=None) -> ProbeResult:
     """Probe every encoder's features (and train every predictor) on the same patient-level split and label
     subsamples, and score every test set on its shared bootstrap resamples.
 
@@ -328,12 +341,15 @@ def run_probe(features: dict, Y, labels, patient_ids, *, fractions=(0.01, 0.1, 1
     ``val`` rows choose the hyper-parameters (else they are chosen inside the training rows); ``external``
     maps the names of further test sets to their rows. ``fractions`` subsample the training patients
     (``repeats`` seeds below 100 %). ``reference`` names the row the others are compared with.
+    ``pairs``: further ``(row, reference)`` paired comparisons (e.g. one pretrained encoder against another).
     ``predictors`` maps further names to models trained on the rows themselves (see the module docstring).
-    ``kind``: ``binary`` / ``multilabel`` / ``regression`` (None: from ``Y``); ``probe``: ``linear``, ``knn``,
-    ``mlp`` (``ridge`` for regression, whatever is asked); ``grid``: its hyper-parameters to try (``C_grid``:
-    strengths of the linear probe); ``metrics``: what each cell reports (default: macro AUROC, or MAE and
-    R² for regression; classification may add ``accuracy`` at the threshold 0.5). ``random_state`` is an alias of
-    ``seed``.
+    ``kind``: ``binary`` / ``multilabel`` / ``regression`` (None: from ``Y``) or ``multiclass`` (one class per
+    row, one label column per class: the probes fit one-vs-rest per class and the decision is the argmax);
+    ``probe``: ``linear``, ``knn``, ``mlp`` (``ridge`` for regression, whatever is asked); ``grid``: its
+    hyper-parameters to try (``C_grid``: strengths of the linear probe); ``metrics``: what each cell reports
+    (default: macro AUROC, or MAE and R² for regression; binary and multi-label may add ``accuracy`` at the
+    threshold 0.5; :mod:`tscl.probes.metrics` lists every name, e.g.
+    ``f1:normal+af+other`` or ``se:aami_S`` for multi-class). ``random_state`` is an alias of ``seed``.
     """
     seed = seed if random_state is None else random_state
     predictors = check_names(features, predictors)
@@ -350,10 +366,9 @@ def run_probe(features: dict, Y, labels, patient_ids, *, fractions=(0.01, 0.1, 1
         grid = [{"C": c} for c in C_grid]
     elif probe == "linear" and grid is None:
         grid = [{"C": c} for c in C_GRID]
-    metrics = tuple(metrics or (("mae", "r2") if kind == "regression" else ("auroc",)))
-    bad = [m for m in metrics if m not in known_metrics(kind)]
-    if bad:
-        raise ValueError(f"metric {bad[0]!r} is not one of {kind}'s: {', '.join(known_metrics(kind))}")
+    metrics = check_metrics(metrics or (("mae", "r2") if kind == "regression" else ("auroc",)), kind, labels)
+    if kind == "multiclass":
+        _check_one_class_per_row(Y, labels)
     for name, X in features.items():
         if len(X) != len(Y):
             raise ValueError(f"features {name!r} have {len(X)} rows for {len(Y)} labels")
@@ -365,13 +380,36 @@ def run_probe(features: dict, Y, labels, patient_ids, *, fractions=(0.01, 0.1, 1
     result = ProbeResult(labels=list(labels), split=sets[INTERNAL][2], kind=kind, probe=probe, metrics=metrics,
                          tests={k: s for k, (_, _, s) in sets.items()})
     fit = {"probe": probe, "grid": grid, "kind": kind, "val_rows": val}
+    pairs = _pairs([*features, *predictors], reference, pairs)
     for fraction in fractions:
-        _fraction(result, features, predictors, Y, patient_ids, train, sets, fraction, repeats, seed, reference, fit,
+        _fraction(result, features, predictors, Y, patient_ids, train, sets, fraction, repeats, seed, pairs, fit,
                   keep=fraction == max(fractions))
     return result
 
 
-def _fraction(result, features, predictors, Y, patient_ids, train, sets, fraction, repeats, seed, reference, fit,
+def _pairs(names: list, reference: str | None, extra) -> list:
+    """The ``(row, reference)`` comparisons: every row with ``reference`` (when it is a row), then ``extra``, each
+    pair once; a name in ``extra`` that is not a row is refused."""
+    out = [(n, reference) for n in names if n != reference] if reference in names else []
+    for a, b in extra or ():
+        if a not in names or b not in names:
+            raise ValueError(f"pair ({a!r}, {b!r}): {a if a not in names else b!r} is not a row; rows: "
+                             f"{', '.join(names)}")
+        if (a, b) not in out and a != b:
+            out.append((a, b))
+    return out
+
+
+def _check_one_class_per_row(Y, labels) -> None:
+    """A multi-class target holds exactly one 1 per row across its label columns."""
+    counts = np.nansum(np.asarray(Y, dtype=np.float64) == 1, axis=1)
+    bad = np.flatnonzero(counts != 1)
+    if len(bad):
+        raise ValueError(f"kind multiclass needs exactly one of {', '.join(labels)} set per row; row {bad[0]} has "
+                         f"{int(counts[bad[0]])} ({len(bad)} such rows)")
+
+
+def _fraction(result, features, predictors, Y, patient_ids, train, sets, fraction, repeats, seed, pairs, fit,
               keep: bool):
     """The cells (and comparisons) of one label fraction: every row fitted on the same subsamples."""
     subsets = [subsample_patients(train, patient_ids, fraction, seed=seed + 100 * r)
@@ -397,13 +435,10 @@ def _fraction(result, features, predictors, Y, patient_ids, train, sets, fractio
             result.rows.append(row)
             if keep:  # the first repeat's predictions at the largest fraction, for the reliability plot
                 result.predictions.setdefault(test, {})[name] = preds[0]
-    if reference not in predictors and reference not in features:
-        return
     for test, (_, _, summary) in sets.items():
-        ref = result.cell(reference, fraction, test)
-        result.comparisons += [_comparison(result.cell(n, fraction, test), ref, boots[n, test], boots[reference, test],
-                                           result.metrics, "no_ci" in summary)
-                               for n in [*features, *predictors] if n != reference]
+        result.comparisons += [_comparison(result.cell(n, fraction, test), result.cell(ref, fraction, test),
+                                           boots[n, test], boots[ref, test], result.metrics, "no_ci" in summary)
+                               for n, ref in pairs]
 
 
 def score_pooled(Y, preds: dict, groups, *, n_boot: int = 1000, seed: int = 1, references=("random-init",),

@@ -19,7 +19,8 @@ Fields:
   probe's hyper-parameters when it holds enough patients, ``test`` tests; ``test_splits`` may name more
   sides to test on) or ``"random"`` (a patient-level split, 30 % of the patients, stratified so both
   sides hold both classes when a seed among 200 gives it: for samples whose own split has no test side);
-- ``kind``: ``binary``, ``multilabel`` or ``regression``;
+- ``kind``: ``binary``, ``multilabel``, ``multiclass`` (one class per row: the label columns are the classes'
+  indicators, exactly one set per row; the decision is the argmax) or ``regression``;
 - ``fits`` (optional): what an encoder must take (``in_channels``, ``fs``), so a run that cannot is refused
   before any data loads.
 
@@ -33,7 +34,7 @@ from tscl.datasets import get_source, list_sources
 
 __all__ = ["Task", "TASKS", "KINDS", "SPLIT_RULES", "register_task", "get_task", "list_tasks", "task_names"]
 
-KINDS = ("binary", "multilabel", "regression")
+KINDS = ("binary", "multilabel", "multiclass", "regression")
 SPLIT_RULES = ("dataset", "random")
 
 
