@@ -4,6 +4,7 @@ The Triton kernels run on CPU through Triton's interpreter (TRITON_INTERPRET=1, 
 Triton is imported) with 16 x 16 tiles, so the odd shapes below span several partial tiles.
 """
 import os
+import sys
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -13,33 +14,57 @@ import torch.nn.functional as F  # noqa: E402
 
 from tscl.kernels import InfoNCEStats, info_nce, info_nce_rows_reference  # noqa: E402
 
-try:
-    import triton  # noqa: F401
-except ImportError as err:  # Triton is not installed on this platform
-    tn, _SKIP = None, f"Triton is not importable: {err!r}"
-else:  # a broken kernel module must fail here, not skip
-    from tscl.kernels import triton_info_nce as tn
-    _SKIP = None
 
-if tn is not None and not (tn._INTERPRET or torch.cuda.is_available()):
-    tn, _SKIP = None, "triton_info_nce was imported before TRITON_INTERPRET=1 was set and no GPU is present"
 
-if tn is not None and tn._INTERPRET:
-    import triton.language as tl
-
-    @triton.jit
-    def _probe(O, n, B: tl.constexpr):
-        acc = tl.zeros([B], tl.float32)
-        for _ in range(0, n, B):
-            acc += 1.0
-        tl.store(O + tl.arange(0, B), acc)
-
+def _triton_status():
+    """``(kernel module, None)`` when the Triton kernels can run here, else ``(None, why)``."""
     try:
-        _probe[(1,)](torch.zeros(16), 20, 16)
-    except Exception as err:  # Triton < 3.7's interpreter with NumPy >= 2.4
-        tn, _SKIP = None, f"this Triton's interpreter cannot run loops here (try numpy<2.4): {err!r}"
+        import triton  # noqa: F401
+    except ImportError as err:  # Triton is not installed on this platform
+        return None, f"Triton is not importable: {err!r}"
+    from tscl.kernels import triton_info_nce as kernels  # a broken kernel module must fail here, not skip
 
-needs_triton = pytest.mark.skipif(tn is None, reason=_SKIP or "")
+    if not (kernels._INTERPRET or torch.cuda.is_available()):
+        return None, "triton_info_nce was imported before TRITON_INTERPRET=1 was set and no GPU is present"
+    if kernels._INTERPRET:
+        import triton.language as tl
+
+        @triton.jit
+        def _probe(O, n, B: tl.constexpr):
+            acc = tl.zeros([B], tl.float32)
+            for _ in range(0, n, B):
+                acc += 1.0
+            tl.store(O + tl.arange(0, B), acc)
+
+        try:
+            _probe[(1,)](torch.zeros(16), 20, 16)
+        except Exception as err:  # Triton < 3.7's interpreter with NumPy >= 2.4
+            import numpy
+
+            return None, (f"Triton {triton.__version__}'s interpreter cannot run loops with NumPy {numpy.__version__} "
+                          f"(the test extra pins numpy<2.4 for it): {err!r}")
+    return kernels, None
+
+
+tn, _PROBLEM = _triton_status()
+
+
+def require_triton():
+    """The kernel module; a test that needs it FAILS, naming the cause, where Triton is a dependency
+    (Linux) but the kernels cannot run. Elsewhere it skips with the reason (listed by ``-ra``)."""
+    if tn is None:
+        if sys.platform.startswith("linux"):
+            pytest.fail(f"the Triton kernels cannot run here: {_PROBLEM}", pytrace=False)
+        pytest.skip(f"{_PROBLEM} (Triton is a dependency on Linux only)")
+    return tn
+
+
+@pytest.fixture
+def _triton_required():
+    require_triton()
+
+
+needs_triton = pytest.mark.usefixtures("_triton_required")
 DEVICE = "cuda" if torch.cuda.is_available() and tn is not None and not tn._INTERPRET else "cpu"
 
 
@@ -342,8 +367,10 @@ def test_poisoned_outputs_expose_a_skipped_tile(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- validation
-@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=needs_triton)])
+@pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_bad_inputs_raise_clear_errors(backend):
+    if backend == "triton":
+        require_triton()
     q, k = torch.randn(4, 8), torch.randn(4, 8)
     ids = torch.arange(4)
     with pytest.raises(ValueError, match="embedding dim"):
@@ -369,8 +396,10 @@ def test_unknown_backend_raises():
         info_nce(torch.randn(3, 4), torch.randn(3, 4), backend="cuda")
 
 
-@needs_triton
 def test_block_configs():
+    require_triton()
+    import triton
+
     if tn._INTERPRET:
         assert len(tn._configs("fwd")) == len(tn._configs("dq")) == len(tn._configs("dk")) == 1
     assert tn._block_d(19) == 32 and tn._block_d(8) == 16 and tn._block_d(512) == 512
@@ -503,8 +532,10 @@ def test_nonfinite_inputs_names_the_culprits():
 
 
 # ----------------------------------------------------------------------------- argument checks
-@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=needs_triton)])
+@pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_argument_checks(backend):
+    if backend == "triton":
+        require_triton()
     q, k = torch.randn(4, 8), torch.randn(4, 8)
     ids = torch.arange(4)
     with pytest.raises(ValueError, match="exclude_self=True needs ids"):
@@ -633,8 +664,7 @@ def test_split_k_and_separable_poison_exposes_a_skipped_program(monkeypatch, pos
 
 
 def test_split_count_rule():
-    if tn is None:
-        pytest.skip(_SKIP or "")
+    require_triton()
     cpu = torch.device("cpu")
     # MoCo: 256 anchors (2 row programs of 128) over 256 keys + a 65,536 queue: split to fill 132 SMs
     s = tn._split(256, 256 + 65536, 128, cpu)
@@ -648,8 +678,7 @@ def test_split_count_rule():
 
 
 def test_separable_rule_and_codes():
-    if tn is None:
-        pytest.skip(_SKIP or "")
+    require_triton()
     assert tn._separable(1024, 1024, 0) and not tn._separable(37, 53, 29) and tn._separable(256, 256, 65536)
     q_ids = torch.tensor([5, -3, 7, 5, 10**12, 8])
     k_side = torch.tensor([7, 5, 5, 10**12, 2, -3, 7])
