@@ -15,6 +15,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import tscl.kernels as K  # noqa: E402
+from tscl.kernels import api  # noqa: E402
 from tscl.encoders import build_encoder  # noqa: E402
 
 from test_kernels import require_triton, tn  # noqa: E402  (fails, never skips silently, where Triton cannot run)
@@ -46,8 +47,8 @@ class RowsSpy:
 
 @pytest.fixture
 def spy(monkeypatch):
-    s = RowsSpy(K._rows_backend)
-    monkeypatch.setattr(K, "_rows_backend", s)
+    s = RowsSpy(api._rows_backend)
+    monkeypatch.setattr(api, "_rows_backend", s)
     return s
 
 
