@@ -137,27 +137,33 @@ def _compiling() -> bool:
     return bool(fn()) if fn is not None else False
 
 
-def _check_temperature(temperature, device) -> Tensor:
-    """A 0-dim float tensor; must be finite and > 0.
+def _check_temperature(temperature, device):
+    """A Python float or a 0-dim float tensor on ``device``; must be finite and > 0.
 
     Python floats and CPU tensors are checked here and raise; a CUDA tensor (or any tensor
     under ``torch.compile``) is not read back, which would stall the host every step:
     a non-finite or non-positive value turns the loss into NaN on both backends instead.
+    A float stays a float (the kernel takes it as an argument: no host-to-device copy per
+    call), and so does a CPU tensor without gradient used with CUDA inputs; a CPU tensor that
+    learns is copied without blocking (its gradient comes back to the CPU).
     """
     if not isinstance(temperature, Tensor):
         t = float(temperature)
         if not (math.isfinite(t) and t > 0):
             raise ValueError(f"temperature must be finite and > 0, got {temperature}")
-        return torch.tensor(t, device=device)
+        return t
     if temperature.numel() != 1:
         raise ValueError("temperature tensor must hold one value")
     if not temperature.dtype.is_floating_point:
         raise TypeError(f"temperature must be a floating-point tensor, got {temperature.dtype}")
+    temperature = temperature.reshape(())
     if temperature.device.type == "cpu" and not _compiling():
-        t = float(temperature.detach().reshape(()))
+        t = float(temperature.detach())
         if not (math.isfinite(t) and t > 0):
             raise ValueError(f"temperature must be finite and > 0, got {t}")
-    return temperature.reshape(())
+        if torch.device(device).type != "cpu":
+            return temperature.to(device, non_blocking=True) if temperature.requires_grad else t
+    return temperature
 
 
 def _check_ids(ids: Tensor | None, n: int, name: str, device) -> Tensor | None:
@@ -169,7 +175,8 @@ def _check_ids(ids: Tensor | None, n: int, name: str, device) -> Tensor | None:
         raise TypeError(f"{name} must be an integer tensor, got {ids.dtype}")
     if ids.shape != (n,):
         raise ValueError(f"{name} must have shape [{n}], got {list(ids.shape)}")
-    return ids.to(device=device, dtype=torch.int64).contiguous()
+    # a CPU id tensor for CUDA inputs is copied without blocking the host (no sync per call)
+    return ids.to(device=device, dtype=torch.int64, non_blocking=True).contiguous()
 
 
 def info_nce(
@@ -254,9 +261,9 @@ def info_nce(
         bank = bank.detach()
     elif bank_ids is not None:
         raise ValueError("bank_ids given without a bank")
-    temperature = _check_temperature(temperature, q.device)
-    if temperature.device != q.device and temperature.device.type != "cpu":
+    if isinstance(temperature, Tensor) and temperature.device != q.device and temperature.device.type != "cpu":
         raise ValueError(f"temperature is on {temperature.device} but q is on {q.device}")
+    temperature = _check_temperature(temperature, q.device)
 
     if normalize:
         q = torch.nn.functional.normalize(q, dim=-1)
