@@ -16,11 +16,12 @@ backward.
 Forward (one program per block of BLOCK_M anchors and per column split, grid axis 1): sweep
 this split's share of the keys, then of the bank, in tiles of BLOCK_N columns; keep a running
 max and rescaled sum (online log-sum-exp, base 2); the splits' partials are merged exactly in
-PyTorch. The symmetric (CLIP) loss also folds each tile's column max and column exp-sum into
-per-row-block partials ``[row blocks, M]`` (``COL_STATS``), so one pass over the keys gives
-both directions' log-sum-exp. The positives' logit sums are either found in the loop (small
-problems, ``POS_IN_LOOP``) or computed outside it from per-code key sums (separable, a
-deterministic segment-sum kernel), and the column losses' always so.
+PyTorch. The symmetric (CLIP) loss runs it a second time with the roles swapped (no bank). The
+positives' logit sums are either found in the loop (small problems, ``POS_IN_LOOP``, its own
+tile config ``fwd_loop``) or computed outside it from per-code key sums (separable, a
+deterministic segment-sum kernel). (A column log-sum-exp folded into the row pass was built and
+measured: its column reductions cross warps every tile, ~3x the row pass's instructions per
+score element, more than the second pass costs; docs/kernels.md.)
 
 Backward, with ``g_i`` the incoming gradient (0 where npos_i == 0),
 ``p_ij = exp(s_ij - lse_i)`` recomputed tile by tile and
@@ -69,7 +70,7 @@ DS_EXPONENT = 14  # dS is scaled so that max |g| * scale lies in [2**13, 2**14):
 
 
 # ----------------------------------------------------------------------------- tile configs
-KERNEL_KINDS = ("fwd", "dq", "dk", "segsum")
+KERNEL_KINDS = ("fwd", "fwd_loop", "dq", "dk", "segsum")
 _INTERPRET_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1}
 # The segment-sum kernel: BLOCK_M rows per step of one code's rows, BLOCK_N columns per program.
 _SEGSUM_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 64, "num_warps": 4, "num_stages": 1}
@@ -171,8 +172,8 @@ def _autotuning():
 
 @functools.lru_cache(maxsize=None)
 def _autotuner(kind):
-    kernel = {"fwd": _info_nce_fwd, "dq": _info_nce_bwd_dq, "dk": _info_nce_bwd_dk}[kind]
-    key = ["D", "EXCLUDE_SELF", "HAS_BANK", "BANK_MODE", "POS_IN_LOOP", "COL_STATS", "SYMMETRIC"]
+    kernel = {"fwd": _info_nce_fwd, "fwd_loop": _info_nce_fwd, "dq": _info_nce_bwd_dq, "dk": _info_nce_bwd_dk}[kind]
+    key = ["D", "EXCLUDE_SELF", "HAS_BANK", "BANK_MODE", "POS_IN_LOOP", "SYMMETRIC"]
     key = [name for name in key if name in kernel.arg_names]
     return triton.autotune(configs=_candidates(kind), key=key,
                            prune_configs_by={"early_config_prune": functools.partial(_prune, KIND=kind)})(kernel)
@@ -271,13 +272,11 @@ def _split_range(n_cols, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _tile_plan(lo, hi, row0, n_rows, EXCLUDE_DIAG: tl.constexpr, ROW_EDGE: tl.constexpr,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _tile_plan(lo, hi, row0, EXCLUDE_DIAG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Which tiles of the sweep ``[lo, hi)`` need a position mask, so that the loop over the others
     carries no mask at all (as the Triton attention tutorial splits its off-band and on-band
-    stages). Masked: the tiles crossing the diagonal band ``[row0, row0 + BLOCK_M)`` (EXCLUDE_DIAG),
-    the last partial tile, and with ROW_EDGE (column statistics sum over rows) every tile of a row
-    block that passes ``n_rows``. Returns ``(n_bulk, band_lo, band_hi, n_band, n_masked, full_hi)``:
+    stages). Masked: the tiles crossing the diagonal band ``[row0, row0 + BLOCK_M)`` (EXCLUDE_DIAG)
+    and the last partial tile. Returns ``(n_bulk, band_lo, band_hi, n_band, n_masked, full_hi)``:
     unmasked tile t starts at ``lo + t * BLOCK_N``, shifted past the band; masked tile t at
     ``band_lo + t * BLOCK_N`` for t < n_band, then the partial tile at ``full_hi``."""
     span = tl.maximum(hi - lo, 0)
@@ -289,12 +288,6 @@ def _tile_plan(lo, hi, row0, n_rows, EXCLUDE_DIAG: tl.constexpr, ROW_EDGE: tl.co
         band_hi = tl.minimum(tl.maximum(tl.cdiv(row0 + BLOCK_M, BLOCK_N) * BLOCK_N, lo), full_hi)
     n_band = (band_hi - band_lo) // BLOCK_N
     n_bulk = (full_hi - lo) // BLOCK_N - n_band
-    if ROW_EDGE:
-        all_masked = (row0 + BLOCK_M > n_rows).to(tl.int32)
-        n_bulk = n_bulk * (1 - all_masked)
-        band_lo = band_lo + (lo - band_lo) * all_masked
-        band_hi = band_hi + (full_hi - band_hi) * all_masked
-        n_band = (band_hi - band_lo) // BLOCK_N
     n_masked = n_band + (full_hi < hi).to(tl.int32)
     return n_bulk, band_lo, band_hi, n_band, n_masked, full_hi
 
@@ -317,13 +310,12 @@ def _masked_start(t, band_lo, n_band, full_hi, BLOCK_N: tl.constexpr):
 @triton.jit
 def _fwd_tile(
     start, q, qc, rows, m_i, l_i, pos_sum, pos_cnt, scale,
-    K, KC, n_rows, n_cols, D, stride_kn, stride_kd, CM, CL, col_base,
-    EXCLUDE_DIAG: tl.constexpr, IDS_MODE: tl.constexpr, COL_STATS: tl.constexpr, MASKED: tl.constexpr,
+    K, KC, n_rows, n_cols, D, stride_kn, stride_kd,
+    EXCLUDE_DIAG: tl.constexpr, IDS_MODE: tl.constexpr, MASKED: tl.constexpr,
     EVEN_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, IDX64: tl.constexpr,
 ):
-    """Fold one tile of BLOCK_N columns into the running row statistics (and store its column
-    statistics). Logits stay in dot-product units (``x = <q, k>``); ``x * scale`` is the logit in
+    """Fold one tile of BLOCK_N columns into the running row statistics. Logits stay in dot-product units (``x = <q, k>``); ``x * scale`` is the logit in
     base 2 and is formed inside the exponentials' FMAs. Columns outside V(i) are -inf.
     IDS_MODE 0: no codes (positives handled outside); 1: positives found here (code compare per
     element: sums and counts); 2: same-code columns leave the denominator (bank_same_id="mask")."""
@@ -344,11 +336,6 @@ def _fwd_tile(
             pos_cnt += tl.sum(same.to(tl.int32), axis=1)
         else:
             x = tl.where(same, float("-inf"), x)
-    if COL_STATS:
-        c_max = tl.max(x, axis=0) * scale
-        c_ref = tl.where(c_max == float("-inf"), 0.0, c_max)
-        tl.store(CM + col_base + cols, c_max, mask=col_ok)
-        tl.store(CL + col_base + cols, tl.sum(tl.exp2(x * scale - c_ref[None, :]), axis=0), mask=col_ok)
     m_new = tl.maximum(m_i, tl.max(x, axis=1) * scale)
     m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no column so far
     l_i = l_i * tl.exp2(m_i - m_ref) + tl.sum(tl.exp2(x * scale - m_ref[:, None]), axis=1)
@@ -358,8 +345,8 @@ def _fwd_tile(
 @triton.jit
 def _fwd_sweep(
     q, qc, rows, row0, m_i, l_i, pos_sum, pos_cnt, scale,
-    K, KC, n_rows, n_cols, D, stride_kn, stride_kd, CM, CL, col_base,
-    EXCLUDE_DIAG: tl.constexpr, IDS_MODE: tl.constexpr, COL_STATS: tl.constexpr, EVEN_D: tl.constexpr,
+    K, KC, n_rows, n_cols, D, stride_kn, stride_kd,
+    EXCLUDE_DIAG: tl.constexpr, IDS_MODE: tl.constexpr, EVEN_D: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, IDX64: tl.constexpr,
 ):
@@ -367,36 +354,35 @@ def _fwd_sweep(
     first, in one loop, then the masked ones (:func:`_tile_plan`)."""
     lo, hi = _split_range(n_cols, BLOCK_N)
     n_bulk, band_lo, band_hi, n_band, n_masked, full_hi = _tile_plan(
-        lo, hi, row0, n_rows, EXCLUDE_DIAG, COL_STATS, BLOCK_M, BLOCK_N)
+        lo, hi, row0, EXCLUDE_DIAG, BLOCK_M, BLOCK_N)
     for t in range(0, n_bulk):
         start = _bulk_start(t, lo, band_lo, band_hi, EXCLUDE_DIAG, BLOCK_N)
         m_i, l_i, pos_sum, pos_cnt = _fwd_tile(
             start, q, qc, rows, m_i, l_i, pos_sum, pos_cnt, scale, K, KC, n_rows, n_cols, D, stride_kn,
-            stride_kd, CM, CL, col_base, EXCLUDE_DIAG, IDS_MODE, COL_STATS, False, EVEN_D, PRECISION, UPCAST_DOT,
+            stride_kd, EXCLUDE_DIAG, IDS_MODE, False, EVEN_D, PRECISION, UPCAST_DOT,
             BLOCK_N, BLOCK_D, IDX64)
     for t in range(0, n_masked):
         start = _masked_start(t, band_lo, n_band, full_hi, BLOCK_N)
         m_i, l_i, pos_sum, pos_cnt = _fwd_tile(
             start, q, qc, rows, m_i, l_i, pos_sum, pos_cnt, scale, K, KC, n_rows, n_cols, D, stride_kn,
-            stride_kd, CM, CL, col_base, EXCLUDE_DIAG, IDS_MODE, COL_STATS, True, EVEN_D, PRECISION, UPCAST_DOT,
+            stride_kd, EXCLUDE_DIAG, IDS_MODE, True, EVEN_D, PRECISION, UPCAST_DOT,
             BLOCK_N, BLOCK_D, IDX64)
     return m_i, l_i, pos_sum, pos_cnt
 
 
 @triton.jit
 def _info_nce_fwd(
-    Q, K, BANK, QC, KC, BC, TAU, tau_value, PM, PL, PSUM, PCNT, CM, CL,
+    Q, K, BANK, QC, KC, BC, TAU, tau_value, PM, PL, PSUM, PCNT,
     N, M, B, D,
     stride_qn, stride_qd, stride_kn, stride_kd, stride_bn, stride_bd,
     EXCLUDE_SELF: tl.constexpr, HAS_BANK: tl.constexpr, BANK_MODE: tl.constexpr,
-    POS_IN_LOOP: tl.constexpr, COL_STATS: tl.constexpr, TAU_PTR: tl.constexpr, EVEN_D: tl.constexpr,
+    POS_IN_LOOP: tl.constexpr, TAU_PTR: tl.constexpr, EVEN_D: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, IDX64: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Partial row statistics of split ``program_id(1)`` (its share of the keys and of the bank):
     running max ``PM`` (base 2) and rescaled exp-sum ``PL``, both ``[splits, N]``; with
-    POS_IN_LOOP also the positives' logit sum ``PSUM`` (natural units) and count ``PCNT``; with
-    COL_STATS the column statistics ``CM``/``CL`` ``[row blocks, M]`` of the keys sweep."""
+    POS_IN_LOOP also the positives' logit sum ``PSUM`` (natural units) and count ``PCNT``."""
     row0 = tl.program_id(0) * BLOCK_M
     rows = row0 + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
@@ -404,9 +390,6 @@ def _info_nce_fwd(
     q = _load_rows(Q, rows, row_ok, dims, D, stride_qn, stride_qd, IDX64, True, EVEN_D)
     qc = tl.load(QC + rows, mask=row_ok, other=-2)
     scale = LOG2E / _load_tau(TAU, tau_value, TAU_PTR)
-    col_base = tl.program_id(0) * M
-    if IDX64:
-        col_base = col_base.to(tl.int64)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -414,13 +397,11 @@ def _info_nce_fwd(
     pos_cnt = tl.zeros([BLOCK_M], tl.int32)
     m_i, l_i, pos_sum, pos_cnt = _fwd_sweep(
         q, qc, rows, row0, m_i, l_i, pos_sum, pos_cnt, scale, K, KC, N, M, D, stride_kn, stride_kd,
-        CM, CL, col_base, EXCLUDE_SELF, POS_IN_LOOP, COL_STATS, EVEN_D, PRECISION, UPCAST_DOT, BLOCK_M, BLOCK_N,
-        BLOCK_D, IDX64)
+        EXCLUDE_SELF, POS_IN_LOOP, EVEN_D, PRECISION, UPCAST_DOT, BLOCK_M, BLOCK_N, BLOCK_D, IDX64)
     if HAS_BANK:
         m_i, l_i, pos_sum, pos_cnt = _fwd_sweep(
             q, qc, rows, row0, m_i, l_i, pos_sum, pos_cnt, scale, BANK, BC, N, B, D, stride_bn, stride_bd,
-            CM, CL, col_base, False, BANK_MODE, False, EVEN_D, PRECISION, UPCAST_DOT, BLOCK_M, BLOCK_N, BLOCK_D,
-            IDX64)
+            False, BANK_MODE, EVEN_D, PRECISION, UPCAST_DOT, BLOCK_M, BLOCK_N, BLOCK_D, IDX64)
     out = tl.program_id(1) * N + rows
     tl.store(PM + out, m_i, mask=row_ok)
     tl.store(PL + out, l_i, mask=row_ok)
@@ -432,11 +413,11 @@ def _info_nce_fwd(
 # ----------------------------------------------------------------------------- segment sums
 @triton.jit
 def _segment_sum_kernel(
-    A, B, ORDER, START, OUT, CNT, M, D, stride_an, stride_ad, stride_bn, stride_bd,
-    HAS_B: tl.constexpr, IDX64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    X, Y, ORDER, START, OUT, CNT, M, D, stride_xn, stride_xd, stride_yn, stride_yd,
+    HAS_Y: tl.constexpr, IDX64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """``OUT[c] = sum of rows ORDER[START[c]:START[c+1]]`` of ``cat(A, B)`` (rows >= M come from B,
-    or are left out without HAS_B), accumulated in fp32 in that fixed order, and ``CNT[c]`` the
+    """``OUT[c] = sum of rows ORDER[START[c]:START[c+1]]`` of ``cat(X, Y)`` (rows >= M come from Y,
+    or are left out without HAS_Y), accumulated in fp32 in that fixed order, and ``CNT[c]`` the
     number of rows summed: one program per code and BLOCK_N columns, no atomics."""
     code = tl.program_id(0)
     dims = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -452,13 +433,13 @@ def _segment_sum_kernel(
             idx = idx.to(tl.int64)
         from_a = ok & (idx < M)
         cnt += from_a.to(tl.int32)
-        x = tl.load(A + idx[:, None] * stride_an + dims[None, :] * stride_ad,
+        x = tl.load(X + idx[:, None] * stride_xn + dims[None, :] * stride_xd,
                     mask=from_a[:, None] & (dims[None, :] < D), other=0.0).to(tl.float32)
-        if HAS_B:
-            from_b = ok & (idx >= M)
-            cnt += from_b.to(tl.int32)
-            x += tl.load(B + (idx - M)[:, None] * stride_bn + dims[None, :] * stride_bd,
-                         mask=from_b[:, None] & (dims[None, :] < D), other=0.0).to(tl.float32)
+        if HAS_Y:
+            from_y = ok & (idx >= M)
+            cnt += from_y.to(tl.int32)
+            x += tl.load(Y + (idx - M)[:, None] * stride_yn + dims[None, :] * stride_yd,
+                         mask=from_y[:, None] & (dims[None, :] < D), other=0.0).to(tl.float32)
         acc += tl.sum(x, axis=0)
     out = code * D
     if IDX64:
@@ -479,7 +460,7 @@ def _segment_sum(a, b, order, start, u):
     cfg = chosen_config("segsum", dtype=a.dtype, d=d)
     grid = (u, triton.cdiv(d, cfg["BLOCK_N"]))
     _segment_sum_kernel[grid](a, bt, order, start, out, cnt, a.shape[0], d, *a.stride(), *bt.stride(),
-                              HAS_B=b is not None, IDX64=_idx64(a, b, extra=u * d), **cfg)
+                              HAS_Y=b is not None, IDX64=_idx64(a, b, extra=u * d), **cfg)
     _LAUNCHES.setdefault(("segsum", _dtype_name(a.dtype), _block_d(d)), set()).add(_config_text(cfg))
     return out, cnt
 
@@ -550,7 +531,7 @@ def _dq_sweep(
     """This split's share of one key set: the unmasked tiles in one loop, then the masked ones."""
     lo, hi = _split_range(n_cols, BLOCK_N)
     n_bulk, band_lo, band_hi, n_band, n_masked, full_hi = _tile_plan(
-        lo, hi, row0, n_rows, EXCLUDE_DIAG, False, BLOCK_M, BLOCK_N)
+        lo, hi, row0, EXCLUDE_DIAG, BLOCK_M, BLOCK_N)
     for t in range(0, n_bulk):
         start = _bulk_start(t, lo, band_lo, band_hi, EXCLUDE_DIAG, BLOCK_N)
         dq, dts = _dq_tile(start, q, qc, rows, lse2, g, w, dq, dts, scale, K, KC, n_rows, n_cols, D,
@@ -666,7 +647,7 @@ def _info_nce_bwd_dk(
     dk = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     lo, hi = _split_range(N, BLOCK_N)
     n_bulk, band_lo, band_hi, n_band, n_masked, full_hi = _tile_plan(
-        lo, hi, col0, M, EXCLUDE_SELF, False, BLOCK_M, BLOCK_N)
+        lo, hi, col0, EXCLUDE_SELF, BLOCK_M, BLOCK_N)
     for t in range(0, n_bulk):
         start = _bulk_start(t, lo, band_lo, band_hi, EXCLUDE_SELF, BLOCK_N)
         dk = _dk_tile(start, k, kc, cols, col0, lse2_c, g_c, w_c, dk, scale, Q, QC, LSE, G, W, M, N, D,
@@ -739,7 +720,6 @@ FORCE_SPLIT: Optional[int] = int(os.environ["TSCL_INFO_NCE_SPLIT"]) if os.enviro
 SPLIT_MIN_COLS = 1024   # each split sweeps at least this many columns (keys + bank), or anchors (dk)
 SPLIT_ROWS = 128        # rows per program assumed when counting row programs (the largest BLOCK_M)
 SPLIT_PARTIAL_BYTES = 1 << 27  # cap on the fp32 partials [splits, rows, D] of the dq and dk kernels
-COL_STATS_BYTES = 1 << 27      # cap on the symmetric forward's column partials [row blocks, M] x 2
 _DEFAULT_SMS = 132      # H100 SXM; the device's own count is read on CUDA
 
 
@@ -853,83 +833,63 @@ def _separable_positives(a, b_keys, bank, ac, order, start, u, tau, diag):
     return possum / tau, npos
 
 
+def _forward_pass(q, k, qc, kc, bank, bc, mask_bank_same_id, tau_args, exclude_self, consts, positives):
+    """One direction (anchors q, keys k, optional bank): launch the forward kernel, merge the splits'
+    log-sum-exp, and take the positives' sums and counts from the loop or from ``positives()``."""
+    n, d = q.shape
+    m = k.shape[0]
+    b = 0 if bank is None else bank.shape[0]
+    pos_in_loop = not _separable(n, m, b)
+    split = _split(n, m + b, d, q.device)
+    bank_t, bids, b, bstride, flags = _bank_args(q, bank, bc, mask_bank_same_id, pos_in_loop)
+    pm = _new((split, n), torch.float32, q.device, float("nan"))
+    pl = _new((split, n), torch.float32, q.device, float("nan"))
+    psum = _new((split, n), torch.float32, q.device, float("nan")) if pos_in_loop else pm
+    pcnt = _new((split, n), torch.int32, q.device, -1) if pos_in_loop else pm
+    tau_t, tau_v, tau_ptr = tau_args
+    _launch("fwd_loop" if pos_in_loop else "fwd", _info_nce_fwd, n, split,
+            (q, k, bank_t, qc, kc, bids, tau_t if tau_ptr else pm, tau_v, pm, pl, psum, pcnt,
+             n, m, b, d, *q.stride(), *k.stride(), *bstride),
+            q.dtype, _block_d(d),
+            dict(POS_IN_LOOP=pos_in_loop, IDX64=_idx64(q, k, bank, extra=split * n), **consts, **flags))
+    lse = _merge_lse(pm, pl)
+    if pos_in_loop:
+        return lse, psum.sum(0), pcnt.sum(0).long()
+    return (lse, *positives())
+
+
 def _forward(q, k, codes, u, order, start, temperature, exclude_self, bank, mask_bank_same_id, symmetric,
              allow_tf32=False):
-    """Launch the forward kernel (once; a second time for the columns when symmetric and the column
-    partials would pass COL_STATS_BYTES) and the separable positives.
+    """Launch the forward kernel (twice when ``symmetric``: rows, then columns without the bank).
 
     Returns ``loss, npos, lse``, each ``[N]`` (or ``[N+M]``, rows then columns).
     """
     n, d = q.shape
     m = k.shape[0]
     qc, kc, bc = codes[:n], codes[n:n + m], codes[n + m:] if codes.numel() > n + m else None
-    tau_t, tau_v, tau_ptr = _tau_args(temperature)
-    tau = tau_t if tau_ptr else tau_v
+    tau_args = _tau_args(temperature)
+    tau = tau_args[0] if tau_args[2] else tau_args[1]
     consts = dict(EXCLUDE_SELF=exclude_self, PRECISION=_precision(q.dtype, allow_tf32), UPCAST_DOT=_upcast(q.dtype),
-                  BLOCK_D=_block_d(d), EVEN_D=d == _block_d(d), TAU_PTR=tau_ptr)
-    b = 0 if bank is None else bank.shape[0]
-    pos_in_loop = not _separable(n, m, b)
-    split = _split(n, m + b, d, q.device)
-    bank_t, bids, b, bstride, flags = _bank_args(q, bank, bc, mask_bank_same_id, pos_in_loop)
-    cfg = chosen_config("fwd", dtype=q.dtype, d=d)
-    tuning = _autotuning()
-    row_blocks = triton.cdiv(n, min(c.kwargs["BLOCK_M"] for c in _candidates("fwd")) if tuning else cfg["BLOCK_M"])
-    col_stats = symmetric and 8 * row_blocks * m <= COL_STATS_BYTES
-    pm = _new((split, n), torch.float32, q.device, float("nan"))
-    pl = _new((split, n), torch.float32, q.device, float("nan"))
-    psum = _new((split, n), torch.float32, q.device, float("nan")) if pos_in_loop else pm
-    pcnt = _new((split, n), torch.int32, q.device, -1) if pos_in_loop else pm
-    if col_stats:  # unwritten rows (autotuning's larger BLOCK_M) read as empty
-        cm = torch.full((row_blocks, m), float("-inf"), device=q.device) if tuning else \
-            _new((row_blocks, m), torch.float32, q.device, float("nan"))
-        cl = torch.zeros((row_blocks, m), device=q.device) if tuning else \
-            _new((row_blocks, m), torch.float32, q.device, float("nan"))
-    else:
-        cm = cl = pm
-    extra = max(split * n, row_blocks * m if col_stats else 0)
-    _launch("fwd", _info_nce_fwd, n, split,
-            (q, k, bank_t, qc, kc, bids, tau_t if tau_ptr else pm, tau_v, pm, pl, psum, pcnt, cm, cl,
-             n, m, b, d, *q.stride(), *k.stride(), *bstride),
-            q.dtype, _block_d(d),
-            dict(POS_IN_LOOP=pos_in_loop, COL_STATS=col_stats, IDX64=_idx64(q, k, bank, extra=extra), **consts,
-                 **flags))
-    lse = _merge_lse(pm, pl)
-    bank_pos = bc is not None and b > 0 and not mask_bank_same_id
+                  BLOCK_D=_block_d(d), EVEN_D=d == _block_d(d), TAU_PTR=tau_args[2])
+    bank_pos = bc is not None and bank is not None and bank.shape[0] > 0 and not mask_bank_same_id
     diag = (qc == kc) if exclude_self else None
-    if pos_in_loop:
-        possum, npos = psum.sum(0), pcnt.sum(0).long()
-    else:
-        possum, npos = _separable_positives(q, k, bank if bank_pos else None, qc, order, start, u, tau, diag)
-    parts = [(lse, possum, npos)]
-    if symmetric:
-        if col_stats:
-            lse_c = _merge_lse(cm, cl)
-        else:
-            lse_c = _column_pass(q, k, qc, kc, tau_t if tau_ptr else pm, tau_v, d, consts)
+
+    def rows_positives():
+        return _separable_positives(q, k, bank if bank_pos else None, qc, order, start, u, tau, diag)
+
+    def cols_positives():  # anchors k among the codes of q: the q rows grouped by their code
         srt_q, order_q = torch.sort(qc, stable=True)
         start_q = torch.searchsorted(srt_q, torch.arange(u + 1, device=q.device, dtype=srt_q.dtype)).to(torch.int32)
-        possum_c, npos_c = _separable_positives(k, q, None, kc, order_q, start_q, u, tau, diag)
-        parts.append((lse_c, possum_c, npos_c))
+        return _separable_positives(k, q, None, kc, order_q, start_q, u, tau, diag)
+
+    parts = [_forward_pass(q, k, qc, kc, bank, bc, mask_bank_same_id, tau_args, exclude_self, consts,
+                           rows_positives)]
+    if symmetric:
+        parts.append(_forward_pass(k, q, kc, qc, None, None, False, tau_args, exclude_self, consts, cols_positives))
     lse, possum, npos = (torch.cat(t) if len(t) > 1 else t[0] for t in zip(*parts))
     # npos == 0: no positive, loss 0 (npos < 0 only from a poisoned, unwritten count: stays NaN)
     loss = torch.where(npos == 0, torch.zeros_like(lse), lse - possum / npos.clamp_min(1))
     return loss, npos, lse
-
-
-def _column_pass(q, k, qc, kc, tau_arg, tau_v, d, consts):
-    """The column losses' log-sum-exp by a second forward launch with the roles swapped (symmetric,
-    when the fused column partials would be too large)."""
-    m = k.shape[0]
-    split = _split(m, q.shape[0], d, q.device)
-    pm = _new((split, m), torch.float32, q.device, float("nan"))
-    pl = _new((split, m), torch.float32, q.device, float("nan"))
-    _launch("fwd", _info_nce_fwd, m, split,
-            (k, q, k, kc, qc, kc, tau_arg, tau_v, pm, pl, pm, pm, pm, pm,
-             m, q.shape[0], 0, d, *k.stride(), *q.stride(), 0, 0),
-            q.dtype, _block_d(d),
-            dict(POS_IN_LOOP=False, COL_STATS=False, HAS_BANK=False, BANK_MODE=0,
-                 IDX64=_idx64(q, k, extra=split * m), **consts))
-    return _merge_lse(pm, pl)
 
 
 # ----------------------------------------------------------------------------- backward

@@ -617,24 +617,6 @@ def test_split_k_half(dtype, positives):
 
 
 @needs_triton
-@pytest.mark.parametrize("path", ["separable", "loop"])
-def test_symmetric_column_statistics_fused_or_by_a_second_pass(path, positives, monkeypatch):
-    """The column log-sum-exp comes from the row pass's per-block column partials; when those would
-    pass COL_STATS_BYTES a second forward launch (roles swapped) makes it: the same numbers."""
-    positives(path, 2)
-    kw = dict(symmetric=True, exclude_self=True, bank=13, bank_ids=True, n=35)
-    want, fused = _case("reference", **kw), _case("triton", **kw)
-    calls = []
-    real = tn._column_pass
-    monkeypatch.setattr(tn, "_column_pass", lambda *a: calls.append(1) or real(*a))
-    monkeypatch.setattr(tn, "COL_STATS_BYTES", 0)
-    two_pass = _case("triton", **kw)
-    assert calls, "the second pass did not run"
-    _assert_matches(fused, want, torch.float32)
-    _assert_matches(two_pass, want, torch.float32)
-
-
-@needs_triton
 def test_split_k_nan_in_bank_reaches_every_row(positives):
     positives("separable", 3)
     got, want = _nonfinite_case("triton", "bank"), _nonfinite_case("reference", "bank")

@@ -146,7 +146,7 @@ def oracle(c):
     for name, x in (("dq", dq), ("dk", dk)):
         bound[name] = bound[name] + u_out * x.norm() + tiny * x.numel() ** 0.5
     if c["same_qk"]:  # dq and dk land on one tensor
-        bound["dq"] = bound["dq"] + bound["dk"] + u_out * (dq + dk).norm() + tiny * dq.numel() ** 0.5
+        bound["dq"] = bound["dk"] = bound["dq"] + bound["dk"] + u_out * (dq + dk).norm() + tiny * dq.numel() ** 0.5
         dq = dk = dq + dk
     loss_bound = C_TOL * U_ACC * torch.cat(errs)
     if c["reduction"] != "none":
@@ -322,3 +322,28 @@ def test_generated_cases_within_the_dtype_bound(drawn):
         got = run_triton(c, path, split, mp)
     _stats_match(got, want)
     check(got, want, kw["dtype"])
+
+
+def confident_table():
+    """The confident cases' relative dq/dk errors against the oracle and error / bound, per path and
+    dtype (docs/kernels.md): ``python tests/test_kernels_generated.py``."""
+    for name, extra in _CONFIDENT.items():
+        for dtype in (torch.bfloat16, torch.float16, torch.float32):
+            for path in ("loop", "separable"):
+                kw = dict(n=48, m=48, d=32, dtype=dtype, dist="confident", n_ids=48, ids="diagonal",
+                          exclude_self=False, same_qk=False, bank=0, bank_ids=False, mask=False, symmetric=False,
+                          reduction="mean", tau=0.05, seed=7)
+                kw.update(extra)
+                c = make_case(**kw)
+                want = oracle(c)
+                with pytest.MonkeyPatch.context() as mp:
+                    got = run_triton(c, path, None, mp)
+                err = {n: float((got[n].double() - want[n]).norm()) for n in ("dq", "dk")}
+                print(f"{name:18} {tn._dtype_name(dtype):9} {path:9} positive mass >= {want['ppos']:.6f}  "
+                      f"rel dq {err['dq'] / float(want['dq'].norm()):.3g} dk {err['dk'] / float(want['dk'].norm()):.3g}"
+                      f"  error/bound dq {err['dq'] / float(want['bound']['dq']):.3g} "
+                      f"dk {err['dk'] / float(want['bound']['dk']):.3g}", flush=True)
+
+
+if __name__ == "__main__":
+    confident_table()
