@@ -105,7 +105,7 @@ VARIANTS = {  # kind -> [(name, flags)], the first is the representative call th
 }
 _POINTERS = {"Q", "K", "BANK", "DQ", "DK", "X", "Y"}  # in the compute dtype
 _I32 = {"QC", "KC", "BC", "PCNT", "START", "CNT"}
-_I64 = {"NPOS", "NPOS_C", "ORDER"}
+_I64 = {"ORDER"}
 _INTS = {"N", "M", "B", "D"}
 
 
@@ -295,27 +295,35 @@ def spill_free(row):
 
 # Tiles compiled per kernel (each compile takes seconds on a CPU; the register rules below drop
 # those that cannot fit): the wide tiles below D = 512, the narrow ones at 512, a small set for the
-# in-loop forward (small problems, where speed matters least), small score tiles for fp32.
+# in-loop forward (small problems, where speed matters least), small score tiles for fp32 (whose
+# ``ieee`` dots run on the CUDA cores: Triton 3.9 spilled every fp32 tile above 16 x 16 at D = 128).
 _WIDE = [(128, 128, 8), (128, 64, 8), (64, 128, 4), (64, 64, 4), (64, 64, 8)]
-_NARROW = [(64, 64, 8), (32, 64, 4), (32, 64, 8), (32, 32, 4)]
+_NARROW = [(64, 64, 8), (32, 64, 4), (32, 64, 8), (32, 32, 4), (32, 32, 8)]
 _LOOP = [(64, 64, 4), (64, 32, 4), (32, 64, 4), (32, 32, 4)]
-_FP32 = [(64, 32, 4), (32, 64, 4), (32, 32, 4)]
+_FP32 = [(32, 32, 4), (32, 16, 4), (16, 32, 4), (16, 16, 4)]
+# fp32 on 8 warps (half the registers per thread), compiled only where no tile above passes every
+# variant (Triton 3.6 spilled every 4-warp fp32 dq tile at D = 256)
+_FP32_8W = [(32, 16, 8), (16, 16, 8)]
 
 
-def candidates(kind, dtype, d):
+def candidates(kind, dtype, d, fallback=False):
     """The configs worth compiling for (kernel, dtype, D): the tile lists above at 2 and 3 stages
     (fp32 and the in-loop forward: 2), minus tiles that cannot fit 255 registers per thread next to the loop's other live
     values: for dq/dk the fp32 score tile plus the ``[BLOCK_M, D]`` fp32 accumulator at most 128
-    per thread, for the forward the resident 16-bit q tile at most 64 registers."""
+    per thread, for the forward the resident q tile at most 64 registers (fp32 at D = 512: 16-row
+    tiles only; a 32-row one took minutes per compile and spilled 12.7 KB on Triton 3.9)."""
     if kind == "segsum":
         return [dict(tn._SEGSUM_CONFIG)]
     block_d = tn._block_d(d)
     tiles = _FP32 if dtype == torch.float32 else _LOOP if kind == "fwd_loop" else _NARROW if block_d >= 512 else _WIDE
+    if fallback:
+        tiles = _FP32_8W if dtype == torch.float32 else []
     out = []
     for bm, bn, warps in tiles:
         threads = 32 * warps
         score, acc = bm * bn / threads, bm * block_d / threads
-        if kind in ("dq", "dk") and score + acc > 128 or kind.startswith("fwd") and acc / 2 > 64:
+        resident = acc if dtype == torch.float32 else acc / 2  # the forward's q tile, registers per thread
+        if kind in ("dq", "dk") and score + acc > 128 or kind.startswith("fwd") and resident > 64:
             continue
         for stages in ((2,) if dtype == torch.float32 or kind == "fwd_loop" else (2, 3)):
             out.append(dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages))
@@ -332,13 +340,13 @@ def _print(row, log):
     log.append(row)
 
 
-def choose(kind, dtype, d, log, ranked=None, keep=2):
+def choose(kind, dtype, d, log, ranked=None, keep=2, fallback=False):
     """Rank spill-free configs on the main variant by instr/elem (or take ``ranked``), then keep the
     first ``keep`` that compile spill-free on every other variant. Returns (admitted rows, ranked)."""
     variants = VARIANTS[kind]
     if ranked is None:
         rows = []
-        for cfg in candidates(kind, dtype, d):
+        for cfg in candidates(kind, dtype, d, fallback):
             row = analyse(kind, dtype, d, cfg, variants[0])
             _print(row, log)
             if spill_free(row):
@@ -445,6 +453,8 @@ def _write_table(args, log):
                                   keep=2 if dtype_name == "bfloat16" and kind in ("fwd", "dq", "dk") else 1)
         if dtype_name == "bfloat16":
             ranked_bf16[(kind, d)] = ranked
+        if not admitted and dtype_name == "float32":
+            admitted, _ = choose(kind, torch.float32, d, log, keep=1, fallback=True)
         if not admitted:
             print(f"NO spill-free config for {kind} {dtype_name} D={d}")
             status = 1
@@ -457,6 +467,8 @@ def _write_table(args, log):
         measured[(ARCH, version)] = dict(triton=triton.__version__, ptxas=_ptxas_version(),
                                          date=time.strftime("%Y-%m-%d"))
         write_table(table, measured)
+        if args.cache:
+            args.cache.write_text(json.dumps(CACHE))
     return status
 
 

@@ -34,7 +34,7 @@ the column losses when symmetric)::
     dtau   = -(1/tau) sum_i sum_j dS_ij s_ij                  (row partials from the dq kernel)
 
 ``dS`` is formed whole in fp32, positives' term included (an int32 code compare per element),
-then multiplied by a power of two that brings the largest ``|g|`` of the program near 2**14,
+then multiplied by a power of two that brings the call's largest ``|g|`` into [2**13, 2**14),
 rounded to the input dtype for the tensor-core product, and the scale is undone in fp32: the
 same precision as FlashAttention's dS, without fp16 underflow. Every accumulator is fp32; the
 split partials are summed in PyTorch (no atomics: the results reproduce bit for bit).
@@ -145,7 +145,8 @@ def _candidates(kind):
     if kind == "segsum":
         return [triton.Config({"BLOCK_M": _SEGSUM_CONFIG["BLOCK_M"], "BLOCK_N": _SEGSUM_CONFIG["BLOCK_N"]},
                               num_warps=4, num_stages=1)]
-    tiles = [(128, 128), (128, 64), (64, 128), (64, 64), (128, 32), (64, 32), (32, 64), (32, 32)]
+    tiles = [(128, 128), (128, 64), (64, 128), (64, 64), (128, 32), (64, 32), (32, 64), (32, 32),
+             (32, 16), (16, 32), (16, 16)]  # the small ones: fp32, whose ``ieee`` dots spill larger tiles
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
             for bm, bn in tiles for w in (4, 8) for s in (2, 3) if bm * bn // (32 * w) <= 64]
 
