@@ -24,16 +24,18 @@ gets no gradient), 2 over keys that need no gradient (MoCo's momentum keys)::
     flops = 2 D N [ M (1 + 2) + B (1 + 2) ]     per direction (keys without a gradient)
 
 summed over both directions for ``clip`` (the column direction has no bank). This nominal
-count is used for every implementation, so TFLOP/s compares time (the fused symmetric
-backward shares its recomputed tiles between the two directions and performs 6 of the 8
-nominal ``clip`` matmuls; the eager reference performs 3 per direction without recomputing).
+count is used for every implementation, so TFLOP/s compares time (the fused symmetric loss
+folds the column log-sum-exp into the row pass and shares the backward's recomputed tiles
+between the two directions: 5 of the 8 nominal ``clip`` matmuls; the eager reference performs 3
+per direction without recomputing).
 The ceiling is a measured bf16 ``8192^3`` matmul on the same GPU.
 
     python benchmarks/bench_info_nce.py --out runs/bench_info_nce           # GPU, full sizes
     python benchmarks/bench_info_nce.py --quick --out runs/bench_info_nce   # GPU, small sizes
     TRITON_INTERPRET=1 python benchmarks/bench_info_nce.py --quick --device cpu --out /tmp/b   # smoke
 
-Writes ``bench_info_nce.json`` and ``bench_info_nce.png`` into ``--out``.
+Writes ``bench_info_nce.json`` (with ``kernel_configs``: the tile configs the fused kernels
+launched, one per kernel, dtype and D) and ``bench_info_nce.png`` into ``--out``.
 """
 import argparse
 import json
@@ -188,6 +190,21 @@ def matmul_ceiling(device, size, reps):
     return 2 * size**3 / (ms * 1e-3) / 1e12
 
 
+def compiles_per_kernel():
+    """The fused kernels' distinct launch configs per (kind, dtype, BLOCK_D) so far: 1 each unless
+    runtime autotuning was opted into (``TSCL_INFO_NCE_AUTOTUNE=1``)."""
+    try:
+        from tscl.kernels.triton_info_nce import launch_log
+    except ImportError:  # no Triton here
+        return {}
+    return {"/".join(map(str, key)): sorted(configs) for key, configs in sorted(launch_log().items())}
+
+
+def _report(info, results):
+    return json.dumps(dict(info=info, results=results, speedups=speedups(results),
+                           kernel_configs=compiles_per_kernel()), indent=1)
+
+
 def speedups(results):
     """fused time over eager and compiled time per (variant, N, D): the ratios a report quotes."""
     out = []
@@ -205,6 +222,21 @@ def speedups(results):
     return out
 
 
+def _plot_line(column, rows, label):
+    """One implementation's time, TFLOP/s and peak memory over N in one column of panels."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    if not ok:
+        return
+    xs = [r["N"] for r in ok]
+    column[0].plot(xs, [r["ms"] for r in ok], marker="o", label=label)
+    column[1].plot(xs, [r["tflops"] for r in ok], marker="o", label=label)
+    if all("peak_mib" in r for r in ok):
+        column[2].plot(xs, [r["peak_mib"] for r in ok], marker="o", label=label)
+    for r in rows:
+        if r["status"] == "oom":
+            column[0].annotate("oom", (r["N"], column[0].get_ylim()[1]), fontsize=7)
+
+
 def plot(results, ceiling, path):
     try:
         import matplotlib
@@ -218,21 +250,9 @@ def plot(results, ceiling, path):
     fig, axes = plt.subplots(3, len(VARIANTS), figsize=(4.2 * len(VARIANTS), 10), squeeze=False)
     dims = sorted({r["D"] for r in results})
     for col, variant in enumerate(VARIANTS):
-        for impl in IMPLS:
-            for d in dims:
-                rows = [r for r in results if r["variant"] == variant and r["impl"] == impl and r["D"] == d]
-                ok = [r for r in rows if r["status"] == "ok"]
-                if not ok:
-                    continue
-                label = f"{impl} D={d}"
-                xs = [r["N"] for r in ok]
-                axes[0][col].plot(xs, [r["ms"] for r in ok], marker="o", label=label)
-                axes[1][col].plot(xs, [r["tflops"] for r in ok], marker="o", label=label)
-                if all("peak_mib" in r for r in ok):
-                    axes[2][col].plot(xs, [r["peak_mib"] for r in ok], marker="o", label=label)
-                for r in rows:
-                    if r["status"] == "oom":
-                        axes[0][col].annotate("oom", (r["N"], axes[0][col].get_ylim()[1]), fontsize=7)
+        for impl, d in [(impl, d) for impl in IMPLS for d in dims]:
+            rows = [r for r in results if r["variant"] == variant and r["impl"] == impl and r["D"] == d]
+            _plot_line([row[col] for row in axes], rows, f"{impl} D={d}")
         if ceiling:
             axes[1][col].axhline(ceiling, color="k", ls="--", lw=0.8, label="bf16 matmul")
         axes[0][col].set_title(variant)
@@ -309,9 +329,8 @@ def main(argv=None):
                     shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items() if k != "ms_all"}
                     print(json.dumps(shown), flush=True)
                     # rewritten after every row: a sweep stopped by a time limit keeps what it measured
-                    json_path.write_text(json.dumps(dict(info=info, results=results, speedups=speedups(results)),
-                                                    indent=1))
-    json_path.write_text(json.dumps(dict(info=info, results=results, speedups=speedups(results)), indent=1))
+                    json_path.write_text(_report(info, results))
+    json_path.write_text(_report(info, results))
     plot(results, ceiling, args.out / "bench_info_nce.png")
     print(f"wrote {args.out / 'bench_info_nce.json'} and {args.out / 'bench_info_nce.png'}")
     failed = [r for r in results if r["status"] == "error"]

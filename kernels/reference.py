@@ -30,7 +30,7 @@ def info_nce_rows_reference(
     k: Tensor,
     q_ids: Tensor,
     k_ids: Tensor,
-    temperature: Tensor,
+    temperature: Tensor | float,
     exclude_self: bool = False,
     bank: Tensor | None = None,
     bank_ids: Tensor | None = None,
@@ -47,7 +47,7 @@ def info_nce_rows_reference(
     already cast them to the compute dtype).
 
     ``q [N,D]``, ``k [M,D]`` are already normalised (or deliberately not); ``q_ids [N]``,
-    ``k_ids [M]`` are int64; ``temperature`` is a 0-dim float tensor (may require grad);
+    ``k_ids [M]`` are int64; ``temperature`` is a 0-dim float tensor (may require grad) or a float;
     ``bank [B,D]`` receives no gradient; ``bank_ids [B]`` or None (then every bank entry
     is a negative). Accumulation is in float32 for fp32/bf16/fp16 inputs (float64 stays
     float64, so the reference can be gradchecked).
@@ -62,9 +62,13 @@ def info_nce_rows_reference(
 
 def _rows(q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank_same_id):
     acc = torch.promote_types(q.dtype, torch.float32)  # float32, or float64 for float64 inputs (gradcheck)
-    tau = temperature.to(acc)
-    tau = torch.where((tau > 0) & torch.isfinite(tau), tau, torch.full_like(tau, float("nan")))
-    inv_tau = 1.0 / tau
+    if isinstance(temperature, torch.Tensor):
+        tau = temperature.to(acc)
+        tau = torch.where((tau > 0) & torch.isfinite(tau), tau, torch.full_like(tau, float("nan")))
+        inv_tau = 1.0 / tau
+    else:  # a Python float, checked by the entry point: no tensor, no host-to-device copy
+        tau = float(temperature)
+        inv_tau = 1.0 / tau if tau > 0 and tau != float("inf") else float("nan")
     qf, kf = q.to(acc), k.to(acc)
     s = (qf @ kf.T) * inv_tau
     pos = q_ids[:, None] == k_ids[None, :]

@@ -9,40 +9,40 @@ the diagonal under ``exclude_self``, plus bank entries, minus same-id bank entri
                                             possum_i = sum_{p in P(i)} s_ip,  npos_i = |P(i)|
     l_i   = 0                               when npos_i == 0
 
+Ids enter the kernels as dense int32 codes (:func:`_codes`: a sort of the key-side ids and a
+``searchsorted`` of the anchors'), computed once per step in the forward and saved for the
+backward.
+
 Forward (one program per block of BLOCK_M anchors and per column split, grid axis 1): sweep
 this split's share of the keys, then of the bank, in tiles of BLOCK_N columns; keep a running
-max ``m_i`` and rescaled sum ``l_i`` (online log-sum-exp, base 2); the splits' partials are
-merged exactly in PyTorch. Only ``lse [N]`` and ``npos [N]`` are saved for the backward.
-
-What runs when (docs/kernels.md has the rules and the measurements):
-
-* positives, separable (``N * (M + B) >= SEPARABLE_MIN``): ``possum_i`` and ``npos_i`` from
-  per-id sums of the keys (and of the bank entries when they are positives) and id
-  histograms, outside the loop (:func:`_positives`); the backward's positives' terms
-  likewise (:func:`_positive_grads`, handed to the kernels as the initial accumulators
-  ``DQ0``/``DK0``). The loop then masks only the last partial tile and, under exclude_self,
-  the tiles crossing the diagonal.
-* positives in the loop (smaller problems, ``POS_IN_LOOP``): an id compare per element,
-  sums and counts per split.
-* ``bank_same_id="mask"`` keeps a per-element id mask on every bank tile on both paths
-  (``BANK_MODE=2``): subtracting masked columns from an online log-sum-exp is not safe.
-* split-K (:func:`_split`): when the row programs do not fill the SMs, the columns are split
-  over grid axis 1 (forward and dq; the dq partials are summed in PyTorch).
+max and rescaled sum (online log-sum-exp, base 2); the splits' partials are merged exactly in
+PyTorch. The symmetric (CLIP) loss runs it a second time with the roles swapped (no bank). The
+positives' logit sums are either found in the loop (small problems, ``POS_IN_LOOP``, its own
+tile config ``fwd_loop``) or computed outside it from per-code key sums (separable, a
+deterministic segment-sum kernel). (A column log-sum-exp folded into the row pass was built and
+measured: its column reductions cross warps every tile, ~3x the row pass's instructions per
+score element, more than the second pass costs; docs/kernels.md.)
 
 Backward, with ``g_i`` the incoming gradient (0 where npos_i == 0),
 ``p_ij = exp(s_ij - lse_i)`` recomputed tile by tile and
-``dS_ij = g_i (p_ij - [j in P(i)] / npos_i)``::
+``dS_ij = g_i (p_ij - [j in P(i)] / npos_i)`` (plus ``g'_j (p'_ji - [i in P'(j)] / npos'_j)`` for
+the column losses when symmetric)::
 
-    dq_i   = (1/tau) sum_{j in keys and bank} dS_ij k_j       (kernel over anchor blocks)
-    dk_j   = (1/tau) sum_i dS_ij q_i                          (kernel over key blocks;
+    dq_i   = (1/tau) sum_{j in keys and bank} dS_ij k_j       (kernel over anchor blocks x column splits)
+    dk_j   = (1/tau) sum_i dS_ij q_i                          (kernel over key blocks x anchor splits;
                                                                the bank gets no gradient)
     dtau   = -(1/tau) sum_i sum_j dS_ij s_ij                  (row partials from the dq kernel)
 
-since ``d s_ij / d tau = -s_ij / tau``. The symmetric (CLIP) loss adds the column losses
-l'_j (anchors k, keys q, no bank): the forward runs twice with the roles swapped, while the
-backward adds ``dS'_ij = g'_j (p'_ji - [i in P'(j)] / npos'_j)`` to the same recomputed tile,
-so both directions share two backward kernels. Products run on the tensor cores in the
-input dtype (fp32 inputs use full-precision ``ieee`` dots); every accumulator is float32.
+``dS`` is formed whole in fp32, positives' term included (an int32 code compare per element),
+then multiplied by a power of two that brings the call's largest ``|g|`` into [2**13, 2**14),
+rounded to the input dtype for the tensor-core product, and the scale is undone in fp32: the
+same precision as FlashAttention's dS, without fp16 underflow. Every accumulator is fp32; the
+split partials are summed in PyTorch (no atomics: the results reproduce bit for bit).
+
+Tile configs come from a table measured ahead of time (``kernels/config_table.py``, made by
+``benchmarks/aot_kernels.py --write-table``): one config per kernel, dtype and head dim, so no
+call compiles a second one. ``TSCL_INFO_NCE_AUTOTUNE=1`` opts into runtime autotuning over the
+measured spill-free configs instead.
 """
 import functools
 import os
@@ -53,104 +53,149 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-__all__ = ["info_nce_rows_triton"]
+from . import config_table
+
+__all__ = ["info_nce_rows_triton", "chosen_config", "launch_log", "reset_launch_log", "KERNEL_KINDS"]
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # Tests set this to fill every output with NaN / -1 before a launch, so an element that a
 # kernel failed to write cannot pass for a correct one.
 POISON_OUTPUTS = os.environ.get("TSCL_POISON_OUTPUTS") == "1"
+# Opt-in runtime autotuning over the measured spill-free configs (the default is the static table).
+AUTOTUNE = os.environ.get("TSCL_INFO_NCE_AUTOTUNE") == "1"
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
+DS_EXPONENT = 14  # dS is scaled so that max |g| * scale lies in [2**13, 2**14): |dS| < 2**15
 
 
-# ----------------------------------------------------------------------------- block configs
-def _configs(kind):
-    if _INTERPRET:  # a single small config: fast, and several tiles even on tiny test shapes
-        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
-    shapes = {
-        # (BLOCK_M, BLOCK_N): anchors x keys per tile for fwd/dq; keys x anchors for dk
-        "fwd": [(128, 64), (128, 128), (64, 64), (64, 128), (128, 32), (64, 32), (32, 32)],
-        "dq": [(128, 64), (64, 64), (64, 128), (128, 32), (64, 32), (32, 32)],
-        "dk": [(64, 128), (64, 64), (128, 64), (32, 128), (32, 64), (32, 32)],
-    }[kind]
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm, bn in shapes
-        for w in (4, 8)
-        for s in (2, 3)
-    ]
+# ----------------------------------------------------------------------------- tile configs
+KERNEL_KINDS = ("fwd", "fwd_loop", "dq", "dk", "segsum")
+_INTERPRET_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1}
+# The segment-sum kernel: BLOCK_M rows per step of one code's rows, BLOCK_N columns per program.
+_SEGSUM_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 64, "num_warps": 4, "num_stages": 1}
+_TRITON = tuple(int(v) for v in triton.__version__.split(".")[:2])
 
 
-# Triton before 3.7 (3.6 measured) allocates dq's registers less tightly: at the 96-element budget with 3
-# pipeline stages, 128 x 64 / 8 warps and 64 x 64 / 4 warps spilled 4 bytes at D = 128 (none on 3.9)
-_OLD_TRITON = tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 7)
+def _version_key(version=_TRITON):
+    """The measured Triton version whose table applies: 3.6 below 3.7, else 3.9 (3.7 and 3.8 unmeasured)."""
+    return "3.6" if tuple(version) < (3, 7) else "3.9"
+
+
+def _dtype_name(dtype):
+    return str(dtype).replace("torch.", "")
+
+
+def _arch_of(device=None):
+    if torch.cuda.is_available() and (device is None or device.type == "cuda"):
+        return tuple(torch.cuda.get_device_capability(device))
+    return (9, 0)
+
+
+def _table_entry(kind, dtype, block_d, arch, version=None):
+    """The measured row for (arch, Triton version, dtype, D): the arch's own table where one was
+    measured, else sm_90's; D below 64 uses D = 64's row, above 512 D = 512's."""
+    arch_key = f"sm_{arch[0]}{arch[1]}"
+    archs = {key[0] for key in config_table.TABLE}
+    if arch_key not in archs:
+        arch_key = "sm_90"
+    d_key = min(max(block_d, 64), 512)
+    key = (arch_key, version or _version_key(), _dtype_name(dtype), d_key)
+    return config_table.TABLE[key][kind]
+
+
+def chosen_config(kind: str, *, dtype: torch.dtype, d: int, arch: Optional[tuple] = None) -> dict:
+    """The tile config a launch of kernel ``kind`` uses for inputs of ``dtype`` and head dim ``d``.
+
+    ``arch`` (compute capability, e.g. ``(9, 0)``) looks the static table up for that GPU; left
+    out, it is the current CUDA device's, and under ``TRITON_INTERPRET=1`` the interpreter's small
+    config (what a launch there runs). Returns ``{"BLOCK_M", "BLOCK_N", "num_warps", "num_stages"}``.
+    """
+    if kind not in KERNEL_KINDS:
+        raise ValueError(f"kind must be one of {KERNEL_KINDS}, got {kind!r}")
+    if arch is None and _INTERPRET:
+        return dict(_INTERPRET_CONFIG)
+    if kind == "segsum":
+        return dict(_SEGSUM_CONFIG)
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        dtype = torch.float32
+    bm, bn, warps, stages = _table_entry(kind, dtype, _block_d(d), tuple(arch) if arch else _arch_of())[:4]
+    return {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": warps, "num_stages": stages}
+
+
+_LAUNCHES: dict = {}
+
+
+def launch_log() -> dict:
+    """``{(kind, dtype name, BLOCK_D): {config, ...}}``: the distinct configs launched so far in this
+    process (every launch records itself, the interpreter's included)."""
+    return {key: set(value) for key, value in _LAUNCHES.items()}
+
+
+def reset_launch_log() -> None:
+    _LAUNCHES.clear()
+
+
+def _config_text(cfg):
+    return " ".join(f"{name}={cfg[name]}" for name in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"))
+
+
+def _candidates(kind):
+    """The search space of the measurement (``aot_kernels.py``) and of opt-in autotuning."""
+    if kind == "segsum":
+        return [triton.Config({"BLOCK_M": _SEGSUM_CONFIG["BLOCK_M"], "BLOCK_N": _SEGSUM_CONFIG["BLOCK_N"]},
+                              num_warps=4, num_stages=1)]
+    tiles = [(128, 128), (128, 64), (64, 128), (64, 64), (128, 32), (64, 32), (32, 64), (32, 32),
+             (32, 16), (16, 32), (16, 16)]  # the small ones: fp32, whose ``ieee`` dots spill larger tiles
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+            for bm, bn in tiles for w in (4, 8) for s in (2, 3) if bm * bn // (32 * w) <= 64]
 
 
 def _prune(configs, named_args, **kwargs):
-    """Keep tiles that compile for sm_90 without spilling (measured with
-    ``benchmarks/aot_kernels.py``, table in docs/kernels.md):
-
-    - the fp32 score tile per thread, BLOCK_M * BLOCK_N / (32 * warps), at most 32
-      (64 spilled in every kernel at every D);
-    - dq and dk also hold a [BLOCK_M, BLOCK_D] fp32 accumulator and several live score-sized
-      tiles (s, p, dS): score + accumulator elements per thread at most 96, and BLOCK_N at
-      most 64 (a 64 x 128 tile spilled on 4 and on 8 warps at D = 64), and at least 8 score
-      elements per thread (32 x 32 on 8 warps was capped at 128 registers and spilled at
-      D = 256). Where nothing fits (dq/dk at D = 512) the last config, 32 x 32 on 8 warps,
-      runs: measured without spills there.
-    - the forward with the positives in the loop (small problems): BLOCK_N at most 64 (64 x 128
-      on 8 warps spilled at D = 128 once the id compares share the loop with the split range);
-    - on Triton < 3.7, dq at the full 96-element budget with 3 or more stages (4 bytes spilled on 3.6);
-    - the resident operand tile within the earlier budget (BLOCK_M * BLOCK_D <= 128 * 128,
-      64 * 256 past D = 128); fp32 inputs (``ieee`` dots on the CUDA cores) small tiles only.
-    """
+    """Opt-in autotuning: keep the configs the table measured spill-free for this kernel, dtype and
+    head dim (every variant of the kernel compiled, see ``aot_kernels.py``), in their measured order."""
+    kind = kwargs.get("KIND")
     block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 128))
-    budget = 128 * 128 if block_d <= 128 else 64 * 256
-    kind = kwargs.get("KIND", named_args.get("KIND"))
-    in_loop = bool(kwargs.get("POS_IN_LOOP", named_args.get("POS_IN_LOOP", True)))
-
-    def fits(c):
-        bm, bn, threads = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], 32 * c.num_warps
-        score, acc = bm * bn / threads, bm * block_d / threads
-        if bm * block_d > budget or bn * block_d > 2 * budget or score > 32:
-            return False
-        if kind == "fwd":  # in-loop positives: 64 x 128 on 8 warps spilled at D = 128
-            return not (in_loop and bn > 64)
-        if _OLD_TRITON and kind == "dq" and c.num_stages >= 3 and score + acc >= 96:
-            return False
-        return score + acc <= 96 and bn <= 64 and score >= 8
-
-    kept = [c for c in configs if fits(c)]
     q = named_args.get("Q")
-    if q is not None and q.dtype == torch.float32:
-        kept = [c for c in kept if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 32 * 64]
+    dtype = q.dtype if q is not None else torch.bfloat16
+    try:
+        admitted = _table_entry(kind, dtype, block_d, _arch_of(getattr(q, "device", None)))[4]
+    except KeyError:
+        return configs[-1:]
+    by_key = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages): c for c in configs}
+    kept = [by_key[tuple(a)] for a in admitted if tuple(a) in by_key]
     return kept or configs[-1:]
 
 
-def _bucket(x):
-    """log2 size bucket: sizes up to 1024 share one, then one per power of two up to 2**17."""
-    return min(max((max(int(x), 1) - 1).bit_length(), 10), 17)
+def _autotuning():
+    return AUTOTUNE and not _INTERPRET
 
 
-def _size_key(n, m, b=0):
-    """One int for the autotune key from the (N, M, bank) size buckets: the best tile depends
-    on how many programs the grid has and how long each sweeps, not only on D. A multiple
-    of 16, so that every key value gets the same integer specialisation."""
-    return 16 * (_bucket(n) * 400 + _bucket(m) * 20 + (_bucket(b) if b else 0))
+@functools.lru_cache(maxsize=None)
+def _autotuner(kind):
+    kernel = {"fwd": _info_nce_fwd, "fwd_loop": _info_nce_fwd, "dq": _info_nce_bwd_dq, "dk": _info_nce_bwd_dk}[kind]
+    key = ["D", "EXCLUDE_SELF", "HAS_BANK", "BANK_MODE", "POS_IN_LOOP", "SYMMETRIC"]
+    key = [name for name in key if name in kernel.arg_names]
+    return triton.autotune(configs=_candidates(kind), key=key,
+                           prune_configs_by={"early_config_prune": functools.partial(_prune, KIND=kind)})(kernel)
 
 
-def _autotune(kind):
-    key = ["D", "SIZE_KEY", "HAS_BANK", "EXCLUDE_SELF", "POS_IN_LOOP"] + ([] if kind == "dk" else ["BANK_MODE"])
-    key += [] if kind == "fwd" else ["SYMMETRIC"]
-    return triton.autotune(
-        configs=_configs(kind),
-        key=key,  # the tensors' dtypes are part of the key too
-        prune_configs_by=None if _INTERPRET else {"early_config_prune": functools.partial(_prune, KIND=kind)},
-    )
+def _launch(kind, kernel, rows, split, args, dtype, block_d, constexprs):
+    """Launch ``kernel`` on a grid of ``cdiv(rows, BLOCK_M) x split`` with its static config (or the
+    opt-in autotuner's pick), and record the config in the launch log."""
+    if _autotuning() and kind != "segsum":
+        tuner = _autotuner(kind)
+        tuner[_grid(rows, "BLOCK_M", split)](*args, **constexprs)
+        best = tuner.best_config
+        cfg = dict(best.kwargs, num_warps=best.num_warps, num_stages=best.num_stages)
+    else:
+        cfg = chosen_config(kind, dtype=dtype, d=block_d)
+        kernel[_grid(rows, "BLOCK_M", split)](*args, **constexprs, **cfg)
+    _LAUNCHES.setdefault((kind, _dtype_name(dtype), block_d), set()).add(_config_text(cfg))
+    return cfg
 
 
-# ----------------------------------------------------------------------------- forward
+# ----------------------------------------------------------------------------- shared pieces
 @triton.jit
 def _mma(a, b, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
     """``a @ b`` accumulated in float32 on the tensor cores.
@@ -166,101 +211,175 @@ def _mma(a, b, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
 
 
 @triton.jit
-def _load_tau(TAU):
-    """The temperature; NaN unless finite and > 0 (checked here, not by a host read-back)."""
-    tau = tl.load(TAU)
+def _load_tau(TAU, tau_value, TAU_PTR: tl.constexpr):
+    """The temperature: a device scalar (``TAU_PTR``, a learnable tensor) or a kernel argument (a
+    Python float, checked by the caller); NaN unless finite and > 0 (no host read-back)."""
+    if TAU_PTR:
+        tau = tl.load(TAU).to(tl.float32)
+    else:
+        tau = tau_value
     return tl.where((tau > 0.0) & (tau < float("inf")), tau, float("nan"))
 
 
 @triton.jit
-def _load_rows(PTR, idx, ok, dims, D, stride_n, stride_d, IDX64: tl.constexpr):
-    """Rows ``idx`` of a ``[*, D]`` matrix as a ``[len(idx), BLOCK_D]`` tile (zeros outside ``ok`` / ``D``).
+def _load_rows(PTR, idx, ok, dims, D, stride_n, stride_d, IDX64: tl.constexpr, MASK_ROWS: tl.constexpr,
+               EVEN_D: tl.constexpr):
+    """Rows ``idx`` of a ``[*, D]`` matrix as a ``[len(idx), BLOCK_D]`` tile, zeros outside ``ok``
+    (MASK_ROWS; off for tiles known to be inside) and past ``D`` (unless EVEN_D: D == BLOCK_D).
 
     IDX64: offsets in int64 (a tensor whose extent reaches 2**31 elements)."""
     if IDX64:
         idx = idx.to(tl.int64)
-    return tl.load(PTR + idx[:, None] * stride_n + dims[None, :] * stride_d,
-                   mask=ok[:, None] & (dims[None, :] < D), other=0.0)
+    ptrs = PTR + idx[:, None] * stride_n + dims[None, :] * stride_d
+    if MASK_ROWS:
+        if EVEN_D:
+            x = tl.load(ptrs, mask=ok[:, None], other=0.0)
+        else:
+            x = tl.load(ptrs, mask=ok[:, None] & (dims[None, :] < D), other=0.0)
+    else:
+        if EVEN_D:
+            x = tl.load(ptrs)
+        else:
+            x = tl.load(ptrs, mask=dims[None, :] < D, other=0.0)
+    return x
 
 
 @triton.jit
-def _tile_valid(rows, cols, n_cols, EXCLUDE_DIAG: tl.constexpr):
-    """Columns of a tile in the denominator by position only: in range, and not the anchor
-    itself under EXCLUDE_DIAG. A [len(rows), len(cols)] boolean."""
-    valid = (cols[None, :] < n_cols) & (rows[:, None] >= 0)
+def _load_vec(PTR, idx, ok, other, MASK: tl.constexpr):
+    if MASK:
+        x = tl.load(PTR + idx, mask=ok, other=other)
+    else:
+        x = tl.load(PTR + idx)
+    return x
+
+
+@triton.jit
+def _tile_valid(rows, cols, n_rows, n_cols, EXCLUDE_DIAG: tl.constexpr):
+    """Elements of a tile in the denominator by position only: row and column in range, and not
+    the anchor itself under EXCLUDE_DIAG. A [len(rows), len(cols)] boolean."""
+    valid = (cols[None, :] < n_cols) & (rows[:, None] < n_rows)
     if EXCLUDE_DIAG:
         valid = valid & (rows[:, None] != cols[None, :])
     return valid
 
 
 @triton.jit
-def _needs_mask(start, row0, n_cols, EXCLUDE_DIAG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """True for the tiles that need a position mask: the last (partial) tile, and under
-    EXCLUDE_DIAG the tiles that cross the diagonal of the row block starting at ``row0``."""
-    edge = start + BLOCK_N > n_cols
-    if EXCLUDE_DIAG:
-        edge = edge | ((start < row0 + BLOCK_M) & (row0 < start + BLOCK_N))
-    return edge
-
-
-@triton.jit
 def _split_range(n_cols, BLOCK_N: tl.constexpr):
-    """Column range ``[lo, hi)`` of this program's split (grid axis 1), in whole BLOCK_N tiles."""
+    """Column range ``[lo, hi)`` of this program's split (grid axis 1), in whole BLOCK_N tiles
+    (empty, hi <= lo, for a split past the end)."""
     chunk = tl.cdiv(tl.cdiv(n_cols, tl.num_programs(1)), BLOCK_N) * BLOCK_N
     lo = tl.program_id(1) * chunk
     return lo, tl.minimum(n_cols, lo + chunk)
 
 
 @triton.jit
+def _tile_plan(lo, hi, row0, EXCLUDE_DIAG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Which tiles of the sweep ``[lo, hi)`` need a position mask, so that the loop over the others
+    carries no mask at all (as the Triton attention tutorial splits its off-band and on-band
+    stages). Masked: the tiles crossing the diagonal band ``[row0, row0 + BLOCK_M)`` (EXCLUDE_DIAG)
+    and the last partial tile. Returns ``(n_bulk, band_lo, band_hi, n_band, n_masked, full_hi)``:
+    unmasked tile t starts at ``lo + t * BLOCK_N``, shifted past the band; masked tile t at
+    ``band_lo + t * BLOCK_N`` for t < n_band, then the partial tile at ``full_hi``."""
+    span = tl.maximum(hi - lo, 0)
+    full_hi = lo + (span // BLOCK_N) * BLOCK_N
+    band_lo = lo
+    band_hi = lo
+    if EXCLUDE_DIAG:
+        band_lo = tl.minimum(tl.maximum((row0 // BLOCK_N) * BLOCK_N, lo), full_hi)
+        band_hi = tl.minimum(tl.maximum(tl.cdiv(row0 + BLOCK_M, BLOCK_N) * BLOCK_N, lo), full_hi)
+    n_band = (band_hi - band_lo) // BLOCK_N
+    n_bulk = (full_hi - lo) // BLOCK_N - n_band
+    n_masked = n_band + (full_hi < hi).to(tl.int32)
+    return n_bulk, band_lo, band_hi, n_band, n_masked, full_hi
+
+
+@triton.jit
+def _bulk_start(t, lo, band_lo, band_hi, EXCLUDE_DIAG: tl.constexpr, BLOCK_N: tl.constexpr):
+    start = lo + t * BLOCK_N
+    if EXCLUDE_DIAG:
+        start = start + (start >= band_lo).to(tl.int32) * (band_hi - band_lo)
+    return start
+
+
+@triton.jit
+def _masked_start(t, band_lo, n_band, full_hi, BLOCK_N: tl.constexpr):
+    in_band = (t < n_band).to(tl.int32)
+    return in_band * (band_lo + t * BLOCK_N) + (1 - in_band) * full_hi
+
+
+# ----------------------------------------------------------------------------- forward
+@triton.jit
+def _fwd_tile(
+    start, q, qc, rows, m_i, l_i, pos_sum, pos_cnt, scale,
+    K, KC, n_rows, n_cols, D, stride_kn, stride_kd,
+    EXCLUDE_DIAG: tl.constexpr, IDS_MODE: tl.constexpr, MASKED: tl.constexpr,
+    EVEN_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, IDX64: tl.constexpr,
+):
+    """Fold one tile of BLOCK_N columns into the running row statistics. Logits stay in dot-product units (``x = <q, k>``); ``x * scale`` is the logit in
+    base 2 and is formed inside the exponentials' FMAs. Columns outside V(i) are -inf.
+    IDS_MODE 0: no codes (positives handled outside); 1: positives found here (code compare per
+    element: sums and counts); 2: same-code columns leave the denominator (bank_same_id="mask")."""
+    cols = start + tl.arange(0, BLOCK_N)
+    col_ok = cols < n_cols
+    k = _load_rows(K, cols, col_ok, tl.arange(0, BLOCK_D), D, stride_kn, stride_kd, IDX64, MASKED, EVEN_D)
+    x = _mma(q, tl.trans(k), PRECISION, UPCAST_DOT)
+    if MASKED:
+        valid = _tile_valid(rows, cols, n_rows, n_cols, EXCLUDE_DIAG)
+        x = tl.where(valid, x, float("-inf"))
+    if IDS_MODE != 0:
+        kc = _load_vec(KC, cols, col_ok, -1, MASKED)
+        same = qc[:, None] == kc[None, :]
+        if MASKED:
+            same = same & valid
+        if IDS_MODE == 1:
+            pos_sum += tl.sum(tl.where(same, x, 0.0), axis=1)
+            pos_cnt += tl.sum(same.to(tl.int32), axis=1)
+        else:
+            x = tl.where(same, float("-inf"), x)
+    m_new = tl.maximum(m_i, tl.max(x, axis=1) * scale)
+    m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no column so far
+    l_i = l_i * tl.exp2(m_i - m_ref) + tl.sum(tl.exp2(x * scale - m_ref[:, None]), axis=1)
+    return m_new, l_i, pos_sum, pos_cnt
+
+
+@triton.jit
 def _fwd_sweep(
-    q, qid, rows, row0, m_i, l_i, pos_sum, pos_cnt, scale,
-    K, KID, n_cols, D, stride_kn, stride_kd,
-    EXCLUDE_DIAG: tl.constexpr, IDS_MODE: tl.constexpr,
+    q, qc, rows, row0, m_i, l_i, pos_sum, pos_cnt, scale,
+    K, KC, n_rows, n_cols, D, stride_kn, stride_kd,
+    EXCLUDE_DIAG: tl.constexpr, IDS_MODE: tl.constexpr, EVEN_D: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, IDX64: tl.constexpr,
 ):
-    """Fold this split's share of one key set (the keys, or the bank) into the running row statistics.
-
-    ``s2`` is the logit in base 2 (s * log2 e); columns outside V(i) are -inf.
-    IDS_MODE 0: no ids in the loop (positives handled outside), position masks only on the
-    tiles that need them; 1: positives found in the loop (id compare per element); 2: same-id
-    columns leave the denominator (bank_same_id="mask"), a per-element mask on every tile.
-    """
+    """This split's share of one key set (the keys, or the bank): the tiles without a position mask
+    first, in one loop, then the masked ones (:func:`_tile_plan`)."""
     lo, hi = _split_range(n_cols, BLOCK_N)
-    for start in range(lo, hi, BLOCK_N):
-        cols = start + tl.arange(0, BLOCK_N)
-        col_ok = cols < n_cols
-        k = _load_rows(K, cols, col_ok, tl.arange(0, BLOCK_D), D, stride_kn, stride_kd, IDX64)
-        s2 = _mma(q, tl.trans(k), PRECISION, UPCAST_DOT) * scale
-        if IDS_MODE == 0:
-            if _needs_mask(start, row0, n_cols, EXCLUDE_DIAG, BLOCK_M, BLOCK_N):
-                s2 = tl.where(_tile_valid(rows, cols, n_cols, EXCLUDE_DIAG), s2, float("-inf"))
-        else:
-            valid = _tile_valid(rows, cols, n_cols, EXCLUDE_DIAG)
-            kid = tl.load(KID + cols, mask=col_ok, other=0)
-            same = (qid[:, None] == kid[None, :]) & valid
-            if IDS_MODE == 1:
-                pos_sum += tl.sum(tl.where(same, s2, 0.0), axis=1)
-                pos_cnt += tl.sum(same.to(tl.int32), axis=1)
-            else:
-                valid = valid & (same == 0)
-            s2 = tl.where(valid, s2, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s2, axis=1))
-        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no column so far
-        l_i = l_i * tl.exp2(m_i - m_ref) + tl.sum(tl.exp2(s2 - m_ref[:, None]), axis=1)
-        m_i = m_new
+    n_bulk, band_lo, band_hi, n_band, n_masked, full_hi = _tile_plan(
+        lo, hi, row0, EXCLUDE_DIAG, BLOCK_M, BLOCK_N)
+    for t in range(0, n_bulk):
+        start = _bulk_start(t, lo, band_lo, band_hi, EXCLUDE_DIAG, BLOCK_N)
+        m_i, l_i, pos_sum, pos_cnt = _fwd_tile(
+            start, q, qc, rows, m_i, l_i, pos_sum, pos_cnt, scale, K, KC, n_rows, n_cols, D, stride_kn,
+            stride_kd, EXCLUDE_DIAG, IDS_MODE, False, EVEN_D, PRECISION, UPCAST_DOT,
+            BLOCK_N, BLOCK_D, IDX64)
+    for t in range(0, n_masked):
+        start = _masked_start(t, band_lo, n_band, full_hi, BLOCK_N)
+        m_i, l_i, pos_sum, pos_cnt = _fwd_tile(
+            start, q, qc, rows, m_i, l_i, pos_sum, pos_cnt, scale, K, KC, n_rows, n_cols, D, stride_kn,
+            stride_kd, EXCLUDE_DIAG, IDS_MODE, True, EVEN_D, PRECISION, UPCAST_DOT,
+            BLOCK_N, BLOCK_D, IDX64)
     return m_i, l_i, pos_sum, pos_cnt
 
 
-@_autotune("fwd")
 @triton.jit
 def _info_nce_fwd(
-    Q, K, BANK, QID, KID, BID, TAU, PM, PL, PSUM, PCNT,
-    N, M, B, D, SIZE_KEY,
+    Q, K, BANK, QC, KC, BC, TAU, tau_value, PM, PL, PSUM, PCNT,
+    N, M, B, D,
     stride_qn, stride_qd, stride_kn, stride_kd, stride_bn, stride_bd,
     EXCLUDE_SELF: tl.constexpr, HAS_BANK: tl.constexpr, BANK_MODE: tl.constexpr,
-    POS_IN_LOOP: tl.constexpr, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
-    IDX64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    POS_IN_LOOP: tl.constexpr, TAU_PTR: tl.constexpr, EVEN_D: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, IDX64: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Partial row statistics of split ``program_id(1)`` (its share of the keys and of the bank):
     running max ``PM`` (base 2) and rescaled exp-sum ``PL``, both ``[splits, N]``; with
@@ -269,189 +388,284 @@ def _info_nce_fwd(
     rows = row0 + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
     row_ok = rows < N
-    q = _load_rows(Q, rows, row_ok, dims, D, stride_qn, stride_qd, IDX64)
-    qid = tl.load(QID + rows, mask=row_ok, other=0)
-    scale = LOG2E / _load_tau(TAU)
+    q = _load_rows(Q, rows, row_ok, dims, D, stride_qn, stride_qd, IDX64, True, EVEN_D)
+    qc = tl.load(QC + rows, mask=row_ok, other=-2)
+    scale = LOG2E / _load_tau(TAU, tau_value, TAU_PTR)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     pos_sum = tl.zeros([BLOCK_M], tl.float32)
     pos_cnt = tl.zeros([BLOCK_M], tl.int32)
     m_i, l_i, pos_sum, pos_cnt = _fwd_sweep(
-        q, qid, rows, row0, m_i, l_i, pos_sum, pos_cnt, scale, K, KID, M, D, stride_kn, stride_kd,
-        EXCLUDE_SELF, POS_IN_LOOP, PRECISION, UPCAST_DOT, BLOCK_M, BLOCK_N, BLOCK_D, IDX64)
+        q, qc, rows, row0, m_i, l_i, pos_sum, pos_cnt, scale, K, KC, N, M, D, stride_kn, stride_kd,
+        EXCLUDE_SELF, POS_IN_LOOP, EVEN_D, PRECISION, UPCAST_DOT, BLOCK_M, BLOCK_N, BLOCK_D, IDX64)
     if HAS_BANK:
         m_i, l_i, pos_sum, pos_cnt = _fwd_sweep(
-            q, qid, rows, row0, m_i, l_i, pos_sum, pos_cnt, scale, BANK, BID, B, D, stride_bn, stride_bd,
-            False, BANK_MODE, PRECISION, UPCAST_DOT, BLOCK_M, BLOCK_N, BLOCK_D, IDX64)
+            q, qc, rows, row0, m_i, l_i, pos_sum, pos_cnt, scale, BANK, BC, N, B, D, stride_bn, stride_bd,
+            False, BANK_MODE, EVEN_D, PRECISION, UPCAST_DOT, BLOCK_M, BLOCK_N, BLOCK_D, IDX64)
     out = tl.program_id(1) * N + rows
     tl.store(PM + out, m_i, mask=row_ok)
     tl.store(PL + out, l_i, mask=row_ok)
     if POS_IN_LOOP:
-        tl.store(PSUM + out, pos_sum * LN2, mask=row_ok)
+        tl.store(PSUM + out, pos_sum * (scale * LN2), mask=row_ok)
         tl.store(PCNT + out, pos_cnt, mask=row_ok)
+
+
+# ----------------------------------------------------------------------------- segment sums
+@triton.jit
+def _segment_sum_kernel(
+    X, Y, ORDER, START, OUT, CNT, M, D, stride_xn, stride_xd, stride_yn, stride_yd,
+    HAS_Y: tl.constexpr, IDX64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """``OUT[c] = sum of rows ORDER[START[c]:START[c+1]]`` of ``cat(X, Y)`` (rows >= M come from Y,
+    or are left out without HAS_Y), accumulated in fp32 in that fixed order, and ``CNT[c]`` the
+    number of rows summed: one program per code and BLOCK_N columns, no atomics."""
+    code = tl.program_id(0)
+    dims = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    lo = tl.load(START + code)
+    hi = tl.load(START + code + 1)
+    acc = tl.zeros([BLOCK_N], tl.float32)
+    cnt = tl.zeros([BLOCK_M], tl.int32)
+    for r0 in range(lo, hi, BLOCK_M):
+        r = r0 + tl.arange(0, BLOCK_M)
+        ok = r < hi
+        idx = tl.load(ORDER + r, mask=ok, other=0)
+        if IDX64:
+            idx = idx.to(tl.int64)
+        from_a = ok & (idx < M)
+        cnt += from_a.to(tl.int32)
+        x = tl.load(X + idx[:, None] * stride_xn + dims[None, :] * stride_xd,
+                    mask=from_a[:, None] & (dims[None, :] < D), other=0.0).to(tl.float32)
+        if HAS_Y:
+            from_y = ok & (idx >= M)
+            cnt += from_y.to(tl.int32)
+            x += tl.load(Y + (idx - M)[:, None] * stride_yn + dims[None, :] * stride_yd,
+                         mask=from_y[:, None] & (dims[None, :] < D), other=0.0).to(tl.float32)
+        acc += tl.sum(x, axis=0)
+    out = code * D
+    if IDX64:
+        out = out.to(tl.int64)
+    tl.store(OUT + out + dims, acc, mask=dims < D)
+    if tl.program_id(1) == 0:
+        tl.store(CNT + code, tl.sum(cnt, axis=0))
+
+
+def _segment_sum(a, b, order, start, u):
+    """fp32 ``[u, D]`` sums of the rows of ``cat(a, b)`` grouped by code (``order``: row indices of the
+    coded side sorted by code, ``start [u + 1]``: each code's first position in it; rows past ``a``
+    are left out when ``b`` is None), read in the inputs' dtype, and the int32 row count per code."""
+    d = a.shape[1]
+    out = _new((u, d), torch.float32, a.device, float("nan"))
+    cnt = _new((u,), torch.int32, a.device, -1)
+    bt = b if b is not None else a
+    cfg = chosen_config("segsum", dtype=a.dtype, d=d)
+    grid = (u, triton.cdiv(d, cfg["BLOCK_N"]))
+    _segment_sum_kernel[grid](a, bt, order, start, out, cnt, a.shape[0], d, *a.stride(), *bt.stride(),
+                              HAS_Y=b is not None, IDX64=_idx64(a, b, extra=u * d), **cfg)
+    _LAUNCHES.setdefault(("segsum", _dtype_name(a.dtype), _block_d(d)), set()).add(_config_text(cfg))
+    return out, cnt
 
 
 # ----------------------------------------------------------------------------- backward
 @triton.jit
-def _row_weights(LSE, NPOS, GRAD, idx, ok):
-    """Per-anchor backward inputs: lse in base 2, g_i (0 without positives), g_i / npos_i."""
-    lse2 = tl.load(LSE + idx, mask=ok, other=0.0) * LOG2E
-    npos = tl.load(NPOS + idx, mask=ok, other=0).to(tl.int32)
-    g = tl.where(npos > 0, tl.load(GRAD + idx, mask=ok, other=0.0), 0.0)
-    return lse2, g, g / tl.maximum(npos, 1).to(tl.float32)
+def _row_weights(LSE2, G, W, idx, ok, MASK: tl.constexpr):
+    """Per-anchor backward inputs (made on the host, :func:`_weights`): lse in base 2, and g_i and
+    w_i = g_i / npos_i (0 without positives), both already multiplied by the dS scale."""
+    return (_load_vec(LSE2, idx, ok, 0.0, MASK), _load_vec(G, idx, ok, 0.0, MASK),
+            _load_vec(W, idx, ok, 0.0, MASK))
+
+
+@triton.jit
+def _dq_tile(
+    start, q, qc, rows, lse2, g, w, dq, dts, scale,
+    K, KC, n_rows, n_cols, D, stride_kn, stride_kd, LSE_C, G_C, W_C,
+    EXCLUDE_DIAG: tl.constexpr, IDS_MODE: tl.constexpr, SYMMETRIC: tl.constexpr, MASKED: tl.constexpr,
+    EVEN_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, IDX64: tl.constexpr,
+):
+    """Accumulate sum_j dS_ij k_j and sum_j dS_ij <q_i, k_j> over one tile of BLOCK_N columns.
+
+    dS is formed whole in fp32 (the positives' term included) before it is rounded to the input
+    dtype for the product; ``g`` and ``w`` arrive multiplied by the dS scale. IDS_MODE 0: no
+    positives among these columns; 1: the positives' term -[j in P(i)] w_i per element (code
+    compare); 2: same-code columns leave the denominator (bank_same_id="mask"). SYMMETRIC adds
+    the column loss's term g'_j (p'_ji - [i in P'(j)] / npos'_j), p'_ji = exp(s_ij - lse'_j): both
+    losses share s_ij, so one recomputation serves both."""
+    cols = start + tl.arange(0, BLOCK_N)
+    col_ok = cols < n_cols
+    k = _load_rows(K, cols, col_ok, tl.arange(0, BLOCK_D), D, stride_kn, stride_kd, IDX64, MASKED, EVEN_D)
+    x = _mma(q, tl.trans(k), PRECISION, UPCAST_DOT)
+    x_in = x  # -inf outside V(i): for the probabilities
+    if MASKED:
+        valid = _tile_valid(rows, cols, n_rows, n_cols, EXCLUDE_DIAG)
+        x_in = tl.where(valid, x, float("-inf"))
+    if IDS_MODE != 0:
+        same = qc[:, None] == _load_vec(KC, cols, col_ok, -1, MASKED)[None, :]
+    if IDS_MODE == 2:
+        x_in = tl.where(same, float("-inf"), x_in)
+    ds = g[:, None] * tl.exp2(x_in * scale - lse2[:, None])
+    if SYMMETRIC:  # keys sweep only
+        lse2_c, g_c, w_c = _row_weights(LSE_C, G_C, W_C, cols, col_ok, MASKED)
+        ds += g_c[None, :] * tl.exp2(x_in * scale - lse2_c[None, :])
+        ds = tl.where(same, ds - (w[:, None] + w_c[None, :]), ds)
+    elif IDS_MODE == 1:
+        ds = tl.where(same, ds - w[:, None], ds)
+    x_z = x  # 0 outside V(i): for the dtau partials (0 * -inf, or a masked NaN, must stay out)
+    if MASKED:  # outside V(i) the positives' term must not enter either
+        ds = tl.where(valid, ds, 0.0)
+        x_z = tl.where(valid, x, 0.0)
+    if IDS_MODE == 2:
+        x_z = tl.where(same, 0.0, x_z)
+    dq += _mma(ds.to(k.dtype), k, PRECISION, UPCAST_DOT)
+    dts += tl.sum(ds * x_z, axis=1)
+    return dq, dts
 
 
 @triton.jit
 def _dq_sweep(
-    q, qid, rows, row0, lse2, g, w, dq, dts, scale,
-    K, KID, n_cols, D, stride_kn, stride_kd, LSE_C, NPOS_C, GRAD_C,
-    EXCLUDE_DIAG: tl.constexpr, IDS_MODE: tl.constexpr, SYMMETRIC: tl.constexpr,
+    q, qc, rows, row0, lse2, g, w, dq, dts, scale,
+    K, KC, n_rows, n_cols, D, stride_kn, stride_kd, LSE_C, G_C, W_C,
+    EXCLUDE_DIAG: tl.constexpr, IDS_MODE: tl.constexpr, SYMMETRIC: tl.constexpr, EVEN_D: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, IDX64: tl.constexpr,
 ):
-    """Accumulate sum_j dS_ij k_j and sum_j dS_ij s2_ij over this split's share of one key set.
-
-    IDS_MODE as in :func:`_fwd_sweep` (0: the positives' term -[j in P(i)]/npos_i is added
-    outside the kernel). SYMMETRIC adds the column loss's term g'_j (p'_ji - [i in P'(j)] / npos'_j),
-    where p'_ji = exp(s_ij - lse'_j): both losses share s_ij, so one recomputation serves both.
-    """
+    """This split's share of one key set: the unmasked tiles in one loop, then the masked ones."""
     lo, hi = _split_range(n_cols, BLOCK_N)
-    for start in range(lo, hi, BLOCK_N):
-        cols = start + tl.arange(0, BLOCK_N)
-        col_ok = cols < n_cols
-        k = _load_rows(K, cols, col_ok, tl.arange(0, BLOCK_D), D, stride_kn, stride_kd, IDX64)
-        s2 = _mma(q, tl.trans(k), PRECISION, UPCAST_DOT) * scale
-        s2_in = s2  # -inf outside V(i): for the probabilities
-        s2_z = s2   # 0 outside V(i): for the dtau partials (a masked NaN must stay out)
-        ds = tl.zeros_like(s2)
-        if IDS_MODE == 0:
-            if _needs_mask(start, row0, n_cols, EXCLUDE_DIAG, BLOCK_M, BLOCK_N):
-                valid = _tile_valid(rows, cols, n_cols, EXCLUDE_DIAG)
-                s2_in = tl.where(valid, s2, float("-inf"))
-                s2_z = tl.where(valid, s2, 0.0)
-        else:
-            valid = _tile_valid(rows, cols, n_cols, EXCLUDE_DIAG)
-            kid = tl.load(KID + cols, mask=col_ok, other=0)
-            same = (qid[:, None] == kid[None, :]) & valid
-            if IDS_MODE == 1:
-                ds = tl.where(same, -w[:, None], 0.0)
-            else:
-                valid = valid & (same == 0)
-            s2_in = tl.where(valid, s2, float("-inf"))
-            s2_z = tl.where(valid, s2, 0.0)
-        ds += g[:, None] * tl.exp2(s2_in - lse2[:, None])
-        if SYMMETRIC:  # keys sweep only
-            lse2_c, g_c, w_c = _row_weights(LSE_C, NPOS_C, GRAD_C, cols, col_ok)
-            ds += g_c[None, :] * tl.exp2(s2_in - lse2_c[None, :])
-            if IDS_MODE == 1:
-                ds -= tl.where(same, w_c[None, :], 0.0)
-        dq += _mma(ds.to(k.dtype), k, PRECISION, UPCAST_DOT)
-        dts += tl.sum(ds * s2_z, axis=1)
+    n_bulk, band_lo, band_hi, n_band, n_masked, full_hi = _tile_plan(
+        lo, hi, row0, EXCLUDE_DIAG, BLOCK_M, BLOCK_N)
+    for t in range(0, n_bulk):
+        start = _bulk_start(t, lo, band_lo, band_hi, EXCLUDE_DIAG, BLOCK_N)
+        dq, dts = _dq_tile(start, q, qc, rows, lse2, g, w, dq, dts, scale, K, KC, n_rows, n_cols, D,
+                           stride_kn, stride_kd, LSE_C, G_C, W_C, EXCLUDE_DIAG, IDS_MODE, SYMMETRIC, False, EVEN_D,
+                           PRECISION, UPCAST_DOT, BLOCK_N, BLOCK_D, IDX64)
+    for t in range(0, n_masked):
+        start = _masked_start(t, band_lo, n_band, full_hi, BLOCK_N)
+        dq, dts = _dq_tile(start, q, qc, rows, lse2, g, w, dq, dts, scale, K, KC, n_rows, n_cols, D,
+                           stride_kn, stride_kd, LSE_C, G_C, W_C, EXCLUDE_DIAG, IDS_MODE, SYMMETRIC, True, EVEN_D,
+                           PRECISION, UPCAST_DOT, BLOCK_N, BLOCK_D, IDX64)
     return dq, dts
 
 
-@_autotune("dq")
 @triton.jit
 def _info_nce_bwd_dq(
-    Q, K, BANK, QID, KID, BID, TAU, LSE, NPOS, GRAD, LSE_C, NPOS_C, GRAD_C, DQ0, DQ, DTS,
-    N, M, B, D, SIZE_KEY,
+    Q, K, BANK, QC, KC, BC, TAU, tau_value, LSE, G, W, LSE_C, G_C, W_C, UNSCALE, DQ, DTS,
+    N, M, B, D,
     stride_qn, stride_qd, stride_kn, stride_kd, stride_bn, stride_bd,
     EXCLUDE_SELF: tl.constexpr, HAS_BANK: tl.constexpr, BANK_MODE: tl.constexpr,
-    SYMMETRIC: tl.constexpr, POS_IN_LOOP: tl.constexpr, PRECISION: tl.constexpr,
+    SYMMETRIC: tl.constexpr, TAU_PTR: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr,
     UPCAST_DOT: tl.constexpr, IDX64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
     """dq and the dtau row partials of split ``program_id(1)``, written to ``DQ[split]`` and
     ``DTS[split]`` (``[splits, N, D]`` and ``[splits, N]``; with one split DQ is the result in the
-    input dtype). ``*_C`` are the column losses' statistics (SYMMETRIC). Without POS_IN_LOOP the
-    positives' term arrives as ``DQ0 [N, D]`` (fp32, before the 1/tau), added by split 0."""
+    input dtype). ``*_C`` are the column losses' statistics (SYMMETRIC); ``UNSCALE`` undoes the
+    power-of-two dS scale folded into ``G``/``W``."""
     row0 = tl.program_id(0) * BLOCK_M
     rows = row0 + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
     row_ok = rows < N
-    q = _load_rows(Q, rows, row_ok, dims, D, stride_qn, stride_qd, IDX64)
-    qid = tl.load(QID + rows, mask=row_ok, other=0)
-    lse2, g, w = _row_weights(LSE, NPOS, GRAD, rows, row_ok)
-    inv_tau = 1.0 / _load_tau(TAU)
+    q = _load_rows(Q, rows, row_ok, dims, D, stride_qn, stride_qd, IDX64, True, EVEN_D)
+    qc = tl.load(QC + rows, mask=row_ok, other=-2)
+    lse2, g, w = _row_weights(LSE, G, W, rows, row_ok, True)
+    inv_tau = 1.0 / _load_tau(TAU, tau_value, TAU_PTR)
     scale = LOG2E * inv_tau
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     dts = tl.zeros([BLOCK_M], tl.float32)
-    dq, dts = _dq_sweep(q, qid, rows, row0, lse2, g, w, dq, dts, scale, K, KID, M, D, stride_kn, stride_kd,
-                        LSE_C, NPOS_C, GRAD_C, EXCLUDE_SELF, POS_IN_LOOP, SYMMETRIC,
-                        PRECISION, UPCAST_DOT, BLOCK_M, BLOCK_N, BLOCK_D, IDX64)
+    dq, dts = _dq_sweep(q, qc, rows, row0, lse2, g, w, dq, dts, scale, K, KC, N, M, D, stride_kn, stride_kd,
+                        LSE_C, G_C, W_C, EXCLUDE_SELF, 1, SYMMETRIC, EVEN_D, PRECISION, UPCAST_DOT, BLOCK_M, BLOCK_N,
+                        BLOCK_D, IDX64)
     if HAS_BANK:
-        dq, dts = _dq_sweep(q, qid, rows, row0, lse2, g, w, dq, dts, scale, BANK, BID, B, D, stride_bn, stride_bd,
-                            LSE_C, NPOS_C, GRAD_C, False, BANK_MODE, False,
-                            PRECISION, UPCAST_DOT, BLOCK_M, BLOCK_N, BLOCK_D, IDX64)
+        dq, dts = _dq_sweep(q, qc, rows, row0, lse2, g, w, dq, dts, scale, BANK, BC, N, B, D, stride_bn, stride_bd,
+                            LSE_C, G_C, W_C, False, BANK_MODE, False, EVEN_D, PRECISION, UPCAST_DOT, BLOCK_M,
+                            BLOCK_N, BLOCK_D, IDX64)
     split = tl.program_id(1)
     if IDX64:
         rows = rows.to(tl.int64)
         split = split.to(tl.int64)
     offs = rows[:, None] * D + dims[None, :]
     io = row_ok[:, None] & (dims[None, :] < D)
-    if not POS_IN_LOOP:
-        dq += tl.where(split == 0, tl.load(DQ0 + offs, mask=io, other=0.0), 0.0)
-    dq = dq * inv_tau
-    tl.store(DQ + split * N * D + offs, dq.to(DQ.dtype.element_ty), mask=io)
-    tl.store(DTS + split * N + rows, dts * LN2, mask=row_ok)
+    unscale = inv_tau * tl.load(UNSCALE)
+    tl.store(DQ + split * N * D + offs, (dq * unscale).to(DQ.dtype.element_ty), mask=io)
+    tl.store(DTS + split * N + rows, dts * unscale, mask=row_ok)
 
 
-@_autotune("dk")
+@triton.jit
+def _dk_tile(
+    start, k, kc, cols, col0, lse2_c, g_c, w_c, dk, scale,
+    Q, QC, LSE, G, W, n_keys, n_rows, D, stride_qn, stride_qd,
+    EXCLUDE_SELF: tl.constexpr, SYMMETRIC: tl.constexpr, MASKED: tl.constexpr, EVEN_D: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    IDX64: tl.constexpr,
+):
+    """Accumulate sum_i dS_ij q_i over one tile of BLOCK_N anchors (the tile is [keys, anchors])."""
+    rows = start + tl.arange(0, BLOCK_N)
+    row_ok = rows < n_rows
+    q = _load_rows(Q, rows, row_ok, tl.arange(0, BLOCK_D), D, stride_qn, stride_qd, IDX64, MASKED, EVEN_D)
+    qc = _load_vec(QC, rows, row_ok, -2, MASKED)
+    lse2, g, w = _row_weights(LSE, G, W, rows, row_ok, MASKED)
+    x = _mma(k, tl.trans(q), PRECISION, UPCAST_DOT)
+    if MASKED:
+        valid = _tile_valid(cols, rows, n_keys, n_rows, EXCLUDE_SELF)
+        x = tl.where(valid, x, float("-inf"))
+    dst = g[None, :] * tl.exp2(x * scale - lse2[None, :])
+    if SYMMETRIC:
+        dst += g_c[:, None] * tl.exp2(x * scale - lse2_c[:, None])
+        dst = tl.where(kc[:, None] == qc[None, :], dst - (w[None, :] + w_c[:, None]), dst)
+    else:
+        dst = tl.where(kc[:, None] == qc[None, :], dst - w[None, :], dst)
+    if MASKED:  # outside V the positives' term must not enter either
+        dst = tl.where(valid, dst, 0.0)
+    return dk + _mma(dst.to(q.dtype), q, PRECISION, UPCAST_DOT)
+
+
 @triton.jit
 def _info_nce_bwd_dk(
-    Q, K, QID, KID, TAU, LSE, NPOS, GRAD, LSE_C, NPOS_C, GRAD_C, DK0, DK,
-    N, M, D, SIZE_KEY,
+    Q, K, QC, KC, TAU, tau_value, LSE, G, W, LSE_C, G_C, W_C, UNSCALE, DK,
+    N, M, D,
     stride_qn, stride_qd, stride_kn, stride_kd,
-    EXCLUDE_SELF: tl.constexpr, HAS_BANK: tl.constexpr, SYMMETRIC: tl.constexpr, POS_IN_LOOP: tl.constexpr,
+    EXCLUDE_SELF: tl.constexpr, SYMMETRIC: tl.constexpr, TAU_PTR: tl.constexpr, EVEN_D: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, IDX64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """dk: one program per block of BLOCK_M keys, sweeping the anchors BLOCK_N at a time.
-    Without POS_IN_LOOP the positives' term arrives as ``DK0 [M, D]`` (fp32, before the 1/tau)
-    and only the anchor-edge and diagonal tiles are masked."""
+    """dk of split ``program_id(1)``: one program per block of BLOCK_M keys, sweeping its share of the
+    anchors BLOCK_N at a time (unmasked tiles first), written to ``DK[split]`` (``[splits, M, D]``
+    fp32; with one split the result in the input dtype)."""
     col0 = tl.program_id(0) * BLOCK_M
     cols = col0 + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
     col_ok = cols < M
-    k = _load_rows(K, cols, col_ok, dims, D, stride_kn, stride_kd, IDX64)
-    kid = tl.load(KID + cols, mask=col_ok, other=0)
-    if SYMMETRIC:
-        lse2_c, g_c, w_c = _row_weights(LSE_C, NPOS_C, GRAD_C, cols, col_ok)
-    inv_tau = 1.0 / _load_tau(TAU)
+    k = _load_rows(K, cols, col_ok, dims, D, stride_kn, stride_kd, IDX64, True, EVEN_D)
+    kc = tl.load(KC + cols, mask=col_ok, other=-1)
+    inv_tau = 1.0 / _load_tau(TAU, tau_value, TAU_PTR)
     scale = LOG2E * inv_tau
+    lse2_c = inv_tau  # placeholders, unused unless SYMMETRIC
+    g_c = inv_tau
+    w_c = inv_tau
+    if SYMMETRIC:
+        lse2_c, g_c, w_c = _row_weights(LSE_C, G_C, W_C, cols, col_ok, True)
 
     dk = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for start in range(0, N, BLOCK_N):
-        rows = start + tl.arange(0, BLOCK_N)
-        row_ok = rows < N
-        q = _load_rows(Q, rows, row_ok, dims, D, stride_qn, stride_qd, IDX64)
-        lse2, g, w = _row_weights(LSE, NPOS, GRAD, rows, row_ok)
-        s2t = _mma(k, tl.trans(q), PRECISION, UPCAST_DOT) * scale  # [keys, anchors]
-        if POS_IN_LOOP:
-            qid = tl.load(QID + rows, mask=row_ok, other=0)
-            valid = _tile_valid(cols, rows, N, EXCLUDE_SELF) & col_ok[:, None]
-            same = (kid[:, None] == qid[None, :]) & valid
-            s2t = tl.where(valid, s2t, float("-inf"))
-            dst = g[None, :] * tl.exp2(s2t - lse2[None, :]) - tl.where(same, w[None, :], 0.0)
-            if SYMMETRIC:
-                dst += g_c[:, None] * tl.exp2(s2t - lse2_c[:, None]) - tl.where(same, w_c[:, None], 0.0)
-        else:
-            if _needs_mask(start, col0, N, EXCLUDE_SELF, BLOCK_M, BLOCK_N):
-                s2t = tl.where(_tile_valid(cols, rows, N, EXCLUDE_SELF), s2t, float("-inf"))
-            dst = g[None, :] * tl.exp2(s2t - lse2[None, :])
-            if SYMMETRIC:
-                dst += g_c[:, None] * tl.exp2(s2t - lse2_c[:, None])
-        dk += _mma(dst.to(q.dtype), q, PRECISION, UPCAST_DOT)
+    lo, hi = _split_range(N, BLOCK_N)
+    n_bulk, band_lo, band_hi, n_band, n_masked, full_hi = _tile_plan(
+        lo, hi, col0, EXCLUDE_SELF, BLOCK_M, BLOCK_N)
+    for t in range(0, n_bulk):
+        start = _bulk_start(t, lo, band_lo, band_hi, EXCLUDE_SELF, BLOCK_N)
+        dk = _dk_tile(start, k, kc, cols, col0, lse2_c, g_c, w_c, dk, scale, Q, QC, LSE, G, W, M, N, D,
+                      stride_qn, stride_qd, EXCLUDE_SELF, SYMMETRIC, False, EVEN_D, PRECISION, UPCAST_DOT, BLOCK_N,
+                      BLOCK_D, IDX64)
+    for t in range(0, n_masked):
+        start = _masked_start(t, band_lo, n_band, full_hi, BLOCK_N)
+        dk = _dk_tile(start, k, kc, cols, col0, lse2_c, g_c, w_c, dk, scale, Q, QC, LSE, G, W, M, N, D,
+                      stride_qn, stride_qd, EXCLUDE_SELF, SYMMETRIC, True, EVEN_D, PRECISION, UPCAST_DOT, BLOCK_N,
+                      BLOCK_D, IDX64)
+    split = tl.program_id(1)
     if IDX64:
         cols = cols.to(tl.int64)
+        split = split.to(tl.int64)
     offs = cols[:, None] * D + dims[None, :]
     io = col_ok[:, None] & (dims[None, :] < D)
-    if not POS_IN_LOOP:
-        dk += tl.load(DK0 + offs, mask=io, other=0.0)
-    dk = dk * inv_tau
-    tl.store(DK + offs, dk.to(DK.dtype.element_ty), mask=io)
+    tl.store(DK + split * M * D + offs, (dk * (inv_tau * tl.load(UNSCALE))).to(DK.dtype.element_ty), mask=io)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -487,9 +701,10 @@ def _extent(t, pad_rows=256, pad_cols=1024):
     return (r + pad_rows) * abs(sr) + (c + pad_cols) * abs(sc)
 
 
-def _idx64(*tensors):
-    """int64 offsets when any operand's offsets could pass int32 (N * D near 2**31)."""
-    return any(_extent(t) > _INT32_LIMIT for t in tensors)
+def _idx64(*tensors, extra=0):
+    """int64 offsets when any operand's offsets could pass int32 (N * D near 2**31), or an output
+    buffer's (``extra`` elements: the split partials ``[splits, rows, D]``, whatever the split)."""
+    return any(_extent(t) > _INT32_LIMIT for t in tensors) or extra + 1024 * 1024 > _INT32_LIMIT
 
 
 def _upcast(dtype):
@@ -497,20 +712,20 @@ def _upcast(dtype):
 
 
 # ----------------------------------------------------------------------------- what runs when
-# "auto": positives out of the loop (separable) from N * (M + B) >= SEPARABLE_MIN, in the loop below.
-# "loop" / "separable" force one path (tests; TSCL_INFO_NCE_POSITIVES for experiments).
+# "auto": the forward's positives out of the loop (separable) from N * (M + B) >= SEPARABLE_MIN, in
+# the loop below. "loop" / "separable" force one path (tests; TSCL_INFO_NCE_POSITIVES for experiments).
 POSITIVES = os.environ.get("TSCL_INFO_NCE_POSITIVES", "auto")
 SEPARABLE_MIN = 1 << 20
-# Split-K: None picks the column split count from the sizes and the SM count; an int forces it (tests).
+# Split-K: None picks the split count from the sizes and the SM count; an int forces it (tests).
 FORCE_SPLIT: Optional[int] = int(os.environ["TSCL_INFO_NCE_SPLIT"]) if os.environ.get("TSCL_INFO_NCE_SPLIT") else None
-SPLIT_MIN_COLS = 1024   # each split sweeps at least this many columns (keys + bank)
+SPLIT_MIN_COLS = 1024   # each split sweeps at least this many columns (keys + bank), or anchors (dk)
 SPLIT_ROWS = 128        # rows per program assumed when counting row programs (the largest BLOCK_M)
-SPLIT_PARTIAL_BYTES = 1 << 27  # cap on the dq kernel's fp32 partials [splits, N, D]
+SPLIT_PARTIAL_BYTES = 1 << 27  # cap on the fp32 partials [splits, rows, D] of the dq and dk kernels
 _DEFAULT_SMS = 132      # H100 SXM; the device's own count is read on CUDA
 
 
 def _separable(n, m, b):
-    """True: positives from per-id sums outside the N x (M+B) loop; False: found in the loop."""
+    """True: the forward's positives from per-code sums outside the N x (M+B) loop; False: in the loop."""
     if POSITIVES not in ("auto", "loop", "separable"):
         raise ValueError(f"POSITIVES must be 'auto', 'loop' or 'separable', got {POSITIVES!r}")
     if POSITIVES != "auto":
@@ -530,9 +745,10 @@ def _sms(device):
 
 
 def _split(n, cols, d, device):
-    """Column splits for an anchor count ``n`` over ``cols`` columns (keys + bank): 1 when the
-    row programs alone fill the SMs, else enough splits to fill them, each sweeping at least
-    SPLIT_MIN_COLS columns, and the dq partials within SPLIT_PARTIAL_BYTES."""
+    """Splits of the ``cols`` sweep for ``n`` rows (anchors over keys + bank; keys over anchors for
+    dk): 1 when the row programs alone fill the SMs, else enough splits to fill them, each sweeping
+    at least SPLIT_MIN_COLS columns, and the fp32 partials within SPLIT_PARTIAL_BYTES. A forced
+    split (FORCE_SPLIT) is taken as is; the offsets switch to int64 if its partials need them."""
     if FORCE_SPLIT is not None:
         return max(1, int(FORCE_SPLIT))
     row_programs = triton.cdiv(n, SPLIT_ROWS)
@@ -544,23 +760,16 @@ def _split(n, cols, d, device):
     return max(1, split)
 
 
-def _bank_args(q, bank, bank_ids, mask_bank_same_id, pos_in_loop):
-    """Bank operands and flags; BANK_MODE: 0 no ids in the bank sweep (no bank ids, or bank
-    positives summed outside), 1 bank positives found in the loop, 2 same-id entries masked."""
-    has_bank = bank is not None and bank.shape[0] > 0
-    if not has_bank:
-        return q, q, 0, (0, 0), dict(HAS_BANK=False, BANK_MODE=0)
-    bids = bank_ids if bank_ids is not None else q.new_empty(0, dtype=torch.int64)
-    mode = 0 if bank_ids is None else (2 if mask_bank_same_id else int(pos_in_loop))
-    return bank, bids, bank.shape[0], bank.stride(), dict(HAS_BANK=True, BANK_MODE=mode)
-
-
-def _tau(temperature, device):
-    return temperature.detach().to(device=device, dtype=torch.float32).reshape(())
+def _tau_args(temperature):
+    """``(tensor or placeholder, float value, TAU_PTR)``: a tensor temperature is read by the kernel on
+    the device, a Python float travels as a kernel argument (no host-to-device copy per call)."""
+    if isinstance(temperature, Tensor):
+        return temperature.detach().reshape(()), 0.0, True
+    return None, float(temperature), False
 
 
 def _merge_lse(pm, pl):
-    """Exact log-sum-exp over column splits from per-split (max, rescaled sum) in base 2; a row
+    """Exact log-sum-exp over partials from per-partial (max, rescaled sum) in base 2 (dim 0); a row
     without any column gets 0, a NaN anywhere stays NaN."""
     mx = pm.max(dim=0).values
     ref = torch.where(mx == float("-inf"), torch.zeros_like(mx), mx)
@@ -572,249 +781,256 @@ def _merge_lse(pm, pl):
 _LN2 = 0.6931471805599453
 
 
-def _codes(q_ids, k_side):
-    """Dense codes of the key-side ids (``k_side``: k_ids, then bank_ids where bank positives are
-    summed) and of the anchors' ids among them, without a host sync (no ``torch.unique``):
-    returns ``qc [N]``, ``kc [len(k_side)]`` and the number of code rows ``u`` (len + 1; the
-    last row collects anchors whose id no key has, and stays zero)."""
-    srt, perm = torch.sort(k_side)
+# ----------------------------------------------------------------------------- id codes
+def _sorted_codes(ids):
+    """Codes of ``ids`` in sorted order: ``(sorted ids, order, code of each sorted position)``; the
+    sort is stable, so equal ids keep their order and everything built on it is deterministic."""
+    srt, order = torch.sort(ids, stable=True)
     new = torch.ones_like(srt, dtype=torch.bool)
     new[1:] = srt[1:] != srt[:-1]
-    code_sorted = torch.cumsum(new, 0) - 1
+    return srt, order, torch.cumsum(new, 0) - 1
+
+
+def _codes(q_ids, k_side):
+    """Dense codes of the key-side ids (``k_side``: k_ids, then bank_ids when the bank has ids) and of
+    the anchors' ids among them, without a host sync (no ``torch.unique``). Returns ``qc [N]``,
+    ``kc [len(k_side)]`` (int32), the number of code rows ``u`` (len + 1; the last, ``u - 1``, is the
+    code of anchors whose id no key has), and the key side's ``order`` and code ``start [u + 1]``."""
+    srt, order, code_sorted = _sorted_codes(k_side)
     kc = torch.empty_like(code_sorted)
-    kc[perm] = code_sorted
+    kc[order] = code_sorted
     u = k_side.numel() + 1
     pos = torch.searchsorted(srt, q_ids).clamp_max(k_side.numel() - 1)
     qc = torch.where(srt[pos] == q_ids, code_sorted[pos], torch.full_like(pos, u - 1))
-    return qc, kc, u
+    start = torch.searchsorted(code_sorted, torch.arange(u + 1, device=k_side.device, dtype=code_sorted.dtype))
+    return qc.to(torch.int32), kc.to(torch.int32), u, order, start.to(torch.int32)
 
 
-def _segment_sum(values, codes, u):
-    out = values.new_zeros((u,) + values.shape[1:])
-    return out.index_add_(0, codes, values)
+# ----------------------------------------------------------------------------- forward
+def _bank_args(q, bank, bc, mask_bank_same_id, pos_in_loop=True):
+    """Bank operands and flags; BANK_MODE: 0 no codes in the bank sweep (no bank ids, or the forward's
+    bank positives summed outside on the separable path), 1 bank positives found per element (the
+    backward, and the in-loop forward), 2 same-id entries masked out of the denominator (a
+    per-element compare on both passes)."""
+    has_bank = bank is not None and bank.shape[0] > 0
+    if not has_bank:
+        return q, q, 0, (0, 0), dict(HAS_BANK=False, BANK_MODE=0)
+    mode = 0 if bc is None else (2 if mask_bank_same_id else int(pos_in_loop))
+    return bank, (bc if bc is not None else q.new_empty(0, dtype=torch.int32)), bank.shape[0], bank.stride(), \
+        dict(HAS_BANK=True, BANK_MODE=mode)
 
 
-def _positives(q, k, q_ids, k_ids, tau, exclude_self, bank, bank_ids, mask_bank_same_id):
-    """Positives' logit sum and count per anchor from per-id sums of keys (separable path):
-    sum_{j in P(i)} s_ij = <q_i, sum_{j: id_j = id_i} k_j> / tau, minus the diagonal under
-    exclude_self, plus the same-id bank entries when they are positives."""
-    bank_pos = bank is not None and bank.shape[0] > 0 and bank_ids is not None and not mask_bank_same_id
-    m = k.shape[0]
-    k_side = torch.cat([k_ids, bank_ids]) if bank_pos else k_ids
-    qc, kc, u = _codes(q_ids, k_side)
-    kf = k.float()
-    keys = torch.cat([kf, bank.float()]) if bank_pos else kf
-    sums = _segment_sum(keys, kc, u)[qc]
-    cnt = _segment_sum(torch.ones_like(kc), kc, u)[qc]
-    qf = q.float()
-    if exclude_self:
-        diag = q_ids == k_ids[: q.shape[0]] if m == q.shape[0] else torch.zeros_like(q_ids, dtype=torch.bool)
-        sums = sums - torch.where(diag[:, None], kf, torch.zeros_like(kf))
-        cnt = cnt - diag.long()
-    return (qf * sums).sum(-1) / tau, cnt
+def _separable_positives(a, b_keys, bank, ac, order, start, u, tau, diag):
+    """Positives' logit sums and counts of anchors ``a`` (codes ``ac``) over the key side
+    ``cat(b_keys, bank)`` from per-code key sums: sum_{j in P(i)} s_ij = <a_i, sum_{j: code_j = code_i}
+    key_j> / tau, minus the diagonal under exclude_self (``diag``: rows whose own key is a positive)."""
+    sums, cnt = _segment_sum(b_keys, bank, order, start, u)
+    ac = ac.long()
+    possum = (a * sums[ac]).sum(-1)
+    npos = cnt[ac].long()
+    if diag is not None:
+        possum = possum - torch.where(diag, (a.float() * b_keys.float()).sum(-1), torch.zeros_like(possum))
+        npos = npos - diag.long()
+    return possum / tau, npos
 
 
-def _forward_pass(q, k, q_ids, k_ids, tau, exclude_self, bank, bank_ids, mask_bank_same_id, consts):
-    """One direction (anchors q, keys k, optional bank): ``lse [N]``, ``possum [N]``, ``npos [N]``."""
+def _forward_pass(q, k, qc, kc, bank, bc, mask_bank_same_id, tau_args, exclude_self, consts, positives):
+    """One direction (anchors q, keys k, optional bank): launch the forward kernel, merge the splits'
+    log-sum-exp, and take the positives' sums and counts from the loop or from ``positives()``."""
     n, d = q.shape
     m = k.shape[0]
     b = 0 if bank is None else bank.shape[0]
     pos_in_loop = not _separable(n, m, b)
     split = _split(n, m + b, d, q.device)
-    bank_t, bids, b, bstride, flags = _bank_args(q, bank, bank_ids, mask_bank_same_id, pos_in_loop)
+    bank_t, bids, b, bstride, flags = _bank_args(q, bank, bc, mask_bank_same_id, pos_in_loop)
     pm = _new((split, n), torch.float32, q.device, float("nan"))
     pl = _new((split, n), torch.float32, q.device, float("nan"))
     psum = _new((split, n), torch.float32, q.device, float("nan")) if pos_in_loop else pm
     pcnt = _new((split, n), torch.int32, q.device, -1) if pos_in_loop else pm
-    _info_nce_fwd[_grid(n, "BLOCK_M", split)](
-        q, k, bank_t, q_ids, k_ids, bids, tau, pm, pl, psum, pcnt,
-        n, m, b, d, _size_key(n, m, b), *q.stride(), *k.stride(), *bstride,
-        POS_IN_LOOP=pos_in_loop, **consts, **flags,
-    )
+    tau_t, tau_v, tau_ptr = tau_args
+    _launch("fwd_loop" if pos_in_loop else "fwd", _info_nce_fwd, n, split,
+            (q, k, bank_t, qc, kc, bids, tau_t if tau_ptr else pm, tau_v, pm, pl, psum, pcnt,
+             n, m, b, d, *q.stride(), *k.stride(), *bstride),
+            q.dtype, _block_d(d),
+            dict(POS_IN_LOOP=pos_in_loop, IDX64=_idx64(q, k, bank, extra=split * n), **consts, **flags))
     lse = _merge_lse(pm, pl)
     if pos_in_loop:
-        possum, npos = psum.sum(0), pcnt.sum(0).long()
-    else:
-        possum, npos = _positives(q, k, q_ids, k_ids, tau, exclude_self, bank, bank_ids, mask_bank_same_id)
-    return lse, possum, npos
+        return lse, psum.sum(0), pcnt.sum(0).long()
+    return (lse, *positives())
 
 
-def _forward(q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank_same_id, symmetric,
+def _forward(q, k, codes, u, order, start, temperature, exclude_self, bank, mask_bank_same_id, symmetric,
              allow_tf32=False):
     """Launch the forward kernel (twice when ``symmetric``: rows, then columns without the bank).
 
     Returns ``loss, npos, lse``, each ``[N]`` (or ``[N+M]``, rows then columns).
     """
-    d = q.shape[1]
-    tau = _tau(temperature, q.device)
+    n, d = q.shape
+    m = k.shape[0]
+    qc, kc, bc = codes[:n], codes[n:n + m], codes[n + m:] if codes.numel() > n + m else None
+    tau_args = _tau_args(temperature)
+    tau = tau_args[0] if tau_args[2] else tau_args[1]
     consts = dict(EXCLUDE_SELF=exclude_self, PRECISION=_precision(q.dtype, allow_tf32), UPCAST_DOT=_upcast(q.dtype),
-                  BLOCK_D=_block_d(d), IDX64=_idx64(q, k, bank))
-    parts = [_forward_pass(q, k, q_ids, k_ids, tau, exclude_self, bank, bank_ids, mask_bank_same_id, consts)]
+                  BLOCK_D=_block_d(d), EVEN_D=d == _block_d(d), TAU_PTR=tau_args[2])
+    bank_pos = bc is not None and bank is not None and bank.shape[0] > 0 and not mask_bank_same_id
+    diag = (qc == kc) if exclude_self else None
+
+    def rows_positives():
+        return _separable_positives(q, k, bank if bank_pos else None, qc, order, start, u, tau, diag)
+
+    def cols_positives():  # anchors k among the codes of q: the q rows grouped by their code
+        srt_q, order_q = torch.sort(qc, stable=True)
+        start_q = torch.searchsorted(srt_q, torch.arange(u + 1, device=q.device, dtype=srt_q.dtype)).to(torch.int32)
+        return _separable_positives(k, q, None, kc, order_q, start_q, u, tau, diag)
+
+    parts = [_forward_pass(q, k, qc, kc, bank, bc, mask_bank_same_id, tau_args, exclude_self, consts,
+                           rows_positives)]
     if symmetric:
-        parts.append(_forward_pass(k, q, k_ids, q_ids, tau, exclude_self, None, None, False, consts))
+        parts.append(_forward_pass(k, q, kc, qc, None, None, False, tau_args, exclude_self, consts, cols_positives))
     lse, possum, npos = (torch.cat(t) if len(t) > 1 else t[0] for t in zip(*parts))
     # npos == 0: no positive, loss 0 (npos < 0 only from a poisoned, unwritten count: stays NaN)
     loss = torch.where(npos == 0, torch.zeros_like(lse), lse - possum / npos.clamp_min(1))
     return loss, npos, lse
 
 
-def _positive_grads(q, k, q_ids, k_ids, g, gc, npos, npos_c, exclude_self, bank, bank_ids, mask_bank_same_id,
-                    need_dk):
-    """The positives' terms of dq and dk (separable path), fp32 and before the 1/tau:
-    dq0_i = -[ w_i sum_{j in P(i)} k_j + sum_{j: i in P'(j)} w'_j k_j ],
-    dk0_j = -[ sum_{i: j in P(i)} w_i q_i + w'_j sum_{i in P'(j)} q_i ],
-    with w = g / npos (rows) and w' = g' / npos' (columns, symmetric; ``gc`` None otherwise),
-    all from per-id sums. Also returns the positives' share of the dtau partials,
-    sum_i <q_i, dq0_i> / ... (the caller divides by tau)."""
-    n = q.shape[0]
-    m = k.shape[0]
-    bank_pos = bank is not None and bank.shape[0] > 0 and bank_ids is not None and not mask_bank_same_id
-    qf, kf = q.float(), k.float()
-    k_side = torch.cat([k_ids, bank_ids]) if bank_pos else k_ids
-    qc, kc_all, u = _codes(q_ids, k_side)
-    kc = kc_all[:m]
-    w = torch.where(npos > 0, g / npos.clamp_min(1), torch.zeros_like(g))
-    keys = torch.cat([kf, bank.float()]) if bank_pos else kf
-    diag = None
-    if exclude_self and n == m:
-        diag = (q_ids == k_ids)[:, None]
-    zero_k, zero_q = torch.zeros_like(kf), torch.zeros_like(qf)
-    own = _segment_sum(keys, kc_all, u)[qc]
-    if diag is not None:
-        own = own - torch.where(diag, kf, zero_k)
-    dq0 = w[:, None] * own
-    dk0 = None
-    if need_dk:
-        dk0 = _segment_sum(w[:, None] * qf, qc, u)[kc]
-        if diag is not None:
-            dk0 = dk0 - torch.where(diag, w[:, None] * qf, zero_q)
-    if gc is not None:
-        wc = torch.where(npos_c > 0, gc / npos_c.clamp_min(1), torch.zeros_like(gc))
-        cross = _segment_sum(wc[:, None] * kf, kc, u)[qc]
-        if diag is not None:
-            cross = cross - torch.where(diag, wc[:, None] * kf, zero_k)
-        dq0 = dq0 + cross
-        if need_dk:
-            qs = _segment_sum(qf, qc, u)[kc]
-            if diag is not None:
-                qs = qs - torch.where(diag, qf, zero_q)
-            dk0 = dk0 + wc[:, None] * qs
-    dq0 = -dq0
-    dts = (qf * dq0).sum()
-    return dq0.contiguous(), (-dk0).contiguous() if need_dk else None, dts
+# ----------------------------------------------------------------------------- backward
+def _weights(grad, lse, npos, scale):
+    """One direction's backward inputs: ``lse * log2 e``, ``g`` (0 where the anchor has no positive)
+    and ``w = g / npos``, both times ``scale``; fp32 ``[rows]`` each."""
+    g = torch.where(npos > 0, grad.float(), torch.zeros((), device=grad.device))
+    return (lse * _LOG2E).contiguous(), (g * scale).contiguous(), (g * scale / npos.clamp_min(1)).contiguous()
 
 
-def _backward(grad, q, k, q_ids, k_ids, temperature, lse, npos, exclude_self, bank, bank_ids,
-              mask_bank_same_id, symmetric, need_dk=True, allow_tf32=False):
+def _ds_scale(grad):
+    """``(scale, 1 / scale)``, 0-dim fp32 device tensors: the power of two that brings the largest
+    ``|g|`` into [2**13, 2**14), so ``|dS| < 2**15`` and fp16 neither overflows nor loses small
+    ``g p`` to underflow (no host sync: the exponent stays on the device)."""
+    _, exponent = torch.frexp(grad.float().abs().amax())
+    e = (DS_EXPONENT - exponent).clamp(-100, 100).float()
+    return torch.exp2(e), torch.exp2(-e)
+
+
+_LOG2E = 1.4426950408889634
+
+
+def _backward(grad, q, k, codes, temperature, lse, npos, exclude_self, bank, mask_bank_same_id, symmetric,
+              need_dk=True, allow_tf32=False):
     """Launch the dq and dk kernels; returns ``dq [N,D], dk [M,D] (or [0]), dtau []``.
 
-    ``grad``, ``lse`` and ``npos`` are laid out as :func:`_forward` returns them; when
-    ``symmetric`` both kernels add the column losses' terms to the same recomputed tiles.
-    The path (positives in the loop or separable) and the split count follow the same rules
-    as the forward's.
+    ``grad``, ``lse`` and ``npos`` are laid out as :func:`_forward` returns them, ``codes`` is the
+    forward's ``cat(qc, kc, bc)``; when ``symmetric`` both kernels add the column losses' terms to
+    the same recomputed tiles.
     """
     n, d = q.shape
     m = k.shape[0]
-    b = 0 if bank is None else bank.shape[0]
-    grad = grad.float().contiguous()  # a reduction's gradient arrives expanded (stride 0)
-    rows = (lse[:n], npos[:n], grad[:n])
-    cols = (lse[n:], npos[n:], grad[n:]) if symmetric else rows  # unused unless symmetric
-    tau = _tau(temperature, q.device)
-    pos_in_loop = not _separable(n, m, b)
-    if symmetric and pos_in_loop != (not _separable(m, n, 0)):
-        pos_in_loop = True  # both directions share the tiles: one path for both
+    qc, kc, bc = codes[:n], codes[n:n + m], codes[n + m:] if codes.numel() > n + m else None
+    scale, unscale = _ds_scale(grad)
+    rows = _weights(grad[:n], lse[:n], npos[:n], scale)
+    cols = _weights(grad[n:], lse[n:], npos[n:], scale) if symmetric else rows  # unused unless symmetric
+    tau_t, tau_v, tau_ptr = _tau_args(temperature)
+    tau_arg = tau_t if tau_ptr else unscale
     consts = dict(EXCLUDE_SELF=exclude_self, SYMMETRIC=symmetric, PRECISION=_precision(q.dtype, allow_tf32),
-                  UPCAST_DOT=_upcast(q.dtype), BLOCK_D=_block_d(d), IDX64=_idx64(q, k, bank),
-                  POS_IN_LOOP=pos_in_loop)
-    dts_pos = None
-    dq0 = dk0 = q  # unused with positives in the loop
-    if not pos_in_loop:
-        g = torch.where(rows[1] > 0, rows[2], torch.zeros_like(rows[2]))
-        gc = torch.where(cols[1] > 0, cols[2], torch.zeros_like(cols[2])) if symmetric else None
-        dq0, dk0, dts_pos = _positive_grads(q, k, q_ids, k_ids, g, gc, rows[1], cols[1] if symmetric else None,
-                                            exclude_self, bank, bank_ids, mask_bank_same_id, need_dk)
+                  UPCAST_DOT=_upcast(q.dtype), BLOCK_D=_block_d(d), EVEN_D=d == _block_d(d), TAU_PTR=tau_ptr)
+    b = 0 if bank is None else bank.shape[0]
     split = _split(n, m + b, d, q.device)
-    bank_t, bids, b, bstride, flags = _bank_args(q, bank, bank_ids, mask_bank_same_id, pos_in_loop)
+    bank_t, bids, b, bstride, flags = _bank_args(q, bank, bc, mask_bank_same_id)
     if split == 1:
-        dq = _new((n, d), q.dtype, q.device, float("nan"))
-        dq_out = dq
+        dq_out = _new((n, d), q.dtype, q.device, float("nan"))
     else:
         dq_out = _new((split, n, d), torch.float32, q.device, float("nan"))
     dts = _new((split, n), torch.float32, q.device, float("nan"))
-    _info_nce_bwd_dq[_grid(n, "BLOCK_M", split)](
-        q, k, bank_t, q_ids, k_ids, bids, tau, *rows, *cols, dq0, dq_out, dts,
-        n, m, b, d, _size_key(n, m, b), *q.stride(), *k.stride(), *bstride, **consts, **flags,
-    )
-    if split > 1:
-        dq = dq_out.sum(0).to(q.dtype)
+    _launch("dq", _info_nce_bwd_dq, n, split,
+            (q, k, bank_t, qc, kc, bids, tau_arg, tau_v, *rows, *cols, unscale, dq_out, dts,
+             n, m, b, d, *q.stride(), *k.stride(), *bstride),
+            q.dtype, _block_d(d), dict(IDX64=_idx64(q, k, bank, extra=split * n * d), **consts, **flags))
+    dq = dq_out if split == 1 else dq_out.sum(0).to(q.dtype)
     if need_dk:
-        dk = _new((m, d), k.dtype, k.device, float("nan"))
-        _info_nce_bwd_dk[_grid(m, "BLOCK_M")](
-            q, k, q_ids, k_ids, tau, *rows, *cols, dk0, dk,
-            n, m, d, _size_key(m, n), *q.stride(), *k.stride(), HAS_BANK=flags["HAS_BANK"], **consts,
-        )
+        split_k = _split(m, n, d, k.device)
+        dk_out = _new((m, d), k.dtype, k.device, float("nan")) if split_k == 1 else \
+            _new((split_k, m, d), torch.float32, k.device, float("nan"))
+        _launch("dk", _info_nce_bwd_dk, m, split_k,
+                (q, k, qc, kc, tau_arg, tau_v, *rows, *cols, unscale, dk_out,
+                 n, m, d, *q.stride(), *k.stride()),
+                q.dtype, _block_d(d), dict(IDX64=_idx64(q, k, extra=split_k * m * d), **consts))
+        dk = dk_out if split_k == 1 else dk_out.sum(0).to(k.dtype)
     else:
         dk = k.new_empty(0)
-    dts_sum = dts.sum()
-    if dts_pos is not None:
-        dts_sum = dts_sum + dts_pos / tau
-    dtau = (-dts_sum / tau).to(temperature.dtype).reshape(temperature.shape)
+    dtau = -dts.sum() / (tau_t.float() if tau_ptr else tau_v)
+    if tau_ptr:
+        dtau = dtau.to(temperature.dtype).reshape(temperature.shape)
     return dq, dk, dtau
 
 
 # ----------------------------------------------------------------------------- autograd
+def _codes_for(q_ids, k_ids, bank, bank_ids):
+    """``cat(qc, kc, bc)`` int32 and the key side's order, code starts and code count."""
+    has_bank_ids = bank is not None and bank.shape[0] > 0 and bank_ids is not None
+    k_side = torch.cat([k_ids, bank_ids]) if has_bank_ids else k_ids
+    qc, kc_all, u, order, start = _codes(q_ids, k_side)
+    return torch.cat([qc, kc_all]), u, order, start
+
+
 # the one autograd path: a torch.library custom op (torch >= 2.4), traced by torch.compile without a break
 @torch.library.custom_op("tscl::info_nce_rows", mutates_args=())
 def _info_nce_rows_op(
-    q: Tensor, k: Tensor, q_ids: Tensor, k_ids: Tensor, temperature: Tensor, exclude_self: bool,
-    bank: Optional[Tensor], bank_ids: Optional[Tensor], mask_bank_same_id: bool, symmetric: bool,
-    allow_tf32: bool = False,
-) -> Tuple[Tensor, Tensor, Tensor]:
-    return _forward(q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank_same_id,
-                    symmetric, allow_tf32)
+    q: Tensor, k: Tensor, q_ids: Tensor, k_ids: Tensor, temperature: Optional[Tensor], tau_value: float,
+    exclude_self: bool, bank: Optional[Tensor], bank_ids: Optional[Tensor], mask_bank_same_id: bool,
+    symmetric: bool, allow_tf32: bool = False,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    codes, u, order, start = _codes_for(q_ids, k_ids, bank, bank_ids)
+    tau = temperature if temperature is not None else tau_value
+    loss, npos, lse = _forward(q, k, codes, u, order, start, tau, exclude_self, bank, mask_bank_same_id, symmetric,
+                               allow_tf32)
+    return loss, npos, lse, codes
 
 
 @_info_nce_rows_op.register_fake
-def _(q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank_same_id, symmetric,
+def _(q, k, q_ids, k_ids, temperature, tau_value, exclude_self, bank, bank_ids, mask_bank_same_id, symmetric,
       allow_tf32=False):
     total = q.shape[0] + k.shape[0] if symmetric else q.shape[0]
+    n_codes = q.shape[0] + k.shape[0] + (bank.shape[0] if bank is not None and bank_ids is not None else 0)
     return (q.new_empty(total, dtype=torch.float32), q.new_empty(total, dtype=torch.int64),
-            q.new_empty(total, dtype=torch.float32))
+            q.new_empty(total, dtype=torch.float32), q.new_empty(n_codes, dtype=torch.int32))
 
 
 @torch.library.custom_op("tscl::info_nce_rows_backward", mutates_args=())
 def _info_nce_rows_backward_op(
-    grad: Tensor, q: Tensor, k: Tensor, q_ids: Tensor, k_ids: Tensor, temperature: Tensor,
-    lse: Tensor, npos: Tensor, exclude_self: bool, bank: Optional[Tensor],
-    bank_ids: Optional[Tensor], mask_bank_same_id: bool, symmetric: bool, need_dk: bool,
-    allow_tf32: bool = False,
+    grad: Tensor, q: Tensor, k: Tensor, codes: Tensor, temperature: Optional[Tensor], tau_value: float,
+    lse: Tensor, npos: Tensor, exclude_self: bool, bank: Optional[Tensor], mask_bank_same_id: bool,
+    symmetric: bool, need_dk: bool, allow_tf32: bool = False,
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    return _backward(grad, q, k, q_ids, k_ids, temperature, lse, npos, exclude_self, bank, bank_ids,
-                     mask_bank_same_id, symmetric, need_dk, allow_tf32)
+    tau = temperature if temperature is not None else tau_value
+    dq, dk, dtau = _backward(grad, q, k, codes, tau, lse, npos, exclude_self, bank, mask_bank_same_id, symmetric,
+                             need_dk, allow_tf32)
+    if temperature is None:
+        dtau = q.new_zeros((), dtype=torch.float32)
+    return dq, dk, dtau
 
 
 @_info_nce_rows_backward_op.register_fake
-def _(grad, q, k, q_ids, k_ids, temperature, lse, npos, exclude_self, bank, bank_ids,
-      mask_bank_same_id, symmetric, need_dk, allow_tf32=False):
+def _(grad, q, k, codes, temperature, tau_value, lse, npos, exclude_self, bank, mask_bank_same_id,
+      symmetric, need_dk, allow_tf32=False):
     dk = torch.empty_like(k) if need_dk else k.new_empty(0)
-    return torch.empty_like(q), dk, torch.empty_like(temperature)
+    dtau = torch.empty_like(temperature) if temperature is not None else q.new_empty((), dtype=torch.float32)
+    return torch.empty_like(q), dk, dtau
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, q_ids, k_ids, temperature, exclude_self, bank, bank_ids, mask_bank, symmetric, *rest = inputs
-    _, npos, lse = output
-    ctx.save_for_backward(q, k, q_ids, k_ids, temperature, lse, npos, bank, bank_ids)
-    ctx.flags = (exclude_self, mask_bank, symmetric, bool(rest[0]) if rest else False)
-    ctx.mark_non_differentiable(npos, lse)
+    q, k, q_ids, k_ids, temperature, tau_value, exclude_self, bank, bank_ids, mask_bank, symmetric, *rest = inputs
+    _, npos, lse, codes = output
+    ctx.save_for_backward(q, k, codes, temperature, lse, npos, bank)
+    ctx.flags = (tau_value, exclude_self, mask_bank, symmetric, bool(rest[0]) if rest else False)
+    ctx.mark_non_differentiable(npos, lse, codes)
 
 
-def _op_backward(ctx, grad_loss, grad_npos, grad_lse):
-    q, k, q_ids, k_ids, temperature, lse, npos, bank, bank_ids = ctx.saved_tensors
-    exclude_self, mask_bank, symmetric, allow_tf32 = ctx.flags
+def _op_backward(ctx, grad_loss, grad_npos, grad_lse, grad_codes):
+    q, k, codes, temperature, lse, npos, bank = ctx.saved_tensors
+    tau_value, exclude_self, mask_bank, symmetric, allow_tf32 = ctx.flags
     dq, dk, dtau = _info_nce_rows_backward_op(
-        grad_loss, q, k, q_ids, k_ids, temperature, lse, npos, exclude_self, bank, bank_ids,
-        mask_bank, symmetric, ctx.needs_input_grad[1], allow_tf32)
-    return (dq, dk if ctx.needs_input_grad[1] else None, None, None, dtau, None, None, None, None, None, None)
+        grad_loss, q, k, codes, temperature, tau_value, lse, npos, exclude_self, bank, mask_bank, symmetric,
+        ctx.needs_input_grad[1], allow_tf32)
+    return (dq, dk if ctx.needs_input_grad[1] else None, None, None,
+            dtau if temperature is not None else None, None, None, None, None, None, None, None)
 
 
 _info_nce_rows_op.register_autograd(_op_backward, setup_context=_setup_context)
@@ -825,7 +1041,7 @@ def info_nce_rows_triton(
     k: Tensor,
     q_ids: Tensor,
     k_ids: Tensor,
-    temperature: Tensor,
+    temperature,
     exclude_self: bool = False,
     bank: Optional[Tensor] = None,
     bank_ids: Optional[Tensor] = None,
@@ -837,10 +1053,11 @@ def info_nce_rows_triton(
 
     Same arguments and results as :func:`info_nce_rows_reference`; ``q`` and ``k`` may be
     fp32, bf16 or fp16 (q and k are promoted to a common dtype, the bank is cast to it;
-    fp64 runs in fp32), any strides. ``allow_tf32``: TF32 products for fp32 inputs.
-    ``symmetric=True`` also computes the column losses (anchors k, keys q, no bank) and
-    returns ``[N+M]`` rows-then-columns, sharing the backward's recomputed tiles between
-    both directions.
+    fp64 runs in fp32), any strides. ``temperature``: a 0-dim tensor on q's device (read there,
+    learnable) or a Python float (a kernel argument, no host-to-device copy). ``allow_tf32``:
+    TF32 products for fp32 inputs. ``symmetric=True`` also computes the column losses (anchors k,
+    keys q, no bank) and returns ``[N+M]`` rows-then-columns, sharing the backward's recomputed
+    tiles between both directions.
     It runs as the ``tscl::info_nce_rows`` operator, which ``torch.compile`` traces without a break.
     """
     if not (q.is_cuda or _INTERPRET):
@@ -854,9 +1071,11 @@ def info_nce_rows_triton(
     bank = bank.to(dtype) if bank is not None else None
     q_ids = q_ids.to(torch.int64).contiguous()
     k_ids = k_ids.to(torch.int64).contiguous()
-    bank_ids = bank_ids.to(torch.int64).contiguous() if bank_ids is not None else None
-    if not isinstance(temperature, Tensor):
-        temperature = torch.tensor(float(temperature), device=q.device)
-    loss, npos, _ = _info_nce_rows_op(q, k, q_ids, k_ids, temperature, bool(exclude_self), bank,
-                                      bank_ids, bool(mask_bank_same_id), bool(symmetric), bool(allow_tf32))
+    bank_ids = bank_ids.to(torch.int64).contiguous() if bank_ids is not None and bank is not None else None
+    if isinstance(temperature, Tensor):
+        tau_t, tau_v = temperature.reshape(()), 0.0
+    else:
+        tau_t, tau_v = None, float(temperature)
+    loss, npos, _, _ = _info_nce_rows_op(q, k, q_ids, k_ids, tau_t, tau_v, bool(exclude_self), bank, bank_ids,
+                                         bool(mask_bank_same_id), bool(symmetric), bool(allow_tf32))
     return loss, npos

@@ -15,15 +15,18 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import tscl.kernels as K  # noqa: E402
+from tscl.kernels import api  # noqa: E402
 from tscl.encoders import build_encoder  # noqa: E402
 
-try:
-    from tscl.kernels import triton_info_nce as tn
-except ImportError as err:  # Triton is not installed on this platform
-    tn, _SKIP = None, f"Triton is not importable: {err!r}"
-else:
-    _SKIP = None
-needs_triton = pytest.mark.skipif(tn is None or not K.triton_available(), reason=_SKIP or "no GPU or interpreter")
+from test_kernels import require_triton, tn  # noqa: E402  (fails, never skips silently, where Triton cannot run)
+
+
+@pytest.fixture
+def _triton_required():
+    require_triton()
+
+
+needs_triton = pytest.mark.usefixtures("_triton_required")
 
 
 class RowsSpy:
@@ -44,8 +47,8 @@ class RowsSpy:
 
 @pytest.fixture
 def spy(monkeypatch):
-    s = RowsSpy(K._rows_backend)
-    monkeypatch.setattr(K, "_rows_backend", s)
+    s = RowsSpy(api._rows_backend)
+    monkeypatch.setattr(api, "_rows_backend", s)
     return s
 
 
