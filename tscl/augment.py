@@ -276,7 +276,7 @@ def _apply_ehr(op, x, g, fs: float = 0.0, **kw):
     Every draw comes from ``g``, the pipeline's seeded generator (checkpointed with the run), so
     a resumed run draws the same events, jitters and masks step for step. Code masking writes
     :data:`EHR_MASK_ID` unless the spec gives ``mask_code``."""
-    from tscl.datasets import Events
+    from tscl.payloads import Events
 
     if op is code_mask:
         kw = {"mask_code": EHR_MASK_ID, **kw}
