@@ -13,7 +13,7 @@
 # benchmarks/). PYTHON picks the interpreter (default: .venv/bin/python if present, else python3).
 #
 # Phases (benchmarks/gpu_check.py says what each measures) and when each must be done, in seconds
-# from the start on a GPU (GPU_CHECK_BUDGET, default 360, scales them; 240 for --dry-run):
+# from the start (GPU_CHECK_BUDGET, default 360, scales them):
 #   correctness   100   fused vs a float64 reference at real sizes: both positive paths, bf16 and
 #                       fp32, confident distributions; max errors of loss, dq, dk, dtau
 #   sync          120   fused fwd+bwd under torch.cuda.set_sync_debug_mode("error")
@@ -69,7 +69,7 @@ fi
 command -v "$PY" >/dev/null 2>&1 || { echo "gpu_check.sh: PYTHON=$PY: not found" >&2; exit 2; }
 
 if [[ $DRY == 1 ]]; then
-  BUDGET=${GPU_CHECK_BUDGET:-240}; SUMMARY_S=$(( BUDGET / 12 )); STARTUP_S=2; GRACE=5; DRYFLAG=(--dry-run)
+  BUDGET=${GPU_CHECK_BUDGET:-360}; SUMMARY_S=$(( BUDGET / 12 )); STARTUP_S=2; GRACE=5; DRYFLAG=(--dry-run)
   export TRITON_INTERPRET=1
 else
   BUDGET=${GPU_CHECK_BUDGET:-360}; SUMMARY_S=$(( BUDGET / 24 )); STARTUP_S=10; GRACE=10; DRYFLAG=()
