@@ -100,6 +100,21 @@ def test_the_blocker_refuses_every_blocked_package_and_nothing_else(blocker):
     assert free.returncode == 0, free.stderr
 
 
+def test_what_the_device_runs_imports_without_the_blocked_packages(blocker):
+    """The kernels, resnet1d, SimCLR and PCLR (and every other method), the augmentations and the
+    payloads import, and one SimCLR training step runs, with none of the blocked packages."""
+    code = ("import sys, torch\n"
+            "import tscl, tscl.kernels, tscl.encoders, tscl.methods, tscl.augment, tscl.payloads\n"
+            "from tscl.encoders import build_encoder\nfrom tscl.methods import build_method\n"
+            "m = build_method('simclr', build_encoder('resnet1d', 12, width=0.25))\n"
+            "loss = m(torch.randn(4, 12, 250), {'record_ids': torch.arange(4)})\nloss.backward()\n"
+            "print(sorted({n.split('.')[0] for n in sys.modules} & set(%r)), float(loss) > 0)") % (BLOCKED,)
+    proc = subprocess.run([sys.executable, "-c", code], env=_env(blocker), capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["[]", "True"]
+
+
 @pytest.fixture(scope="module")
 def dry_run(blocker, tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_check")
