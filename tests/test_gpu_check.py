@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 BLOCKED = ("polars", "wfdb", "pyedflib", "sklearn", "scipy")
 SITECUSTOMIZE = f'''
+import os
 import sys
 
 BLOCKED = {BLOCKED!r}
@@ -50,7 +51,9 @@ class _Hide:
         return getattr(self.finder, attr)
 
 
-sys.meta_path[:] = [_Hide(finder) for finder in sys.meta_path]
+sys.meta_path[:] = [_Hide(finder) for finder in sys.meta_path
+                    # HIDE_INSTALL=1: as if tscl were not installed (no editable-install finder), as on the device
+                    if not (os.environ.get("HIDE_INSTALL") == "1" and "Editable" in getattr(finder, "__name__", ""))]
 '''
 ABSENT = re.compile(r"No module named '(%s)" % "|".join(BLOCKED))
 
@@ -72,7 +75,8 @@ def _env(blocker: Path | None, **extra) -> dict:
 
 
 def _run_script(out: Path, blocker: Path, *args: str, timeout: int = 400, **extra) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(SCRIPT), "--dry-run", *args, str(out)], env=_env(blocker, **extra),
+    """The dry run as the device would run it: blocked packages absent, tscl not installed."""
+    return subprocess.run(["bash", str(SCRIPT), "--dry-run", *args, str(out)], env=_env(blocker, HIDE_INSTALL="1", **extra),
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
@@ -85,7 +89,7 @@ def _phases(records: list[dict]) -> dict:
     return {r["name"]: r for r in records if r.get("record") == "phase"}
 
 
-def test_the_blocker_refuses_every_blocked_package_and_nothing_else(blocker):
+def test_the_blocker_refuses_every_blocked_package_and_nothing_else(blocker, tmp_path):
     probe = ("import importlib, importlib.util, json\nout = {}\nfor name in %r + ('numpy', 'torch'):\n"
              "    try:\n        importlib.import_module(name); out[name] = 'imported'\n"
              "    except ImportError as err:\n        out[name] = str(err)\n"
@@ -98,6 +102,13 @@ def test_the_blocker_refuses_every_blocked_package_and_nothing_else(blocker):
     # the control: without the blocker polars imports here, so the refusal above is the blocker's doing
     free = subprocess.run([sys.executable, "-c", "import polars"], env=_env(None), capture_output=True, timeout=120)
     assert free.returncode == 0, free.stderr
+    # HIDE_INSTALL=1 hides the editable install: outside the checkout, tscl is not importable
+    code = "import importlib.util; print(importlib.util.find_spec('tscl') is None)"
+    hidden = subprocess.run([sys.executable, "-c", code], env=_env(blocker, HIDE_INSTALL="1"), capture_output=True,
+                            text=True, timeout=120, cwd=tmp_path)
+    shown = subprocess.run([sys.executable, "-c", code], env=_env(blocker), capture_output=True, text=True, timeout=120,
+                           cwd=tmp_path)
+    assert hidden.stdout.split() == ["True"] and shown.stdout.split() == ["False"], (hidden.stderr, shown.stderr)
 
 
 def test_what_the_device_runs_imports_without_the_blocked_packages(blocker):
