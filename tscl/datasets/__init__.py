@@ -37,80 +37,19 @@ from typing import Callable
 
 import numpy as np
 import polars as pl
-import torch
-from torch import Tensor
 
 from tscl import catalog
 from tscl.grammar import SPLITS, parse_split
 from tscl.loaders import LoaderError
 # $TSCL_CACHE or ~/.cache/tscl: where sources keep their caches (never the data folder); the loaders' own
 from tscl.loaders.cache import cache_root as default_cache_root
+# the payloads (Events, to_device, ...) live in tscl.payloads, torch only, so methods import without polars
+from tscl.payloads import Events, cat_payloads, payload_len, pin_payload, to_device
 
 __all__ = ["Dataset", "Events", "Source", "SOURCES", "declare_source", "register_source", "get_source", "open_dataset",
            "list_sources", "to_device", "cat_payloads", "payload_len", "pin_payload", "hash_split", "hash_split_column", "SPLITS",
            "select_split",
            "default_cache_root", "notes_line"]
-
-# ---- payloads --------------------------------------------------------------------------------------
-
-@dataclass
-class Events:
-    """A batch of EHR event sequences, oldest event first in each row.
-
-    ``codes [B, L]`` int64 vocabulary ids (0 = padding), ``values [B, L]`` float32 numeric values
-    (NaN where an event has none), ``times [B, L]`` float32 hours since the item's first event,
-    ``mask [B, L]`` bool (True = a real event)."""
-
-    codes: Tensor
-    values: Tensor
-    times: Tensor
-    mask: Tensor
-
-    def __len__(self) -> int:
-        return self.codes.shape[0]
-
-    def _map(self, fn) -> "Events":
-        return Events(*(fn(getattr(self, f.name)) for f in fields(self)))
-
-    def to(self, device, non_blocking: bool = False) -> "Events":
-        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
-
-    def pin_memory(self) -> "Events":
-        return self._map(lambda t: t.pin_memory())
-
-    def __getitem__(self, rows) -> "Events":
-        return self._map(lambda t: t[rows])
-
-    @staticmethod
-    def cat(parts: list["Events"]) -> "Events":
-        width = max(p.codes.shape[1] for p in parts)
-
-        def pad(t: Tensor, value) -> Tensor:
-            return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
-
-        return Events(torch.cat([pad(p.codes, 0) for p in parts]), torch.cat([pad(p.values, float("nan")) for p in parts]),
-                      torch.cat([pad(p.times, 0.0) for p in parts]), torch.cat([pad(p.mask, False) for p in parts]))
-
-
-def to_device(x, device, non_blocking: bool = False):
-    """A payload (tensor or :class:`Events`) on ``device``."""
-    return x.to(device, non_blocking=non_blocking)
-
-
-def pin_payload(x):
-    return x.pin_memory()
-
-
-def cat_payloads(parts: list):
-    """Stack payloads along the batch dimension (views of a batch, batches of a dataset)."""
-    if isinstance(parts[0], Events):
-        return Events.cat(parts)
-    return torch.cat(parts)
-
-
-def payload_len(x) -> int:
-    return len(x)
-
 
 # ---- splits ------------------------------------------------------------------------------------------
 

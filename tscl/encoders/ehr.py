@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from tscl.datasets import Events
+from tscl.payloads import Events
 
 from .registry import declare_encoder
 from .transformer import Block

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from tscl import kernels
 from tscl.augment import EHR_AUGMENT, build_augment
-from tscl.datasets import Events
+from tscl.payloads import Events
 from tscl.distributed import gather_embeddings
 from tscl.encoders import ProjectionHead
 from tscl.methods.base import Method

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from tscl import kernels
 from tscl.augment import EHR_AUGMENT, build_augment, spec_modality
 from tscl.augment_image import IMAGE_AUGMENT
-from tscl.datasets import cat_payloads
+from tscl.payloads import cat_payloads
 from tscl.encoders import ProjectionHead
 from tscl.distributed import gather_embeddings
 from tscl.methods.base import Method
