@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import polars as pl
+from torch import Tensor
 
 from tscl import catalog
 from tscl.grammar import SPLITS, parse_split
