@@ -535,12 +535,14 @@ def markdown_pooled(title: str, p: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def header(args, results: dict, command: str) -> list[str]:
-    env, code = results["environment"], results["code"]
+def record_header(record: dict) -> list[str]:
+    """The lines every generated benchmark table starts with: command, measured time, machine, code
+    (``record``: ``command``, ``environment``, ``code``, ``wall_s``, ``cpu_s``, ``load_average_at_end``)."""
+    env, code = record["environment"], record["code"]
     dirty = f"; uncommitted changes: {', '.join(code['uncommitted'])}" if code["uncommitted"] else ""
-    return [f"Command: `{command}`", "",
-            f"Measured wall time: {results['wall_s'] / 60:.1f} min ({results['cpu_s'] / 60:.1f} CPU-min of this process; "
-            f"load average at the end {results['load_average_at_end'][1]:.1f} on a machine shared with other work) "
+    return [f"Command: `{record['command']}`", "",
+            f"Measured wall time: {record['wall_s'] / 60:.1f} min ({record['cpu_s'] / 60:.1f} CPU-min of this process; "
+            f"load average at the end {record['load_average_at_end'][1]:.1f} on a machine shared with other work) "
             f"on {env.get('gpu', env['device'])} "
             f"(torch {env['torch']}, {env['cpu_capability']} CPU kernels, {env['threads']} threads); "
             f"code at commit {code['commit']}{dirty}.", ""]
@@ -643,7 +645,7 @@ def main(argv=None) -> int:
     import os
     results["load_average_at_end"] = os.getloadavg()
     results["code_at_end"] = code_state()
-    md = header(args, results, command) + [f"- {n}" for n in rec["notes"]] + [""]
+    md = record_header({**results, "command": command}) + [f"- {n}" for n in rec["notes"]] + [""]
     if tag == "ptbxl":
         md += [markdown_ptbxl(rec, args.fractions)]
     elif tag == "ptbxl_cv":

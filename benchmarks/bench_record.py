@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tscl.benchmarks.bench_real import code_state
+from tscl.benchmarks.bench_real import code_state, record_header as header  # noqa: F401  (the benchmarks call bench_record.header)
 from tscl.checkpoint import environment
 from tscl.probes import EvalSpec, evaluate
 from tscl.probes.cells import fmt
@@ -92,17 +92,6 @@ def finish(record: dict) -> dict:
     record["load_average_at_end"] = list(os.getloadavg())
     record["code_at_end"] = code_state()
     return record
-
-
-def header(record: dict) -> list:
-    """The lines every generated table starts with: command, measured time, machine, code."""
-    env, code = record["environment"], record["code"]
-    dirty = f"; uncommitted changes: {', '.join(code['uncommitted'])}" if code["uncommitted"] else ""
-    return [f"Command: `{record['command']}`", "",
-            f"Measured wall time: {record['wall_s'] / 60:.1f} min ({record['cpu_s'] / 60:.1f} CPU-min of this process; "
-            f"load average at the end {record['load_average_at_end'][1]:.1f} on a 2-core machine shared with other "
-            f"work; torch {env['torch']}, {env['cpu_capability']} CPU kernels, {env['threads']} threads); code at commit "
-            f"{code['commit']}{dirty}.", ""]
 
 
 def write(tag: str, record: dict, markdown: list, out: Path, docs: str | None, figures=()) -> None:
