@@ -138,7 +138,7 @@ def test_accuracy_is_a_metric_a_table_asks_for_by_name():
     assert 0.5 < cell["accuracy"] <= 1 and cell["accuracy_ci"][0] <= cell["accuracy"] <= cell["accuracy_ci"][1]
     assert "| x | " in res.to_markdown() and "accuracy [95 % CI]" in res.to_markdown()
     assert "accuracy" not in run_probe({"x": X}, y[:, None], ["y"], pids, fractions=(1.0,), n_boot=10).cell("x", 1.0)
-    with pytest.raises(ValueError, match="metric 'accuracy' is not one of regression's"):
+    with pytest.raises(ValueError, match="metric 'accuracy' is not one of a regression task's"):
         run_probe({"x": X}, X[:, :1], ["v"], pids, fractions=(1.0,), n_boot=10, metrics=("mae", "accuracy"))
 
 
