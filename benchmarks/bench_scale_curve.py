@@ -29,6 +29,7 @@ match (``bench_transfer`` reuses the largest ones when given the same ``--out``)
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 
@@ -121,16 +122,13 @@ def verdicts(args, runs: dict, results: dict) -> list:
     out = []
     big, small = args.sizes[-1], args.sizes[0]
     for task, res in results.items():
-        for m in CURVE_METRICS[task]:
-            for f in args.fractions:
-                for method in args.methods:
-                    for series in args.series:
-                        hi, lo = run_name(method, series, big), run_name(method, series, small)
-                        gain = _comp(res, hi, RANDOM_INIT, f)
-                        grow = _comp(res, hi, lo, f)
-                        out.append({"task": task, "metric": m, "fraction": f, "method": method, "series": series,
-                                    "gain": gain and [gain[m], *gain[f"{m}_ci"]],
-                                    "growth": grow and [grow[m], *grow[f"{m}_ci"]], "says": _says(gain, grow, m)})
+        for m, f, method, series in itertools.product(CURVE_METRICS[task], args.fractions, args.methods, args.series):
+            hi, lo = run_name(method, series, big), run_name(method, series, small)
+            gain = _comp(res, hi, RANDOM_INIT, f)
+            grow = _comp(res, hi, lo, f)
+            out.append({"task": task, "metric": m, "fraction": f, "method": method, "series": series,
+                        "gain": gain and [gain[m], *gain[f"{m}_ci"]],
+                        "growth": grow and [grow[m], *grow[f"{m}_ci"]], "says": _says(gain, grow, m)})
     return out
 
 

@@ -759,6 +759,22 @@ def _committed_as(cache_dir: Path, fingerprint: str, stale: str | None) -> bool:
             and _sizes_ok(cache_dir, manifest))
 
 
+def _shards_in_pool(jobs: dict, todo: list, workers: int, infos: dict, busy: list, bar) -> None:
+    """Run the shard jobs ``todo`` in ``workers`` processes: each finished shard's info into ``infos``, the ones
+    another builder holds into ``busy``; a failure cancels what has not started."""
+    # spawn: a forked child of a process whose polars thread pool is running can deadlock in polars
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(jobs[i], False): i for i in todo}
+        try:
+            for fut in as_completed(futures):
+                info = fut.result()
+                (busy.append(futures[fut]) if info is None else infos.__setitem__(futures[fut], info))
+                bar.update(info is not None)
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+
+
 def _run_shards(plan: Plan, first, bounds, staging: Path, workers: int, verify: bool, cache_dir: Path,
                 fingerprint: str, stale: str | None) -> list[dict] | None:
     """Every shard's info, in order (None when another builder committed this cache meanwhile)."""
@@ -770,17 +786,7 @@ def _run_shards(plan: Plan, first, bounds, staging: Path, workers: int, verify: 
     try:
         busy = []
         if workers:
-            # spawn: a forked child of a process whose polars thread pool is running can deadlock in polars
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-                futures = {pool.submit(jobs[i], False): i for i in todo}
-                try:
-                    for fut in as_completed(futures):
-                        info = fut.result()
-                        (busy.append(futures[fut]) if info is None else infos.__setitem__(futures[fut], info))
-                        bar.update(info is not None)
-                except BaseException:
-                    pool.shutdown(cancel_futures=True)
-                    raise
+            _shards_in_pool(jobs, todo, workers, infos, busy, bar)
         else:
             for i in todo:
                 if _committed_as(cache_dir, fingerprint, stale):

@@ -340,12 +340,7 @@ def write_shard(plan: Plan, first: Ref | None, start: int, stop: int, shard: int
                     continue
                 problem = problem_of(plan, rec, first)
                 if problem is not None:
-                    key, text, fatal = problem
-                    err = LoaderError(rec.source or rec.record_id, text)
-                    if fatal and plan.on_error == "raise":
-                        raise err
-                    if key != "skipped" or not any(s["path"] == err.path for s in report.get(key, ())):
-                        _listed(report, key, err)  # the windows of one record make one entry
+                    _report_problem(plan, rec, problem, report)
                     continue
                 _note_quality(notes, rec)
                 offset, code = writer.add(rec)
@@ -358,6 +353,16 @@ def write_shard(plan: Plan, first: Ref | None, start: int, stop: int, shard: int
     index.write_parquet(path.with_suffix(".parquet"))
     return {"rows": index.height, "bytes": size, "sha256": digest, "report": report, "notes": notes,
             "labels": rows.label_cols}
+
+
+def _report_problem(plan: Plan, rec, problem: tuple, report: dict) -> None:
+    """A recording ``problem_of`` refused: raise it (fatal under ``on_error="raise"``) or list it in ``report``."""
+    key, text, fatal = problem
+    err = LoaderError(rec.source or rec.record_id, text)
+    if fatal and plan.on_error == "raise":
+        raise err
+    if key != "skipped" or not any(s["path"] == err.path for s in report.get(key, ())):
+        _listed(report, key, err)  # the windows of one record make one entry
 
 
 def write_json(path: Path, data) -> None:
