@@ -64,18 +64,23 @@ def _images(path: Path, split: str, images: np.ndarray) -> np.ndarray:
     else:
         raise LoaderError(path, f"{split}_images has shape {images.shape}; MedMNIST images are [N, H, W] (gray) or "
                                 "[N, H, W, 3] (RGB)")
-    if images.dtype.kind not in "biuf":
-        raise LoaderError(path, f"{split}_images must hold numbers, got dtype {images.dtype}")
-    if images.dtype.kind == "f" and not np.isfinite(images).all():
-        raise LoaderError(path, f"{split}_images holds {int((~np.isfinite(images)).sum())} non-finite pixels")
+    if images.dtype != np.uint8 and images.dtype.kind != "f":
+        raise LoaderError(path, f"{split}_images has dtype {images.dtype}; MedMNIST pixels are uint8 (0-255, read "
+                                "as [0, 1]) or floats in [0, 1]")
+    if images.dtype.kind == "f":
+        if not np.isfinite(images).all():
+            raise LoaderError(path, f"{split}_images holds {int((~np.isfinite(images)).sum())} non-finite pixels")
+        if images.size and (images.min() < 0 or images.max() > 1):
+            raise LoaderError(path, f"{split}_images holds float pixels from {images.min():g} to {images.max():g}; "
+                                    "float pixels must lie in [0, 1] (0-255 pixels are stored as uint8)")
     return images
 
 
 def read_medmnist(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{split: (images [N, C, H, W], labels [N, K] int64)}`` for train, val and test of a MedMNIST ``.npz``.
 
-    A missing array, images that are not ``[N, H, W]`` / ``[N, H, W, 3]``, splits of different
-    image shapes or label widths, labels that do not match the images in number, or that are not
+    A missing array, images that are not ``[N, H, W]`` / ``[N, H, W, 3]``, pixels that are neither uint8 nor
+    floats in [0, 1], splits of different pixel types, image shapes or label widths, labels that do not match the images in number, or that are not
     whole non-negative numbers (0/1 when multi-label), raise a :class:`LoaderError` naming the file."""
     path = Path(path)
     try:
@@ -93,6 +98,11 @@ def read_medmnist(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     for split in MEDMNIST_SPLITS:
         images = _images(path, split, arrays[f"{split}_images"])
         out[split] = (images, _labels(path, split, arrays[f"{split}_labels"], len(images)))
+    dtypes = {s: out[s][0].dtype for s in MEDMNIST_SPLITS}
+    for split in MEDMNIST_SPLITS[1:]:
+        if dtypes[split] != dtypes["train"]:  # one scale for the file: uint8 / 255, floats as stored
+            raise LoaderError(path, f"{split}_images are {dtypes[split]} but train_images {dtypes['train']}; one "
+                                    "file holds one pixel type")
     shapes = {s: out[s][0].shape[1:] for s in MEDMNIST_SPLITS}
     widths = {s: out[s][1].shape[1] for s in MEDMNIST_SPLITS}
     for split in MEDMNIST_SPLITS[1:]:

@@ -136,7 +136,8 @@ def medmnist_expected(root: Path) -> dict:
             for i, img in enumerate(z[f"{split}_images"]):
                 rid = f"{split}-{i:05d}"
                 scale = 255.0 if img.dtype == np.uint8 else 1.0  # uint8 pixels read as [0, 1], others as stored
-                out[rid] = (rid, (np.asarray(img, dtype=np.float64) / scale).reshape(1, *img.shape[-2:]))
+                arr = np.asarray(img, dtype=np.float64) / scale
+                out[rid] = (rid, arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0))  # [H, W, C] -> [C, H, W]
     return out
 
 
@@ -161,8 +162,14 @@ def medmnist_cases(base: Path, where: Path, rng: random.Random) -> list[Case]:
     case("test labels missing", "refuse", npz, edit=lambda r: _rewrite(r, test_labels=None))
     case("train images missing", "refuse", npz, edit=lambda r: _rewrite(r, train_images=None))
     case("one label too few", "refuse", npz, edit=lambda r: _rewrite(r, **{f"{split}_labels": lambda a: a[:-1]}))
-    case("images as float64 in [0, 255]", "either", npz,
+    case("one split's images as float64 in [0, 255]", "refuse", npz,
          edit=lambda r: _rewrite(r, **{f"{split}_images": lambda a: a.astype(np.float64)}))
+    case("one split's images as float32 in [0, 1]", "refuse", npz,
+         edit=lambda r: _rewrite(r, **{f"{split}_images": lambda a: (a / 255).astype(np.float32)}))
+    case("every split's images as float32 in [0, 1]", "correct",
+         edit=lambda r: _rewrite(r, **{f"{s}_images": lambda a: (a / 255).astype(np.float32) for s in SPLITS}))
+    case("every split's images as float32 in [0, 255]", "refuse", npz,
+         edit=lambda r: _rewrite(r, **{f"{s}_images": lambda a: a.astype(np.float32) for s in SPLITS}))
     case("a NaN pixel", "refuse", npz,
          edit=lambda r: _rewrite(r, **{f"{split}_images": lambda a: np.where(np.arange(a.size).reshape(a.shape) == 5,
                                                                             np.nan, a.astype(np.float32))}))
@@ -198,3 +205,4 @@ def test_medmnist_mutations(medmnist_base, tmp_path):
     cwd = outside(tmp_path)
     outcomes = run_cases("medmnist", medmnist_cases(medmnist_base, cwd, random.Random(23)), cwd)
     assert outcomes["test labels missing"] == "refused" and outcomes["a NaN pixel"] == "refused"
+    assert outcomes["one split's images as float64 in [0, 255]"] == "refused"  # was read unscaled, every split
