@@ -206,3 +206,120 @@ def test_medmnist_mutations(medmnist_base, tmp_path):
     outcomes = run_cases("medmnist", medmnist_cases(medmnist_base, cwd, random.Random(23)), cwd)
     assert outcomes["test labels missing"] == "refused" and outcomes["a NaN pixel"] == "refused"
     assert outcomes["one split's images as float64 in [0, 255]"] == "refused"  # was read unscaled, every split
+
+
+# ---- webdataset ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def webdataset_base(tmp_path_factory):
+    from tscl.cli import main
+    from tscl.datasets import open_dataset
+    from tscl.datasets.stream import export_webdataset
+
+    root = tmp_path_factory.mktemp("webdataset")
+    assert main(["simulate", "--out", str(root / "cohort"), "--patients", "6", "--seed", "2", "--quiet"]) == 0
+    source = open_dataset("wfdb", root / "cohort", progress=False, cache=root / "cache")
+    export_webdataset(source, root / "base", shard_bytes=150_000, seed=1, progress=False)
+    assert len(list((root / "base").glob("shard-*.tar"))) >= 3
+    return root / "base"
+
+
+def _tar_items(path: Path) -> dict:
+    """``{key: array}`` of one shard, read with tarfile and numpy (members ``<key>.npy``)."""
+    import io
+    import tarfile
+
+    out = {}
+    with tarfile.open(path) as tar:
+        for member in tar.getmembers():
+            if member.name.endswith(".npy"):
+                out[int(member.name.split(".")[0])] = np.load(io.BytesIO(tar.extractfile(member).read()))
+    return out
+
+
+def webdataset_expected(root: Path) -> dict:
+    """Record id -> (patient, item): every row of index.parquet, its item read from its shard's tar directly."""
+    import json
+
+    import polars as pl
+
+    shards = [s["name"] for s in json.loads((root / "manifest.json").read_text())["shards"]]
+    index = pl.read_parquet(root / "index.parquet")
+    items = {s: _tar_items(root / shards[s]) for s in set(index["shard"].to_list())}
+    return {r["record_id"]: (r["patient_id"], items[r["shard"]][r["key"]]) for r in index.iter_rows(named=True)}
+
+
+def _shards(root: Path) -> list[str]:
+    import json
+
+    return [s["name"] for s in json.loads((root / "manifest.json").read_text())["shards"]]
+
+
+def _rewrite_member(root: Path, shard: str, fn) -> None:
+    """Rewrite the shard's first ``.npy`` member through ``fn(array) -> array`` (the other members as they were)."""
+    import io
+    import tarfile
+
+    path = root / shard
+    with tarfile.open(path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    first = next(i for i, (m, _) in enumerate(members) if m.name.endswith(".npy"))
+    buf = io.BytesIO()
+    np.save(buf, fn(np.load(io.BytesIO(members[first][1]))))
+    members[first] = (members[first][0], buf.getvalue())
+    with tarfile.open(path, "w") as tar:
+        for m, data in members:
+            m.size = len(data)
+            tar.addfile(m, io.BytesIO(data))
+
+
+def _index(root: Path, fn) -> None:
+    import polars as pl
+
+    path = root / "index.parquet"
+    fn(pl.read_parquet(path)).write_parquet(path)
+
+
+def webdataset_cases(base: Path, where: Path, rng: random.Random) -> list[Case]:
+    import json
+
+    case = Cases(base, where, lambda root, r: same_items(r, webdataset_expected(root), atol=0))
+    shard = rng.choice(_shards(base))
+    case("baseline", "correct")
+    case("manifest.json missing", "refuse", "manifest.json", edit=lambda r: (r / "manifest.json").unlink())
+    case("manifest.json of another format", "refuse", "manifest.json",
+         edit=lambda r: (r / "manifest.json").write_text(json.dumps({**json.loads((r / "manifest.json").read_text()),
+                                                                   "format": "other/0"})))
+    case("manifest.json cut short", "refuse", "manifest.json",
+         edit=lambda r: (r / "manifest.json").write_text((r / "manifest.json").read_text()[:40]))
+    case("index.parquet missing", "refuse", "index.parquet", edit=lambda r: (r / "index.parquet").unlink())
+    case("index.parquet cut short", "refuse", "index.parquet",
+         edit=lambda r: (r / "index.parquet").write_bytes((r / "index.parquet").read_bytes()[:100]))
+    case("an index row repeated", "refuse", "index.parquet", edit=lambda r: _index(r, lambda t: t.vstack(t[:1])))
+    case("index rows reordered", "correct", edit=lambda r: _index(r, lambda t: t.sample(fraction=1.0, seed=5)))
+    case("a shard missing", "refuse", shard, edit=lambda r: (r / shard).unlink())
+    case("a shard cut short", "refuse", shard, edit=lambda r: (r / shard).write_bytes((r / shard).read_bytes()[:700]))
+    case("a shard replaced by a folder", "refuse", shard, edit=lambda r: dir_in_place(r / shard))
+    case("a shard without its items", "refuse", shard, edit=lambda r: _empty_tar(r / shard))
+    case("an item of another shape", "refuse", shard,
+         edit=lambda r: _rewrite_member(r, shard, lambda a: a[:1]))
+    case("an item of another length", "refuse", shard,
+         edit=lambda r: _rewrite_member(r, shard, lambda a: a[:, : a.shape[1] // 2]))
+    case("an item as float64", "correct", edit=lambda r: _rewrite_member(r, shard, lambda a: a.astype(np.float64)))
+    case("an item with a NaN", "either", shard,
+         edit=lambda r: _rewrite_member(r, shard, lambda a: np.where(np.arange(a.size).reshape(a.shape) == 3, np.nan, a)))
+    return case.cases
+
+
+def _empty_tar(path: Path) -> None:
+    import tarfile
+
+    path.unlink()
+    with tarfile.open(path, "w"):
+        pass
+
+
+def test_webdataset_mutations(webdataset_base, tmp_path):
+    cwd = outside(tmp_path)
+    outcomes = run_cases("webdataset", webdataset_cases(webdataset_base, cwd, random.Random(29)), cwd)
+    assert outcomes["an item of another shape"] == "refused" and outcomes["an index row repeated"] == "refused"

@@ -365,12 +365,20 @@ class StreamDataset(Dataset):
         for s in np.unique(shard).tolist():
             items = self._load(s)
             for i in np.flatnonzero(shard == s).tolist():
-                try:
-                    out[i] = items[int(key[i])]
-                except KeyError:
-                    raise ValueError(f"{self.shard_url(s)}: item {int(key[i])} listed in {INDEX} is missing from "
-                                     "the shard (a partial or altered export)") from None
+                out[i] = self._item(items, s, int(key[i]), shape)
         return torch.from_numpy(out)
+
+    def _item(self, items: dict, s: int, key: int, shape) -> np.ndarray:
+        """Item ``key`` of shard ``s``, exactly of the export's shape (never broadcast from another shape; any
+        number type is read as float32)."""
+        if key not in items:
+            raise ValueError(f"{self.shard_url(s)}: item {key} listed in {INDEX} is missing from the shard (a partial "
+                             "or altered export)")
+        x = items[key]
+        if tuple(x.shape) != tuple(shape) or x.dtype.kind not in "fiu":
+            raise ValueError(f"{self.shard_url(s)}: item {key} is {x.dtype} {tuple(x.shape)}, the export's items are "
+                             f"float32 {tuple(shape)} (an altered shard)")
+        return x
 
     def sample_items(self, n: int = 2) -> torch.Tensor:
         """Zeros of the export's item shape: the checks before training read no shard."""
@@ -394,10 +402,21 @@ def open_stream(root, readers=None) -> StreamDataset:
         raise ValueError(f"{root}/{MANIFEST}: not valid JSON ({err})") from None
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{root}/{MANIFEST}: format {manifest.get('format')!r}, expected {FORMAT!r}")
-    table = pl.read_parquet(io.BytesIO(_read(root, INDEX)))
+    try:
+        table = pl.read_parquet(io.BytesIO(_read(root, INDEX)))
+    except (pl.exceptions.PolarsError, OSError) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise ValueError(f"{root}/{INDEX}: cannot read the index ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''})") from None
     missing = {"shard", "key", "patient_id", "record_id"} - set(table.columns)
     if missing:
         raise ValueError(f"{root}/{INDEX}: missing column(s) {sorted(missing)}")
+    for what, cols in (("record id", ["record_id"]), ("(shard, key) item", ["shard", "key"])):
+        repeated = table.filter(table.select(cols).is_duplicated())
+        if repeated.height:
+            raise ValueError(f"{root}/{INDEX}: {repeated.height} rows repeat a {what} "
+                             f"({', '.join(str(v) for v in repeated.row(0)[:2])} ...); an export lists each once")
     if len(table) != manifest["items"]:
         raise ValueError(f"{root}/{INDEX}: {len(table)} rows, but {MANIFEST} lists {manifest['items']} items")
     if readers is not None and (not isinstance(readers, int) or isinstance(readers, bool) or readers < 1):
