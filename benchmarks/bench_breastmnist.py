@@ -80,10 +80,7 @@ ANCHORS = [
                 "the three BreastMNIST prediction files the authors released (Zenodo doi:10.5281/zenodo.7782114), "
                 "whose means 0.9015 / 0.8632 round to these figures, and by bionichaos.com/BreastMNIST; the "
                 "table itself was not read here"},
-    {"name": "MedMNIST v2 ResNet-18 (224)", "auroc": 0.891, "accuracy": 0.833,
-     "checked": "as listed, citing the paper, by bionichaos.com/BreastMNIST only; not checked against the "
-                "paper's Table 3 itself"},
-]
+]  # the (224) figures (AUC 0.891, ACC 0.833) are not cited: only a secondary page lists them, unchecked
 SOURCE = ("BreastMNIST (MedMNIST v2; from the BUSI breast ultrasound dataset, Al-Dhabyani et al. 2020), CC BY 4.0; "
           "copy read: KamalJain777/AMLS_25_26_SN24205421 at b7f638d33cc9e6dc1a0de213b243598105837d5f, "
           "Datasets/BreastMNIST.npz (labels stored [N] instead of [N, 1])")
