@@ -109,6 +109,16 @@ def code_state() -> dict:
     return {"commit": git("rev-parse", "HEAD").strip() or None, "uncommitted": dirty}
 
 
+def pretrain_timed(data, cfg: PretrainConfig) -> float:
+    """Pretrain ``data`` with ``cfg`` over whatever its folder holds (an unfinished earlier attempt, which has
+    no done.json, is redone), warnings silenced; the seconds it took."""
+    t0 = time.time()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pretrain(data, cfg, overwrite=True)
+    return time.time() - t0
+
+
 def pretrain_once(cache, run_dir: Path, method: str, encoder: str, encoder_kwargs: dict, extra: dict, args,
                   epochs: int | None = None) -> tuple[Path, float]:
     """Pretrain (or reuse a finished run made with these settings and code); (run folder, seconds)."""
@@ -121,11 +131,7 @@ def pretrain_once(cache, run_dir: Path, method: str, encoder: str, encoder_kwarg
     done = finished_run(run_dir, cfg)
     if done is not None:
         return run_dir, done
-    t0 = time.time()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pretrain(cache, cfg, overwrite=True)  # an unfinished earlier attempt (no done.json) is redone
-    seconds = time.time() - t0
+    seconds = pretrain_timed(cache, cfg)
     (run_dir / "done.json").write_text(json.dumps({"pretrain_s": seconds, "code": code_digest(method, encoder)}))
     return run_dir, seconds
 

@@ -22,8 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +30,9 @@ import polars as pl
 import torch
 
 from tscl.benchmarks.bench_methods import code_digest, finished_run
+from tscl.benchmarks.bench_real import pretrain_timed
 from tscl.datasets import Dataset, open_dataset
-from tscl.train import PretrainConfig, pretrain
+from tscl.train import PretrainConfig
 
 __all__ = ["FS", "WINDOW_S", "ENCODER", "ENCODER_KWARGS", "AUGMENT", "STEPS", "BATCH", "cinc_options", "ptbxl_options", "Joined",
            "Pool", "open_pool", "pretraining_set", "check_hidden", "pretrain_fixed", "method_kwargs"]
@@ -204,11 +203,7 @@ def pretrain_fixed(data: Dataset, run_dir: Path, method: str, *, steps: int, bat
             raise ValueError(f"{run_dir} holds a finished run on other rows or steps ({saved.get('rows')}, "
                              f"{saved.get('steps')} there; {rows}, {steps} now); use another --out")
         return run_dir, done
-    t0 = time.time()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pretrain(data, cfg, overwrite=True)  # an unfinished earlier attempt (no done.json) is redone
-    seconds = time.time() - t0
+    seconds = pretrain_timed(data, cfg)
     taken = sum("step" in json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines())
     assert taken == steps, f"{run_dir}: {taken} steps taken, {steps} asked"
     (run_dir / "done.json").write_text(json.dumps({"pretrain_s": seconds, "code": code_digest(method, ENCODER),

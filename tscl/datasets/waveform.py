@@ -204,15 +204,23 @@ def _ptbxl(root: Path, *, cache=None, progress=True, rate=100, normalize="none",
     return WaveformDataset(c, normalize=normalize)
 
 
+def channel_names(channels) -> list[str] | None:
+    """A ``channels`` option (text ``"I,V1"`` or a list) as its non-empty names; None when it selects none
+    (``None``, ``""`` or ``"all"``: every channel)."""
+    if channels in (None, "", "all"):
+        return None
+    return [n for n in (str(c).strip() for c in (channels.split(",") if isinstance(channels, str) else channels)) if n]
+
+
 def _leads(channels, known) -> tuple:
     """``channels`` (text ``"I,V1"`` or a list) as a tuple of names among ``known`` (None: all of them); an unknown
     or repeated name is refused naming the known ones (``aVR`` and ``AVR`` are one lead)."""
-    if channels in (None, "", "all"):
+    names = channel_names(channels)
+    if names is None:
         return tuple(known)
-    names = [str(c).strip() for c in (channels.split(",") if isinstance(channels, str) else channels)]
     by_key = {k.lower(): k for k in known}
-    picked = [by_key.get(n.lower()) for n in names if n]
-    bad = [n for n, k in zip([n for n in names if n], picked) if k is None]
+    picked = [by_key.get(n.lower()) for n in names]
+    bad = [n for n, k in zip(names, picked) if k is None]
     if bad or not picked or len(set(picked)) != len(picked):
         why = f"{bad[0]!r} is not a lead" if bad else "no lead named" if not picked else "a lead is named twice"
         raise ValueError(f"channels {channels!r}: {why}; the leads: {','.join(known)}")

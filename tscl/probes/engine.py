@@ -44,6 +44,7 @@ import torch
 
 from tscl.catalog import DEFAULT_ENCODER
 from tscl.datasets import _ID_COLUMNS, cat_payloads, get_source, open_dataset
+from tscl.datasets.waveform import channel_names
 from tscl.embed import embed_dataset
 from tscl.embeddings import load_embeddings
 from tscl.encoders import build_encoder, encoder_defaults
@@ -279,9 +280,9 @@ def _check_runs_fit(spec: EvalSpec, task: Task | None, name: str, options: dict)
     fits = dict(task.fits) if task else {}
     if "fs" in options:
         fits["fs"] = float(options["fs"])
-    if options.get("channels") not in (None, "", "all"):  # a lead selection (e.g. ptbxl channels=I)
-        chosen = options["channels"]
-        fits["in_channels"] = len([c for c in (chosen.split(",") if isinstance(chosen, str) else chosen) if str(c).strip()])
+    chosen = channel_names(options.get("channels"))  # a lead selection (e.g. ptbxl channels=I)
+    if chosen is not None:
+        fits["in_channels"] = len(chosen)
     for run in runs:
         check_encoder_fits(load_config(run).data_info, modality=get_source(name).modality,
                            in_channels=fits.get("in_channels"), fs=fits.get("fs"),

@@ -66,7 +66,7 @@ def known_metrics(kind: str) -> tuple:
     return metrics_for(kind) + OPTIONAL_METRICS["regression" if kind == "regression" else "classification"]
 
 
-def is_decision_metric(metric: str, kind: str = "multiclass") -> bool:
+def is_decision_metric(metric: str, kind: str) -> bool:
     """Whether ``metric`` scores a multi-class argmax decision rather than the scores (binary and
     multi-label accuracy is scored at the threshold 0.5 with the other score metrics)."""
     if kind != "multiclass":

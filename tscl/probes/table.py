@@ -235,7 +235,7 @@ def _resampled(Y, preds: list, W: Resamples, kind: str, metrics) -> dict:
     return out
 
 
-def _decided(Y, preds: list, W: Resamples, labels, metrics, kind: str = "multiclass") -> dict:
+def _decided(Y, preds: list, W: Resamples, labels, metrics, kind: str) -> dict:
     """``{metric: [B]}`` of the decision metrics among ``metrics``, over every class (the argmax is taken over all
     of them, whether or not the test split can score a class's AUROC), averaged over the repeats."""
     wanted = [m for m in metrics if is_decision_metric(m, kind)]
